@@ -1,0 +1,11 @@
+"""Command line: thin Typer commands that parse options, call the library, and render with rich."""
+
+from deploykit.cli import export, models, predict, verify  # noqa: F401  (register commands)
+from deploykit.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

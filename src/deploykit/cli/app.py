@@ -1,0 +1,25 @@
+"""The Typer app and the one place that turns DeployKitError into a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from deploykit.cli.render import err_console
+from deploykit.errors import DeployKitError
+
+
+class DeployKitGroup(TyperGroup):
+    """Catches DeployKitError once for every command: one line on stderr, the error's exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DeployKitError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(cls=DeployKitGroup, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode="rich",
+                  help="PyTorch image classifiers to ONNX, FP16/INT8 and TensorRT -- every step proven with numbers.")

@@ -1,0 +1,100 @@
+"""`deploykit export`: checkpoint -> verified export folder."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploykit.cli.app import app
+from deploykit.cli.render import console, note, parity_table, status, warn
+from deploykit.errors import InputError, VerificationError
+from deploykit.export import DEFAULT_OPSET
+from deploykit.models.loading import LoadOptions
+from deploykit.preprocess import parse_floats, parse_input_shape
+
+
+class Target(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+def load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, resize,
+                 labels) -> LoadOptions:
+    kwargs = {}
+    if model_kwargs:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--model-kwargs must be a JSON object, e.g. '{{\"num_classes\": 5}}' ({exc.msg})") from None
+        if not isinstance(kwargs, dict):
+            raise InputError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 5}'")
+    if num_classes is not None and num_classes < 1:
+        raise InputError("--num-classes must be >= 1")
+    class_names = None
+    if labels is not None:
+        path = Path(labels)
+        if path.is_file():
+            class_names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            class_names = [n.strip() for n in labels.split(",") if n.strip()]
+    return LoadOptions(arch=arch, num_classes=num_classes, model_def=model_def, model_kwargs=kwargs,
+                       allow_pickle=allow_pickle, input_shape=parse_input_shape(input_shape),
+                       mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
+                       class_names=class_names)
+
+
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registry architecture (see `deploykit models`).")]
+NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the checkpoint's head.")]
+ModelDefOpt = Annotated[Optional[str], typer.Option("--model-def", help="Your model code: path/to/model.py:factory.")]
+ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON kwargs for the factory.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Unpickle whole modules (runs code from the file).")]
+InputShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W, e.g. 1,28,28.")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean, e.g. 0.5,0.5,0.5.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std, e.g. 0.5,0.5,0.5.")]
+ResizeOpt = Annotated[Optional[int], typer.Option("--resize", help="Shorter side before the center crop (0: none).")]
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Class names: a text file (one per line) or a,b,c.")]
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
+                                               "TorchScript, torch.export .pt2, or a pickled module.")],
+    to: Annotated[Target, typer.Option("--to", help="Final artifact.")] = Target.onnx,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder [default: exports/<model stem>/].")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
+    batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    model_def: ModelDefOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    input_shape: InputShapeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    labels: LabelsOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images [default: bundled photos].")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")] = False,
+) -> None:
+    """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
+    from deploykit.pipeline import export_folder
+
+    options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
+                           resize, labels)
+    if to is Target.trt:
+        raise InputError("--to trt needs the TensorRT layer, which is not part of this build yet; use --to onnx")
+    result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
+                           verify=not no_verify, data=data, warn=warn, status=status, note=note)
+    pre = result.loaded.preprocess
+    console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
+                  f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
+                  f"opset={result.manifest.opset}", highlight=False)
+    if result.report is not None:
+        console.print(parity_table(result.report))
+        if not result.report.passed:
+            raise VerificationError(f"out of tolerance: {result.report.failure_summary()}")

@@ -1,0 +1,37 @@
+"""`deploykit predict`: top-k classes for images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from deploykit.cli.app import app
+from deploykit.cli.render import console
+
+
+@app.command()
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Export folder, .onnx file, or checkpoint.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Classify images with a checkpoint or an exported artifact (preprocessing from the manifest)."""
+    from deploykit.predict import load_predictor
+
+    results = load_predictor(artifact).topk(list(images), k=topk)
+    if as_json:
+        print(json.dumps({"predictions": results}))
+        return
+    for result in results:
+        table = Table(title=result["image"], title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for rank, item in enumerate(result["top"], 1):
+            table.add_row(str(rank), item["label"], f"{item['probability']:.4f}")
+        console.print(table)

@@ -1,0 +1,49 @@
+"""Rich rendering shared by the commands."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+# Logs and pipes get wide tables rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def status(message: str) -> None:
+    err_console.print(f"[dim]-> {message}[/]", highlight=False)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def parity_table(report, title: str | None = None) -> Table:
+    has_acc = any("accuracy" in a.metrics for a in report.artifacts)
+    table = Table(title=title or f"parity vs {report.reference} on {report.n_images} images ({report.data})")
+    for col in ("artifact", "precision", "max |diff|", "mean |diff|", "cos min", "top-1", "top-5"):
+        table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
+    if has_acc:
+        for col in ("acc %", "ref acc %", "drop pts"):
+            table.add_column(col, justify="right")
+    table.add_column("result")
+    for a in report.artifacts:
+        m = a.metrics
+        row = [a.path, a.precision, _fmt(m["max_abs_diff"], ".2e"), _fmt(m["mean_abs_diff"], ".2e"),
+               _fmt(m["cosine_min"], ".6f"), _fmt(m["top1_agreement"], ".3f"), _fmt(m["top5_agreement"], ".3f")]
+        if has_acc:
+            row += [_fmt(m.get("accuracy"), ".2f"), _fmt(m.get("reference_accuracy"), ".2f"),
+                    _fmt(m.get("accuracy_drop"), "+.2f")]
+        row.append("[green]pass[/]" if a.passed else f"[red]FAIL[/] {'; '.join(a.failures)}")
+        table.add_row(*row)
+    return table

@@ -1,0 +1,446 @@
+"""Load the checkpoints users really have.
+
+Kinds, detected from the file, never from its name:
+
+* ``deploykit``     -- a self-describing dict written by ``deploykit train`` (arch, classes, preprocessing);
+* ``state_dict``    -- bare weights (also wrapped as ``{"state_dict"|"model"|"model_state_dict"|...: ...}``,
+                      with ``module.`` / ``_orig_mod.`` prefixes); the architecture is inferred from the keys and
+                      shapes, or given with ``--arch`` / ``--model-def``;
+* ``pickled-module``-- ``torch.save(model)``: unpickling runs code, so only with ``allow_pickle``;
+* ``torchscript``   -- ``torch.jit.save`` archives;
+* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives.
+
+Everything is read with ``torch.load(weights_only=True)`` unless the user passed ``--allow-pickle``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import CheckpointError, InputError
+from deploykit.models.registry import ModelSpec, get_spec, list_models
+from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "ema")
+_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+
+
+@dataclass
+class LoadOptions:
+    """What the user told us about a checkpoint; stored in the manifest so ``verify`` can reload it."""
+
+    arch: str | None = None
+    num_classes: int | None = None
+    model_def: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    allow_pickle: bool = False
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
+    class_names: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "num_classes": self.num_classes, "model_def": self.model_def,
+                "model_kwargs": self.model_kwargs, "allow_pickle": self.allow_pickle,
+                "input_shape": None if self.input_shape is None else list(self.input_shape),
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std), "resize": self.resize}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LoadOptions:
+        return cls(arch=data.get("arch"), num_classes=data.get("num_classes"), model_def=data.get("model_def"),
+                   model_kwargs=dict(data.get("model_kwargs") or {}), allow_pickle=bool(data.get("allow_pickle")),
+                   input_shape=None if data.get("input_shape") is None else tuple(data["input_shape"]),
+                   mean=None if data.get("mean") is None else tuple(data["mean"]),
+                   std=None if data.get("std") is None else tuple(data["std"]), resize=data.get("resize"))
+
+
+@dataclass
+class LoadedModel:
+    module: Any  # torch.nn.Module or torch.export.ExportedProgram / ScriptModule
+    kind: str
+    arch: str | None
+    num_classes: int
+    class_names: list[str] | None
+    preprocess: Preprocess
+    source: Path
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- detection ------------------------------------------------------------------------------------------
+def _zip_names(path: Path) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def detect_kind(path: Path) -> str:
+    names = _zip_names(path)
+    if names is not None:
+        stripped = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "archive_format" in stripped or any(n.startswith("models/") for n in stripped):
+            return "exported-program"
+        if "constants.pkl" in stripped or any(n.startswith("code/") for n in stripped):
+            return "torchscript"
+    return "pickle"
+
+
+def _torch_load(path: Path, weights_only: bool):
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        if weights_only:
+            raise CheckpointError(
+                f"{path.name} holds pickled Python objects (likely a whole model saved with torch.save(model)); "
+                "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
+                "model.state_dict() instead") from None
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {exc}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):
+            raise CheckpointError(f"{path.name} needs Python code that is not importable here ({msg}); "
+                                  "save model.state_dict() and pass --arch or --model-def") from None
+        raise CheckpointError(f"{path.name} is corrupt or truncated ({msg}); re-save or re-download it") from None
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _find_state_dict(obj: Any) -> dict | None:
+    if _is_tensor_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in obj and _is_tensor_dict(obj[key]):
+                return dict(obj[key])
+    return None
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Remove wrapper prefixes shared by every key: DataParallel ``module.``, torch.compile ``_orig_mod.``..."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+# -- architecture inference -----------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _signature(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    import torch
+
+    spec = get_spec(arch)
+    with torch.device("meta"):
+        model = spec.build(num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _drop_aux(spec: ModelSpec, state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith(spec.aux_prefixes)} if spec.aux_prefixes else state
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _infer_num_classes(arch: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The class count for which ``arch`` matches ``shapes`` exactly, or None."""
+    ref = _signature(arch)
+    if set(ref) != set(shapes):
+        return None
+    diffs = {k for k in ref if ref[k] != shapes[k]}
+    if not diffs:
+        return 1000
+    candidates = {shapes[k][0] for k in diffs if shapes[k]}
+    if len(candidates) != 1:
+        return None
+    n = candidates.pop()
+    return n if _signature(arch, n) == shapes else None
+
+
+def infer_architecture(state: dict) -> tuple[str, int] | None:
+    for arch in list_models():
+        spec = get_spec(arch)
+        n = _infer_num_classes(arch, _shapes(_drop_aux(spec, state)))
+        if n is not None:
+            return arch, n
+    return None
+
+
+def closest_architectures(state: dict, n: int = 3) -> list[str]:
+    keys = set(state)
+    scored = []
+    for arch in list_models():
+        ref = _signature(arch)
+        overlap = len(keys & set(ref)) / max(1, len(keys | set(ref)))
+        scored.append((overlap, arch))
+    scored.sort(reverse=True)
+    return [arch for score, arch in scored[:n] if score > 0]
+
+
+def describe_mismatch(expected: Mapping[str, tuple], got: Mapping[str, tuple], limit: int = 3) -> str:
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shaped = [f"{k} {tuple(got[k])} vs {tuple(expected[k])}" for k in expected
+              if k in got and tuple(got[k]) != tuple(expected[k])]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label} {len(items)}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
+
+
+# -- preprocessing resolution ---------------------------------------------------------------------------
+def _resolve_preprocess(base: Preprocess | None, opts: LoadOptions, notes: list[str],
+                        what: str) -> Preprocess:
+    if base is None:
+        if opts.input_shape is None:
+            notes.append(f"{what} does not record its input: assuming 3x224x224 with ImageNet mean/std "
+                         "(pass --input-shape/--mean/--std to change)")
+        channels = opts.input_shape[0] if opts.input_shape else 3
+        base = Preprocess(channels=channels, height=224, width=224,
+                          mean=IMAGENET_MEAN if channels == 3 else (0.5,),
+                          std=IMAGENET_STD if channels == 3 else (0.5,), resize=256)
+    changes: dict[str, Any] = {}
+    if opts.input_shape is not None:
+        c, h, w = opts.input_shape
+        changes.update(channels=c, height=h, width=w)
+        if c != base.channels and opts.mean is None:
+            changes.update(mean=[sum(base.mean) / len(base.mean)] * c, std=[sum(base.std) / len(base.std)] * c)
+        if opts.resize is None and base.resize is not None:
+            # keep the crop ratio of the default (e.g. 256/224) at the new size
+            changes["resize"] = max(h, w) if base.resize is None else round(max(h, w) * base.resize / base.height)
+    if opts.mean is not None:
+        changes["mean"] = list(opts.mean)
+    if opts.std is not None:
+        changes["std"] = list(opts.std)
+    if opts.resize is not None:
+        changes["resize"] = opts.resize or None
+    return base.replace(**changes) if changes else base
+
+
+# -- loaders --------------------------------------------------------------------------------------------
+def _load_into(model, state: dict, source: Path, arch_label: str) -> None:
+    expected = _shapes(model.state_dict())
+    got = _shapes(state)
+    if expected != got:
+        raise CheckpointError(f"{source.name} does not fit {arch_label}: {describe_mismatch(expected, got)}")
+    model.load_state_dict(state, strict=True)
+
+
+def _import_factory(model_def: str):
+    file_part, sep, attr = model_def.rpartition(":")
+    if not sep or not file_part or not attr:
+        raise InputError(f"--model-def must be path/to/model.py:factory, got {model_def!r}")
+    file = Path(file_part)
+    if not file.is_file():
+        raise InputError(f"--model-def file not found: {file}")
+    spec = importlib.util.spec_from_file_location(f"deploykit_user_model_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise InputError(f"--model-def {file} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report, don't crash
+        raise InputError(f"importing --model-def {file} failed: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"--model-def {file} has no callable {attr!r}")
+    return factory
+
+
+def _from_model_def(state: dict, source: Path, opts: LoadOptions, notes: list[str]) -> LoadedModel:
+    factory = _import_factory(opts.model_def)  # type: ignore[arg-type]
+    try:
+        model = factory(**opts.model_kwargs)
+    except Exception as exc:
+        raise InputError(f"calling {opts.model_def}(**{json.dumps(opts.model_kwargs)}) failed: "
+                         f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
+    _load_into(model, strip_prefixes(state), source, opts.model_def)  # type: ignore[arg-type]
+    base = None
+    if opts.arch:
+        base = get_spec(opts.arch).preprocess()
+    pre = _resolve_preprocess(base, opts, notes, f"--model-def {opts.model_def}")
+    return LoadedModel(model.eval(), "model-def", opts.arch, _num_outputs(model, pre), opts.class_names, pre,
+                       source, notes)
+
+
+def _num_outputs(model, pre: Preprocess) -> int:
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.zeros(1, *pre.shape))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise CheckpointError(f"the model must return logits of shape [batch, classes] for a "
+                              f"{'x'.join(map(str, pre.shape))} input; got {getattr(out, 'shape', type(out))}")
+    return int(out.shape[1])
+
+
+def _from_state_dict(state: dict, source: Path, opts: LoadOptions, notes: list[str], kind: str,
+                     meta: Mapping | None = None) -> LoadedModel:
+    state = strip_prefixes(state)
+    if opts.model_def:
+        return _from_model_def(state, source, opts, notes)
+    if opts.arch:
+        spec = get_spec(opts.arch)
+        state = _drop_aux(spec, state)
+        num_classes = opts.num_classes or _infer_num_classes(spec.name, _shapes(state))
+        if num_classes is None:
+            guess = _guess_head(spec.name, state)
+            raise CheckpointError(f"{source.name} does not fit {spec.name}: "
+                                  f"{describe_mismatch(_signature(spec.name, guess), _shapes(state))}"
+                                  f"; closest architectures: {', '.join(closest_architectures(state))}")
+        arch = spec.name
+    else:
+        found = infer_architecture(state)
+        if found is None:
+            raise CheckpointError(
+                f"{source.name} is a state_dict that matches no registry architecture (closest: "
+                f"{', '.join(closest_architectures(state)) or 'none'}); pass --arch NAME or "
+                "--model-def path/to/model.py:factory")
+        arch, num_classes = found
+        spec = get_spec(arch)
+        state = _drop_aux(spec, state)
+        notes.append(f"inferred architecture {arch} with {num_classes} classes from the state_dict")
+    in_channels = opts.input_shape[0] if opts.input_shape else None
+    if in_channels is None and meta and meta.get("preprocess"):
+        in_channels = int(meta["preprocess"]["channels"])
+    model = spec.build(num_classes=num_classes, in_channels=in_channels)
+    _load_into(model, state, source, f"{arch} with {num_classes} classes")
+    base = Preprocess.from_dict(meta["preprocess"]) if meta and meta.get("preprocess") else spec.preprocess()
+    pre = _resolve_preprocess(base, opts, notes, arch)
+    names = opts.class_names or (list(meta["class_names"]) if meta and meta.get("class_names") else None)
+    return LoadedModel(model.eval(), kind, arch, num_classes, names, pre, source, notes,
+                       extra={k: v for k, v in (meta or {}).items() if k not in ("state_dict",)})
+
+
+def _guess_head(arch: str, state: dict) -> int:
+    ref = _signature(arch)
+    for k in reversed(list(ref)):
+        if k in state and state[k].ndim >= 1 and tuple(state[k].shape[1:]) == ref[k][1:]:
+            return int(state[k].shape[0])
+    return 1000
+
+
+def _input_shape_of_program(program) -> tuple[int, int, int] | None:
+    try:
+        user_inputs = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in user_inputs:
+                shape = tuple(int(d) for d in node.meta["val"].shape)
+                return shape[1:] if len(shape) == 4 else None  # type: ignore[return-value]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return None
+
+
+def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
+    """Load ``path`` as described in the module docstring; raise CheckpointError/InputError for people."""
+    import torch
+
+    opts = options or LoadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; pass the checkpoint file (.pth/.pt/.pt2)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes); re-save or re-download it")
+    notes: list[str] = []
+    kind = detect_kind(path)
+
+    if kind == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path.name} is a corrupt TorchScript archive: {str(exc).splitlines()[0]}") from None
+        base = get_spec(opts.arch).preprocess() if opts.arch else None
+        pre = _resolve_preprocess(base, opts, notes, "a TorchScript archive")
+        module.eval()
+        return LoadedModel(module, kind, opts.arch, _num_outputs(module, pre), opts.class_names, pre, path, notes)
+
+    if kind == "exported-program":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # torch raises many types for bad archives
+            raise CheckpointError(f"{path.name} is not a loadable torch.export program: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        shape = _input_shape_of_program(program)
+        if opts.input_shape is None and shape is not None:
+            opts = LoadOptions(**{**opts.__dict__, "input_shape": shape})
+        if opts.input_shape is not None and shape is not None and tuple(opts.input_shape) != tuple(shape):
+            raise InputError(f"--input-shape {','.join(map(str, opts.input_shape))} differs from the shape "
+                             f"{','.join(map(str, shape))} the program was exported with")
+        base = get_spec(opts.arch).preprocess() if opts.arch else None
+        pre = _resolve_preprocess(base, opts, notes, "a torch.export program")
+        return LoadedModel(program, kind, opts.arch, _num_outputs(program.module(), pre), opts.class_names, pre,
+                           path, notes)
+
+    obj = _torch_load(path, weights_only=not opts.allow_pickle)
+    if isinstance(obj, torch.nn.Module):
+        base = get_spec(opts.arch).preprocess() if opts.arch else None
+        pre = _resolve_preprocess(base, opts, notes, "a pickled module")
+        obj.eval()
+        return LoadedModel(obj, "pickled-module", opts.arch, _num_outputs(obj, pre), opts.class_names, pre, path,
+                           notes)
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        arch = opts.arch or obj.get("arch")
+        merged = LoadOptions(**{**opts.__dict__, "arch": None if opts.model_def else arch,
+                                "num_classes": opts.num_classes or obj.get("num_classes")})
+        if opts.model_def is None and arch is None:
+            raise CheckpointError(f"{path.name} is a deploykit checkpoint without an arch; pass --arch")
+        return _from_state_dict(dict(obj["state_dict"]), path, merged, notes, "deploykit", meta=obj)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), torch.nn.Module):
+        module = obj["model"].float().eval()
+        pre = _resolve_preprocess(get_spec(opts.arch).preprocess() if opts.arch else None, opts, notes,
+                                  "a pickled module")
+        return LoadedModel(module, "pickled-module", opts.arch, _num_outputs(module, pre), opts.class_names,
+                           pre, path, notes)
+    state = _find_state_dict(obj)
+    if state is None:
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{path.name} holds no state_dict of tensors (found: {keys}); save "
+                              "model.state_dict() or a whole model with torch.save(model)")
+    return _from_state_dict(state, path, opts, notes, "state_dict")
+
+
+def save_checkpoint(path: Path, model, *, arch: str, num_classes: int, preprocess: Preprocess,
+                    class_names: list[str] | None = None, **extra: Any) -> None:
+    """Write a self-describing checkpoint that ``torch.load(weights_only=True)`` can read."""
+    import torch
+
+    from deploykit.files import atomic_path
+
+    payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": int(num_classes),
+               "class_names": list(class_names) if class_names else None, "preprocess": preprocess.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)

@@ -1,0 +1,84 @@
+"""The export folder, end to end: load -> ONNX -> manifest -> verify.
+
+Later stages (precision variants, engines) add artifacts to the same folder and manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploykit import __version__
+from deploykit.data import resolve_images
+from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io
+from deploykit.files import ensure_writable_dir, sha256_file
+from deploykit.manifest import Manifest
+from deploykit.models.loading import LoadedModel, LoadOptions, load_model
+from deploykit.runners.onnxrt import OnnxRuntimeRunner
+from deploykit.runners.torch import TorchRunner
+from deploykit.verify import ParityReport, evaluate, label_indices
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: Manifest
+    loaded: LoadedModel
+    report: ParityReport | None
+
+
+def default_out(model_path: Path) -> Path:
+    return Path("exports") / Path(model_path).stem
+
+
+def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
+                  opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
+                  data: Path | None = None, warn=None, status=None, note=None) -> ExportResult:
+    options = options or LoadOptions()
+    model_path = Path(model_path)
+    folder = ensure_writable_dir(Path(out) if out else default_out(model_path))
+    step = status or (lambda msg: None)
+    step(f"loading {model_path}")
+    loaded = load_model(model_path, options)
+    for msg in loaded.notes:
+        (note or warn or (lambda m: None))(msg)
+    step("exporting ONNX")
+    onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
+    io = onnx_io(onnx_path)
+    manifest = Manifest(
+        source={"path": str(model_path.resolve()), "sha256": sha256_file(model_path), "kind": loaded.kind,
+                "options": options.to_dict()},
+        model={"arch": loaded.arch, "num_classes": loaded.num_classes, "class_names": loaded.class_names,
+               **({"best_val_acc": loaded.extra["best_val_acc"]} if "best_val_acc" in loaded.extra else {})},
+        input={**io["input"], "dynamic_batch": dynamic_batch},
+        output=io["output"],
+        preprocess=loaded.preprocess.to_dict(),
+        opset=io["opset"],
+    )
+    manifest.versions["deploykit"] = __version__
+    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
+                           "bytes": onnx_path.stat().st_size, "parity": None})
+    report = None
+    if verify:
+        step("verifying against PyTorch")
+        report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn)
+    manifest.save(folder)
+    return ExportResult(folder, manifest, loaded, report)
+
+
+def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,
+                     warn=None, max_images: int = 256) -> ParityReport:
+    """Verify the manifest's ONNX artifacts against the in-memory PyTorch model; record parity in the manifest."""
+    images = resolve_images(data, warn=warn).sample(max_images)
+    batch = images.load(loaded.preprocess)
+    reference = TorchRunner(loaded.module, loaded.preprocess.shape)
+    candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
+                  for a in manifest.artifacts if a["path"].endswith(".onnx")]
+    labels = label_indices(images, loaded.class_names, loaded.num_classes)
+    report = evaluate(reference, candidates, batch, labels=labels, data_name=images.source)
+    for art in report.artifacts:
+        entry = manifest.artifact(art.path)
+        if entry is not None:
+            entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
+                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures}
+    return report

@@ -1,0 +1,45 @@
+"""One runner interface: ``infer(batch) -> logits``, input checks in the base class (as Polygraphy does)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from deploykit.errors import InputError
+
+
+class Runner(ABC):
+    """Runs one model on float32 ``N x C x H x W`` batches and returns float32 ``N x classes`` logits.
+
+    ``fixed_batch`` is set when the artifact only accepts one batch size; ``infer`` then splits (and pads the
+    last chunk) so callers never care.
+    """
+
+    name: str = "runner"
+    input_shape: tuple[int, ...]  # C, H, W
+    fixed_batch: int | None = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.ndim == len(self.input_shape):
+            batch = batch[None]
+        if batch.dtype != np.float32:
+            batch = batch.astype(np.float32)
+        if tuple(batch.shape[1:]) != tuple(self.input_shape):
+            raise InputError(f"{self.name} expects inputs of shape N x {' x '.join(map(str, self.input_shape))}, "
+                             f"got {' x '.join(map(str, batch.shape))}")
+        if self.fixed_batch is None or batch.shape[0] == self.fixed_batch:
+            return self._run(np.ascontiguousarray(batch))
+        outputs = []
+        step = self.fixed_batch
+        for start in range(0, batch.shape[0], step):
+            chunk = batch[start:start + step]
+            n = chunk.shape[0]
+            if n < step:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
+            outputs.append(self._run(np.ascontiguousarray(chunk))[:n])
+        return np.concatenate(outputs)
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray: ...

@@ -1,0 +1,53 @@
+"""ONNX Runtime runner (CPU by default; CUDA when asked for and present)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import InputError, MissingDependencyError
+from deploykit.runners.base import Runner
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("ONNX Runtime is not installed: pip install onnxruntime "
+                                     "(onnxruntime-gpu on x86-64 CUDA hosts)") from None
+    return onnxruntime
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None) -> None:
+        ort = _ort()
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"ONNX file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise MissingDependencyError("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for invalid graphs
+            raise InputError(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        self.input_shape = tuple(int(d) for d in inp.shape[1:])
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.path = path
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32)

@@ -1,0 +1,225 @@
+"""Compare artifacts with their reference and judge them against one tolerance table per precision.
+
+Validation collects every failing metric of every artifact and reports them together (as Optimum's
+``validate_model_outputs`` does), rather than stopping at the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.data import ImageSet, resolve_images
+from deploykit.errors import InputError
+from deploykit.manifest import Manifest
+from deploykit.runners.base import Runner
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    INT8_CPU = "int8-cpu"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    cosine_min: float | None = None  # lower bound on the per-image cosine similarity of logits
+    max_abs_diff: float | None = None  # upper bound on the largest absolute logit difference
+    top1_agreement: float | None = None  # lower bound on the share of images with the same top-1 class
+    accuracy_drop: float | None = None  # upper bound, in points, when the data carries labels
+
+
+TOLERANCES: dict[Precision, Tolerance] = {
+    Precision.FP32: Tolerance(cosine_min=0.99999, max_abs_diff=1e-3, top1_agreement=1.0),
+    Precision.FP16: Tolerance(cosine_min=0.9999, top1_agreement=0.99),
+    Precision.INT8: Tolerance(top1_agreement=0.97, accuracy_drop=1.0),
+    Precision.INT8_CPU: Tolerance(top1_agreement=0.97, accuracy_drop=1.0),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[Precision(precision)]
+    except ValueError:
+        return Tolerance()
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Closeness of two ``N x classes`` logit arrays.
+
+    ``top5_agreement`` is the mean overlap of the two top-k class sets (k = min(5, classes)), 1.0 when every
+    image has the same top-k classes in any order.
+    """
+    ref = np.asarray(reference, np.float64)
+    cand = np.asarray(candidate, np.float64)
+    if ref.shape != cand.shape:
+        raise InputError(f"output shapes differ: reference {ref.shape}, artifact {cand.shape}")
+    diff = np.abs(ref - cand)
+    finite = np.isfinite(cand).all()
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cos = np.where(norms > 0, (ref * cand).sum(axis=1) / np.where(norms > 0, norms, 1.0),
+                   np.where(np.abs(ref).sum(axis=1) == np.abs(cand).sum(axis=1), 1.0, 0.0))
+    k = min(k, ref.shape[1])
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    top_cand = np.argsort(-cand, axis=1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]
+    return {
+        "max_abs_diff": float(diff.max()) if finite else float("inf"),
+        "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
+        "cosine_min": float(np.nan_to_num(cos, nan=0.0).min()) if finite else 0.0,
+        "top1_agreement": float((top_ref[:, 0] == top_cand[:, 0]).mean()),
+        "top5_agreement": float(np.mean(overlap)),
+    }
+
+
+def judge(metrics: dict[str, float], tol: Tolerance) -> list[str]:
+    """Every way ``metrics`` misses ``tol``; empty when it passes."""
+    failures = []
+    if tol.cosine_min is not None and not metrics["cosine_min"] >= tol.cosine_min:
+        failures.append(f"cosine_min {metrics['cosine_min']:.6f} < {tol.cosine_min}")
+    if tol.max_abs_diff is not None and not metrics["max_abs_diff"] <= tol.max_abs_diff:
+        failures.append(f"max_abs_diff {metrics['max_abs_diff']:.3g} > {tol.max_abs_diff:g}")
+    if tol.top1_agreement is not None and not metrics["top1_agreement"] >= tol.top1_agreement:
+        failures.append(f"top1_agreement {metrics['top1_agreement']:.4f} < {tol.top1_agreement}")
+    if tol.accuracy_drop is not None and "accuracy_drop" in metrics and \
+            not metrics["accuracy_drop"] <= tol.accuracy_drop:
+        failures.append(f"accuracy_drop {metrics['accuracy_drop']:.2f} pts > {tol.accuracy_drop}")
+    return failures
+
+
+@dataclass
+class ArtifactReport:
+    path: str
+    precision: str
+    metrics: dict[str, float]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "precision": self.precision, "metrics": self.metrics, "passed": self.passed}
+
+
+@dataclass
+class ParityReport:
+    artifacts: list[ArtifactReport]
+    reference: str
+    data: str
+    n_images: int
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_json(self) -> dict:
+        return {"artifacts": [a.to_json() for a in self.artifacts]}
+
+    def failure_summary(self) -> str:
+        lines = [f"{a.path}: {'; '.join(a.failures)}" for a in self.artifacts if not a.passed]
+        return " | ".join(lines)
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean() * 100.0)
+
+
+def label_indices(images: ImageSet, class_names: Sequence[str] | None, num_classes: int) -> np.ndarray | None:
+    """Map ImageFolder labels onto the model's class indices (by name when the model has names)."""
+    if images.labels is None or images.class_names is None:
+        return None
+    if class_names:
+        index = {name: i for i, name in enumerate(class_names)}
+        missing = [n for n in images.class_names if n not in index]
+        if missing:
+            raise InputError(f"--data has class folders the model does not know: {', '.join(missing[:5])}; "
+                             f"the model's classes are {', '.join(class_names[:10])}")
+        return np.array([index[images.class_names[i]] for i in images.labels])
+    if len(images.class_names) > num_classes:
+        raise InputError(f"--data has {len(images.class_names)} class folders but the model has {num_classes} "
+                         "outputs")
+    return np.array(images.labels)
+
+
+def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], batch: np.ndarray, *,
+             labels: np.ndarray | None = None, overrides: dict[str, Tolerance] | None = None,
+             reference_name: str = "pytorch", data_name: str = "") -> ParityReport:
+    """Run ``reference`` and each ``(path, precision, runner)`` on ``batch`` and judge them."""
+    ref_logits = reference.infer(batch)
+    reports = []
+    for path, precision, runner in candidates:
+        logits = runner.infer(batch)
+        metrics = compare_logits(ref_logits, logits)
+        if labels is not None:
+            metrics["accuracy"] = _accuracy(logits, labels)
+            metrics["reference_accuracy"] = _accuracy(ref_logits, labels)
+            metrics["accuracy_drop"] = metrics["reference_accuracy"] - metrics["accuracy"]
+        tol = (overrides or {}).get(precision) or tolerance_for(precision)
+        failures = judge(metrics, tol)
+        reports.append(ArtifactReport(path, precision, metrics, not failures, failures))
+    return ParityReport(reports, reference_name, data_name, int(batch.shape[0]))
+
+
+def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str], None] | None = None,
+                  overrides: dict[str, Tolerance] | None = None, max_images: int = 256,
+                  only: Sequence[str] | None = None) -> ParityReport:
+    """Verify every ONNX artifact of an export folder against the PyTorch reference (or FP32 ONNX)."""
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    pre = manifest.preprocessing
+    images = resolve_images(data, warn=warn).sample(max_images)
+    batch = images.load(pre)
+    reference, ref_name = reference_runner(folder, manifest, warn=warn)
+    entries = [a for a in manifest.artifacts if a["path"].endswith(".onnx") and (only is None or a["path"] in only)]
+    if not entries:
+        raise InputError(f"{folder} has no ONNX artifacts; run `deploykit export` again")
+    if ref_name in {a["path"] for a in entries}:  # the FP32 ONNX stands in as reference: not judged by itself
+        entries = [a for a in entries if a["path"] != ref_name]
+        if not entries:
+            raise InputError(f"no PyTorch reference here and {ref_name} is the only artifact: nothing to compare")
+    candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"])) for a in entries]
+    labels = label_indices(images, manifest.class_names, int(manifest.model["num_classes"]))
+    return evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
+                    data_name=images.source)
+
+
+def reference_runner(folder: Path, manifest: Manifest, warn=None) -> tuple[Runner, str]:
+    """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing."""
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+    source = Path(manifest.source["path"])
+    reason = None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        reason = "torch is not installed"
+    if reason is None and not source.is_file():
+        reason = f"the source checkpoint {source} is not here"
+    if reason is None:
+        from deploykit.files import sha256_file
+
+        if sha256_file(source) != manifest.source.get("sha256"):
+            reason = f"{source} changed since export (sha256 differs)"
+    if reason is None:
+        from deploykit.models.loading import LoadOptions, load_model
+        from deploykit.runners.torch import TorchRunner
+
+        loaded = load_model(source, LoadOptions.from_dict(manifest.source.get("options", {})))
+        return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
+    fp32 = next((a for a in manifest.artifacts if a["precision"] == "fp32" and a["path"].endswith(".onnx")), None)
+    if fp32 is None:
+        raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
+    if warn:
+        warn(f"{reason}: comparing against {fp32['path']} instead of PyTorch")
+    return OnnxRuntimeRunner(folder / fp32["path"]), fp32["path"]
+
+
+def with_overrides(precision: str, **changes) -> dict[str, Tolerance]:
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return {precision: replace(tolerance_for(precision), **changes)} if changes else {}
