@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny real models and real images, built in the test session (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_cwd(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so default `exports/` paths never touch the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli():
+    from typer.testing import CliRunner
+
+    from deploykit.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """A flat folder of real photos (scikit-image samples) in assorted formats and modes."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("photos")
+    root = Path(skimage.data.__file__).parent
+    Image.open(root / "astronaut.png").save(folder / "astronaut.jpg", quality=90)
+    Image.open(root / "chelsea.png").save(folder / "chelsea.png")
+    Image.open(root / "coffee.png").convert("RGBA").save(folder / "coffee_rgba.png")
+    Image.open(root / "camera.png").save(folder / "camera_gray.bmp")
+    Image.open(root / "rocket.jpg").convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "rocket_palette.gif")
+    coins = np.asarray(Image.open(root / "coins.png"), dtype=np.uint16) * 257
+    Image.fromarray(coins).save(folder / "coins_16bit.png")
+    Image.open(root / "motorcycle_left.png").save(folder / "motorcycle.webp")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def resnet18_sd(tmp_path_factory) -> Path:
+    """A torchvision-style ResNet-18 state_dict with a 5-class head."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), path)
+    return path
