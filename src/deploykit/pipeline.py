@@ -38,6 +38,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     model_path = Path(model_path)
     folder = ensure_writable_dir(Path(out) if out else default_out(model_path))
     step = status or (lambda msg: None)
+    if verify and data is not None:
+        resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
     step(f"loading {model_path}")
     loaded = load_model(model_path, options)
     for msg in loaded.notes:

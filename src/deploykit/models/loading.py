@@ -106,12 +106,13 @@ def _torch_load(path: Path, weights_only: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        if weights_only:
+        if weights_only and "Unsupported global" in str(exc):
+            name = str(exc).split("Unsupported global:", 1)[1].split()[1] if "GLOBAL " in str(exc) else "objects"
             raise CheckpointError(
-                f"{path.name} holds pickled Python objects (likely a whole model saved with torch.save(model)); "
+                f"{path.name} holds pickled Python objects ({name}; likely a whole model saved with torch.save(model)); "
                 "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
                 "model.state_dict() instead") from None
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {exc}") from None
+        raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):

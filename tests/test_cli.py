@@ -1,0 +1,175 @@
+"""The commands end to end through typer's CliRunner: contracts (paths, JSON keys, exit codes) and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torchvision
+
+from deploykit.files import sha256_file
+from deploykit.manifest import Manifest
+
+METRIC_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement"}
+
+
+def _one_line_error(result, code=1, contains=""):
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert contains in lines[0], lines[0]
+
+
+def test_headline_resnet34_state_dict(cli, tmp_path):
+    """`deploykit export resnet34.pth` on a 5-class torchvision ResNet-34 state_dict, no other flag."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet34(num_classes=5).state_dict(), "resnet34.pth")
+    result = cli("export", "resnet34.pth")
+    assert result.exit_code == 0, result.output
+    folder = Path("exports/resnet34")
+    model = onnx.load(folder / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+
+    manifest = json.loads((folder / "deploykit.json").read_text())
+    assert manifest["source"]["sha256"] == sha256_file(Path("resnet34.pth"))
+    assert manifest["model"]["arch"] == "resnet34" and manifest["model"]["num_classes"] == 5
+    assert manifest["input"] == {"name": "input", "shape": [1, 3, 224, 224], "dtype": "float32",
+                                 "dynamic_batch": False}
+    assert manifest["preprocess"]["resize"] == 256 and manifest["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    assert manifest["opset"] == 18
+    assert {"torch", "onnx", "onnxruntime", "deploykit"} <= set(manifest["versions"])
+    parity = manifest["artifacts"][0]["parity"]
+    assert parity["passed"] and parity["metrics"]["max_abs_diff"] < 1e-3
+
+    result = cli("verify", folder, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"artifacts"}
+    (art,) = report["artifacts"]
+    assert set(art) == {"path", "precision", "metrics", "passed"}
+    assert (art["path"], art["precision"], art["passed"]) == ("model.onnx", "fp32", True)
+    assert set(art["metrics"]) == METRIC_KEYS and all(isinstance(v, float) for v in art["metrics"].values())
+
+
+def test_export_options_predict_and_labelled_verify(cli, resnet18_sd, photos, tmp_path):
+    out = tmp_path / "r18"
+    result = cli("export", resnet18_sd, "--out", out, "--input-shape", "3,64,64", "--dynamic-batch",
+                 "--labels", "cat,dog,astronaut,coffee,rocket", "--data", photos, "--opset", "18")
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(out)
+    assert manifest.input["shape"] == [None, 3, 64, 64] and manifest.input["dynamic_batch"]
+    assert manifest.preprocessing.resize == 73  # 64 * 256/224: the crop ratio is kept
+    assert manifest.artifacts[0]["parity"]["n_images"] == 7
+
+    result = cli("predict", out, photos / "chelsea.png", photos / "camera_gray.bmp", "--topk", "3", "--json")
+    assert result.exit_code == 0, result.output
+    preds = json.loads(result.stdout)["predictions"]
+    assert len(preds) == 2 and len(preds[0]["top"]) == 3
+    assert preds[0]["top"][0]["label"] in {"cat", "dog", "astronaut", "coffee", "rocket"}
+    assert abs(sum(p["probability"] for p in preds[0]["top"])) <= 1.0 + 1e-6
+    # the checkpoint gives the same answer as the ONNX file
+    ckpt = json.loads(cli("predict", resnet18_sd, photos / "chelsea.png", "--topk", "1", "--json").stdout)
+    assert ckpt["predictions"][0]["top"][0]["index"] == preds[0]["top"][0]["index"]
+
+    labelled = tmp_path / "labelled"
+    for cls, name in (("cat", "chelsea.png"), ("coffee", "coffee_rgba.png"), ("rocket", "rocket_palette.gif")):
+        (labelled / cls).mkdir(parents=True)
+        (labelled / cls / name).write_bytes((photos / name).read_bytes())
+    report = json.loads(cli("verify", out, "--data", labelled, "--json").stdout)
+    metrics = report["artifacts"][0]["metrics"]
+    assert {"accuracy", "reference_accuracy", "accuracy_drop"} <= set(metrics)
+    assert metrics["accuracy"] == metrics["reference_accuracy"]
+
+
+def test_verify_fails_with_nonzero_exit_when_out_of_tolerance(cli, resnet18_sd, tmp_path):
+    out = tmp_path / "bad"
+    assert cli("export", resnet18_sd, "--out", out, "--input-shape", "3,32,32", "--no-verify").exit_code == 0
+    # replace the artifact with one whose weights differ: verification must catch it
+    model = onnx.load(out / "model.onnx")
+    for init in model.graph.initializer:
+        if init.name.endswith("fc.weight") or "fc" in init.name and len(init.dims) == 2:
+            arr = onnx.numpy_helper.to_array(init) * 1.5
+            init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(model, out / "model.onnx")
+    result = cli("verify", out, "--json")
+    assert result.exit_code == 4
+    report = json.loads(result.stdout)
+    assert report["artifacts"][0]["passed"] is False
+
+
+def test_models_lists_the_zoo(cli):
+    result = cli("models", "--json")
+    assert result.exit_code == 0
+    names = {m["name"] for m in json.loads(result.stdout)["models"]}
+    assert {"lenet", "resnet34", "inception_v3", "efficientnet_b3"} <= names
+
+
+def test_pickled_module_error_and_flag(cli, tmp_path):
+    torch.save(torchvision.models.resnet18(num_classes=3).eval(), "whole.pth")
+    _one_line_error(cli("export", "whole.pth"), contains="--allow-pickle")
+    result = cli("export", "whole.pth", "--allow-pickle", "--input-shape", "3,32,32")
+    assert result.exit_code == 0, result.output
+    assert cli("verify", "exports/whole").exit_code == 0  # the consent is recorded with the file's hash
+
+
+def test_model_def_through_cli(cli, tmp_path):
+    from test_loading import MODEL_PY, Tiny
+
+    Path("net.py").write_text(MODEL_PY)
+    torch.save(Tiny(num_classes=4, width=6).state_dict(), "tiny.pth")
+    result = cli("export", "tiny.pth", "--model-def", "net.py:build", "--model-kwargs",
+                 '{"num_classes": 4, "width": 6}', "--input-shape", "3,32,32", "--mean", "0.5,0.5,0.5",
+                 "--std", "0.5,0.5,0.5", "--resize", "0")
+    assert result.exit_code == 0, result.output
+    assert Manifest.load(Path("exports/tiny")).preprocessing.resize is None
+    assert cli("verify", "exports/tiny").exit_code == 0
+
+
+@pytest.mark.parametrize("args,contains", [
+    (["export", "missing.pth"], "not found"),
+    (["export", "corrupt.pth"], "corrupt"),
+    (["export", "r18.pth", "--arch", "resnet99"], "unknown architecture"),
+    (["export", "r18.pth", "--arch", "resnet50"], "does not fit resnet50"),
+    (["export", "r18.pth", "--input-shape", "3,224"], "--input-shape"),
+    (["export", "r18.pth", "--mean", "0.5"], "--mean/--std"),
+    (["export", "r18.pth", "--model-kwargs", "{nope"], "--model-kwargs"),
+    (["export", "r18.pth", "--data", "empty"], "no readable images"),
+    (["export", "r18.pth", "--out", "blocker/sub"], "cannot create output folder"),
+    (["verify", "nowhere"], "not an export folder"),
+    (["predict", "missing.onnx", "x.png"], "not found"),
+])
+def test_user_errors_are_one_line(cli, resnet18_sd, args, contains):
+    Path("r18.pth").write_bytes(resnet18_sd.read_bytes())
+    Path("corrupt.pth").write_bytes(resnet18_sd.read_bytes()[:1000])
+    Path("empty").mkdir()
+    Path("blocker").write_text("a file where a folder should be")
+    _one_line_error(cli(*args), contains=contains)
+
+
+def test_interrupted_export_leaves_no_partial_model(cli, resnet18_sd, monkeypatch):
+    """A crash while writing leaves neither a truncated model.onnx nor temp files."""
+    import onnx as onnx_module
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_module.checker, "check_model", explode)
+    with pytest.raises(KeyboardInterrupt):
+        from deploykit.models.loading import load_model
+        from deploykit.export import export_onnx
+
+        export_onnx(load_model(resnet18_sd), Path("out/model.onnx"))
+    assert list(Path("out").iterdir()) == []
+
+
+def test_python_dash_m(resnet18_sd):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "deploykit", "models", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0 and "resnet34" in done.stdout
