@@ -28,7 +28,7 @@ def predict(
         print(json.dumps({"predictions": results}))
         return
     for result in results:
-        table = Table(title=result["image"], title_justify="left")
+        table = Table(title=Path(result["image"]).name, title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("class")
         table.add_column("probability", justify="right")
