@@ -175,3 +175,14 @@ def test_missing_file_and_folder(tmp_path):
         load_model(tmp_path / "nope.pth")
     with pytest.raises(InputError, match="is a folder"):
         load_model(tmp_path)
+
+
+def test_safetensors_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    model = torchvision.models.mobilenet_v2(num_classes=6).eval()
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    assert detect_kind(tmp_path / "m.safetensors") == "safetensors"
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert (loaded.kind, loaded.arch, loaded.num_classes) == ("safetensors", "mobilenet_v2", 6)
+    _same_outputs(model, loaded.module)

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
+from deploykit.cli.export import AllowPickleOpt, ArchOpt, InputShapeOpt, ModelDefOpt, ModelKwargsOpt, load_options
 from deploykit.cli.render import console
 
 
@@ -19,11 +20,17 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    arch: ArchOpt = None,
+    model_def: ModelDefOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    input_shape: InputShapeOpt = None,
 ) -> None:
     """Classify images with a checkpoint or an exported artifact (preprocessing from the manifest)."""
     from deploykit.predict import load_predictor
 
-    results = load_predictor(artifact).topk(list(images), k=topk)
+    options = load_options(arch, None, model_def, model_kwargs, allow_pickle, input_shape, None, None, None, None)
+    results = load_predictor(artifact, options=options).topk(list(images), k=topk)
     if as_json:
         print(json.dumps({"predictions": results}))
         return

@@ -3,6 +3,7 @@
 Kinds, detected from the file, never from its name:
 
 * ``deploykit``     -- a self-describing dict written by ``deploykit train`` (arch, classes, preprocessing);
+* ``safetensors``   -- a ``.safetensors`` state_dict (Hugging Face / timm style), read without pickle;
 * ``state_dict``    -- bare weights (also wrapped as ``{"state_dict"|"model"|"model_state_dict"|...: ...}``,
                       with ``module.`` / ``_orig_mod.`` prefixes); the architecture is inferred from the keys and
                       shapes, or given with ``--arch`` / ``--model-def``;
@@ -89,7 +90,18 @@ def _zip_names(path: Path) -> list[str] | None:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
 def detect_kind(path: Path) -> str:
+    if _is_safetensors(path):
+        return "safetensors"
     names = _zip_names(path)
     if names is not None:
         stripped = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -404,6 +416,17 @@ def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
         pre = _resolve_preprocess(base, opts, notes, "a torch.export program")
         return LoadedModel(program, kind, opts.arch, _num_outputs(program.module(), pre), opts.class_names, pre,
                            path, notes)
+
+    if kind == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise CheckpointError(f"{path.name} is a corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+        return _from_state_dict(state, path, opts, notes, "safetensors")
 
     obj = _torch_load(path, weights_only=not opts.allow_pickle)
     if isinstance(obj, torch.nn.Module):
