@@ -25,6 +25,7 @@ class ExportResult:
     manifest: Manifest
     loaded: LoadedModel
     report: ParityReport | None
+    precision: object | None = None  # deploykit.precision.PrecisionResult when --fp16/--int8 were asked
 
 
 def default_out(model_path: Path) -> Path:
@@ -33,13 +34,18 @@ def default_out(model_path: Path) -> Path:
 
 def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
                   opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
-                  data: Path | None = None, warn=None, status=None, note=None) -> ExportResult:
+                  data: Path | None = None, warn=None, status=None, note=None, precision=None) -> ExportResult:
     options = options or LoadOptions()
     model_path = Path(model_path)
     folder = ensure_writable_dir(Path(out) if out else default_out(model_path))
     step = status or (lambda msg: None)
     if verify and data is not None:
         resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
+    calib_images = None
+    if precision is not None and precision.any:
+        from deploykit.precision import prepare_calibration
+
+        calib_images = prepare_calibration(precision, warn=warn)  # likewise a bad --calib
     step(f"loading {model_path}")
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
@@ -60,16 +66,26 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     manifest.versions["deploykit"] = __version__
     manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
                            "bytes": onnx_path.stat().st_size, "parity": None})
+    precision_result = None
+    if precision is not None and precision.any:
+        from deploykit.precision import add_precision_artifacts
+
+        precision_result = add_precision_artifacts(
+            folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
+            class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=status)
+        for msg in precision_result.notes:
+            (note or warn or (lambda m: None))(msg)
     report = None
     if verify:
         step("verifying against PyTorch")
-        report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn)
+        report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn,
+                                  overrides=getattr(precision, "overrides", None))
     manifest.save(folder)
-    return ExportResult(folder, manifest, loaded, report)
+    return ExportResult(folder, manifest, loaded, report, precision_result)
 
 
 def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,
-                     warn=None, max_images: int = 256) -> ParityReport:
+                     warn=None, max_images: int = 256, overrides=None) -> ParityReport:
     """Verify the manifest's ONNX artifacts against the in-memory PyTorch model; record parity in the manifest."""
     images = resolve_images(data, warn=warn).sample(max_images)
     batch = images.load(loaded.preprocess)
@@ -77,10 +93,17 @@ def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, d
     candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
                   for a in manifest.artifacts if a["path"].endswith(".onnx")]
     labels = label_indices(images, loaded.class_names, loaded.num_classes)
-    report = evaluate(reference, candidates, batch, labels=labels, data_name=images.source)
+    report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, data_name=images.source)
     for art in report.artifacts:
+        if art.precision == "fp16" and not art.passed:
+            from deploykit.precision.build import fp16_stand_in_caveat
+
+            art.note = fp16_stand_in_caveat(loaded.module, batch, art.metrics)
+            if art.note:
+                art.failures.append(art.note)
         entry = manifest.artifact(art.path)
         if entry is not None:
             entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
-                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures}
+                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                               **({"note": art.note} if art.note else {})}
     return report

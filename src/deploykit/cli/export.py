@@ -14,6 +14,8 @@ from deploykit.cli.render import console, note, parity_table, status, warn
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
 from deploykit.models.loading import LoadOptions
+from deploykit.precision.build import Int8Target
+from deploykit.precision.calibrate import DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod
 from deploykit.preprocess import parse_floats, parse_input_shape
 
 
@@ -80,6 +82,22 @@ def export(
     labels: LabelsOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Verification images [default: bundled photos].")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")] = False,
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images (ImageFolder or flat) "
+                                                                  "[default: ./calib].")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Images to calibrate on (seeded sample).")
+                          ] = DEFAULT_CALIB_SIZE,
+    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How ranges are chosen.")
+                            ] = CalibMethod.entropy,
+    min_calib: Annotated[int, typer.Option("--min-calib", help="Fewest usable calibration images accepted.")
+                         ] = DEFAULT_MIN_CALIB,
+    int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
+        "--int8-for", help="trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx (fastest for ONNX "
+                           "Runtime CPU). Repeat for both [default: trt].")] = None,
+    accuracy_budget: Annotated[Optional[float], typer.Option(
+        "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
+                                  "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
@@ -88,12 +106,24 @@ def export(
                            resize, labels)
     if to is Target.trt:
         raise InputError("--to trt needs the TensorRT layer, which is not part of this build yet; use --to onnx")
+    from deploykit.precision import PrecisionRequest
+
+    if int8_for and not int8:
+        raise InputError("--int8-for only applies with --int8")
+    precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
+                                 calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
+                                 accuracy_budget=accuracy_budget)
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                           verify=not no_verify, data=data, warn=warn, status=status, note=note)
+                           verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision)
     pre = result.loaded.preprocess
     console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
+    if result.precision is not None:
+        from deploykit.cli.render_precision import precision_tables
+
+        for table in precision_tables(result.precision):
+            console.print(table)
     if result.report is not None:
         console.print(parity_table(result.report))
         if not result.report.passed:

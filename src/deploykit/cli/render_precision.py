@@ -1,0 +1,52 @@
+"""Tables for the precision stage of `deploykit export` (FP16 nodes kept in FP32, INT8 layers, sensitivity)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+SHOWN_LAYERS = 10
+
+
+def precision_tables(result) -> list[Table]:
+    tables = []
+    if result.fp16 is not None:
+        t = Table(title=f"{result.fp16.path.name}: FP16 compute, FP32 I/O")
+        t.add_column("node kept in FP32")
+        t.add_column("why")
+        for node, why in result.fp16.kept_fp32.items():
+            t.add_row(node, why)
+        if not result.fp16.kept_fp32:
+            t.add_row("(none)", "every node is FP16-safe on the images seen")
+        tables.append(t)
+    for target, graph in result.int8.items():
+        t = Table(title=f"{graph.path.name}: INT8 for {target.value}")
+        t.add_column("layers in INT8", justify="right")
+        t.add_column("layers in FP32")
+        t.add_column("ops")
+        t.add_column("calibration")
+        r = result.ranges
+        t.add_row(str(len(graph.layers)), ", ".join(graph.excluded) or "-",
+                  ", ".join(f"{k} {v}" for k, v in sorted(graph.counts.items()) if "quant" in k.lower() or k.startswith(("QLinear", "QGemm"))),
+                  f"{r.method.value}, {r.n_images} images{' (cached)' if r.cached else ''}")
+        tables.append(t)
+    budget = result.budget
+    if budget is not None:
+        t = Table(title=f"INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
+                        f"(mse {budget.base.mse:.3g}); most sensitive layers first")
+        for col in ("layer", "loss pts if FP32", "mse if FP32", "mse gain", "kept FP32"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        kept = set(budget.kept_fp32)
+        for cost in budget.ranking[:max(SHOWN_LAYERS, len(kept))]:
+            t.add_row(cost.layer, f"{cost.loss_without:.2f}", f"{cost.mse_without:.3g}", f"{cost.gain_mse:.3g}",
+                      "yes" if cost.layer in kept else "")
+        tables.append(t)
+        if budget.met is not None:
+            s = Table(title="accuracy budget: layers moved to FP32, in order")
+            for col in ("layer", "loss pts after", "mse after"):
+                s.add_column(col, justify="left" if col == "layer" else "right")
+            for step in budget.steps:
+                s.add_row(step["layer"], f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
+            s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
+                         f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in FP32")
+            tables.append(s)
+    return tables

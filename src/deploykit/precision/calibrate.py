@@ -1,0 +1,314 @@
+"""Calibration: pick the images, run the FP32 graph over them, and turn what it saw into ranges.
+
+One pass of ONNX Runtime over the FP32 graph (with the tensors of interest added as outputs) feeds a
+:class:`TensorStats` per tensor: exact min/max and, for the entropy and percentile methods, a histogram of
+``|x|``. The ranges then come from one of three methods (:class:`CalibMethod`):
+
+* ``entropy``    TensorRT's KL-divergence threshold (the method of its ``IInt8EntropyCalibrator2``);
+* ``minmax``     the largest ``|x|`` seen;
+* ``percentile`` the 99.99th percentile of ``|x|``.
+
+Ranges are cached beside the artifacts (``calib-<method>-<key>.json``) keyed by the graph, the image bytes,
+the preprocessing and the method, so a re-export does not recalibrate.
+
+Why not onnxruntime.quantization's calibrators: they collect every input and output of the selected op types
+and its entropy search is a pure-Python loop (``sum()`` over NumPy arrays per candidate threshold), which
+takes minutes per ResNet-50; we need a few named tensors and TensorRT's unsigned-histogram KL search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.data import ImageSet, scan_images
+from deploykit.errors import InputError
+from deploykit.files import sha256_file, write_json_atomic
+from deploykit.preprocess import Preprocess, open_image
+
+DEFAULT_CALIB_DIR = Path("calib")
+DEFAULT_CALIB_SIZE = 512
+DEFAULT_MIN_CALIB = 32
+NUM_BINS = 2048  # as TensorRT's calibrator
+NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
+PERCENTILE = 99.99
+CACHE_FORMAT = "deploykit-calib/1"
+
+
+class CalibMethod(str, Enum):
+    entropy = "entropy"
+    minmax = "minmax"
+    percentile = "percentile"
+
+
+# -- the images ----------------------------------------------------------------------------------------------
+def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, min_images: int = DEFAULT_MIN_CALIB,
+                       seed: int = 0, warn=None) -> ImageSet:
+    """The seeded sample of usable images INT8 calibrates on.
+
+    ``calib`` None means ``./calib`` when it exists. Unreadable files are skipped with a warning; fewer than
+    ``min_images`` usable images is an error.
+    """
+    if size < 1:
+        raise InputError(f"--calib-size must be >= 1, got {size}")
+    if min_images < 1:
+        raise InputError(f"--min-calib must be >= 1, got {min_images}")
+    if calib is None:
+        if not DEFAULT_CALIB_DIR.is_dir():
+            raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
+                             "the model will see) or create ./calib")
+        calib = DEFAULT_CALIB_DIR
+    images = scan_images(Path(calib), what="--calib", warn=warn)
+    if len(images) < min_images:
+        raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
+                         f"{min_images}: add images, or lower the bar with --min-calib")
+    return images.sample(size, seed=seed)
+
+
+def check_channels(images: ImageSet, channels: int, where: Path) -> None:
+    """A grayscale set cannot calibrate a colour model: its ranges would describe images it never sees."""
+    if channels != 3:
+        return
+    gray = sum(1 for p in images.paths if open_image(p).mode in {"1", "L", "LA", "I", "I;16", "F"})
+    if gray * 2 > len(images):
+        raise InputError(f"{gray} of {len(images)} calibration images in {where} are grayscale but the model "
+                         "takes 3-channel colour input; calibrate on colour images like the ones it will see")
+
+
+def data_key(images: ImageSet, preprocess: Preprocess) -> str:
+    """Hash of the image bytes (in sample order) and of how they are preprocessed."""
+    digest = hashlib.sha256(json.dumps(preprocess.to_dict(), sort_keys=True).encode())
+    for path in images.paths:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+# -- statistics --------------------------------------------------------------------------------------------
+@dataclass
+class TensorStats:
+    """Running min/max of a tensor and (optionally) a histogram of ``|x|`` over ``[0, edge]``."""
+
+    lo: float = float("inf")
+    hi: float = float("-inf")
+    hist: np.ndarray | None = None
+    edge: float = 0.0
+
+    @property
+    def amax(self) -> float:
+        return max(abs(self.lo), abs(self.hi)) if np.isfinite(self.lo) else 0.0
+
+    def update(self, x: np.ndarray, histogram: bool) -> None:
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = x[np.isfinite(x)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            x = np.nan_to_num(x, nan=0.0, posinf=hi, neginf=lo)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        if histogram:
+            self._histogram(x, max(abs(lo), abs(hi)))
+
+    def _histogram(self, x: np.ndarray, amax: float) -> None:
+        if self.hist is None:
+            self.hist = np.zeros(NUM_BINS, np.int64)
+            self.edge = amax if amax > 0 else 1.0
+        while amax > self.edge:  # double the range; merging neighbour bins keeps the counts exact
+            self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(axis=1), np.zeros(NUM_BINS // 2, np.int64)])
+            self.edge *= 2
+        self.hist += _abs_histogram(x, self.edge)
+
+    def threshold(self, method: CalibMethod) -> float:
+        """The ``|x|`` range the method keeps."""
+        if method is CalibMethod.minmax or self.hist is None or self.hist.sum() == 0:
+            return self.amax
+        width = self.edge / NUM_BINS
+        if method is CalibMethod.percentile:
+            cdf = np.cumsum(self.hist) / self.hist.sum()
+            idx = int(np.searchsorted(cdf, PERCENTILE / 100.0))
+            return min(self.amax, (idx + 1) * width)
+        return min(self.amax, entropy_threshold(self.hist) * width)
+
+    def to_json(self, method: CalibMethod) -> dict:
+        return {"min": self.lo if np.isfinite(self.lo) else 0.0, "max": self.hi if np.isfinite(self.hi) else 0.0,
+                "amax": self.threshold(method)}
+
+
+def _abs_histogram(x: np.ndarray, edge: float) -> np.ndarray:
+    try:
+        import torch
+    except ImportError:  # NumPy is ~5x slower but exact too
+        idx = np.minimum((np.abs(x) * (NUM_BINS / edge)).astype(np.int64), NUM_BINS - 1)
+        return np.bincount(idx.ravel(), minlength=NUM_BINS)
+    t = torch.from_numpy(np.abs(np.ascontiguousarray(x, dtype=np.float32)))
+    return torch.histc(t, NUM_BINS, 0.0, float(edge)).numpy().astype(np.int64)
+
+
+def entropy_threshold(hist: np.ndarray, num_quant: int = NUM_QUANT_BINS) -> float:
+    """TensorRT's KL-divergence search on a histogram of ``|x|``; returns the threshold in bins.
+
+    For each candidate cut ``i`` the reference ``p`` is the first ``i`` bins with every count beyond folded
+    into the last one, ``q`` is ``p`` squeezed into ``num_quant`` levels and spread back over the non-empty
+    bins; the cut with the smallest KL(p || q) wins.
+    """
+    hist = hist.astype(np.float64)
+    nonzero_last = int(np.nonzero(hist)[0][-1]) + 1 if hist.any() else num_quant
+    stop = max(num_quant, nonzero_last)
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    best_i, best_kl = stop, np.inf
+    for i in range(num_quant, stop + 1):
+        p = hist[:i].copy()
+        p[-1] += tail[i]
+        if p.sum() == 0:
+            continue
+        # q: merge i bins into num_quant levels (the last takes the remainder), then spread over non-empty bins
+        edges = (np.arange(num_quant + 1) * i) // num_quant
+        sums = np.add.reduceat(hist[:i], edges[:-1])
+        nz = (hist[:i] != 0)
+        counts = np.add.reduceat(nz.astype(np.float64), edges[:-1])
+        level = np.repeat(np.arange(num_quant), np.diff(edges))
+        q = np.where(nz, (sums / np.maximum(counts, 1))[level], 0.0)
+        p_sum, q_sum = p.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        pn, qn = p / p_sum, q / q_sum
+        mask = pn > 0
+        # bins where p > 0 but q == 0 get a small epsilon, as TensorRT's smoothing does
+        kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i + 0.5
+
+
+# -- running the graph -------------------------------------------------------------------------------------
+def _session_with_outputs(model_path: Path, tensors: Sequence[str]):
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    existing = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # no fusions: every tensor we ask for must survive as it is in the graph
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return session
+
+
+def float_tensors(model) -> set[str]:
+    """Names of the float32 activations (not initializers) of an ONNX model, by shape inference."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    return {n for n, t in types.items() if t == onnx.TensorProto.FLOAT and n not in inits}
+
+
+def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np.ndarray], *,
+                  histogram: bool, progress: Callable[[int], None] | None = None) -> dict[str, TensorStats]:
+    """Run the FP32 graph over ``batches`` and gather :class:`TensorStats` for ``tensors``."""
+    tensors = list(dict.fromkeys(tensors))
+    session = _session_with_outputs(model_path, tensors)
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    stats = {name: TensorStats() for name in tensors}
+    for batch in batches:
+        n = batch.shape[0]
+        step = fixed or n
+        for start in range(0, n, step):
+            chunk = batch[start:start + step]
+            real = chunk.shape[0]
+            if fixed and real < fixed:  # pad with copies of the last image, then drop them again
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+            outs = session.run(tensors, {inp.name: np.ascontiguousarray(chunk, np.float32)})
+            for name, value in zip(tensors, outs):
+                stats[name].update(value[:real] if fixed and real < fixed else value, histogram)
+        if progress:
+            progress(n)
+    return stats
+
+
+def image_batches(images: ImageSet, preprocess: Preprocess, batch: int = 32) -> Iterable[np.ndarray]:
+    for start in range(0, len(images), batch):
+        yield preprocess.batch(images.paths[start:start + batch])
+
+
+# -- the cache ---------------------------------------------------------------------------------------------
+@dataclass
+class Ranges:
+    """Calibrated ranges of named tensors: ``{"min", "max", "amax"}`` per tensor."""
+
+    method: CalibMethod
+    tensors: dict[str, dict[str, float]]
+    n_images: int
+    key: str
+    cached: bool = False
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def amax(self, name: str) -> float:
+        return float(self.tensors[name]["amax"])
+
+
+def cache_path(folder: Path, method: CalibMethod, key: str) -> Path:
+    return Path(folder) / f"calib-{method.value}-{key[:16]}.json"
+
+
+def cache_key(model_sha: str, data: str, method: CalibMethod, tensors: Sequence[str]) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{model_sha}|{data}|{method.value}".encode())
+    digest.update("|".join(sorted(tensors)).encode())
+    return digest.hexdigest()
+
+
+def load_cached(folder: Path, method: CalibMethod, key: str) -> Ranges | None:
+    path = cache_path(folder, method, key)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    if data.get("format") != CACHE_FORMAT or data.get("key") != key:
+        return None
+    return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path)
+
+
+def save_cache(folder: Path, ranges: Ranges) -> Path:
+    path = cache_path(folder, ranges.method, ranges.key)
+    write_json_atomic(path, {"format": CACHE_FORMAT, "key": ranges.key, "method": ranges.method.value,
+                             "n_images": ranges.n_images, "tensors": ranges.tensors})
+    ranges.path = path
+    return path
+
+
+def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
+              method: CalibMethod, *, cache_dir: Path, progress_factory=None) -> Ranges:
+    """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match."""
+    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors)
+    cached = load_cached(cache_dir, method, key)
+    if cached is not None:
+        return cached
+    batches = image_batches(images, preprocess)
+    if progress_factory is not None:
+        with progress_factory(f"calibrating ({method.value}, {len(images)} images)", len(images)) as advance:
+            stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
+                                  progress=advance)
+    else:
+        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax)
+    ranges = Ranges(method, {n: s.to_json(method) for n, s in stats.items()}, len(images), key)
+    save_cache(cache_dir, ranges)
+    return ranges

@@ -1,0 +1,110 @@
+"""FP32 ONNX -> FP16 ONNX with FP32 input and output, unsafe nodes kept in FP32.
+
+The conversion itself is ONNX Runtime's ``onnxruntime.transformers.float16`` (the maintained successor of
+onnxconverter-common's converter, shipped inside the onnxruntime wheel we already depend on): it retypes
+tensors and initializers and puts Cast nodes at every FP32/FP16 boundary. We decide what stays FP32:
+
+* op types that overflow or lose too much in FP16: exp/softmax-like ops and norms whose variance sums
+  squares (:data:`UNSAFE_OPS`);
+* reductions over more than :data:`LARGE_REDUCTION` elements;
+* every node whose output was seen beyond :data:`FP16_SAFE_MAX` on the verification/calibration images
+  (a 4x margin under FP16's 65504, because unseen images go further).
+
+The graph keeps FP32 input/output so callers, preprocessing and TensorRT bindings do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.files import atomic_path
+
+FP16_MAX = 65504.0
+FP16_SAFE_MAX = FP16_MAX / 4
+LARGE_REDUCTION = 4096
+UNSAFE_OPS = ("Softmax", "LogSoftmax", "Exp", "Log", "Pow", "ReduceLogSumExp", "ReduceSumSquare", "ReduceL2",
+              "ReduceLogSum", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Range",
+              "CumSum", "TopK", "NonMaxSuppression", "RoiAlign")
+REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceProd", "GlobalAveragePool", "GlobalLpPool")
+
+
+@dataclass
+class Fp16Graph:
+    path: Path
+    kept_fp32: dict[str, str] = field(default_factory=dict)  # node name -> why
+    max_seen: float = 0.0
+
+
+def _reduced_elements(node, shapes: dict[str, list], consts: dict[str, np.ndarray]) -> int | None:
+    shape = shapes.get(node.input[0]) if node.input else None
+    if not shape or any(d is None for d in shape):
+        return None
+    if node.op_type.startswith("Global"):
+        return int(np.prod(shape[2:]))
+    axes = None
+    for attr in node.attribute:
+        if attr.name == "axes":
+            axes = list(attr.ints)
+    if axes is None and len(node.input) > 1 and node.input[1] in consts:  # opset 18: axes is an input
+        axes = [int(a) for a in consts[node.input[1]].ravel()]
+    if axes is None:
+        return int(np.prod(shape))  # opset 18 passes axes as an input; unknown -> all, the worst case
+    return int(np.prod([shape[a] for a in axes]))
+
+
+def unsafe_nodes(model, absmax: dict[str, float]) -> dict[str, str]:
+    """Nodes to keep in FP32, each with the reason."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    from onnx import numpy_helper
+
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) <= 1}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    keep = {}
+    for node in model.graph.node:
+        if node.op_type in UNSAFE_OPS:
+            keep[node.name] = f"{node.op_type} is not safe in FP16"
+            continue
+        if node.op_type in REDUCE_OPS:
+            n = _reduced_elements(node, shapes, consts)
+            if n is None or n > LARGE_REDUCTION:
+                keep[node.name] = f"{node.op_type} over {n or 'an unknown number of'} elements"
+                continue
+        seen = max((absmax.get(out, 0.0) for out in node.output), default=0.0)
+        if seen > FP16_SAFE_MAX:
+            keep[node.name] = f"output reached {seen:.3g} (FP16 max 65504)"
+    return keep
+
+
+def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
+                 extra_fp32: Sequence[str] = ()) -> Fp16Graph:
+    """Write the FP16 graph of ``src`` to ``dest``; ``absmax`` is the largest ``|x|`` seen per tensor."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from deploykit.precision.int8 import _name_nodes, _toposort
+
+    model = onnx.load(str(src))
+    _name_nodes(model)
+    keep = unsafe_nodes(model, absmax)
+    for name in extra_fp32:
+        keep.setdefault(name, "asked for")
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+                                    node_block_list=sorted(keep))
+    _toposort(fp16)  # the converter appends its Cast nodes at the end
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        onnx.save(fp16, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
