@@ -113,6 +113,7 @@ def export(
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget)
+    precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision)
     pre = result.loaded.preprocess

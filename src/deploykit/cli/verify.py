@@ -19,11 +19,19 @@ def verify(
     data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder or flat folder "
                                                               "[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    int8_agreement: Annotated[Optional[float], typer.Option(
+        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference [default: 0.97].")] = None,
+    int8_accuracy_drop: Annotated[Optional[float], typer.Option(
+        "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost [default: 1.0].")
+    ] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
-    from deploykit.verify import verify_folder
+    from deploykit.verify import verify_folder, with_overrides
 
-    report = verify_folder(folder, data=data, warn=warn)
+    overrides = {}
+    for precision in ("int8", "int8-cpu"):
+        overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
+    report = verify_folder(folder, data=data, warn=warn, overrides=overrides)
     if as_json:
         print(json.dumps(report.to_json()))
     else:

@@ -102,9 +102,60 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
         keep.setdefault(name, "asked for")
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                     node_block_list=sorted(keep))
+    _drop_round_trips(fp16)
     _toposort(fp16)  # the converter appends its Cast nodes at the end
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         onnx.save(fp16, str(tmp))
         onnx.checker.check_model(str(tmp))
     return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
+
+
+def _drop_round_trips(model) -> int:
+    """Remove FP32 -> FP16 -> FP32 Cast pairs the converter puts between two FP32 nodes.
+
+    The converter casts every blocked node's output to FP16 and back for the next blocked node: exactly the
+    rounding (and overflow to inf) that keeping both nodes in FP32 was meant to avoid. Returns pairs removed.
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    removed = 0
+    changed = True
+    while changed:
+        changed = False
+        producer = {o: n for n in graph.node for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in graph.node:
+            for name in n.input:
+                consumers.setdefault(name, []).append(n)
+        for c2 in list(graph.node):
+            if cast_to(c2) != TensorProto.FLOAT:
+                continue
+            c1 = producer.get(c2.input[0])
+            if c1 is None or cast_to(c1) != TensorProto.FLOAT16:
+                continue
+            x, t, y = c1.input[0], c2.input[0], c2.output[0]
+            if y in outputs:
+                graph.node.insert(list(graph.node).index(c2), helper.make_node("Identity", [x], [y], name=c2.name))
+            else:
+                for n in consumers.get(y, []):
+                    for i, name in enumerate(n.input):
+                        if name == y:
+                            n.input[i] = x
+            graph.node.remove(c2)
+            if len(consumers.get(t, [])) == 1 and t not in outputs:
+                graph.node.remove(c1)
+            removed += 1
+            changed = True
+            break
+    live = {o for n in graph.node for o in n.output}
+    stale = [v for v in graph.value_info if v.name not in live]
+    for v in stale:
+        graph.value_info.remove(v)
+    return removed

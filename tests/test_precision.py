@@ -1,0 +1,379 @@
+"""FP16 / INT8 ONNX: graph inspection, calibration on real photos, parity and accuracy on a trained model, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from PIL import Image
+
+from _digits import digits_arrays, train_lenet, write_imagefolder
+
+REPO_CALIB = Path(__file__).resolve().parents[1] / "calib"  # the starter calibration photos shipped in the repo
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """Trained LeNet checkpoint, a labelled held-out ImageFolder, and a calibration folder (train images)."""
+    root = tmp_path_factory.mktemp("digits")
+    images, labels = digits_arrays()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(images))
+    train, test = order[:1400], order[1400:]
+    acc = train_lenet(root / "lenet.pt", images[train], labels[train])
+    assert acc > 0.9, f"LeNet should fit digits, got {acc:.3f}"
+    write_imagefolder(root / "test", images[test][:200], labels[test][:200])
+    calib = root / "calib"
+    calib.mkdir()
+    for i in train[:64]:
+        Image.fromarray(images[i], "L").save(calib / f"{i:04d}.png")
+    return {"ckpt": root / "lenet.pt", "test": root / "test", "calib": calib}
+
+
+@pytest.fixture(scope="session")
+def resnet_export(tmp_path_factory, resnet18_sd):
+    """ResNet-18 (3x32x32 input) exported with --fp16 and INT8 for TensorRT and CPU, calibrated on real photos."""
+    from deploykit.models.loading import LoadOptions
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import CalibMethod, Int8Target, PrecisionRequest
+
+    out = tmp_path_factory.mktemp("r18") / "export"
+    req = PrecisionRequest(fp16=True, int8=True, int8_for=(Int8Target.trt, Int8Target.cpu), calib=REPO_CALIB,
+                           calib_method=CalibMethod.entropy)
+    result = export_folder(resnet18_sd, out=out, options=LoadOptions(arch="resnet18", input_shape=(3, 32, 32)),
+                           precision=req, verify=True)
+    return result
+
+
+def _types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {v.name: v.type.tensor_type.elem_type
+           for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    out.update({i.name: i.data_type for i in model.graph.initializer})
+    return out
+
+
+def _io_float32(model) -> None:
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT]
+
+
+# -- FP16 ----------------------------------------------------------------------------------------------------
+def test_fp16_graph_has_fp16_compute_and_fp32_io(resnet_export):
+    folder = resnet_export.folder
+    model = onnx.load(str(folder / "model.fp16.onnx"))
+    _io_float32(model)
+    types = _types(model)
+    kept = set(resnet_export.precision.fp16.kept_fp32)
+    compute = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "Relu", "Add", "MaxPool")]
+    assert len([n for n in compute if n.op_type == "Conv"]) == 20
+    for node in compute:
+        if node.name in kept:
+            continue
+        for name in list(node.input) + list(node.output):
+            if name:
+                assert types[name] == TensorProto.FLOAT16, f"{node.name} edge {name} is {types[name]}, not FP16"
+    fp32_inits = [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+    assert not fp32_inits, f"weights left in FP32: {fp32_inits[:5]}"
+    casts = Counter(n.op_type for n in model.graph.node)["Cast"]
+    assert casts >= 2  # in and out of FP16 at least
+    entry = resnet_export.manifest.artifact("model.fp16.onnx")
+    assert entry["precision"] == "fp16" and entry["parity"]["passed"], entry["parity"]
+    assert entry["parity"]["metrics"]["cosine_min"] >= 0.9999
+
+
+def test_fp16_keeps_unsafe_nodes_in_fp32(tmp_path):
+    """Softmax and a node whose values were seen beyond FP16's range stay FP32; the rest become FP16."""
+    from onnx import helper
+
+    from deploykit.precision.fp16 import convert_fp16
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Mul", ["h", "big"], ["hb"], name="scale_up"),
+             helper.make_node("Softmax", ["hb"], ["y"], name="softmax", axis=-1)]
+    big = numpy_helper.from_array(np.array(1e5, np.float32), "big")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, big])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    h = x @ numpy_helper.to_array(w)
+    result = convert_fp16(src, tmp_path / "m16.onnx", {"x": 3.0, "h": float(np.abs(h).max()),
+                                                      "hb": float(np.abs(h).max() * 1e5)})
+    assert set(result.kept_fp32) == {"scale_up", "softmax"}
+    assert "65504" in result.kept_fp32["scale_up"]
+    m16 = onnx.load(str(tmp_path / "m16.onnx"))
+    types = _types(m16)
+    nodes16 = {n.name: n for n in m16.graph.node}
+    assert types["w"] == TensorProto.FLOAT16 and types[nodes16["mm"].output[0]] == TensorProto.FLOAT16
+    # the two FP32 nodes talk in FP32 directly: no FP16 round trip (which would overflow) between them
+    assert nodes16["softmax"].input[0] == nodes16["scale_up"].output[0]
+    assert types[nodes16["scale_up"].output[0]] == TensorProto.FLOAT
+    import onnxruntime as ort
+
+    y16 = ort.InferenceSession(str(tmp_path / "m16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.isfinite(y16).all() and np.allclose(y16, y32, atol=1e-2)
+
+
+# -- INT8 for TensorRT ---------------------------------------------------------------------------------------
+def test_int8_trt_qdq_placement(resnet_export):
+    model = onnx.load(str(resnet_export.folder / "model.int8.onnx"))
+    _io_float32(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ops = Counter(n.op_type for n in model.graph.node)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(convs) == 20 and len(gemms) == 1
+    for node in convs + gemms:
+        act, weight = producer.get(node.input[0]), producer.get(node.input[1])
+        assert act is not None and act.op_type == "DequantizeLinear", f"{node.name}: activation not Q/DQ'd"
+        assert producer[act.input[0]].op_type == "QuantizeLinear"
+        assert weight is not None and weight.op_type == "DequantizeLinear", f"{node.name}: weight not DQ'd"
+        wq = inits[weight.input[0]]
+        assert wq.data_type == TensorProto.INT8  # int8 weights stored, no Q node on weights
+        scale = numpy_helper.to_array(inits[weight.input[1]])
+        axis = {a.name: a.i for a in weight.attribute}.get("axis")
+        out_axis = 0 if node.op_type == "Conv" else (0 if any(a.name == "transB" and a.i for a in node.attribute)
+                                                        else 1)
+        assert axis == out_axis and scale.shape == (wq.dims[out_axis],), f"{node.name}: not per-channel"
+        if len(node.input) > 2:  # bias stays FP32 (TensorRT fuses it; no int32 DQ)
+            assert inits[node.input[2]].data_type == TensorProto.FLOAT
+    # every zero point is an int8 zero: symmetric quantization
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            assert zp.dtype == np.int8 and not zp.any()
+            assert (numpy_helper.to_array(inits[node.input[1]]) > 0).all()
+    # no FP32 conv weights left, and no Q/DQ pair around every op: Relu/MaxPool/Add outputs are never quantized
+    assert not [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 4]
+    q_inputs = [producer.get(n.input[0]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert ops["QuantizeLinear"] == len({n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"})
+    assert ops["DequantizeLinear"] == ops["QuantizeLinear"] + 21  # activations + one per weight
+    allowed = ("Relu", "MaxPool", "Flatten", "Reshape", "ReduceMean", "GlobalAveragePool",
+               "Conv")  # Conv: a downsample shortcut feeding a residual Add
+    assert all(p is None or p.op_type in allowed for p in q_inputs), [p.op_type for p in q_inputs if p]
+    assert ops["QuantizeLinear"] <= len(convs) + len(gemms) + 8
+    # residual adds: exactly one input dequantized (the shortcut), the other straight from a Conv (fuses)
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 8
+    for add in adds:
+        kinds = sorted(producer[i].op_type for i in add.input)
+        assert kinds == ["Conv", "DequantizeLinear"], f"{add.name}: {kinds}"
+    details = resnet_export.manifest.artifact("model.int8.onnx")["details"]
+    assert details["calibration"]["images"] == 40 and details["calibration"]["method"] == "entropy"
+
+
+def test_int8_graphs_are_verified_in_the_manifest(resnet_export):
+    folder = resnet_export.folder
+    manifest = json.loads((folder / "deploykit.json").read_text())
+    by_path = {a["path"]: a for a in manifest["artifacts"]}
+    assert set(by_path) >= {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"}
+    assert by_path["model.int8-cpu.onnx"]["precision"] == "int8-cpu"
+    for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
+        parity = by_path[name]["parity"]
+        assert parity["reference"] == "pytorch" and "top1_agreement" in parity["metrics"]
+    assert list(folder.glob("calib-entropy-*.json"))
+
+
+def test_int8_cpu_uses_onnxruntime_integer_kernels(resnet_export):
+    from deploykit.precision.int8 import CPU_FORMAT, CpuFormat
+
+    model = onnx.load(str(resnet_export.folder / "model.int8-cpu.onnx"))
+    _io_float32(model)
+    ops = Counter(n.op_type for n in model.graph.node)
+    if CPU_FORMAT is CpuFormat.qoperator_u8s8:
+        assert ops["QLinearConv"] == 20 and ops["Conv"] == 0
+    else:
+        assert ops["Conv"] == 20 and ops["QuantizeLinear"] > 20
+    int8_weights = [i for i in model.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 4]
+    assert len(int8_weights) == 20
+
+
+# -- calibration ---------------------------------------------------------------------------------------------
+def test_calibration_is_cached_by_model_data_and_method(resnet_export, tmp_path):
+    from deploykit.precision.calibrate import CalibMethod, calibrate, calibration_images
+    from deploykit.precision.int8 import plan_trt
+
+    folder = resnet_export.folder
+    fp32 = folder / "model.onnx"
+    pre = resnet_export.loaded.preprocess
+    tensors = plan_trt(onnx.load(str(fp32))).activation_tensors
+    images = calibration_images(REPO_CALIB, size=512)
+    work = tmp_path / "c"
+    work.mkdir()
+    first = calibrate(fp32, tensors, images, pre, CalibMethod.minmax, cache_dir=work)
+    again = calibrate(fp32, tensors, images, pre, CalibMethod.minmax, cache_dir=work)
+    assert not first.cached and again.cached and again.tensors == first.tensors
+    entropy = calibrate(fp32, tensors, images, pre, CalibMethod.entropy, cache_dir=work)
+    percentile = calibrate(fp32, tensors, images, pre, CalibMethod.percentile, cache_dir=work)
+    assert not entropy.cached and len(list(work.glob("calib-*.json"))) == 3
+    fewer = calibrate(fp32, tensors, images.sample(35), pre, CalibMethod.minmax, cache_dir=work)
+    assert not fewer.cached  # other images, other key
+    for name in tensors:  # clipping methods never exceed the observed max
+        assert 0 < entropy.amax(name) <= first.amax(name) + 1e-6
+        assert 0 < percentile.amax(name) <= first.amax(name) + 1e-6
+
+
+def test_entropy_threshold_clips_outliers():
+    from deploykit.precision.calibrate import CalibMethod, TensorStats
+
+    rng = np.random.default_rng(0)
+    stats = TensorStats()
+    x = np.abs(rng.standard_normal(500_000)).astype(np.float32)
+    x[:5] = 60.0  # a few outliers stretch the max
+    stats.update(x, histogram=True)
+    assert stats.threshold(CalibMethod.minmax) == pytest.approx(60.0)
+    assert 2.0 < stats.threshold(CalibMethod.entropy) < 10.0
+    assert 3.0 < stats.threshold(CalibMethod.percentile) < 6.0
+
+
+# -- a trained model: parity and accuracy --------------------------------------------------------------------
+def test_digits_fp16_and_int8_keep_accuracy(digits, cli, tmp_path):
+    out = tmp_path / "lenet"
+    res = cli("export", digits["ckpt"], "--out", out, "--fp16", "--int8", "--int8-for", "trt", "--int8-for", "cpu",
+              "--calib", digits["calib"], "--calib-method", "minmax", "--data", digits["test"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "deploykit.json").read_text())
+    by_path = {a["path"]: a["parity"]["metrics"] for a in manifest["artifacts"]}
+    ref = by_path["model.onnx"]["reference_accuracy"]
+    assert ref > 85.0
+    for name in ("model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):
+        m = by_path[name]
+        assert m["reference_accuracy"] == ref and m["accuracy_drop"] <= 1.0, (name, m)
+        assert m["top1_agreement"] >= 0.97
+    assert by_path["model.fp16.onnx"]["cosine_min"] >= 0.9999
+    res = cli("verify", out, "--data", digits["test"], "--json")
+    assert res.exit_code == 0, res.output
+    # a gate nobody can meet fails with exit 4 and names the artifact
+    res = cli("verify", out, "--data", digits["test"], "--int8-agreement", "1.01")
+    assert res.exit_code == 4 and "model.int8.onnx" in res.output
+
+
+def test_sensitivity_and_budget_on_badly_calibrated_int8(digits, tmp_path):
+    """Ranges shrunk 20x clip every activation: INT8 breaks; keeping the worst layers in FP32 repairs it."""
+    from deploykit.models.loading import LoadOptions, load_model
+    from deploykit.export import export_onnx
+    from deploykit.precision.calibrate import CalibMethod, calibrate, calibration_images
+    from deploykit.precision.int8 import plan_trt, quantize_trt
+    from deploykit.precision.sensitivity import fit_budget, logits_of, rank_layers, score
+
+    loaded = load_model(digits["ckpt"], LoadOptions())
+    fp32 = export_onnx(loaded, tmp_path / "model.onnx")
+    plan = plan_trt(onnx.load(str(fp32)))
+    ranges = calibrate(fp32, plan.activation_tensors, calibration_images(digits["calib"]), loaded.preprocess,
+                       CalibMethod.minmax, cache_dir=tmp_path)
+    bad = {n: ranges.amax(n) / 20 for n in plan.activation_tensors}
+    from deploykit.data import scan_images
+
+    test = scan_images(digits["test"])
+    batch = test.load(loaded.preprocess)
+    labels = np.array(test.labels)
+    reference = logits_of(fp32, batch)
+
+    def evaluate(excluded):
+        quantize_trt(fp32, tmp_path / "probe.onnx", bad, plan=plan, exclude=excluded)
+        return logits_of(tmp_path / "probe.onnx", batch)
+
+    base, ranking = rank_layers([layer.name for layer in plan.layers], evaluate, reference, labels)
+    assert base.loss > 2.0, "clipped ranges should cost accuracy"
+    assert len(ranking) == 5 and ranking[0].gain_mse >= ranking[-1].gain_mse
+    result = fit_budget(base, ranking, 1.0, evaluate, reference, labels)
+    assert result.met and 1 <= len(result.kept_fp32) <= 5
+    assert score(reference, evaluate(result.kept_fp32), labels).loss <= 1.0
+    assert result.to_json()["kept_fp32"] == result.kept_fp32
+
+
+def test_export_accuracy_budget_records_fp32_layers(digits, tmp_path):
+    """End to end: a zero-point budget on top-1 disagreement, with sensitivity in the manifest when missed."""
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import PrecisionRequest
+
+    req = PrecisionRequest(int8=True, calib=digits["calib"], accuracy_budget=0.0, int8_agreement=1.0)
+    result = export_folder(digits["ckpt"], out=tmp_path / "b", precision=req, data=digits["test"])
+    details = result.manifest.artifact("model.int8.onnx")["details"]
+    budget = result.precision.budget
+    if budget is None:  # INT8 agreed on every image: nothing to fit, and the manifest says so by omission
+        assert result.manifest.artifact("model.int8.onnx")["parity"]["metrics"]["top1_agreement"] == 1.0
+    else:
+        assert details["accuracy_budget"]["budget_pts"] == 0.0
+        assert details["fp32_layers"] == budget.kept_fp32
+        assert len(details["accuracy_budget"]["sensitivity"]) == 5
+
+
+# -- errors --------------------------------------------------------------------------------------------------
+def _photo_folder(path: Path, n: int, mode: str = "RGB") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    srcs = sorted(REPO_CALIB.glob("*.jpg"))
+    for i in range(n):
+        Image.open(srcs[i % len(srcs)]).convert(mode).save(path / f"p{i:03d}.png")
+    return path
+
+
+@pytest.mark.parametrize("case", ["no-default", "missing", "empty", "too-few", "all-corrupt", "grayscale"])
+def test_calibration_errors_are_one_line(case, resnet18_sd, cli, tmp_path):
+    args = ["export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o",
+            "--int8", "--no-verify"]
+    expect = {"no-default": "INT8 needs calibration images", "missing": "folder not found",
+              "empty": "no readable images", "too-few": "needs at least 32", "all-corrupt": "no readable images",
+              "grayscale": "grayscale"}[case]
+    if case == "missing":
+        args += ["--calib", tmp_path / "nope"]
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        args += ["--calib", tmp_path / "empty"]
+    elif case == "too-few":
+        args += ["--calib", _photo_folder(tmp_path / "few", 10)]
+    elif case == "all-corrupt":
+        bad = tmp_path / "bad"
+        bad.mkdir()
+        for i in range(40):
+            (bad / f"x{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        args += ["--calib", bad]
+    elif case == "grayscale":
+        args += ["--calib", _photo_folder(tmp_path / "gray", 40, mode="L")]
+    res = cli(*args)
+    assert res.exit_code == 1, res.output
+    assert expect in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o" / "model.int8.onnx").exists()
+
+
+def test_corrupt_images_are_skipped_and_min_calib_lowers_the_bar(resnet18_sd, cli, tmp_path):
+    calib = _photo_folder(tmp_path / "c", 10)
+    (calib / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    args = ["export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o",
+            "--int8", "--calib", calib, "--no-verify"]
+    res = cli(*args)
+    assert res.exit_code == 1 and "has 10 usable image(s)" in res.output
+    res = cli(*args, "--min-calib", "8", "--calib-method", "percentile")
+    assert res.exit_code == 0, res.output
+    assert "broken.jpg" in res.output  # the skip is reported
+    assert (tmp_path / "o" / "model.int8.onnx").is_file()
+
+
+def test_default_calib_folder_is_used(resnet18_sd, cli, tmp_path):
+    shutil.copytree(REPO_CALIB, tmp_path / "calib")  # tests run in tmp_path (conftest)
+    res = cli("export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o",
+              "--int8", "--calib-size", "33", "--calib-method", "minmax", "--no-verify")
+    assert res.exit_code == 0, res.output
+    details = json.loads((tmp_path / "o" / "deploykit.json").read_text())["artifacts"][-1]["details"]
+    assert details["calibration"]["images"] == 33
+
+
+def test_precision_flags_need_int8(resnet18_sd, cli, tmp_path):
+    base = ["export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o"]
+    res = cli(*base, "--int8-for", "cpu")
+    assert res.exit_code == 1 and "--int8-for only applies with --int8" in res.output
+    res = cli(*base, "--calib", REPO_CALIB)
+    assert res.exit_code == 1 and "--calib" in res.output
+    res = cli(*base, "--int8", "--calib-method", "kl")
+    assert res.exit_code == 2  # typer rejects a choice outside the enum
