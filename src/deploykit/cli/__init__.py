@@ -1,6 +1,7 @@
 """Command line: thin Typer commands that parse options, call the library, and render with rich."""
 
 from deploykit.cli import export, models, predict, verify  # noqa: F401  (register commands)
+from deploykit.cli import bench  # noqa: F401,E402  (deploykit bench)
 from deploykit.cli.app import app
 
 

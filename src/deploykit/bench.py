@@ -1,0 +1,993 @@
+"""Latency and throughput of every artifact of an export folder, side by side with the PyTorch reference.
+
+How a case is measured (the method trtexec and ``torch.utils.benchmark`` use):
+
+* one input batch is prepared before any timing (real photos through the folder's preprocessing, tiled to the
+  batch size); on CUDA it sits in pinned host memory;
+* each case loads its model, runs ``warmup`` untimed iterations, then timed iterations, one clock reading
+  around each: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU;
+* PyTorch (``torch.set_num_threads``) and ONNX Runtime (``intra_op_num_threads``, one inter-op thread) get the
+  same thread count, all cores by default;
+* the step that is timed is the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under
+  ``inference_mode`` -- so bench adds nothing a hand-written loop would not.
+
+Memory: both frameworks are imported before the first case, then for each case the kernel's peak-RSS counter
+is reset (``/proc/self/clear_refs``), the model is loaded and run, and ``VmHWM`` is read back. ``rss_peak_mb``
+is the whole process's peak during the case (libraries included); ``rss_delta_mb`` is that peak minus the RSS
+before loading: what this backend and precision cost on top of an idle process. Cases run one after the other
+and each one's models are freed before the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deploykit.errors import InputError, MissingDependencyError
+from deploykit.manifest import MANIFEST_NAME, Manifest
+from deploykit.verify import Precision
+
+DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
+DEFAULT_WARMUP = 5
+DEFAULT_ITERS = 100
+DEFAULT_BUDGET_S = 15.0  # without --iters/--seconds: 100 iterations, or fewer once 15 s have passed
+MIN_ITERS = 10  # ... but never fewer than this
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    ort = "ort"
+    trt = "trt"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Variant(str, Enum):
+    """How a backend ran: the plain form, or one of the extra forms asked for with --torch-variants / TRT."""
+
+    eager = "eager"  # PyTorch, as the model comes
+    channels_last = "channels_last"  # PyTorch FP32, NHWC memory format (CPU)
+    channels_last_autocast = "channels_last+autocast"  # PyTorch, NHWC + FP16 autocast (CUDA)
+    compiled = "compile"  # torch.compile (inductor)
+    session = "session"  # ONNX Runtime InferenceSession.run, host arrays in and out
+    end_to_end = "end-to-end"  # TensorRT, host-to-device copy + compute + device-to-host copy
+    compute = "compute"  # TensorRT, device buffers only (trtexec's "GPU Compute Time")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backends: tuple[Backend, ...] = (Backend.torch, Backend.ort, Backend.trt)
+    precisions: tuple[Precision, ...] = tuple(Precision)
+    batches: tuple[int, ...] = (1,)
+    device: Device = Device.cpu
+    threads: int | None = None  # None: every core this process may run on
+    warmup: int = DEFAULT_WARMUP
+    iters: int | None = None
+    seconds: float | None = None
+    torch_variants: bool = False
+
+    def validate(self) -> None:
+        if self.iters is not None and self.seconds is not None:
+            raise InputError("give --iters or --seconds, not both")
+        if self.iters is not None and self.iters < 1:
+            raise InputError(f"--iters must be >= 1, got {self.iters}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise InputError(f"--seconds must be > 0, got {self.seconds}")
+        if self.warmup < 0:
+            raise InputError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise InputError(f"--batch sizes must be >= 1, got {','.join(map(str, self.batches)) or 'none'}")
+        if not self.backends:
+            raise InputError("--backends is empty; choose from torch,ort,trt")
+        if not self.precisions:
+            raise InputError("--precisions is empty; choose from fp32,fp16,int8,int8-cpu")
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or available_cores()
+
+
+def parse_list(text: str, kind: type[Enum], flag: str) -> tuple:
+    """``"torch, ort"`` -> ``(Backend.torch, Backend.ort)``; unknown names raise one line listing the choices."""
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        try:
+            value = kind(item)
+        except ValueError:
+            choices = ",".join(m.value for m in kind)
+            raise InputError(f"{flag}: unknown {item!r}; choose from {choices}") from None
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        raise InputError(f"--batch must be comma-separated integers, e.g. 1,8,32; got {text!r}") from None
+    return values
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+    @classmethod
+    def of(cls, samples_ms: np.ndarray) -> Latency:
+        p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
+        return cls(float(p50), float(p90), float(p99), float(np.mean(samples_ms)))
+
+    def to_json(self) -> dict[str, float]:
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
+
+
+@dataclass
+class Measurement:
+    backend: Backend
+    precision: Precision
+    device: Device
+    batch: int
+    variant: Variant
+    latency: Latency
+    iters: int
+    clock: str
+    artifact: str | None = None
+    speedup_vs_torch: float | None = None
+    rss_peak_mb: float | None = None
+    rss_delta_mb: float | None = None
+    gpu_mem_mb: float | None = None
+    parity: dict[str, Any] | None = None
+    note: str | None = None
+
+    @property
+    def throughput(self) -> float:
+        """Images per second: batch / mean latency (runs are back to back, one at a time)."""
+        return self.batch * 1000.0 / self.latency.mean
+
+    @property
+    def label(self) -> str:
+        plain = self.variant in (Variant.eager, Variant.session)
+        return f"{self.backend.value} {self.precision.value}" + ("" if plain else f" {self.variant.value}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend.value, "precision": self.precision.value, "device": self.device.value,
+                "batch": self.batch, "latency_ms": self.latency.to_json(), "throughput": self.throughput,
+                "speedup_vs_torch": self.speedup_vs_torch,
+                # extras beside the contract's keys
+                "variant": self.variant.value, "iters": self.iters, "clock": self.clock, "artifact": self.artifact,
+                "rss_peak_mb": self.rss_peak_mb, "rss_delta_mb": self.rss_delta_mb, "gpu_mem_mb": self.gpu_mem_mb,
+                "parity": self.parity, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Skip:
+    backend: Backend
+    precision: Precision | None
+    reason: str
+    batch: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend.value, "precision": None if self.precision is None else self.precision.value,
+                "batch": self.batch, "reason": self.reason}
+
+
+@dataclass
+class BenchReport:
+    host: dict[str, Any]
+    results: list[Measurement]
+    skipped: list[Skip]
+    target: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"host": {...}, "results": [...]}``; the host block also says what was benched and what was skipped."""
+        return {"host": {**self.host, "target": self.target, "skipped": [s.to_json() for s in self.skipped]},
+                "results": [m.to_json() for m in self.results]}
+
+    @property
+    def host_line(self) -> str:
+        return host_line(self.host)
+
+
+# -------------------------------------------------------------------------------------------------- host
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and value.strip():
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def host_info(options: BenchOptions) -> dict[str, Any]:
+    import psutil
+
+    model, flags = _cpuinfo()
+    info: dict[str, Any] = {
+        "cpu": model, "machine": platform.machine(), "os": f"{platform.system()} {platform.release()}",
+        "cores_physical": psutil.cpu_count(logical=False), "cores_logical": psutil.cpu_count(logical=True),
+        "cores_available": available_cores(), "threads": options.thread_count,
+        "isa": [f for f in ISA_FLAGS if f in flags], "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "device": options.device.value,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": _version("torch"),
+                     "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+                     "tensorrt": _version("tensorrt"), "deploykit": _version("deploykit")},
+    }
+    if options.device is Device.cuda:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def host_line(host: dict[str, Any]) -> str:
+    v = host["versions"]
+    isa = "/".join(host["isa"]) or "-"
+    gpu = f" | GPU {host['gpu']}" if host.get("gpu") else ""
+    load = f" | load {host['load_avg_1m']}" if host.get("load_avg_1m") is not None else ""
+    return (f"{host['cpu']} | {host['cores_available']} cores, {host['threads']} threads | ISA {isa}{gpu} | "
+            f"torch {v['torch']} | onnxruntime {v['onnxruntime']}"
+            + (f" | tensorrt {v['tensorrt']}" if v.get("tensorrt") else "") + load)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so RSS before a case is not inflated
+    by what earlier cases freed -- and a case cannot hide its own cost by reusing those pages."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def _rss_window() -> Iterator[dict[str, float | None]]:
+    _release_freed_memory()
+    before = _rss()
+    resettable = _reset_peak_rss()
+    out: dict[str, float | None] = {"peak": None, "delta": None}
+    try:
+        yield out
+    finally:
+        peak = _peak_rss() if resettable else None
+        if peak is None:  # no kernel counter: the RSS at the end is a lower bound of the peak
+            peak = max(before, _rss())
+        out["peak"] = peak / 2**20
+        out["delta"] = max(peak - before, 0) / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ clocks
+
+
+Step = Callable[[], Any]
+
+
+def _wall_ms(step: Step) -> float:
+    t0 = time.perf_counter_ns()
+    step()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _cuda_events_ms(step: Step) -> float:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def time_loop(step: Step, *, warmup: int, iters: int | None, seconds: float | None,
+              clock: Callable[[Step], float] = _wall_ms) -> np.ndarray:
+    """Latencies in ms of back-to-back calls of ``step`` after ``warmup`` untimed calls.
+
+    ``iters``: exactly that many; ``seconds``: until that much time has passed (at least one call); neither:
+    ``DEFAULT_ITERS`` calls, or fewer (never under ``MIN_ITERS``) once ``DEFAULT_BUDGET_S`` has passed.
+    """
+    for _ in range(warmup):
+        step()
+    if iters is not None:
+        return np.array([clock(step) for _ in range(iters)])
+    samples: list[float] = []
+    start = time.perf_counter()
+    if seconds is not None:
+        while not samples or time.perf_counter() - start < seconds:
+            samples.append(clock(step))
+        return np.array(samples)
+    while len(samples) < DEFAULT_ITERS and (len(samples) < MIN_ITERS or time.perf_counter() - start < DEFAULT_BUDGET_S):
+        samples.append(clock(step))
+    return np.array(samples)
+
+
+# ------------------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Prepared:
+    """A loaded model bound to the benchmark batch: ``step()`` runs one iteration."""
+
+    step: Step
+    clock: Callable[[Step], float]
+    clock_name: str
+    close: Callable[[], None] = lambda: None
+    gpu_mem_mb: Callable[[], float | None] = lambda: None
+
+
+class SelfTimed(Protocol):
+    """A step that times itself (CUDA events on its own stream) and returns milliseconds."""
+
+    def __call__(self) -> float: ...
+
+
+class TrtBenchSteps(Protocol):
+    """What ``deploykit.runners.trt``'s runner hands bench through ``bench_steps(batch)``: the TensorRT hook.
+
+    ``end_to_end()``: copy the batch from pinned host memory to the device, execute, copy the logits back;
+    ``compute()``: execute on device buffers only. Each runs one iteration on the runner's stream, waits for
+    it, and returns its time in ms measured with CUDA events (as trtexec reports "Latency" and "GPU Compute
+    Time"). ``close()`` frees the buffers.
+    """
+
+    def end_to_end(self) -> float: ...
+
+    def compute(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+def _self_clock(step: SelfTimed) -> float:
+    return step()
+
+
+@dataclass
+class Case:
+    backend: Backend
+    precision: Precision
+    variant: Variant
+    batch: int
+    prepare: Callable[[np.ndarray], Prepared]
+    artifact: str | None = None
+    parity: dict[str, Any] | None = None
+    note: str | None = None
+
+    @property
+    def label(self) -> str:
+        plain = self.variant in (Variant.eager, Variant.session)
+        return f"{self.backend.value} {self.precision.value}" + ("" if plain else f" {self.variant.value}") + \
+            f" b{self.batch}"
+
+
+def parity_summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's parity record of an artifact, flattened for a table row."""
+    parity = (entry or {}).get("parity")
+    if not parity:
+        return None
+    metrics = parity.get("metrics") or {}
+    keep = ("max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement", "accuracy", "accuracy_drop")
+    return {"passed": parity.get("passed"), "reference": parity.get("reference"), "n_images": parity.get("n_images"),
+            **{k: metrics[k] for k in keep if k in metrics}}
+
+
+def _torch_module(folder: Path, manifest: Manifest):
+    """The PyTorch model the folder was exported from, or a reason why it cannot be had."""
+    from deploykit.files import sha256_file
+
+    source = Path(manifest.source.get("path", ""))
+    if not source.is_file():
+        return None, f"the source checkpoint {source} is not here"
+    if sha256_file(source) != manifest.source.get("sha256"):
+        return None, f"{source} changed since export (sha256 differs); re-export"
+
+    def load():
+        from deploykit.models.loading import LoadOptions, load_model
+
+        module = load_model(source, LoadOptions.from_dict(manifest.source.get("options", {}))).module
+        import torch
+
+        if isinstance(module, torch.export.ExportedProgram):
+            module = module.module()
+        if hasattr(module, "eval") and not isinstance(module, torch.fx.GraphModule):
+            module.eval()
+        return module
+
+    return load, None
+
+
+def _torch_prepare(load_module, device: Device, variant: Variant, threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        import torch
+
+        torch.set_num_threads(threads)
+        module = load_module()
+        channels_last = variant in (Variant.channels_last, Variant.channels_last_autocast)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        module = module.to(device.value, memory_format=fmt) if channels_last else module.to(device.value)
+        if variant is Variant.compiled:
+            module = torch.compile(module)
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if variant is Variant.channels_last_autocast
+                    else contextlib.nullcontext())
+        if device is Device.cpu:
+            x = torch.from_numpy(batch).contiguous(memory_format=fmt)
+
+            def step():
+                with torch.inference_mode():
+                    return module(x)
+
+            clock, clock_name = _wall_ms, "perf_counter"
+        else:
+            torch.cuda.reset_peak_memory_stats()
+            x_host = torch.from_numpy(batch).pin_memory()
+            with torch.inference_mode(), autocast:
+                out = module(x_host.to("cuda").contiguous(memory_format=fmt))
+            out_host = torch.empty(tuple(out.shape), dtype=out.dtype).pin_memory()
+
+            def step():  # pinned host -> device, forward, device -> pinned host: what a caller waits for
+                with torch.inference_mode(), autocast:
+                    y = module(x_host.to("cuda", non_blocking=True).contiguous(memory_format=fmt))
+                    out_host.copy_(y, non_blocking=True)
+
+            clock, clock_name = _cuda_events_ms, "cuda-events"
+        if variant is Variant.compiled:
+            with torch.inference_mode(), autocast:
+                step()  # compile outside the warm-up and the timed loop
+        gpu = (lambda: torch.cuda.max_memory_allocated() / 2**20) if device is Device.cuda else (lambda: None)
+        return Prepared(step, clock, clock_name, gpu_mem_mb=gpu)
+
+    return prepare
+
+
+def _ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+        before = _cuda_used_mb() if device is Device.cuda else None
+        runner = OnnxRuntimeRunner(path, device=device.value, threads=threads)
+        session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
+
+        def step():  # exactly what a hand-written loop calls
+            return session.run(outputs, feed)
+
+        gpu = (lambda: max((_cuda_used_mb() or 0.0) - (before or 0.0), 0.0)) if device is Device.cuda else (lambda: None)
+        return Prepared(step, _wall_ms, "perf_counter", gpu_mem_mb=gpu)
+
+    return prepare
+
+
+def _cuda_used_mb() -> float | None:
+    try:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+    except Exception:  # no torch / no CUDA: GPU memory is not reported
+        return None
+
+
+def _trt_runner_class():
+    """The TensorRT runner (``deploykit.runners.trt``), imported only when a TRT case is asked for."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return None, "TensorRT is not installed: pip install 'deploykit[trt]' (needs an NVIDIA GPU)"
+    try:
+        from deploykit.runners import trt as trt_runners
+    except ImportError as exc:
+        return None, f"deploykit's TensorRT runner is not available ({exc})"
+    cls = next((getattr(trt_runners, n) for n in ("TensorRTRunner", "TrtRunner") if hasattr(trt_runners, n)), None)
+    if cls is None:
+        return None, "deploykit.runners.trt has no TensorRTRunner"
+    return cls, None
+
+
+def _trt_prepare(runner_cls, path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        before = _cuda_used_mb()
+        runner = runner_cls(path)
+        gpu = lambda: max((_cuda_used_mb() or 0.0) - (before or 0.0), 0.0)  # noqa: E731
+        hook = getattr(runner, "bench_steps", None)
+        if hook is None:  # end-to-end through the runner's own infer(): synchronous, host arrays in and out
+            return Prepared(lambda: runner.infer(batch), _wall_ms, "perf_counter", gpu_mem_mb=gpu)
+        steps: TrtBenchSteps = hook(batch)
+        step = steps.end_to_end if variant is Variant.end_to_end else steps.compute
+        return Prepared(step, _self_clock, "cuda-events", close=steps.close, gpu_mem_mb=gpu)
+
+    return prepare
+
+
+def _fixed_batch(manifest: Manifest) -> int | None:
+    shape = manifest.input.get("shape") or [None]
+    return shape[0] if isinstance(shape[0], int) and not manifest.input.get("dynamic_batch") else None
+
+
+def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple[list[Case], list[Skip]]:
+    """Every (backend, precision, variant, batch) to measure, and every requested one that cannot run here."""
+    cases: list[Case] = []
+    skips: list[Skip] = []
+    threads = options.thread_count
+    cpu = options.device is Device.cpu
+    fixed = _fixed_batch(manifest)
+
+    def onnx_entry(precision: Precision) -> dict | None:
+        return next((a for a in manifest.artifacts if a.get("precision") == precision.value
+                     and a["path"].endswith(".onnx") and (folder / a["path"]).is_file()), None)
+
+    for backend in options.backends:
+        if backend is Backend.torch:
+            try:
+                import torch  # noqa: F401
+                load, reason = _torch_module(folder, manifest)
+            except ImportError:
+                load, reason = None, "PyTorch is not installed"
+            if load is None:
+                skips.append(Skip(backend, None, reason))
+                continue
+            fp32_entry = onnx_entry(Precision.FP32)
+            ref = {"is_reference": True}
+            forms: list[tuple[Precision, Variant]] = [(Precision.FP32, Variant.eager)]
+            if options.torch_variants:
+                if cpu:
+                    forms += [(Precision.FP32, Variant.channels_last), (Precision.FP32, Variant.compiled)]
+                else:
+                    forms += [(Precision.FP16, Variant.channels_last_autocast), (Precision.FP32, Variant.compiled)]
+            for precision in options.precisions:
+                mine = [v for p, v in forms if p is precision]
+                if not mine:
+                    if precision is Precision.FP16:
+                        reason = ("PyTorch FP16 runs on CUDA only, as the channels_last+autocast variant "
+                                  "(--device cuda --torch-variants)" if cpu else
+                                  "PyTorch FP16 runs as the channels_last+autocast variant: add --torch-variants")
+                    else:
+                        reason = (f"PyTorch is benched in FP32 (the reference); {precision.value} is an ONNX "
+                                  "artifact: see the ort/trt rows")
+                    skips.append(Skip(backend, precision, reason))
+                for variant in mine:
+                    for b in options.batches:
+                        cases.append(Case(backend, precision, variant, b,
+                                          _torch_prepare(load, options.device, variant, threads),
+                                          artifact=Path(manifest.source.get("path", "")).name,
+                                          parity=ref if variant is Variant.eager else
+                                          parity_summary(fp32_entry) if variant is not Variant.channels_last_autocast
+                                          else None))
+            if options.torch_variants and cpu:
+                skips.append(Skip(backend, Precision.FP16, "channels_last+FP16 autocast is a CUDA variant; "
+                                                           "on CPU bench runs channels_last in FP32"))
+        elif backend is Backend.ort:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                skips.append(Skip(backend, None, "ONNX Runtime is not installed: pip install onnxruntime"))
+                continue
+            if not cpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+                skips.append(Skip(backend, None, "this ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu"))
+                continue
+            for precision in options.precisions:
+                entry = onnx_entry(precision)
+                if entry is None:
+                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {folder.name}/ "
+                                                          f"({_how_to_make(precision)})"))
+                    continue
+                note = None
+                if cpu and precision is Precision.FP16:
+                    note = ("ORT's CPU provider has few FP16 kernels and runs this graph through casts: "
+                            "unrepresentative of FP16 on a GPU (use --device cuda or trt)")
+                elif cpu and precision is Precision.INT8:
+                    note = "Q/DQ graph made for TensorRT; on CPU the int8-cpu artifact is the one to ship"
+                for b in options.batches:
+                    if fixed is not None and b != fixed:
+                        skips.append(Skip(backend, precision, f"{entry['path']} has a fixed batch of {fixed}: "
+                                                              "re-export with --dynamic-batch", batch=b))
+                        continue
+                    cases.append(Case(backend, precision, Variant.session, b,
+                                      _ort_prepare(folder / entry["path"], options.device, threads),
+                                      artifact=entry["path"], parity=parity_summary(entry), note=note))
+        elif backend is Backend.trt:
+            if cpu:
+                skips.append(Skip(backend, None, "TensorRT runs on NVIDIA GPUs: use --device cuda"))
+                continue
+            runner_cls, reason = _trt_runner_class()
+            if runner_cls is None:
+                skips.append(Skip(backend, None, reason))
+                continue
+            for precision in options.precisions:
+                entry = next((a for a in manifest.artifacts if a.get("precision") == precision.value
+                              and a["path"].endswith(ENGINE_SUFFIXES) and (folder / a["path"]).is_file()), None)
+                if entry is None:
+                    skips.append(Skip(backend, precision, f"no {precision.value} TensorRT engine in {folder.name}/ "
+                                                          "(deploykit export --to trt)"))
+                    continue
+                onnx_twin = onnx_entry(precision)
+                has_hook = hasattr(runner_cls, "bench_steps")
+                variants = [Variant.end_to_end, Variant.compute] if has_hook else [Variant.end_to_end]
+                if not has_hook:
+                    skips.append(Skip(backend, precision, "compute-only timing needs the TensorRT runner's "
+                                                          "bench_steps() hook, which this build lacks"))
+                engine_batch = (entry.get("batch") if isinstance(entry.get("batch"), int) else None)
+                for b in options.batches:
+                    if engine_batch is not None and b != engine_batch:
+                        skips.append(Skip(backend, precision, f"{entry['path']} was built for batch {engine_batch}",
+                                          batch=b))
+                        continue
+                    for variant in variants:
+                        cases.append(Case(backend, precision, variant, b,
+                                          _trt_prepare(runner_cls, folder / entry["path"], variant),
+                                          artifact=entry["path"],
+                                          parity=parity_summary(entry) or parity_summary(onnx_twin)))
+    return cases, skips
+
+
+def _how_to_make(precision: Precision) -> str:
+    return {Precision.FP32: "run deploykit export",
+            Precision.FP16: "export with --fp16",
+            Precision.INT8: "export with --int8",
+            Precision.INT8_CPU: "export with --int8 --int8-for cpu"}[precision]
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def bench_input(manifest: Manifest, batch: int) -> np.ndarray:
+    """A fixed batch of real photos (scikit-image samples) through the folder's preprocessing, tiled to ``batch``."""
+    from deploykit.data import sample_images
+
+    pre = manifest.preprocessing
+    images = sample_images().sample(min(batch, 8))
+    arr = images.load(pre)
+    reps = -(-batch // arr.shape[0])
+    return np.ascontiguousarray(np.concatenate([arr] * reps)[:batch], dtype=np.float32)
+
+
+def _pin_threads(threads: int) -> None:
+    """Same intra-op thread count for PyTorch as ONNX Runtime gets; import both before any RSS is read."""
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(threads)
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
+
+
+def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str, int, int], None] | None = None,
+                 target: dict[str, Any] | None = None) -> BenchReport:
+    """Measure every requested (backend, precision, batch) of an export folder."""
+    options.validate()
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    if options.device is Device.cuda:
+        _require_cuda()
+    cases, skips = plan_cases(folder, manifest, options)
+    host = host_info(options)
+    results: list[Measurement] = []
+    restore = None
+    with contextlib.suppress(ImportError):
+        import torch
+
+        restore = torch.get_num_threads()
+    _pin_threads(options.thread_count)
+    inputs = {b: bench_input(manifest, b) for b in sorted({c.batch for c in cases})}
+    try:
+        for i, case in enumerate(cases):
+            if progress:
+                progress(case.label, i, len(cases))
+            results.append(_measure(case, inputs[case.batch], options))
+    finally:
+        if restore is not None:
+            import torch
+
+            torch.set_num_threads(restore)
+    if progress:
+        progress("done", len(cases), len(cases))
+    _speedups(results)
+    info = {"folder": str(folder), "arch": manifest.model.get("arch"), "input": manifest.input.get("shape"),
+            "num_classes": manifest.model.get("num_classes"), **(target or {})}
+    return BenchReport(host, results, skips, info)
+
+
+def _measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measurement:
+    with _rss_window() as rss:
+        prepared = case.prepare(batch)
+        try:
+            samples = time_loop(prepared.step, warmup=options.warmup, iters=options.iters, seconds=options.seconds,
+                                clock=prepared.clock)
+            gpu = prepared.gpu_mem_mb()
+            clock = prepared.clock_name
+        finally:
+            prepared.close()
+            del prepared
+    return Measurement(case.backend, case.precision, options.device, case.batch, case.variant, Latency.of(samples),
+                       len(samples), clock=clock, artifact=case.artifact, rss_peak_mb=rss["peak"],
+                       rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note)
+
+
+def _speedups(results: list[Measurement]) -> None:
+    """p50 of PyTorch eager FP32 on the same device and batch over each result's p50 (None without that row)."""
+    base = {(m.device, m.batch): m.latency.p50 for m in results
+            if m.backend is Backend.torch and m.precision is Precision.FP32 and m.variant is Variant.eager}
+    for m in results:
+        ref = base.get((m.device, m.batch))
+        m.speedup_vs_torch = ref / m.latency.p50 if ref and m.latency.p50 > 0 else None
+
+
+def _require_cuda() -> None:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("--device cuda needs PyTorch with CUDA to time on the GPU") from None
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+
+
+def default_model(directory: Path) -> Path:
+    """The bundled default: a ResNet-18 (1000 classes, 224x224) with seeded random weights, as a checkpoint.
+
+    Weights do not change speed, and nothing is downloaded; parity numbers still compare ONNX with PyTorch.
+    """
+    import torch
+
+    from deploykit.models import build_model, get_spec
+    from deploykit.models.loading import save_checkpoint
+
+    torch.manual_seed(0)
+    spec = get_spec(DEFAULT_MODEL)
+    path = Path(directory) / f"{DEFAULT_MODEL}_seed0.pt"
+    save_checkpoint(path, build_model(DEFAULT_MODEL, num_classes=1000), arch=DEFAULT_MODEL, num_classes=1000,
+                    preprocess=spec.preprocess())
+    return path
+
+
+def bench_target(target: Path | None, options: BenchOptions, *, status=None, warn=None, note=None,
+                 progress=None) -> BenchReport:
+    """Bench an export folder, or a model file exported into a temporary folder first (``None``: the default)."""
+    options.validate()
+    if target is not None and Path(target).is_dir():
+        if not (Path(target) / MANIFEST_NAME).is_file():
+            raise InputError(f"{target} is not an export folder (no {MANIFEST_NAME}); pass a model file or "
+                             "run `deploykit export` first")
+        return bench_folder(Path(target), options, progress=progress, target={"source": str(target)})
+    if target is not None and not Path(target).is_file():
+        raise InputError(f"{target} not found: pass an export folder or a model file")
+    from deploykit.pipeline import export_folder
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
+        if target is None:
+            model = default_model(Path(tmp))
+            origin = {"source": f"default model: {DEFAULT_MODEL}, seeded random weights (torch.manual_seed(0))"}
+        else:
+            model = Path(target)
+            origin = {"source": str(target)}
+        (status or (lambda m: None))(f"exporting {model.name} to a temporary folder (dynamic batch)")
+        result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True, warn=warn,
+                               status=status, note=note)
+        if result.report is not None and not result.report.passed and warn:
+            warn(f"out of tolerance: {result.report.failure_summary()}")
+        folder = result.folder
+        del result  # the export's in-memory model would otherwise sit in every RSS reading
+        return bench_folder(folder, options, progress=progress, target={**origin, "exported": "on the fly"})
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def _fmt(value: float | None, spec: str, none: str = "-") -> str:
+    return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def shape_text(shape) -> str:
+    return "x".join("N" if d is None else str(d) for d in shape or [])
+
+
+def parity_cell(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "-"
+    if parity.get("is_reference"):
+        return "reference"
+    bits = []
+    if "top1_agreement" in parity:
+        bits.append(f"top1 {parity['top1_agreement']:.3f}")
+    if "cosine_min" in parity:
+        bits.append(f"cos {parity['cosine_min']:.5f}")
+    if "accuracy_drop" in parity:
+        bits.append(f"drop {parity['accuracy_drop']:+.2f}")
+    verdict = {True: "pass", False: "FAIL"}.get(parity.get("passed"), "")
+    return " ".join(bits + [verdict]).strip()
+
+
+COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
+           "vs torch", "RSS peak MB", "RSS +MB", "GPU MB", "parity (manifest)")
+
+
+def rows(report: BenchReport) -> list[list[str]]:
+    out = []
+    for m in report.results:
+        lat = m.latency
+        out.append([m.backend.value, m.precision.value, m.variant.value, m.device.value, str(m.batch),
+                    f"{lat.p50:.2f}", f"{lat.p90:.2f}", f"{lat.p99:.2f}", f"{lat.mean:.2f}", f"{m.throughput:.1f}",
+                    _fmt(m.speedup_vs_torch, ".2f") + ("x" if m.speedup_vs_torch else ""),
+                    _fmt(m.rss_peak_mb, ".0f"), _fmt(m.rss_delta_mb, ".0f"), _fmt(m.gpu_mem_mb, ".0f"),
+                    parity_cell(m.parity)])
+    return out
+
+
+def render_table(report: BenchReport):
+    from rich.table import Table
+
+    target = report.target
+    title = f"{target.get('arch') or 'model'} {shape_text(target.get('input'))} -- {report.host_line}"
+    table = Table(title=title, title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
+                                                         "parity (manifest)") else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    return table
+
+
+def write_markdown(report: BenchReport, dest: Path) -> Path:
+    from deploykit.files import atomic_path
+
+    t = report.target
+    lines = [f"# deploykit bench: {t.get('arch') or 'model'}", "",
+             f"- host: {report.host_line}",
+             f"- model: {t.get('source', t.get('folder'))} (input {shape_text(t.get('input'))}, "
+             f"{t.get('num_classes')} classes)",
+             f"- iterations: {', '.join(sorted({str(m.iters) for m in report.results})) or '-'} timed per row after "
+             "warm-up; latency per batch, throughput = batch / mean latency; `vs torch` = PyTorch eager FP32 p50 / "
+             "this p50 (same device and batch)",
+             "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
+             "included); RSS +MB: that peak minus the resident memory before loading", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 4 or i == len(COLUMNS) - 1 else "--:"
+                                                              for i in range(len(COLUMNS))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    notes = sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note})
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    if report.skipped:
+        lines += ["", "Skipped:", ""] + [f"- {skip_text(s)}" for s in report.skipped]
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def skip_text(skip: Skip) -> str:
+    what = skip.backend.value + (f" {skip.precision.value}" if skip.precision else "") + \
+        (f" batch {skip.batch}" if skip.batch is not None else "")
+    return f"{what}: {skip.reason}"
+
+
+def write_plot(report: BenchReport, dest: Path) -> Path:
+    """Two panels: p50 latency per backend/precision (p90 and p99 as markers) at the smallest batch, and
+    throughput against batch size per backend/precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deploykit.files import atomic_path
+
+    if not report.results:
+        raise InputError("nothing was measured, so there is nothing to plot (see the skipped list)")
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(13, 5.2))
+    smallest = min(m.batch for m in report.results)
+    at = [m for m in report.results if m.batch == smallest]
+    labels = [m.label for m in at]
+    x = np.arange(len(at))
+    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "trt": "#76b900"}[m.backend.value] for m in at]
+    ax_lat.bar(x, [m.latency.p50 for m in at], color=colors, label="p50")
+    ax_lat.scatter(x, [m.latency.p90 for m in at], marker="_", s=300, color="black", label="p90", zorder=3)
+    ax_lat.scatter(x, [m.latency.p99 for m in at], marker="x", color="black", label="p99", zorder=3)
+    for xi, m in zip(x, at):
+        if m.speedup_vs_torch:
+            ax_lat.annotate(f"{m.speedup_vs_torch:.2f}x", (xi, m.latency.p50), ha="center", va="bottom",
+                            fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax_lat.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax_lat.set_ylabel("latency ms (bar p50)")
+    ax_lat.set_title(f"latency at batch {smallest} ({report.results[0].device.value})")
+    ax_lat.legend(fontsize=8)
+    for label in dict.fromkeys(m.label for m in report.results):
+        pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
+        ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax_thr.set_xscale("log", base=2)
+    ax_thr.set_xticks(sorted({m.batch for m in report.results}), [str(b) for b in sorted({m.batch for m in
+                                                                                          report.results})])
+    ax_thr.set_xlabel("batch")
+    ax_thr.set_ylabel("images / s")
+    ax_thr.set_title("throughput vs batch")
+    ax_thr.legend(fontsize=8)
+    ax_thr.grid(alpha=0.3)
+    arch = report.target.get("arch") or "model"
+    fig.suptitle(f"{arch}: {report.host_line}", fontsize=8)
+    fig.tight_layout()
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return dest
+
+
+__all__ = ["Backend", "BenchOptions", "BenchReport", "Device", "Latency", "Measurement", "Skip", "Variant",
+           "bench_folder", "bench_target", "host_line", "parse_batches", "parse_list", "render_table", "time_loop",
+           "write_markdown", "write_plot", "TrtBenchSteps"]

@@ -1,0 +1,83 @@
+"""`deploykit bench`: latency and throughput of each artifact against the PyTorch reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploykit.bench import Device
+from deploykit.cli.app import app
+from deploykit.cli.render import console, err_console, note, status, warn
+
+
+@app.command()
+def bench(
+    target: Annotated[Optional[Path], typer.Argument(help="Export folder or model file (exported on the fly "
+                                                          "into a temporary folder) \\[default: a bundled ResNet-18].")] = None,
+    backends: Annotated[str, typer.Option("--backends", help="Comma list of torch,ort,trt.")] = "torch,ort,trt",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu.")]
+    = "fp32,fp16,int8,int8-cpu",
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",
+    device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for PyTorch and ONNX "
+                                                                     "Runtime alike \\[default: all cores].")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations first.")] = 5,
+    iters: Annotated[Optional[int], typer.Option("--iters", help="Timed iterations \\[default: 100, fewer (>= 10) "
+                                                                 "once 15 s have passed].")] = None,
+    seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time each case for this long instead "
+                                                                       "of --iters.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {host, results} JSON on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency per backend/precision, "
+                                                                "throughput vs batch.")] = None,
+    md: Annotated[Optional[Path], typer.Option("--md", help="Write a markdown report.")] = None,
+    torch_variants: Annotated[bool, typer.Option("--torch-variants", help="Also PyTorch channels_last (+FP16 "
+                                                                          "autocast on CUDA) and torch.compile.")]
+    = False,
+) -> None:
+    """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from deploykit.bench import (Backend, BenchOptions, bench_target, parse_batches, parse_list,
+                                 render_table, skip_text, write_markdown, write_plot)
+    from deploykit.errors import InputError
+    from deploykit.verify import Precision
+
+    options = BenchOptions(backends=parse_list(backends, Backend, "--backends"),
+                           precisions=parse_list(precisions, Precision, "--precisions"),
+                           batches=parse_batches(batch), device=device, threads=threads, warmup=warmup,
+                           iters=iters, seconds=seconds, torch_variants=torch_variants)
+    options.validate()
+    for path, flag in ((plot, "--plot"), (md, "--md")):
+        if path is not None and path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; give a file name")
+
+    # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                  auto_refresh=False, transient=True) as bar:
+        task = bar.add_task("benchmarking", total=None)
+
+        def progress(label: str, done: int, total: int) -> None:
+            bar.update(task, description=f"bench {label}", completed=done, total=total)
+            bar.refresh()
+
+        report = bench_target(target, options, status=status, warn=warn, note=note, progress=progress)
+
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        console.print(render_table(report))
+        for skip in report.skipped:
+            console.print(f"[dim]skipped[/] {skip_text(skip)}", highlight=False, soft_wrap=True)
+        for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
+            console.print(f"[dim]note[/] {line}", highlight=False, soft_wrap=True)
+    if plot is not None:
+        write_plot(report, plot)
+        err_console.print(f"wrote {plot}", highlight=False)
+    if md is not None:
+        write_markdown(report, md)
+        err_console.print(f"wrote {md}", highlight=False)
+    if not report.results:
+        raise InputError("nothing could be measured here: see the skipped list")

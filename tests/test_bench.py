@@ -1,0 +1,257 @@
+"""deploykit bench: the JSON contract, skips with reasons, the plot and the markdown report, the timing loop and
+the RSS window. Real tiny models (LeNet 1x28x28, ResNet-18 at 32x32), real ONNX Runtime and PyTorch, few
+iterations; no assertion on how fast anything is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.bench import (Backend, BenchOptions, Case, Device, Latency, Prepared, Variant, _measure, bench_folder,
+                             plan_cases, time_loop)
+from deploykit.manifest import Manifest
+from deploykit.verify import Precision
+
+FAST = ("--iters", "3", "--warmup", "1")
+
+
+def _checkpoint(folder: Path, arch: str, num_classes: int, size: int | None = None) -> Path:
+    import torch
+
+    from deploykit.models import build_model, get_spec
+    from deploykit.models.loading import save_checkpoint
+    from deploykit.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    spec = get_spec(arch)
+    pre = spec.preprocess()
+    if size is not None:
+        pre = Preprocess(channels=pre.channels, height=size, width=size, mean=pre.mean, std=pre.std, resize=None)
+    path = folder / f"{arch}.pt"
+    save_checkpoint(path, build_model(arch, num_classes=num_classes), arch=arch, num_classes=num_classes,
+                    preprocess=pre)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lenet_ckpt(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("lenet"), "lenet", 10)
+
+
+@pytest.fixture(scope="session")
+def lenet_folder(lenet_ckpt, tmp_path_factory) -> Path:
+    """A LeNet export folder with a dynamic batch and parity recorded in its manifest."""
+    from deploykit.pipeline import export_folder
+
+    return export_folder(lenet_ckpt, out=tmp_path_factory.mktemp("lenet_export") / "exp", dynamic_batch=True).folder
+
+
+@pytest.fixture(scope="session")
+def resnet18_fixed_folder(tmp_path_factory) -> Path:
+    """ResNet-18 at 32x32, exported with the default fixed batch of 1."""
+    from deploykit.pipeline import export_folder
+
+    ckpt = _checkpoint(tmp_path_factory.mktemp("r18"), "resnet18", 7, size=32)
+    return export_folder(ckpt, out=tmp_path_factory.mktemp("r18_export") / "exp").folder
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_json_contract(cli, lenet_folder):
+    out = _json(cli("bench", lenet_folder, "--backends", "torch,ort", "--precisions", "fp32", "--batch", "1,2",
+                    "--threads", "1", *FAST, "--json"))
+    assert set(out) == {"host", "results"}
+    host = out["host"]
+    for key in ("cpu", "cores_available", "threads", "isa", "versions"):
+        assert key in host
+    assert host["threads"] == 1
+    assert isinstance(host["isa"], list)
+    assert host["versions"]["torch"] and host["versions"]["onnxruntime"]
+    results = out["results"]
+    assert {(r["backend"], r["batch"]) for r in results} == {("torch", 1), ("torch", 2), ("ort", 1), ("ort", 2)}
+    for r in results:
+        assert isinstance(r["backend"], str) and isinstance(r["precision"], str) and isinstance(r["device"], str)
+        assert isinstance(r["batch"], int)
+        assert set(r["latency_ms"]) == {"p50", "p90", "p99", "mean"}
+        assert all(isinstance(v, float) and v > 0 for v in r["latency_ms"].values())
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        assert isinstance(r["throughput"], float)
+        assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["latency_ms"]["mean"])
+        assert isinstance(r["speedup_vs_torch"], float)
+        assert r["device"] == "cpu" and r["precision"] == "fp32" and r["iters"] == 3
+        assert r["rss_peak_mb"] > 0 and 0 <= r["rss_delta_mb"] <= r["rss_peak_mb"]
+    torch_rows = [r for r in results if r["backend"] == "torch"]
+    assert all(r["speedup_vs_torch"] == 1.0 and r["parity"] == {"is_reference": True} for r in torch_rows)
+    ort_b2 = next(r for r in results if r["backend"] == "ort" and r["batch"] == 2)
+    torch_b2 = next(r for r in torch_rows if r["batch"] == 2)
+    assert ort_b2["speedup_vs_torch"] == pytest.approx(torch_b2["latency_ms"]["p50"] / ort_b2["latency_ms"]["p50"])
+    # the artifact's parity from the manifest sits beside its speed
+    recorded = Manifest.load(lenet_folder).artifact("model.onnx")["parity"]
+    assert ort_b2["artifact"] == "model.onnx"
+    assert ort_b2["parity"]["passed"] is True
+    assert ort_b2["parity"]["top1_agreement"] == recorded["metrics"]["top1_agreement"]
+
+
+def test_skips_say_why(cli, lenet_folder):
+    out = _json(cli("bench", lenet_folder, *FAST, "--json"))  # every backend and precision: the defaults
+    reasons = {(s["backend"], s["precision"]): s["reason"] for s in out["host"]["skipped"]}
+    assert "GPU" in reasons[("trt", None)]  # on CPU, TensorRT is skipped as a whole
+    for precision, flag in (("fp16", "--fp16"), ("int8", "--int8"), ("int8-cpu", "--int8-for cpu")):
+        assert f"no {precision} ONNX artifact" in reasons[("ort", precision)]
+        assert flag in reasons[("ort", precision)]
+    assert "CUDA" in reasons[("torch", "fp16")]
+    assert {(r["backend"], r["precision"]) for r in out["results"]} == {("torch", "fp32"), ("ort", "fp32")}
+
+
+def test_fixed_batch_artifact_skips_other_batches(cli, resnet18_fixed_folder):
+    out = _json(cli("bench", resnet18_fixed_folder, "--backends", "torch,ort", "--precisions", "fp32",
+                    "--batch", "1,2", *FAST, "--json"))
+    assert {(r["backend"], r["batch"]) for r in out["results"]} == {("torch", 1), ("torch", 2), ("ort", 1)}
+    skip = next(s for s in out["host"]["skipped"] if s["backend"] == "ort")
+    assert skip["batch"] == 2 and "fixed batch of 1" in skip["reason"] and "--dynamic-batch" in skip["reason"]
+    assert out["host"]["target"]["input"] == [1, 3, 32, 32]
+
+
+def test_plot_and_markdown(cli, lenet_folder, tmp_path):
+    from PIL import Image
+
+    png, md = tmp_path / "bench.png", tmp_path / "report" / "bench.md"
+    result = cli("bench", lenet_folder, "--backends", "torch,ort", "--precisions", "fp32", "--batch", "1,4",
+                 *FAST, "--plot", png, "--md", md)
+    assert result.exit_code == 0, result.output
+    assert "ort" in result.stdout and "skipped" not in result.stdout  # nothing requested was unavailable
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.size[0] > 800 and image.size[1] > 400
+    text = md.read_text()
+    assert "| backend | precision | variant |" in text
+    table_rows = [line for line in text.splitlines() if line.startswith("| torch ") or line.startswith("| ort ")]
+    assert len(table_rows) == 4  # two backends x two batch sizes
+    assert "host:" in text and "threads" in text
+    assert not list(tmp_path.glob("**/.*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_model_file_is_exported_on_the_fly(cli, lenet_ckpt):
+    out = _json(cli("bench", lenet_ckpt, "--backends", "ort", "--precisions", "fp32", *FAST, "--json"))
+    assert [(r["backend"], r["precision"]) for r in out["results"]] == [("ort", "fp32")]
+    assert out["results"][0]["speedup_vs_torch"] is None  # no PyTorch row was asked for
+    assert out["results"][0]["parity"]["passed"] is True  # verified during the on-the-fly export
+    target = out["host"]["target"]
+    assert target["exported"] == "on the fly" and target["arch"] == "lenet"
+    assert not Path(target["folder"]).exists()  # the temporary export folder is gone
+
+
+@pytest.mark.slow
+def test_default_model_needs_no_target(cli):
+    out = _json(cli("bench", "--backends", "ort", "--precisions", "fp32", "--iters", "2", "--warmup", "0",
+                    "--json"))
+    assert out["host"]["target"]["arch"] == "resnet18"
+    assert "default model" in out["host"]["target"]["source"]
+    assert out["results"][0]["batch"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--iters", "0"), "--iters must be >= 1"),
+    (("--iters", "3", "--seconds", "1"), "not both"),
+    (("--backends", "torch,tflite"), "unknown 'tflite'"),
+    (("--precisions", "fp8"), "unknown 'fp8'"),
+    (("--batch", "1,x"), "comma-separated integers"),
+    (("--batch", "0"), "--batch sizes must be >= 1"),
+    (("--threads", "0"), "--threads must be >= 1"),
+])
+def test_bad_options_are_one_line(cli, lenet_folder, args, message):
+    result = cli("bench", lenet_folder, *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_bad_targets(cli, tmp_path):
+    result = cli("bench", tmp_path / "missing.pt")
+    assert result.exit_code == 1 and "not found" in result.output
+    result = cli("bench", tmp_path)
+    assert result.exit_code == 1 and "not an export folder" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None and
+                    __import__("torch").cuda.is_available(), reason="this host has a CUDA GPU")
+def test_cuda_without_gpu_says_so(cli, lenet_folder):
+    result = cli("bench", lenet_folder, "--device", "cuda", *FAST)
+    assert result.exit_code == 3 and "no CUDA GPU" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_trt_on_cuda_without_tensorrt_is_skipped_with_reason(lenet_folder):
+    options = BenchOptions(backends=(Backend.trt,), device=Device.cuda)
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options)
+    assert cases == [] and len(skips) == 1
+    assert "TensorRT is not installed" in skips[0].reason and "deploykit[trt]" in skips[0].reason
+
+
+def test_torch_variants_planned_per_device(lenet_folder):
+    manifest = Manifest.load(lenet_folder)
+    for device, expected in ((Device.cpu, {(Precision.FP32, Variant.eager), (Precision.FP32, Variant.channels_last),
+                                           (Precision.FP32, Variant.compiled)}),
+                             (Device.cuda, {(Precision.FP32, Variant.eager), (Precision.FP32, Variant.compiled),
+                                            (Precision.FP16, Variant.channels_last_autocast)})):
+        cases, _ = plan_cases(lenet_folder, manifest, BenchOptions(backends=(Backend.torch,), device=device,
+                                                                   torch_variants=True))
+        assert {(c.precision, c.variant) for c in cases} == expected
+
+
+def test_channels_last_variant_runs_on_cpu(lenet_folder):
+    options = BenchOptions(backends=(Backend.torch,), precisions=(Precision.FP32,), iters=2, warmup=1,
+                           torch_variants=True)
+    cases, _ = plan_cases(lenet_folder, Manifest.load(lenet_folder), options)
+    case = next(c for c in cases if c.variant is Variant.channels_last)
+    m = _measure(case, np.zeros((1, 1, 28, 28), np.float32), options)
+    assert m.variant is Variant.channels_last and m.batch == 1 and m.iters == 2 and m.latency.p50 > 0
+
+
+def test_time_loop_counts_warmup_and_iterations():
+    calls = []
+    samples = time_loop(lambda: calls.append(1), warmup=3, iters=7, seconds=None)
+    assert len(calls) == 10 and samples.shape == (7,) and (samples >= 0).all()
+    calls.clear()
+    samples = time_loop(lambda: calls.append(1), warmup=0, iters=None, seconds=0.05)
+    assert len(samples) == len(calls) >= 1
+    assert time_loop(lambda: None, warmup=0, iters=None, seconds=None).shape == (100,)  # the default count
+
+
+def test_latency_percentiles():
+    lat = Latency.of(np.arange(1, 101, dtype=float))
+    assert (lat.p50, lat.p90, lat.p99, lat.mean) == pytest.approx((50.5, 90.1, 99.01, 50.5))
+
+
+def test_rss_delta_sees_what_a_case_allocates():
+    """A case that holds 200 MiB while it runs reports about that much on top of the idle process."""
+    held = []
+
+    def prepare(batch):
+        held.append(np.ones(200 * 2**20 // 8))  # touched pages: resident
+        return Prepared(step=lambda: float(held[0][0]), clock=lambda step: (step(), 0.001)[1], clock_name="test",
+                        close=held.clear)
+
+    case = Case(Backend.ort, Precision.FP32, Variant.session, 1, prepare)
+    m = _measure(case, np.zeros((1, 1), np.float32), BenchOptions(iters=2, warmup=0))
+    assert 190 <= m.rss_delta_mb <= 260
+    assert m.rss_peak_mb >= m.rss_delta_mb
+    assert held == []  # closed after measuring
+
+
+def test_bench_folder_restores_torch_threads(lenet_folder):
+    import torch
+
+    before = torch.get_num_threads()
+    report = bench_folder(lenet_folder, BenchOptions(backends=(Backend.torch,), precisions=(Precision.FP32,),
+                                                     threads=1, iters=2, warmup=0))
+    assert report.host["threads"] == 1 and len(report.results) == 1
+    assert torch.get_num_threads() == before
