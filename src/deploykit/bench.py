@@ -959,10 +959,7 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     ax_lat.bar(x, [m.latency.p50 for m in at], color=colors, label="p50")
     ax_lat.scatter(x, [m.latency.p90 for m in at], marker="_", s=300, color="black", label="p90", zorder=3)
     ax_lat.scatter(x, [m.latency.p99 for m in at], marker="x", color="black", label="p99", zorder=3)
-    for xi, m in zip(x, at):
-        if m.speedup_vs_torch:
-            ax_lat.annotate(f"{m.speedup_vs_torch:.2f}x", (xi, m.latency.p50), ha="center", va="bottom",
-                            fontsize=8, xytext=(0, 2), textcoords="offset points")
+    labels = [f"{lab}\n{m.speedup_vs_torch:.2f}x vs torch" if m.speedup_vs_torch else lab for lab, m in zip(labels, at)]
     ax_lat.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax_lat.set_ylabel("latency ms (bar p50)")
     ax_lat.set_title(f"latency at batch {smallest} ({report.results[0].device.value})")

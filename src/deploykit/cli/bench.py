@@ -65,6 +65,10 @@ def bench(
 
         report = bench_target(target, options, status=status, warn=warn, note=note, progress=progress)
 
+    busy = report.host.get("load_avg_1m")
+    if busy is not None and busy >= report.host["cores_available"]:
+        warn(f"this host was busy when timing started (1-min load {busy} on {report.host['cores_available']} "
+             "cores): timings are noisy, rerun when it is quieter")
     if as_json:
         print(json.dumps(report.to_json()))
     else:
