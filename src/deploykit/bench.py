@@ -868,7 +868,7 @@ def parity_cell(parity: dict[str, Any] | None) -> str:
     if "top1_agreement" in parity:
         bits.append(f"top1 {parity['top1_agreement']:.3f}")
     if "cosine_min" in parity:
-        bits.append(f"cos {parity['cosine_min']:.5f}")
+        bits.append(f"cos {parity['cosine_min']:.4f}")
     if "accuracy_drop" in parity:
         bits.append(f"drop {parity['accuracy_drop']:+.2f}")
     verdict = {True: "pass", False: "FAIL"}.get(parity.get("passed"), "")
@@ -876,7 +876,7 @@ def parity_cell(parity: dict[str, Any] | None) -> str:
 
 
 COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
-           "vs torch", "RSS peak MB", "RSS +MB", "GPU MB", "parity (manifest)")
+           "vs torch", "RSS peak MB", "RSS +MB", "GPU MB", "parity")
 
 
 def rows(report: BenchReport) -> list[list[str]]:
@@ -896,10 +896,11 @@ def render_table(report: BenchReport):
 
     target = report.target
     title = f"{target.get('arch') or 'model'} {shape_text(target.get('input'))} -- {report.host_line}"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption="parity: as recorded in deploykit.json by export/verify "
+                  "(vs PyTorch); vs torch: PyTorch eager FP32 p50 / this p50", caption_justify="left")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
-                                                         "parity (manifest)") else "right")
+                                                         "parity") else "right", no_wrap=col != "parity")
     for row in rows(report):
         table.add_row(*row)
     return table
@@ -917,7 +918,9 @@ def write_markdown(report: BenchReport, dest: Path) -> Path:
              "warm-up; latency per batch, throughput = batch / mean latency; `vs torch` = PyTorch eager FP32 p50 / "
              "this p50 (same device and batch)",
              "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
-             "included); RSS +MB: that peak minus the resident memory before loading", "",
+             "included); RSS +MB: that peak minus the resident memory before loading",
+             "- parity: what export/verify recorded for the artifact in deploykit.json (top-1 agreement and lowest "
+             "cosine of the logits vs PyTorch, pass/FAIL against the precision's tolerance)", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 4 or i == len(COLUMNS) - 1 else "--:"
                                                               for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
