@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,181 @@ def resolve_images(data: Path | None, *, warn=None) -> ImageSet:
     return sample_images() if data is None else scan_images(data, warn=warn)
 
 
+# -- training data (issue 6): bundled datasets, train/val splits, PNG export ---------------------------------
+# Torch-free like the rest of this module: images come back as PIL images or paths; deploykit.train wraps them.
+
+
+class Bundled(str, Enum):
+    """Datasets ``--data`` accepts by name. ``digits`` ships inside scikit-learn; the torchvision ones are read
+    from ``--data-root`` when their files are already there (never downloaded)."""
+
+    digits = "digits"
+    mnist = "mnist"
+    fashionmnist = "fashionmnist"
+    cifar10 = "cifar10"
+
+
+class Split(str, Enum):
+    """``val`` is the held-out split: never trained on; ``deploykit train`` validates on it."""
+
+    train = "train"
+    val = "val"
+
+
+DIGITS_CLASSES = tuple(str(i) for i in range(10))
+DIGITS_HELD_OUT = 0.2  # fixed, stratified, seed 0: the same 360 images for train's validation and eval
+_VAL_FOLDERS = ("val", "valid", "validation", "test")
+# torchvision class, the folder it reads under --data-root, and what must be there
+_TORCHVISION = {
+    Bundled.mnist: ("MNIST", "MNIST/raw/", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the .gz files)"),
+    Bundled.fashionmnist: ("FashionMNIST", "FashionMNIST/raw/", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                           "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the .gz files)"),
+    Bundled.cifar10: ("CIFAR10", "cifar-10-batches-py/", "data_batch_1..5, test_batch, batches.meta "
+                      "(unpacked cifar-10-python.tar.gz)"),
+}
+
+
+def bundled(value: str | Path | None) -> Bundled | None:
+    """``--data digits`` names a bundled dataset; ``./digits`` (anything with a separator) is a folder."""
+    if value is None:
+        return None
+    text = str(value)
+    if "/" in text or "\\" in text:
+        return None
+    try:
+        return Bundled(text.strip().lower().replace("-", "").replace("_", ""))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Labelled in-memory images: ``images[i]`` is a PIL image (or something ``Image.fromarray`` takes)."""
+
+    images: Sequence
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        item = self.images[i]
+        return item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item))
+
+
+def digits_split(split: Split) -> LabelledImages:
+    """scikit-learn's 8x8 digits (1797 images, shipped in its wheel) as 8-bit grayscale; a fixed split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    index = np.arange(len(images))
+    train_idx, val_idx = train_test_split(index, test_size=DIGITS_HELD_OUT, random_state=0, stratify=digits.target)
+    idx = np.sort(train_idx if Split(split) is Split.train else val_idx)
+    return LabelledImages(images[idx], tuple(int(t) for t in digits.target[idx]), DIGITS_CLASSES,
+                          f"scikit-learn digits ({Split(split).value} split)")
+
+
+def torchvision_split(name: Bundled, root: Path | None, split: Split) -> LabelledImages:
+    """MNIST / FashionMNIST / CIFAR10 from files already under ``root``; ``val`` is the official test set."""
+    cls_name, folder, files = _TORCHVISION[name]
+    if root is None:
+        raise InputError(f"--data {name.value} reads its files from --data-root DIR (deploykit never downloads): "
+                         f"put {files} in DIR/{folder}")
+    root = Path(root)
+    import torchvision.datasets
+
+    try:
+        ds = getattr(torchvision.datasets, cls_name)(str(root), train=Split(split) is Split.train, download=False)
+    except RuntimeError:
+        raise InputError(f"{name.value} files not found under --data-root {root}: put {files} in "
+                         f"{root / folder} (deploykit never downloads)") from None
+    targets = ds.targets.tolist() if hasattr(ds.targets, "tolist") else list(ds.targets)
+    images = ds.data.numpy() if hasattr(ds.data, "numpy") else ds.data  # N x H x W (uint8) or N x H x W x 3
+    return LabelledImages(images, tuple(int(t) for t in targets), tuple(str(c) for c in ds.classes),
+                          f"{cls_name} ({'train' if Split(split) is Split.train else 'test'} set, {root})")
+
+
+def bundled_split(name: Bundled, split: Split, *, data_root: Path | None = None) -> LabelledImages:
+    return digits_split(split) if name is Bundled.digits else torchvision_split(name, data_root, split)
+
+
+def _val_folder(folder: Path) -> Path | None:
+    for name in _VAL_FOLDERS:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=None) -> tuple[ImageSet, ImageSet]:
+    """``folder/train`` + ``folder/val`` (or valid/validation/test), or one ImageFolder split per class.
+
+    The split is stratified and depends only on ``seed`` and the file list, so a run can be repeated.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--data folder not found: {folder} (or use a bundled dataset: "
+                         f"{', '.join(b.value for b in Bundled)})")
+    val_dir = _val_folder(folder)
+    if (folder / "train").is_dir() and val_dir is not None:
+        if val_split is not None:
+            raise InputError(f"--val-split does not apply: {folder} already has train/ and {val_dir.name}/ folders")
+        train = _labelled(scan_images(folder / "train", warn=warn), folder / "train")
+        val = _labelled(scan_images(val_dir, warn=warn), val_dir)
+        unknown = sorted(set(val.class_names) - set(train.class_names))
+        if unknown:
+            raise InputError(f"{val_dir} has classes that {folder / 'train'} lacks: {', '.join(unknown[:5])}")
+        if val.class_names != train.class_names:  # val may lack a class: relabel onto the train classes
+            index = {n: i for i, n in enumerate(train.class_names)}
+            val = ImageSet(val.paths, tuple(index[val.class_names[label]] for label in val.labels),
+                           train.class_names, val.source, val.skipped)
+        return train, val
+    whole = _labelled(scan_images(folder, warn=warn), folder)
+    fraction = 0.2 if val_split is None else val_split
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")
+    rng = random.Random(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(whole.class_names)):
+        members = [i for i, y in enumerate(whole.labels) if y == label]
+        rng.shuffle(members)
+        n_val = min(len(members) - 1, max(1, round(len(members) * fraction))) if len(members) > 1 else 0
+        val_idx += members[:n_val]
+        train_idx += members[n_val:]
+    if not val_idx:
+        raise InputError(f"{folder} is too small to hold out a validation split; add images or give train/ and val/")
+
+    def subset(idx: list[int], what: str) -> ImageSet:
+        idx = sorted(idx)
+        return ImageSet(tuple(whole.paths[i] for i in idx), tuple(whole.labels[i] for i in idx),
+                        whole.class_names, f"{folder} ({what} split {1 - fraction:.0%}/{fraction:.0%}, seed {seed})")
+
+    return subset(train_idx, "train"), subset(val_idx, "val")
+
+
+def _labelled(images: ImageSet, folder: Path) -> ImageSet:
+    if images.labels is None or images.class_names is None:
+        raise InputError(f"{folder} has no class subfolders; training needs an ImageFolder: "
+                         f"{folder}/<class name>/*.jpg (one subfolder per class)")
+    if len(images.class_names) < 2:
+        raise InputError(f"{folder} has one class folder ({images.class_names[0]}); training needs at least two")
+    return images
+
+
+def write_imagefolder(data: LabelledImages, out: Path) -> ImageSet:
+    """Write ``data`` as PNGs in ``out/<class>/<index>.png`` (lossless: the same pixels as in memory)."""
+    from deploykit.files import atomic_path, ensure_writable_dir
+
+    out = ensure_writable_dir(Path(out))
+    width = len(str(max(len(data) - 1, 1)))
+    for name in data.class_names:
+        ensure_writable_dir(out / name)
+    for i, label in enumerate(data.labels):
+        dest = out / data.class_names[label] / f"{i:0{width}d}.png"
+        with atomic_path(dest) as tmp:
+            data.image(i).save(tmp, format="PNG")
+    return scan_images(out, check=False)
