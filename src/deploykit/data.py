@@ -239,7 +239,7 @@ def bundled_split(name: Bundled, split: Split, *, data_root: Path | None = None)
     return digits_split(split) if name is Bundled.digits else torchvision_split(name, data_root, split)
 
 
-def _val_folder(folder: Path) -> Path | None:
+def val_folder(folder: Path) -> Path | None:
     for name in _VAL_FOLDERS:
         if (folder / name).is_dir():
             return folder / name
@@ -255,7 +255,7 @@ def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=
     if not folder.is_dir():
         raise InputError(f"--data folder not found: {folder} (or use a bundled dataset: "
                          f"{', '.join(b.value for b in Bundled)})")
-    val_dir = _val_folder(folder)
+    val_dir = val_folder(folder)
     if (folder / "train").is_dir() and val_dir is not None:
         if val_split is not None:
             raise InputError(f"--val-split does not apply: {folder} already has train/ and {val_dir.name}/ folders")

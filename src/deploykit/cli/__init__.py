@@ -2,6 +2,7 @@
 
 from deploykit.cli import export, models, predict, verify  # noqa: F401  (register commands)
 from deploykit.cli import bench  # noqa: F401,E402  (deploykit bench)
+from deploykit.cli import data, eval, train  # noqa: F401  (deploykit train / eval / data)
 from deploykit.cli.app import app
 
 

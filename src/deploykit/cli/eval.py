@@ -1,0 +1,58 @@
+"""`deploykit eval`: top-1 / top-5 accuracy and a confusion-matrix PNG on labelled images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from deploykit.cli.app import app
+from deploykit.cli.export import AllowPickleOpt, ArchOpt, InputShapeOpt, ModelDefOpt, ModelKwargsOpt, load_options
+from deploykit.cli.render import console, err_console, note
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="Checkpoint, .onnx file, or export folder.")],
+    data: Annotated[str, typer.Option("--data", help="Labelled ImageFolder (<class>/*.png), or a bundled dataset "
+                                                     "(digits, mnist, fashionmnist, cifar10): its held-out split.")],
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"top1", "top5", "n"} (percent) on stdout.')] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Confusion-matrix PNG \\[default: <folder>/"
+                                                                "confusion.png or <model>.confusion.png].")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Where MNIST / FashionMNIST / CIFAR10 "
+                                                                          "files are.")] = None,
+    arch: ArchOpt = None,
+    model_def: ModelDefOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    input_shape: InputShapeOpt = None,
+) -> None:
+    """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from deploykit.errors import InputError
+    from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
+
+    if plot is not None and plot.is_dir():
+        raise InputError(f"--plot {plot} is a folder; give a file name such as {plot / 'confusion.png'}")
+    options = load_options(arch, None, model_def, model_kwargs, allow_pickle, input_shape, None, None, None, None)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                  transient=True) as bar:
+        report = evaluate_model(model, data, data_root=data_root, options=options, progress=bar, note=note)
+    png = plot_confusion(report, plot or default_plot_path(model))
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    table = Table(title=f"{model} on {report.data}", title_justify="left")
+    for column in ("images", "top-1 %", f"top-{report.k} %"):
+        table.add_column(column, justify="right")
+    table.add_row(str(report.n), f"{report.top1:.2f}", f"{report.top5:.2f}")
+    console.print(table)
+    worst = sorted(report.per_class(), key=lambda row: row[2])[:5]
+    if worst and worst[0][2] < 100.0:
+        console.print("lowest recall: " + ", ".join(f"{name} {recall:.1f}% of {n}" for name, n, recall in worst),
+                      highlight=False)
+    console.print(f"confusion matrix: {png}", highlight=False)
