@@ -260,7 +260,7 @@ def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=
         if val_split is not None:
             raise InputError(f"--val-split does not apply: {folder} already has train/ and {val_dir.name}/ folders")
         train = _labelled(scan_images(folder / "train", warn=warn), folder / "train")
-        val = _labelled(scan_images(val_dir, warn=warn), val_dir)
+        val = _labelled(scan_images(val_dir, warn=warn), val_dir, min_classes=1)
         unknown = sorted(set(val.class_names) - set(train.class_names))
         if unknown:
             raise InputError(f"{val_dir} has classes that {folder / 'train'} lacks: {', '.join(unknown[:5])}")
@@ -292,11 +292,11 @@ def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=
     return subset(train_idx, "train"), subset(val_idx, "val")
 
 
-def _labelled(images: ImageSet, folder: Path) -> ImageSet:
+def _labelled(images: ImageSet, folder: Path, min_classes: int = 2) -> ImageSet:
     if images.labels is None or images.class_names is None:
         raise InputError(f"{folder} has no class subfolders; training needs an ImageFolder: "
                          f"{folder}/<class name>/*.jpg (one subfolder per class)")
-    if len(images.class_names) < 2:
+    if len(images.class_names) < min_classes:
         raise InputError(f"{folder} has one class folder ({images.class_names[0]}); training needs at least two")
     return images
 

@@ -131,6 +131,7 @@ class TrainResult:
     class_names: list[str]
     preprocess: Preprocess
     notes: list[str] = field(default_factory=list)
+    main: bool = True  # False on torchrun ranks other than 0 (they write and report nothing)
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -633,7 +634,7 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
                     log(record.line(config.epochs, improved))
             state = None
         return TrainResult(out, out / "best.pth", out / "metrics.json", best_acc, best_epoch, len(history), elapsed,
-                           history, data.class_names, data.preprocess, notes)
+                           history, data.class_names, data.preprocess, notes, main)
     finally:
         if dist.world > 1:
             import torch.distributed as tdist

@@ -70,7 +70,7 @@ def train(
                   console=err_console, transient=True) as bar:
         result = fit(config, progress=bar, log=lambda line: bar.console.print(line, highlight=False), warn=warn,
                      note=note)
-    if result.best_path.is_file():  # only rank 0 writes under torchrun
+    if result.main:  # only rank 0 writes and reports under torchrun
         pre = result.preprocess
         console.print(f"[bold]{result.best_path}[/]  {arch}  classes={len(result.class_names)}  "
                       f"input={'x'.join(map(str, pre.shape))}  best val_acc {result.best_val_acc:.2f}% "
