@@ -39,7 +39,7 @@ DEFAULT_MIN_CALIB = 32
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/1"
+CACHE_FORMAT = "deploykit-calib/2"
 
 
 class CalibMethod(str, Enum):
@@ -99,6 +99,7 @@ class TensorStats:
     hi: float = float("-inf")
     hist: np.ndarray | None = None
     edge: float = 0.0
+    exact: bool = False  # graph inputs: pixels are bounded by preprocessing, clipping them only loses content
 
     @property
     def amax(self) -> float:
@@ -127,7 +128,7 @@ class TensorStats:
 
     def threshold(self, method: CalibMethod) -> float:
         """The ``|x|`` range the method keeps."""
-        if method is CalibMethod.minmax or self.hist is None or self.hist.sum() == 0:
+        if method is CalibMethod.minmax or self.exact or self.hist is None or self.hist.sum() == 0:
             return self.amax
         width = self.edge / NUM_BINS
         if method is CalibMethod.percentile:
@@ -159,6 +160,8 @@ def entropy_threshold(hist: np.ndarray, num_quant: int = NUM_QUANT_BINS) -> floa
     bins; the cut with the smallest KL(p || q) wins.
     """
     hist = hist.astype(np.float64)
+    if hist.size > 1:  # as pytorch-quantization does: the zero spike (ReLU) must not drive the search
+        hist[0] = hist[1]
     nonzero_last = int(np.nonzero(hist)[0][-1]) + 1 if hist.any() else num_quant
     stop = max(num_quant, nonzero_last)
     tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
@@ -225,7 +228,8 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
     session = _session_with_outputs(model_path, tensors)
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    stats = {name: TensorStats() for name in tensors}
+    graph_inputs = {i.name for i in session.get_inputs()}
+    stats = {name: TensorStats(exact=name in graph_inputs) for name in tensors}
     for batch in batches:
         n = batch.shape[0]
         step = fixed or n
