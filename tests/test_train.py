@@ -302,13 +302,19 @@ def test_eval_rejects_unknown_classes_and_unlabelled_folders(cli, one_thread, th
 
 # -- torchrun: DistributedDataParallel on CPU (gloo) -----------------------------------------------------
 @pytest.mark.slow
-def test_torchrun_ddp_on_cpu(tmp_path):
+def test_torchrun_ddp_on_cpu_through_both_fine_tuning_phases(one_thread, tmp_path, three_digits):
+    """torchrun, 2 CPU processes (gloo): head-only then all layers, so DDP is re-wrapped for the new parameters."""
+    base = fit(TrainConfig("lenet", "digits", epochs=1, out=tmp_path / "base")).best_path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "deploykit",
-           "train", "lenet", "--data", "digits", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+           "train", "lenet", "--data", str(three_digits), "--from", str(base), "--freeze-backbone",
+           "--unfreeze-after", "1", "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--device", "cpu",
+           "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["best_val_acc"] > 30.0
+    assert [h["trainable"] for h in metrics["history"]] == ["head", "all"]
+    assert metrics["best_val_acc"] > 50.0  # 3 classes
     assert proc.stdout.count("best val_acc") == 1  # rank 0 reports, once
-    assert load_model(tmp_path / "ddp" / "best.pth").num_classes == 10
+    loaded = load_model(tmp_path / "ddp" / "best.pth")
+    assert loaded.num_classes == 3 and loaded.class_names == ["d0", "d1", "d2"]

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +226,17 @@ def _augment(pre: Preprocess) -> Callable:
         v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(pre.mean), list(pre.std)),
     ])
-    mode = "L" if pre.channels == 1 else "RGB"
-    return lambda image: pipeline(to_mode(image, mode))
+    return _Then(partial(to_mode, mode="L" if pre.channels == 1 else "RGB"), pipeline)
+
+
+class _Then:
+    """``second(first(x))``; picklable, for DataLoader workers started with spawn."""
+
+    def __init__(self, first: Callable, second: Callable) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, x):
+        return self.second(self.first(x))
 
 
 def load_data(config: TrainConfig, spec: ModelSpec, base: Preprocess | None = None, warn=None) -> TrainData:
@@ -244,8 +254,7 @@ def load_data(config: TrainConfig, spec: ModelSpec, base: Preprocess | None = No
         if in_memory:
             train, val = _Augmented(_materialize(train_items, pre), _jitter(pre)), _materialize(val_items, pre)
         else:
-            jitter = _jitter(pre)
-            train = _Images(train_items, lambda image: jitter(torch.as_tensor(pre.apply(image))))
+            train = _Images(train_items, _Then(_Then(pre.apply, torch.as_tensor), _jitter(pre)))
             val = _Images(val_items, pre.apply)
         return TrainData(train, val, list(train_items.labels), list(train_items.class_names), pre,
                          train_items.source.replace(" (train split)", ""), in_memory)
@@ -481,6 +490,128 @@ def _load_state(path: Path, config: TrainConfig, data: TrainData) -> dict:
     return state
 
 
+class Trainable(str, Enum):
+    head = "head"  # --freeze-backbone: only the classifier head learns
+    all = "all"
+
+
+@dataclass(frozen=True)
+class Phase:
+    trainable: Trainable
+    start: int  # first epoch (0-based)
+    end: int  # one past the last
+    lr: float  # peak rate; warm-up then cosine within the phase
+
+
+def phases(config: TrainConfig) -> list[Phase]:
+    """Fine-tuning: head only for ``--unfreeze-after`` epochs, then every layer at a tenth of ``--lr``."""
+    if not config.freeze_backbone:
+        return [Phase(Trainable.all, 0, config.epochs, config.lr)]
+    if config.unfreeze_after is None:
+        return [Phase(Trainable.head, 0, config.epochs, config.lr)]
+    return [Phase(Trainable.head, 0, config.unfreeze_after, config.lr),
+            Phase(Trainable.all, config.unfreeze_after, config.epochs, config.lr * UNFREEZE_LR_FACTOR)]
+
+
+class _Loop:
+    """The model, its DDP wrapper, optimizer and loaders for one run; one method per step of an epoch."""
+
+    def __init__(self, config: TrainConfig, data: TrainData, model, head_name: str, device, dist: _Dist) -> None:
+        import torch
+        from torch.utils.data import DataLoader, Subset
+
+        self.config, self.data, self.head_name, self.device, self.dist = config, data, head_name, device, dist
+        self.cuda = device.type == "cuda"
+        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.memory_format)
+        self.net = self.model
+        self.optimizer = None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp)
+        self.generator = torch.Generator()
+        val = data.val if dist.world == 1 else Subset(data.val, range(dist.rank, len(data.val), dist.world))
+        self.val_loader = DataLoader(val, batch_size=max(config.batch_size, 128), shuffle=False,
+                                     num_workers=_workers(config, data), pin_memory=self.cuda)
+        per_rank = len(_epoch_sampler(data, config, dist, 0))
+        self.drop_last = per_rank > 1 and per_rank % config.batch_size == 1  # BatchNorm cannot train on 1 image
+        self.steps_per_epoch = per_rank // config.batch_size if self.drop_last else \
+            math.ceil(per_rank / config.batch_size)
+
+    def enter(self, phase: Phase, state: dict | None) -> None:
+        """Set what trains, (re)wrap in DDP -- which only syncs parameters that need gradients -- new optimizer."""
+        params = _set_trainable(self.model, self.head_name, phase.trainable is Trainable.head)
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = None  # drop the previous wrapper's hooks first
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        self.optimizer = _make_optimizer(params, phase.lr)
+        if state is not None and state.get("phase") == phase.trainable.value:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+
+    def train_epoch(self, epoch: int, phase: Phase, progress=None) -> tuple[float, float, float]:
+        """One pass over the training set; returns (mean loss, accuracy %, last learning rate)."""
+        import torch
+        import torch.nn.functional as F
+        from torch.utils.data import DataLoader
+
+        config = self.config
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and augmentation draws
+        self.generator.manual_seed(config.seed * 1_000_003 + epoch)  # DataLoader worker seeds
+        sampler = _epoch_sampler(self.data, config, self.dist, epoch)
+        loader = DataLoader(self.data.train, batch_size=config.batch_size, sampler=sampler,
+                            num_workers=_workers(config, self.data), pin_memory=self.cuda, generator=self.generator,
+                            drop_last=self.drop_last)
+        _train_mode(self.model, self.head_name, phase.trainable is Trainable.head)
+        total = (phase.end - phase.start) * self.steps_per_epoch
+        step = (epoch - phase.start) * self.steps_per_epoch
+        task = None if progress is None else progress.add_task(
+            f"epoch {epoch + 1}/{config.epochs}", total=len(loader), loss=float("nan"), acc=float("nan"))
+        loss_sum, correct, seen, lr = 0.0, 0.0, 0.0, phase.lr
+        for x, y in loader:
+            lr = _lr_at(step, total, phase.lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=config.amp):
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += float((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            if task is not None:
+                progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)
+        if task is not None:
+            progress.remove_task(task)
+        loss_sum, correct, seen = _reduce([loss_sum, correct, seen], self.dist, self.device)
+        return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr
+
+    def validate(self) -> tuple[float, float]:
+        return _run_val(self.net, self.val_loader, self.device, self.config.amp, self.cuda, self.dist)
+
+    def state(self, phase: Phase, epoch: int) -> dict:
+        return {"phase": phase.trainable.value, "epoch": epoch,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+
+def _init_distributed(config: TrainConfig, dist: _Dist) -> None:
+    import torch
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        nccl = config.device is not Device.cpu and torch.cuda.is_available()
+        if nccl:
+            torch.cuda.set_device(dist.local_rank)
+        tdist.init_process_group(backend="nccl" if nccl else "gloo")
+
+
 def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``config.arch`` and write best.pth / last.pth / metrics.json into ``config.out_dir()``.
@@ -488,28 +619,17 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
     ``progress``: a ``rich.progress.Progress`` for per-batch bars (loss, accuracy); ``log``: one line per epoch;
     ``warn`` / ``note``: messages for the user. Only rank 0 reports and writes files under torchrun.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader, Subset
-
     from deploykit.models.loading import save_checkpoint
 
     config.validate()
     spec = get_spec(config.arch)
     dist = _dist_env()
     if dist.world > 1:
-        import torch.distributed as tdist
-
-        if not tdist.is_initialized():
-            backend = "nccl" if config.device is not Device.cpu and torch.cuda.is_available() else "gloo"
-            if backend == "nccl":
-                torch.cuda.set_device(dist.local_rank)
-            tdist.init_process_group(backend=backend)
+        _init_distributed(config, dist)
     main = dist.main
     log, progress, warn, note = (log, progress, warn, note) if main else (None, None, None, None)
     try:
         device = _device(config, dist)
-        notes: list[str] = []
         out = config.out_dir()
         if main:
             ensure_writable_dir(out)
@@ -517,121 +637,53 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
         # the pretrained model's normalisation is what its features expect
         data = load_data(config, spec, base=None if loaded is None else loaded.preprocess, warn=warn)
         num_classes = len(data.class_names)
+        notes: list[str] = []
         model, head_name = build_model(config, spec, num_classes, data.preprocess.channels, loaded, notes)
         del loaded
-        if note is not None:
-            for line in notes:
-                note(line)
-        cuda = device.type == "cuda"
-        model = model.to(device)
-        if cuda:
-            model = model.to(memory_format=torch.channels_last)
-
+        for line in notes if note is not None else ():
+            note(line)
         state = _load_state(out / "last.pth", config, data) if config.resume else None
         if state is not None:
             model.load_state_dict(state["model"])
-        start_epoch = state["epoch"] if state else 0
         history = [EpochRecord(**h) for h in state["history"]] if state else []
         best_acc = float(state["best_val_acc"]) if state else -1.0
         best_epoch = int(state["best_epoch"]) if state else 0
         elapsed = float(state["seconds"]) if state else 0.0
 
-        net = model
-        if dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-        val_view = data.val if dist.world == 1 else Subset(data.val, range(dist.rank, len(data.val), dist.world))
-        val_loader = DataLoader(val_view, batch_size=max(config.batch_size, 128), shuffle=False,
-                                num_workers=_workers(config, data), pin_memory=cuda)
-        scaler = torch.amp.GradScaler(device.type, enabled=config.amp)
-        unfreeze = config.unfreeze_after if config.freeze_backbone else None
-        phase_of = (lambda e: "head" if config.freeze_backbone and (unfreeze is None or e < unfreeze) else "all")
-        optimizer, phase = None, None
-        generator = torch.Generator()
-        per_rank = len(_epoch_sampler(data, config, dist, 0))
-        drop_last = per_rank > 1 and per_rank % config.batch_size == 1  # BatchNorm cannot train on a batch of 1
-        steps_per_epoch = per_rank // config.batch_size if drop_last else math.ceil(per_rank / config.batch_size)
-
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            if phase_of(epoch) != phase:
-                phase = phase_of(epoch)
-                # head-only: epochs [0, unfreeze); then every layer at a lower rate: [unfreeze, epochs)
-                unfrozen = phase == "all" and unfreeze is not None
-                phase_lr = config.lr * UNFREEZE_LR_FACTOR if unfrozen else config.lr
-                phase_start = unfreeze if unfrozen else 0
-                phase_end = unfreeze if phase == "head" and unfreeze is not None else config.epochs
-                optimizer = _make_optimizer(_set_trainable(model, head_name, phase == "head"), phase_lr)
-                if state is not None and state.get("phase") == phase:
-                    optimizer.load_state_dict(state["optimizer"])
-                    scaler.load_state_dict(state["scaler"])
-            total_steps = (phase_end - phase_start) * steps_per_epoch
-            step = (epoch - phase_start) * steps_per_epoch
-
-            torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout and augmentation draws
-            generator.manual_seed(config.seed * 1_000_003 + epoch)  # worker seeds
-            sampler = _epoch_sampler(data, config, dist, epoch)
-            loader = DataLoader(data.train, batch_size=config.batch_size, sampler=sampler,
-                                num_workers=_workers(config, data), pin_memory=cuda, generator=generator,
-                                drop_last=drop_last)
-            _train_mode(net.module if dist.world > 1 else net, head_name, phase == "head")
-            task = None
-            if progress is not None:
-                task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader), loss=float("nan"),
-                                         acc=float("nan"))
-            loss_sum, correct, seen = 0.0, 0.0, 0.0
-            lr = phase_lr
-            for x, y in loader:
-                lr = _lr_at(step, total_steps, phase_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = x.to(device, non_blocking=True, memory_format=torch.channels_last if cuda else torch.contiguous_format)
-                y = y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=config.amp):
-                    logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                n = len(y)
-                loss_sum += float(loss.detach()) * n
-                correct += float((logits.detach().argmax(1) == y).sum())
-                seen += n
-                if task is not None:
-                    progress.update(task, advance=1, loss=loss_sum / seen, acc=100.0 * correct / seen)
-            loss_sum, correct, seen = _reduce([loss_sum, correct, seen], dist, device)
-            val_loss, val_acc = _run_val(net, val_loader, device, config.amp, cuda, dist)
-            if task is not None:
-                progress.remove_task(task)
-            seconds = time.perf_counter() - t0
-            elapsed += seconds
-            record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), val_loss, val_acc,
-                                 lr, seconds, phase)
-            history.append(record)
-            improved = val_acc > best_acc
-            if improved:
-                best_acc, best_epoch = val_acc, epoch + 1
-            if main:
+        loop = _Loop(config, data, model, head_name, device, dist)
+        for phase in phases(config):
+            first = max(phase.start, state["epoch"] if state else 0)
+            if first >= phase.end:
+                continue
+            loop.enter(phase, state)
+            for epoch in range(first, phase.end):
+                t0 = time.perf_counter()
+                train_loss, train_acc, lr = loop.train_epoch(epoch, phase, progress)
+                val_loss, val_acc = loop.validate()
+                seconds = time.perf_counter() - t0
+                elapsed += seconds
+                record = EpochRecord(epoch + 1, train_loss, train_acc, val_loss, val_acc, lr, seconds,
+                                     phase.trainable.value)
+                history.append(record)
+                improved = val_acc > best_acc
                 if improved:
-                    save_checkpoint(out / "best.pth", model, arch=spec.name, num_classes=num_classes,
-                                    preprocess=data.preprocess, class_names=data.class_names,
-                                    input_shape=list(data.preprocess.shape), best_val_acc=best_acc,
-                                    epoch=best_epoch, train_args=config.to_json(), data_source=data.source,
-                                    head=head_name)
-                _save_state(out / "last.pth", {
-                    "format": STATE_FORMAT, "arch": spec.name, "epoch": epoch + 1, "phase": phase,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "history": [asdict(h) for h in history], "best_val_acc": best_acc, "best_epoch": best_epoch,
-                    "seconds": elapsed, "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
-                    "args": config.to_json()})
-                write_json_atomic(out / "metrics.json", _metrics(best_acc, best_epoch, history, elapsed, config,
-                                                                 data, spec.name))
-                if log is not None:
-                    log(record.line(config.epochs, improved))
+                    best_acc, best_epoch = val_acc, epoch + 1
+                if main:
+                    if improved:
+                        save_checkpoint(out / "best.pth", model, arch=spec.name, num_classes=num_classes,
+                                        preprocess=data.preprocess, class_names=data.class_names,
+                                        input_shape=list(data.preprocess.shape), best_val_acc=best_acc,
+                                        epoch=best_epoch, train_args=config.to_json(), data_source=data.source,
+                                        head=head_name)
+                    _save_state(out / "last.pth", {
+                        "format": STATE_FORMAT, "arch": spec.name, **loop.state(phase, epoch + 1),
+                        "history": [asdict(h) for h in history], "best_val_acc": best_acc, "best_epoch": best_epoch,
+                        "seconds": elapsed, "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
+                        "args": config.to_json()})
+                    write_json_atomic(out / "metrics.json", _metrics(best_acc, best_epoch, history, elapsed, config,
+                                                                     data, spec.name))
+                    if log is not None:
+                        log(record.line(config.epochs, improved))
             state = None
         return TrainResult(out, out / "best.pth", out / "metrics.json", best_acc, best_epoch, len(history), elapsed,
                            history, data.class_names, data.preprocess, notes, main)
