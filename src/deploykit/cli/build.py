@@ -1,0 +1,74 @@
+"""`deploykit build`: an export folder's ONNX -> a TensorRT engine, on the device that will run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploykit.cli.app import app
+from deploykit.cli.render import console, err_console, note, parity_table, status, warn
+from deploykit.engine import EnginePrecision
+
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--profile", help="Batch optimization profile MIN:OPT:MAX for a dynamic-batch export \\[default: 1:8:32].")]
+WorkspaceOpt = Annotated[Optional[float], typer.Option(
+    "--workspace", help="TensorRT builder workspace in GiB \\[default: TensorRT's, all free GPU memory]; "
+                        "lower it when a Jetson build runs out of memory.")]
+TimingCacheOpt = Annotated[Optional[Path], typer.Option(
+    "--timing-cache", help="Timing cache file, reused across builds \\[default: one per TensorRT version and "
+                           "GPU under the user cache dir].")]
+
+
+def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str | None, workspace: float | None,
+                     timing_cache: Path | None, data: Path | None, verify: bool, done: str | None = None,
+                     loaded=None):
+    """Build the engine with a progress bar, then verify it (PyTorch reference, else the FP32 ONNX)."""
+    from deploykit.engine import BatchProfile, build_engine, rich_build_progress
+
+    requested = BatchProfile.parse(profile) if profile is not None else None
+    with rich_build_progress(err_console) as progress:
+        result = build_engine(folder, precision, profile=requested, workspace_gib=workspace,
+                              timing_cache=timing_cache, progress=progress, status=status, warn=warn, done=done)
+    for msg in result.notes:
+        note(msg)
+    facts = result.facts
+    console.print(f"[bold]{result.path}[/]  TensorRT {facts['tensorrt']}  {facts['gpu']} (sm_"
+                  f"{facts['compute_capability'].replace('.', '')})  {facts['typing']} typing  profile "
+                  f"{facts['profile']['min'][0]}:{facts['profile']['opt'][0]}:{facts['profile']['max'][0]}  "
+                  f"{facts['build_seconds']:.1f} s  timing cache {'reused' if facts['timing_cache']['reused'] else 'new'}",
+                  highlight=False)
+    report = None
+    if verify:
+        from deploykit.manifest import Manifest
+        from deploykit.verify import record_parity, verify_folder
+
+        status(f"verifying {result.path.name}")
+        report = verify_folder(folder, data=data, warn=warn, only=[result.path.name], loaded=loaded)
+        manifest = Manifest.load(folder)
+        record_parity(manifest, report)
+        manifest.save(folder)
+        console.print(parity_table(report))
+    return result, report
+
+
+@app.command()
+def build(
+    folder: Annotated[Path, typer.Argument(help="Export folder (deploykit.json + ONNX), copied to this device.")],
+    precision: Annotated[EnginePrecision, typer.Option("--precision", help="Which ONNX to build from.")
+                         ] = EnginePrecision.fp32,
+    profile: ProfileOpt = None,
+    workspace: WorkspaceOpt = None,
+    timing_cache: TimingCacheOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images \\[default: bundled photos].")
+                    ] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verifying the engine.")] = False,
+) -> None:
+    """Build model.<precision>.engine from an export folder with this device's TensorRT, then verify it."""
+    from deploykit.errors import VerificationError
+
+    _, report = build_and_verify(folder, precision, profile=profile, workspace=workspace,
+                                 timing_cache=timing_cache, data=data, verify=not no_verify)
+    if report is not None and not report.passed:
+        raise VerificationError(f"out of tolerance: {report.failure_summary()}")

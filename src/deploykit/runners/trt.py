@@ -1,0 +1,217 @@
+"""TensorRT runner: a serialized engine behind the same ``infer(batch) -> logits`` as the other runners.
+
+Follows the TensorRT 10.x/11.x name-based runtime API ("Appendix: Python Migration Patterns for TensorRT
+10.x: Migrating I/O Buffer Allocation to Named Tensors"; NVIDIA ``samples/python/common_runtime.py``):
+``trt.Runtime(logger).deserialize_cuda_engine(plan)``, ``engine.num_io_tensors`` / ``get_tensor_name(i)`` /
+``get_tensor_mode`` / ``get_tensor_dtype`` / ``get_tensor_shape`` / ``get_tensor_profile_shape``,
+``context.set_input_shape``, ``context.set_tensor_address`` for every I/O tensor, then
+``context.execute_async_v3(stream)``. Memory and streams come from cuda-python's runtime bindings
+(``cudaMalloc``, ``cudaMemcpyAsync``, ``cudaStreamSynchronize``, CUDA events for bench timing).
+
+Before deserializing, the engine's facts in ``deploykit.json`` are checked against the running TensorRT and
+GPU (:func:`deploykit.engine.check_compatible`), so an engine from another version or GPU gives one clear
+line instead of TensorRT's own failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.engine import (TRT_INSTALL_HINT, EngineBuildError, EngineMismatchError, Host, _logger,
+                              check_compatible, cuda_check, cudart, probe_host)
+from deploykit.errors import InputError, MissingDependencyError
+from deploykit.manifest import MANIFEST_NAME, Manifest
+from deploykit.runners.base import Runner
+
+
+def _handle(obj) -> int:
+    """The integer address of a cuda-python handle (``get_cuda_native_handle`` from cuda-bindings 13)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+        return int(get_cuda_native_handle(obj))
+    except (ImportError, TypeError):
+        return int(obj)
+
+
+class TensorRTRunner(Runner):
+    name = "tensorrt"
+
+    def __init__(self, path: Path, *, warn=None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"engine not found: {path}")
+        folder = path.parent
+        entry = None
+        if (folder / MANIFEST_NAME).is_file():
+            entry = Manifest.load(folder).artifact(path.name)
+        precision = (entry or {}).get("precision", "fp32")
+        trt, host = engine_host(f"cannot run {path.name}")
+        facts = (entry or {}).get("engine")
+        if facts:
+            check_compatible(facts, host, engine=path.name, folder=folder, warn=warn)
+        elif warn:
+            warn(f"{path.name} has no facts in {MANIFEST_NAME}: cannot check its TensorRT version and GPU first")
+        self.trt, self.host, self.path = trt, host, path
+        self.rt = cudart()
+        logger = _logger(trt)
+        logger.reset()
+        self.runtime = trt.Runtime(logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            why = logger.errors[0] if logger.errors else "not a TensorRT plan, or built by another TensorRT"
+            raise EngineMismatchError(f"TensorRT {host.tensorrt} cannot load {path.name} on {host.gpu}: {why}; "
+                                      f"rebuild it here: deploykit build {folder} --precision {precision}")
+        engine = self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or not outputs:
+            raise InputError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; deploykit runs "
+                             "classifiers with one image input")
+        self.input_name, self.output_names = inputs[0], outputs
+        self.output_name = outputs[0]
+        shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name))
+        self.input_shape = shape[1:]
+        if shape[0] < 0:
+            lo, _, hi = engine.get_tensor_profile_shape(self.input_name, 0)
+            self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
+            self.fixed_batch = None
+        else:
+            self.min_batch = self.max_batch = shape[0]
+            self.fixed_batch = shape[0]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise EngineBuildError(f"TensorRT could not create an execution context for {path.name} (GPU memory?)")
+        self.stream = cuda_check(self.rt.cudaStreamCreate())
+        self._buffers: dict[str, int] = {}
+        self._out_shapes: dict[str, tuple[int, ...]] = {}
+        self._shape_for(self.max_batch)  # output shapes at the largest batch size the buffers must hold
+        for n in names:
+            count = int(np.prod(self._out_shapes[n] if n in self._out_shapes else (self.max_batch, *self.input_shape)))
+            self._buffers[n] = cuda_check(self.rt.cudaMalloc(max(count, 1) * self.dtypes[n].itemsize))
+            if not self.context.set_tensor_address(n, self._buffers[n]):
+                raise EngineBuildError(f"TensorRT rejected the buffer address of {n!r}")
+
+    # -- shapes ------------------------------------------------------------------------------------
+    def _shape_for(self, n: int) -> dict[str, tuple[int, ...]]:
+        if not self.context.set_input_shape(self.input_name, (n, *self.input_shape)):
+            raise InputError(f"{self.path.name} takes batches of {self.min_batch} to {self.max_batch}, not {n}")
+        shapes = {o: tuple(int(d) for d in self.context.get_tensor_shape(o)) for o in self.output_names}
+        if not self._out_shapes:
+            self._out_shapes = shapes
+        return shapes
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for start in range(0, batch.shape[0], self.max_batch):
+            chunk = batch[start:start + self.max_batch]
+            n = chunk.shape[0]
+            if n < self.min_batch:  # below the profile: pad with copies of the last image, drop them after
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - n, axis=0)])
+            outs.append(self._execute(chunk)[:n])
+        return np.concatenate(outs).astype(np.float32)
+
+    def _execute(self, chunk: np.ndarray) -> np.ndarray:
+        rt = self.rt
+        shapes = self._shape_for(chunk.shape[0])
+        host_in = np.ascontiguousarray(chunk, dtype=self.dtypes[self.input_name])
+        host_out = np.empty(shapes[self.output_name], dtype=self.dtypes[self.output_name])
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_check(rt.cudaMemcpyAsync(self._buffers[self.input_name], host_in.ctypes.data, host_in.nbytes, h2d,
+                                      self.stream))
+        if not self.context.execute_async_v3(_handle(self.stream)):
+            raise EngineBuildError(f"TensorRT failed to execute {self.path.name}")
+        cuda_check(rt.cudaMemcpyAsync(host_out.ctypes.data, self._buffers[self.output_name], host_out.nbytes, d2h,
+                                      self.stream))
+        cuda_check(rt.cudaStreamSynchronize(self.stream))
+        return host_out
+
+    # -- bench hook (deploykit.bench.TrtBenchSteps) --------------------------------------------------
+    def bench_steps(self, batch: np.ndarray) -> _BenchSteps:
+        return _BenchSteps(self, np.ascontiguousarray(batch, dtype=self.dtypes[self.input_name]))
+
+    def close(self) -> None:
+        rt = getattr(self, "rt", None)
+        if rt is None:
+            return
+        for ptr in getattr(self, "_buffers", {}).values():
+            rt.cudaFree(ptr)
+        self._buffers = {}
+        if getattr(self, "stream", None) is not None:
+            rt.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = None
+        self.engine = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: CUDA may be gone already
+            pass
+
+
+class _BenchSteps:
+    """One timed iteration on the runner's stream, measured with CUDA events (trtexec's "Latency" = copies +
+    compute, "GPU Compute Time" = compute)."""
+
+    def __init__(self, runner: TensorRTRunner, batch: np.ndarray) -> None:
+        rt = runner.rt
+        self.runner, self.rt = runner, rt
+        n = batch.shape[0]
+        if not runner.min_batch <= n <= runner.max_batch:
+            raise InputError(f"{runner.path.name} takes batches of {runner.min_batch} to {runner.max_batch}, not {n}")
+        shapes = runner._shape_for(n)
+        out_shape = shapes[runner.output_name]
+        out_dtype = runner.dtypes[runner.output_name]
+        self.in_bytes = batch.nbytes
+        self.out_bytes = int(np.prod(out_shape)) * out_dtype.itemsize
+        # pinned host buffers, as trtexec uses for its H2D/D2H copies
+        self.host_in = cuda_check(rt.cudaMallocHost(self.in_bytes))
+        self.host_out = cuda_check(rt.cudaMallocHost(self.out_bytes))
+        ctypes.memmove(int(self.host_in), batch.ctypes.data, self.in_bytes)
+        self.start = cuda_check(rt.cudaEventCreate())
+        self.end = cuda_check(rt.cudaEventCreate())
+
+    def _timed(self, copies: bool) -> float:
+        rt, r = self.rt, self.runner
+        cuda_check(rt.cudaEventRecord(self.start, r.stream))
+        if copies:
+            cuda_check(rt.cudaMemcpyAsync(r._buffers[r.input_name], self.host_in, self.in_bytes,
+                                          rt.cudaMemcpyKind.cudaMemcpyHostToDevice, r.stream))
+        if not r.context.execute_async_v3(_handle(r.stream)):
+            raise EngineBuildError(f"TensorRT failed to execute {r.path.name}")
+        if copies:
+            cuda_check(rt.cudaMemcpyAsync(self.host_out, r._buffers[r.output_name], self.out_bytes,
+                                          rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, r.stream))
+        cuda_check(rt.cudaEventRecord(self.end, r.stream))
+        cuda_check(rt.cudaEventSynchronize(self.end))
+        return float(cuda_check(rt.cudaEventElapsedTime(self.start, self.end)))
+
+    def end_to_end(self) -> float:
+        return self._timed(copies=True)
+
+    def compute(self) -> float:
+        return self._timed(copies=False)
+
+    def close(self) -> None:
+        rt = self.rt
+        for event in (self.start, self.end):
+            rt.cudaEventDestroy(event)
+        rt.cudaFreeHost(self.host_in)
+        rt.cudaFreeHost(self.host_out)
+
+
+def engine_host(what: str = "cannot run TensorRT engines"):
+    """``(tensorrt module, Host)`` here; MissingDependencyError (exit 3) saying what is missing otherwise."""
+    probed = probe_host()
+    if isinstance(probed, list):
+        raise MissingDependencyError(f"{what}: {'; '.join(probed)}. Get them with {TRT_INSTALL_HINT}")
+    return probed
+
+
+__all__ = ["TensorRTRunner", "engine_host"]
