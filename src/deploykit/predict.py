@@ -51,7 +51,8 @@ def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
 
 
 def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Predictor:
-    """``artifact``: an export folder, an ``.onnx`` file (manifest beside it, or metadata inside), or a checkpoint."""
+    """``artifact``: an export folder, an ``.onnx`` file (manifest beside it, or metadata inside), a TensorRT
+    ``.engine`` (manifest beside it), or a checkpoint."""
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"not found: {artifact}")
@@ -61,6 +62,16 @@ def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Pred
         if fp32 is None:
             raise InputError(f"{artifact} has no ONNX artifact")
         artifact = artifact / fp32["path"]
+    from deploykit.engine import is_engine
+
+    if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
+        if not (artifact.parent / MANIFEST_NAME).is_file():
+            raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it; copy the "
+                             "whole folder")
+        from deploykit.runners.trt import TensorRTRunner
+
+        manifest = Manifest.load(artifact.parent)
+        return Predictor(TensorRTRunner(artifact), manifest.preprocessing, manifest.class_names)
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 

@@ -166,33 +166,79 @@ def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], b
 
 def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str], None] | None = None,
                   overrides: dict[str, Tolerance] | None = None, max_images: int = 256,
-                  only: Sequence[str] | None = None) -> ParityReport:
-    """Verify every ONNX artifact of an export folder against the PyTorch reference (or FP32 ONNX)."""
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+                  only: Sequence[str] | None = None, loaded=None) -> ParityReport:
+    """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference (or the
+    FP32 ONNX). Engines are skipped with a warning where TensorRT or a GPU is missing, unless named in ``only``.
+    ``loaded``: the in-memory PyTorch model, when the caller has it (export), instead of reloading the source."""
+    from deploykit.errors import MissingDependencyError
 
     folder = Path(folder)
     manifest = Manifest.load(folder)
     pre = manifest.preprocessing
     images = resolve_images(data, warn=warn).sample(max_images)
     batch = images.load(pre)
-    reference, ref_name = reference_runner(folder, manifest, warn=warn)
-    entries = [a for a in manifest.artifacts if a["path"].endswith(".onnx") and (only is None or a["path"] in only)]
+    reference, ref_name = reference_runner(folder, manifest, warn=warn, loaded=loaded)
+    entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
     if not entries:
-        raise InputError(f"{folder} has no ONNX artifacts; run `deploykit export` again")
+        raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
     if ref_name in {a["path"] for a in entries}:  # the FP32 ONNX stands in as reference: not judged by itself
         entries = [a for a in entries if a["path"] != ref_name]
         if not entries:
             raise InputError(f"no PyTorch reference here and {ref_name} is the only artifact: nothing to compare")
-    candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"])) for a in entries]
+    candidates = []
+    for a in entries:
+        try:
+            candidates.append((a["path"], a["precision"], runner_for(folder / a["path"], warn=warn)))
+        except MissingDependencyError as exc:
+            if only is not None:
+                raise
+            if warn:
+                warn(f"skipping {a['path']}: {exc}")
+    if not candidates:
+        raise InputError(f"nothing in {folder} can be verified on this machine")
     labels = label_indices(images, manifest.class_names, int(manifest.model["num_classes"]))
     return evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
                     data_name=images.source)
 
 
-def reference_runner(folder: Path, manifest: Manifest, warn=None) -> tuple[Runner, str]:
+def _verifiable(path: str) -> bool:
+    from deploykit.engine import is_engine
+
+    return path.endswith(".onnx") or is_engine(path)
+
+
+def runner_for(path: Path, *, device: str = "cpu", warn=None) -> Runner:
+    """The runner for an artifact file: ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports)."""
+    from deploykit.engine import is_engine
+
+    path = Path(path)
+    if is_engine(path):
+        from deploykit.runners.trt import TensorRTRunner
+
+        return TensorRTRunner(path, warn=warn)
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, device=device)
+
+
+def record_parity(manifest: Manifest, report: ParityReport) -> None:
+    """Store each artifact's parity result in its manifest entry (as the export does)."""
+    for art in report.artifacts:
+        entry = manifest.artifact(art.path)
+        if entry is not None:
+            entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
+                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                               **({"note": art.note} if art.note else {})}
+
+
+def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None) -> tuple[Runner, str]:
     """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing."""
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
+    if loaded is not None:
+        from deploykit.runners.torch import TorchRunner
+
+        return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
     source = Path(manifest.source["path"])
     reason = None
     try:

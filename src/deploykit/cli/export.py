@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
+from deploykit.cli.build import ProfileOpt, TimingCacheOpt, WorkspaceOpt
 from deploykit.cli.render import console, note, parity_table, status, warn
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
@@ -69,7 +70,9 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Export folder [default: exports/<model stem>/].")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension.")] = False,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (with --to trt "
+                                                                        "the engine's profile is --profile).")
+                             ] = False,
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
     model_def: ModelDefOpt = None,
@@ -98,14 +101,29 @@ def export(
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
                                   "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
+    profile: ProfileOpt = None,
+    workspace: WorkspaceOpt = None,
+    timing_cache: TimingCacheOpt = None,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
 
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
                            resize, labels)
-    if to is Target.trt:
-        raise InputError("--to trt needs the TensorRT layer, which is not part of this build yet; use --to onnx")
+    if to is not Target.trt:
+        given = [flag for flag, value in (("--profile", profile), ("--workspace", workspace),
+                                          ("--timing-cache", timing_cache)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --to trt")
+    engine_profile = None
+    if profile is not None:
+        from deploykit.engine import BatchProfile
+
+        engine_profile = BatchProfile.parse(profile)  # a bad --profile fails before minutes of export work
+        if not engine_profile.is_fixed:
+            dynamic_batch = True  # a batch range needs a dynamic batch dimension in the ONNX
+    if workspace is not None and not workspace > 0:
+        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace:g}")
     from deploykit.precision import PrecisionRequest
 
     if int8_for and not int8:
@@ -129,3 +147,28 @@ def export(
         console.print(parity_table(result.report))
         if not result.report.passed:
             raise VerificationError(f"out of tolerance: {result.report.failure_summary()}")
+    if to is Target.trt:
+        _build_engines(result, fp16=fp16, int8=int8 and Int8Target.trt in precision.int8_for, profile=profile,
+                       workspace=workspace, timing_cache=timing_cache, data=data, verify=not no_verify)
+
+
+def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing_cache, data, verify) -> None:
+    """--to trt: one engine per precision asked for (FP32 when neither --fp16 nor --int8), each verified.
+    Without TensorRT or a GPU here: exit 3 naming what is missing and the `deploykit build` command(s)."""
+    from deploykit.cli.build import build_and_verify
+    from deploykit.engine import BatchProfile, EnginePrecision, require_host
+
+    precisions = [p for p, on in ((EnginePrecision.fp16, fp16), (EnginePrecision.int8, int8)) if on] or \
+        [EnginePrecision.fp32]
+    done = f"{result.folder}: ONNX artifacts written" + (" and verified" if result.report is not None else "")
+    requested = BatchProfile.parse(profile) if profile is not None else None
+    require_host(result.folder, precisions, done=done, profile=requested, workspace_gib=workspace)
+    failed = []
+    for engine_precision in precisions:
+        _, report = build_and_verify(result.folder, engine_precision, profile=profile, workspace=workspace,
+                                     timing_cache=timing_cache, data=data, verify=verify, done=done,
+                                     loaded=result.loaded)
+        if report is not None and not report.passed:
+            failed.append(report.failure_summary())
+    if failed:
+        raise VerificationError(f"out of tolerance: {' | '.join(failed)}")

@@ -16,7 +16,7 @@ from deploykit.cli.render import console
 
 @app.command()
 def predict(
-    artifact: Annotated[Path, typer.Argument(help="Export folder, .onnx file, or checkpoint.")],
+    artifact: Annotated[Path, typer.Argument(help="Export folder, .onnx or .engine file, or checkpoint.")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

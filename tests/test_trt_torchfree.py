@@ -1,0 +1,133 @@
+"""On a Jetson there is rarely a matching torch: `predict`, `verify`, `bench` and `build` must run without it.
+
+Each test runs the real CLI in a subprocess whose `import torch` / `import torchvision` raise ImportError (a
+meta-path blocker installed by a sitecustomize.py on PYTHONPATH), on a real LeNet export folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BLOCKER = textwrap.dedent('''
+    import sys
+
+    class _NoTorch:
+        """Make torch and torchvision unimportable, as on a Jetson image without them."""
+        blocked = ("torch", "torchvision")
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.blocked:
+                raise ImportError(f"No module named {name!r} (blocked by the torch-free test)")
+            return None
+
+    sys.meta_path.insert(0, _NoTorch())
+''')
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory) -> dict[str, str]:
+    site = tmp_path_factory.mktemp("no_torch_site")
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    env["DEPLOYKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture(scope="module")
+def lenet_export(tmp_path_factory) -> Path:
+    """A LeNet export folder (dynamic batch) with model.onnx and model.fp16.onnx, made with torch in this process."""
+    import torch
+
+    from deploykit.models import build_model, get_spec
+    from deploykit.models.loading import save_checkpoint
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import PrecisionRequest
+
+    root = tmp_path_factory.mktemp("lenet_torchfree")
+    torch.manual_seed(0)
+    ckpt = root / "lenet.pt"
+    save_checkpoint(ckpt, build_model("lenet", num_classes=10), arch="lenet", num_classes=10,
+                    preprocess=get_spec("lenet").preprocess(), class_names=[f"digit{i}" for i in range(10)])
+    return export_folder(ckpt, out=root / "exp", dynamic_batch=True, precision=PrecisionRequest(fp16=True)).folder
+
+
+def run_cli(env: dict[str, str], *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploykit", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_blocker_really_blocks_torch(no_torch_env):
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch_env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked by the torch-free test" in probe.stderr
+
+
+def test_cli_import_pulls_in_no_heavy_framework():
+    code = ("import sys, deploykit.cli, deploykit.engine, deploykit.runners.trt, deploykit.predict, deploykit.verify; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_predict_on_onnx_without_torch(no_torch_env, lenet_export, photos):
+    from deploykit.predict import load_predictor
+
+    images = [photos / "chelsea.png", photos / "camera_gray.bmp", photos / "coffee_rgba.png"]
+    for target in (lenet_export, lenet_export / "model.onnx", lenet_export / "model.fp16.onnx"):
+        result = run_cli(no_torch_env, "predict", target, *images, "--json", "--topk", "3")
+        assert result.returncode == 0, result.stderr
+        got = json.loads(result.stdout)["predictions"]
+        assert [p["image"] for p in got] == [str(i) for i in images]
+        assert all(len(p["top"]) == 3 and p["top"][0]["label"].startswith("digit") for p in got)
+        # the same numbers as an in-process run (which has torch available but does not need it)
+        want = load_predictor(target).topk(images, k=3)
+        for g, w in zip(got, want):
+            assert [t["index"] for t in g["top"]] == [t["index"] for t in w["top"]]
+            np.testing.assert_allclose([t["probability"] for t in g["top"]],
+                                       [t["probability"] for t in w["top"]], rtol=1e-5)
+
+
+def test_verify_without_torch_uses_the_fp32_onnx_and_says_so(no_torch_env, lenet_export):
+    result = run_cli(no_torch_env, "verify", lenet_export, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "torch is not installed: comparing against model.onnx instead of PyTorch" in result.stderr
+    report = json.loads(result.stdout)
+    assert [(a["path"], a["precision"], a["passed"]) for a in report["artifacts"]] == [("model.fp16.onnx", "fp16", True)]
+
+
+def test_bench_without_torch_skips_pytorch_with_a_reason(no_torch_env, lenet_export):
+    result = run_cli(no_torch_env, "bench", lenet_export, "--backends", "torch,ort", "--precisions", "fp32",
+                     "--iters", "3", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(r["backend"], r["precision"]) for r in report["results"]] == [("ort", "fp32")]
+    assert any(s["backend"] == "torch" and "PyTorch is not installed" in s["reason"]
+               for s in report["host"]["skipped"])
+
+
+def test_build_without_torch_or_tensorrt_exits_3_with_the_way_forward(no_torch_env, lenet_export):
+    pytest.importorskip("cuda.bindings", reason="cuda-python decides 'no GPU' here")
+    if _trt_here():
+        pytest.skip("TensorRT and a GPU are here: the build would succeed")
+    result = run_cli(no_torch_env, "build", lenet_export, "--precision", "fp16", "--workspace", "1")
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip()
+    assert "Traceback" not in line and line.startswith("error:")
+    assert "TensorRT's Python bindings (import tensorrt) are not installed" in line
+    assert 'pip install "deploykit[trt]"' in line and "JetPack" in line
+    assert line.endswith(f"deploykit build {lenet_export} --precision fp16 --workspace 1")
+
+
+def _trt_here() -> bool:
+    from deploykit.engine import probe_host
+
+    return not isinstance(probe_host(), list)
