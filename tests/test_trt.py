@@ -301,7 +301,7 @@ def test_predict_on_an_engine_without_its_manifest(cli, photos, tmp_path):
 @pytest.fixture(scope="module")
 def trt_folder(lenet_ckpt, tmp_path_factory) -> Path:
     """LeNet with FP32, FP16 and INT8 ONNX (dynamic batch), calibrated on digits."""
-    from tests._digits import digits_arrays, write_imagefolder
+    from _digits import digits_arrays, write_imagefolder
 
     from deploykit.pipeline import export_folder
     from deploykit.precision import PrecisionRequest
