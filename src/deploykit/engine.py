@@ -593,7 +593,7 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
     monitor = None
     if progress is not None and hasattr(trt, "IProgressMonitor"):
         monitor = _progress_monitor(trt, progress)
-        config.progress_monitor = monitor  # the monitor must outlive the build: `monitor` holds it
+        config.progress_monitor = monitor  # must outlive every TensorRT object using it: held until we return
 
     step(f"building {name} (profile {profile}, {plan.typing.value} typing"
          + (f", flags {'+'.join(f.value for f in plan.set_flags)}" if plan.set_flags else "") + ")")
@@ -604,7 +604,6 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
         serialized = None
         logger.errors.append("out of memory")
     seconds = time.perf_counter() - started
-    del monitor
     if serialized is None:
         if is_out_of_memory(logger.errors):
             raise EngineBuildError(oom_message(name, workspace_gib, folder, precision, profile))

@@ -98,7 +98,11 @@ class TensorRTRunner(Runner):
 
     # -- shapes ------------------------------------------------------------------------------------
     def _shape_for(self, n: int) -> dict[str, tuple[int, ...]]:
-        if not self.context.set_input_shape(self.input_name, (n, *self.input_shape)):
+        """Output shapes for a batch of ``n``; a dynamic batch is set on the context first (set_input_shape)."""
+        if self.fixed_batch is not None:
+            if n != self.fixed_batch:
+                raise InputError(f"{self.path.name} was built for batch {self.fixed_batch}, not {n}")
+        elif not self.context.set_input_shape(self.input_name, (n, *self.input_shape)):
             raise InputError(f"{self.path.name} takes batches of {self.min_batch} to {self.max_batch}, not {n}")
         shapes = {o: tuple(int(d) for d in self.context.get_tensor_shape(o)) for o in self.output_names}
         if not self._out_shapes:
