@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Logs and pipes get wide tables rather than rich's 80-column default.
@@ -13,11 +14,11 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err_console.print(f"[cyan]note:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[cyan]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def status(message: str) -> None:
