@@ -1,5 +1,7 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   -- creates .venv, installs deploykit, runs the pipeline on bundled data, prints the results
+#   make demo   -- creates .venv, installs deploykit, then the whole pipeline on scikit-learn's digits:
+#                  train LeNet, export FP32/FP16/INT8 ONNX (+ TensorRT engines where TensorRT is installed),
+#                  verify with accuracy on held-out digits, eval, bench, and demo/export/report.md
 #   make test   -- creates .venv, installs deploykit + pytest, runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,10 +19,20 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) scripts/make_demo_checkpoint.py $(DEMO)/resnet18_flowers5.pth
-	$(DK) export $(DEMO)/resnet18_flowers5.pth --out $(DEMO)/export
-	$(DK) verify $(DEMO)/export
-	$(DK) predict $(DEMO)/export $$($(PY) -c "import skimage.data, pathlib; print(pathlib.Path(skimage.data.__file__).parent / 'chelsea.png')") --topk 3
+	$(DK) train lenet --data digits --epochs 15 --lr 5e-3 --batch-size 32 --threads 1 --out $(DEMO)/run
+	$(DK) data digits --split train --out $(DEMO)/digits-train
+	$(DK) data digits --split val --out $(DEMO)/digits-val
+	$(DK) export $(DEMO)/run/best.pth --out $(DEMO)/export --dynamic-batch --fp16 --int8 --int8-for trt \
+		--int8-for cpu --calib $(DEMO)/digits-train --data $(DEMO)/digits-val
+	@if $(PY) -c "import tensorrt" 2>/dev/null; then \
+		$(DK) build $(DEMO)/export --precision fp16 && $(DK) build $(DEMO)/export --precision int8; \
+	else \
+		echo "TensorRT is not installed here: no engine built. On a CUDA host: pip install \"deploykit[trt]\";" \
+		     "on a Jetson: JetPack's python3-libnvinfer. Then: deploykit build $(DEMO)/export --precision fp16"; \
+	fi
+	$(DK) eval $(DEMO)/export --data $(DEMO)/digits-val --plot $(DEMO)/export/confusion.png
+	$(DK) bench $(DEMO)/export --batch 1,32 --iters 50 --plot $(DEMO)/export/bench.png --json > $(DEMO)/export/bench.json
+	$(DK) report $(DEMO)/export --print
 
 test: install
 	$(PY) -m pytest -q

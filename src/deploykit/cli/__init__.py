@@ -4,6 +4,7 @@ from deploykit.cli import export, models, predict, verify  # noqa: F401  (regist
 from deploykit.cli import bench  # noqa: F401,E402  (deploykit bench)
 from deploykit.cli import data, eval, train  # noqa: F401  (deploykit train / eval / data)
 from deploykit.cli import build  # noqa: F401,E402  (deploykit build)
+from deploykit.cli import report  # noqa: F401,E402  (deploykit report)
 from deploykit.cli.app import app
 
 

@@ -1,0 +1,32 @@
+"""`deploykit report`: one markdown page per export folder from what export/verify/eval/bench wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploykit.cli.app import app
+from deploykit.cli.render import console
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="Export folder (holds deploykit.json).")],
+    bench: Annotated[Optional[Path], typer.Option("--bench", help="`deploykit bench --json` output "
+                                                                  "\\[default: <folder>/bench.json if present].")
+                     ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Markdown file \\[default: <folder>/report.md].")
+                   ] = None,
+    show: Annotated[bool, typer.Option("--print", help="Also render the report on the terminal.")] = False,
+) -> None:
+    """Write report.md: source, training accuracy, each artifact's parity and accuracy, speed, and the PNGs."""
+    from deploykit.report import write_report
+
+    dest = write_report(folder, out=out, bench_path=bench)
+    if show:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(dest.read_text()))
+    console.print(f"wrote {dest}", highlight=False)

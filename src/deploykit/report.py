@@ -1,0 +1,169 @@
+"""``report.md``: one page per export folder -- what was exported, how close each artifact is, how fast it runs.
+
+Everything comes from files the other stages already wrote: ``deploykit.json`` (source, training accuracy,
+preprocessing, each artifact's parity and accuracy, engine facts), the training run's ``metrics.json`` when it
+sits beside the source checkpoint, ``bench.json`` (``deploykit bench --json``) and the PNGs in the folder
+(``eval``'s confusion matrix, ``bench --plot``). Nothing is re-measured here, so the page never disagrees
+with the numbers the commands printed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import InputError
+from deploykit.files import atomic_path
+from deploykit.manifest import Manifest
+
+REPORT_NAME = "report.md"
+BENCH_NAME = "bench.json"
+
+
+def _num(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _shape(shape: Any) -> str:
+    return "x".join("N" if d is None or isinstance(d, str) else str(d) for d in shape or ())
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} {path} ({exc}); write it again or leave it out") from None
+
+
+def training_metrics(manifest: Manifest) -> dict[str, Any] | None:
+    """The run's metrics.json when the source checkpoint is a `deploykit train` output still in its run folder."""
+    source = manifest.source.get("path")
+    if not source:
+        return None
+    path = Path(source).parent / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and "best_val_acc" in data else None
+
+
+def _artifact_rows(manifest: Manifest) -> list[str]:
+    has_acc = any("accuracy" in (a.get("parity") or {}).get("metrics", {}) for a in manifest.artifacts)
+    head = ["artifact", "precision", "MB", "reference", "images", "max abs diff", "cos min", "top-1 agr",
+            "top-5 agr"] + (["acc %", "drop pts"] if has_acc else []) + ["result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(head) - 1))
+             + "|---|"]
+    for art in manifest.artifacts:
+        parity = art.get("parity") or {}
+        m = parity.get("metrics", {})
+        result = "-" if not parity else ("pass" if parity.get("passed") else
+                                        "FAIL " + "; ".join(parity.get("failures", [])))
+        if parity.get("note"):
+            result += f" ({parity['note']})"
+        row = [f"`{art['path']}`", art.get("precision", "-"), _num(art.get("bytes", 0) / 1e6, ".2f"),
+               parity.get("reference", "-"), str(parity.get("n_images", "-")), _num(m.get("max_abs_diff"), ".2e"),
+               _num(m.get("cosine_min"), ".6f"), _num(m.get("top1_agreement"), ".3f"),
+               _num(m.get("top5_agreement"), ".3f")]
+        if has_acc:
+            row += [_num(m.get("accuracy"), ".2f"), _num(m.get("accuracy_drop"), "+.2f")]
+        lines.append("| " + " | ".join(row + [result]) + " |")
+    return lines
+
+
+def _engine_lines(manifest: Manifest) -> list[str]:
+    lines = []
+    for art in manifest.artifacts:
+        facts = art.get("engine")
+        if not facts:
+            continue
+        onnx = facts.get("onnx") or {}
+        lines.append(f"- `{art['path']}`: TensorRT {facts.get('tensorrt', '?')} on {facts.get('gpu', '?')} "
+                     f"(compute capability {facts.get('compute_capability', '?')}), built in "
+                     f"{_num(facts.get('build_seconds'), '.1f')} s from `{onnx.get('path', '?')}`")
+    return lines
+
+
+def _bench_lines(bench: dict[str, Any]) -> list[str]:
+    host = bench.get("host", {})
+    results = bench.get("results", [])
+    lines = []
+    if host.get("versions"):
+        from deploykit.bench import host_line
+
+        lines += [f"Host: {host_line(host)}", ""]
+    head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "images/s", "vs torch"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "--:" for i in range(len(head))) + "|"]
+    for r in results:
+        lat = r.get("latency_ms", {})
+        lines.append("| " + " | ".join([r.get("backend", "-"), r.get("precision", "-"), r.get("variant") or "-",
+                                        r.get("device", "-"), str(r.get("batch", "-")), _num(lat.get("p50"), ".3f"),
+                                        _num(lat.get("p99"), ".3f"), _num(r.get("throughput"), ".1f"),
+                                        _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch")
+                                                                                  else "")]) + " |")
+    skipped = host.get("skipped", [])
+    if skipped:
+        lines += ["", "Skipped:", ""]
+    for skip in skipped:
+        what = " ".join(str(v) for v in (skip.get("backend"), skip.get("precision"),
+                                         f"batch {skip['batch']}" if skip.get("batch") is not None else None) if v)
+        lines.append(f"- {what}: {skip.get('reason', '')}")
+    return lines
+
+
+def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    model, source, pre = manifest.model, manifest.source, manifest.preprocess
+    arch = model.get("arch") or "model"
+    classes = manifest.class_names
+    lines = [f"# {arch}: deploykit report", "",
+             f"- source: `{source.get('path')}` ({source.get('kind', '?')}, sha256 {str(source.get('sha256'))[:12]})",
+             f"- input: `{manifest.input.get('name')}` {_shape(manifest.input.get('shape'))} "
+             f"{manifest.input.get('dtype')} -> `{manifest.output.get('name')}` "
+             f"({model.get('num_classes')} classes{': ' + ', '.join(classes[:10]) if classes else ''}"
+             f"{', ...' if classes and len(classes) > 10 else ''})",
+             f"- preprocessing: {pre.get('channels')} channel(s), {pre.get('height')}x{pre.get('width')}, resize "
+             f"{pre.get('resize') or 'straight to size'}, mean {pre.get('mean')}, std {pre.get('std')}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v), ""]
+    train = training_metrics(manifest)
+    if train is not None or model.get("best_val_acc") is not None:
+        best = train["best_val_acc"] if train else model["best_val_acc"]
+        lines += ["## Training", "", f"Best validation accuracy {best:.2f}%"
+                  + (f" after {train.get('epochs')} epochs in {train.get('seconds', 0):.1f} s" if train else "")
+                  + ".", ""]
+    lines += ["## Artifacts", "",
+              "Each artifact against its reference on the verification images (`deploykit verify`); accuracy in "
+              "percent, agreement as a fraction.", ""] + _artifact_rows(manifest)
+    engines = _engine_lines(manifest)
+    if engines:
+        lines += ["", "TensorRT engines:", ""] + engines
+    if bench is not None:
+        lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; `vs torch` = PyTorch eager FP32 p50 / "
+                  "this p50 on the same device and batch.", ""] + _bench_lines(bench)
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    if pngs:
+        lines += ["", "## Figures", ""] + [f"![{Path(n).stem}]({n})" for n in pngs]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path, out: Path | None = None, bench_path: Path | None = None) -> Path:
+    """Write ``report.md`` (or ``out``) for an export folder; ``bench.json`` in the folder is used when present."""
+    folder = Path(folder)
+    if bench_path is None and (folder / BENCH_NAME).is_file():
+        bench_path = folder / BENCH_NAME
+    bench = None
+    if bench_path is not None:
+        if not Path(bench_path).is_file():
+            raise InputError(f"--bench {bench_path} not found; write it with `deploykit bench DIR --json > FILE`")
+        bench = _read_json(Path(bench_path), "bench results")
+        if not isinstance(bench, dict) or "results" not in bench:
+            raise InputError(f"{bench_path} is not `deploykit bench --json` output")
+    text = render_report(folder, bench)
+    dest = Path(out) if out is not None else folder / REPORT_NAME
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return dest
