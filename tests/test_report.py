@@ -1,0 +1,77 @@
+"""deploykit report: the export folder's one-page summary, built from what the other commands wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _digits import digits_arrays, train_lenet, write_imagefolder
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory) -> Path:
+    """A LeNet trained on digits, exported with FP16 and verified with accuracy on labelled held-out digits."""
+    from typer.testing import CliRunner
+
+    from deploykit.cli import app
+
+    root = tmp_path_factory.mktemp("report")
+    images, labels = digits_arrays()
+    train_lenet(root / "lenet.pth", images[:1000], labels[:1000], epochs=3)
+    val = write_imagefolder(root / "val", images[1500:1600], labels[1500:1600])
+    out = root / "export"
+    result = CliRunner().invoke(app, ["export", str(root / "lenet.pth"), "--out", str(out), "--fp16",
+                                      "--dynamic-batch", "--data", str(val)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_report_lists_every_artifact_with_the_manifest_numbers(cli, digits_export):
+    result = cli("report", digits_export)
+    assert result.exit_code == 0, result.output
+    text = (digits_export / "report.md").read_text()
+    manifest = json.loads((digits_export / "deploykit.json").read_text())
+    assert text.startswith("# lenet: deploykit report")
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `model")}
+    assert set(rows) == {a["path"] for a in manifest["artifacts"]} == {"model.onnx", "model.fp16.onnx"}
+    for art in manifest["artifacts"]:
+        m = art["parity"]["metrics"]
+        cells = [c.strip() for c in rows[art["path"]].split("|")[1:-1]]
+        assert cells[1] == art["precision"]
+        assert cells[6] == f"{m['cosine_min']:.6f}" and cells[7] == f"{m['top1_agreement']:.3f}"
+        assert cells[9] == f"{m['accuracy']:.2f}" and cells[-1] == "pass"
+    assert "## Speed" not in text  # no bench.json yet: nothing invented
+
+
+def test_report_picks_up_bench_json_and_pngs(cli, digits_export, tmp_path):
+    result = cli("bench", digits_export, "--backends", "ort", "--precisions", "fp32,fp16", "--batch", "1,4",
+                 "--iters", "10", "--warmup", "2", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout.strip().splitlines()[-1])
+    (digits_export / "bench.json").write_text(json.dumps(bench))
+    assert cli("eval", digits_export, "--data", "digits", "--plot", digits_export / "confusion.png").exit_code == 0
+
+    result = cli("report", digits_export, "--out", tmp_path / "r.md", "--print")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.md").read_text()
+    speed = [line for line in text.splitlines() if line.startswith("| ort ")]
+    assert len(speed) == len(bench["results"]) == 4
+    for r in bench["results"]:
+        assert any(f"| {r['precision']} |" in line and f"| {r['batch']} |" in line
+                   and f"{r['latency_ms']['p50']:.3f}" in line for line in speed)
+    assert "Host: " in text and "![confusion](confusion.png)" in text
+    assert "Speed" in result.output  # --print renders it on the terminal too
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda d, tmp: ["report", tmp], "not an export folder"),
+    (lambda d, tmp: ["report", d, "--bench", tmp / "missing.json"], "not found"),
+    (lambda d, tmp: ["report", d, "--bench", tmp / "bad.json"], "is not `deploykit bench --json` output"),
+])
+def test_report_errors_are_one_line(cli, digits_export, tmp_path, make_args, message):
+    (tmp_path / "bad.json").write_text('{"not": "bench"}')
+    result = cli(*make_args(digits_export, tmp_path))
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
