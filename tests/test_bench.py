@@ -234,7 +234,10 @@ def test_trt_on_cuda_without_tensorrt_is_skipped_with_reason(lenet_folder):
     assert "TensorRT is not installed" in skips[0].reason and "deploykit[trt]" in skips[0].reason
 
 
-def test_torch_variants_planned_per_device(lenet_folder):
+def test_torch_variants_planned_per_device(lenet_folder, monkeypatch):
+    from deploykit import bench
+
+    monkeypatch.setattr(bench, "_torch_cuda", lambda: None)  # plan as on a host where PyTorch has CUDA
     manifest = Manifest.load(lenet_folder)
     for device, expected in ((Device.cpu, {(Precision.FP32, Variant.eager), (Precision.FP32, Variant.channels_last),
                                            (Precision.FP32, Variant.compiled)}),
@@ -243,6 +246,15 @@ def test_torch_variants_planned_per_device(lenet_folder):
         cases, _ = plan_cases(lenet_folder, manifest, BenchOptions(backends=(Backend.torch,), device=device,
                                                                    torch_variants=True))
         assert {(c.precision, c.variant) for c in cases} == expected
+
+
+def test_pytorch_without_cuda_is_skipped_on_cuda(lenet_folder, monkeypatch):
+    from deploykit import bench
+
+    monkeypatch.setattr(bench, "_torch_cuda", lambda: "this PyTorch sees no CUDA GPU")
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder),
+                              BenchOptions(backends=(Backend.torch,), device=Device.cuda))
+    assert cases == [] and [(s.backend, s.reason) for s in skips] == [(Backend.torch, "this PyTorch sees no CUDA GPU")]
 
 
 def test_channels_last_variant_runs_on_cpu(lenet_folder):
@@ -293,3 +305,122 @@ def test_bench_folder_restores_torch_threads(lenet_folder):
                                                      threads=1, iters=2, warmup=0))
     assert report.host["threads"] == 1 and len(report.results) == 1
     assert torch.get_num_threads() == before
+
+
+# ------------------------------------------------------------------------------------- one artifact file
+
+
+def test_one_artifact_file_is_benched_beside_pytorch(cli, lenet_all_precisions):
+    out = _json(cli("bench", lenet_all_precisions / "model.fp16.onnx", "--backends", "torch,ort", *FAST, "--json"))
+    rows = {(r["backend"], r["precision"]): r for r in out["results"]}
+    assert set(rows) == {("torch", "fp32"), ("ort", "fp16")}  # that artifact only, beside the reference
+    assert all(isinstance(r["speedup_vs_torch"], float) for r in out["results"])
+    assert rows[("ort", "fp16")]["artifact"] == "model.fp16.onnx"
+    assert out["host"]["target"]["artifact"] == "model.fp16.onnx"
+    assert out["host"]["skipped"] == []  # nothing asked for was unavailable: no noise about other precisions
+
+
+def test_bare_onnx_uses_its_metadata(cli, lenet_folder, tmp_path):
+    import shutil
+
+    bare = tmp_path / "lenet.onnx"
+    shutil.copy(lenet_folder / "model.onnx", bare)  # no deploykit.json beside it
+    out = _json(cli("bench", bare, *FAST, "--json"))
+    assert [(r["backend"], r["precision"], r["batch"]) for r in out["results"]] == [("ort", "fp32", 1)]
+    assert out["results"][0]["speedup_vs_torch"] is None  # no PyTorch source is known: no reference row
+    torch_skip = next(s for s in out["host"]["skipped"] if s["backend"] == "torch")
+    assert "no deploykit.json beside the ONNX file" in torch_skip["reason"]
+    assert out["host"]["target"]["input"] == [None, 1, 28, 28]
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("model.fp32.engine", (), "needs the deploykit.json of its export folder beside it"),
+    ("model.onnx", ("--backends", "torch,trt"), "model.onnx runs on ort, which --backends leaves out"),
+    ("model.onnx", ("--precisions", "fp16"), "model.onnx is fp32, which --precisions leaves out"),
+])
+def test_artifact_file_errors_are_one_line(cli, lenet_folder, tmp_path, name, args, message):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(lenet_folder, folder)
+    if name.endswith(".engine"):
+        (folder / "deploykit.json").unlink()
+        (folder / name).write_bytes(b"plan")
+    result = cli("bench", folder / name, *args, *FAST)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ TensorRT rows skipped one by one
+
+
+def _with_engines(folder: Path, tmp_path: Path, engines: dict[str, dict]) -> Path:
+    """A copy of an export folder listing fake engine files with the given manifest facts."""
+    import shutil
+
+    copy = tmp_path / "with_engines"
+    shutil.copytree(folder, copy)
+    manifest = Manifest.load(copy)
+    for name, facts in engines.items():
+        (copy / name).write_bytes(b"plan")
+        manifest.set_artifact({"path": name, "precision": facts["precision"], "parity": None, "engine": facts})
+    manifest.save(copy)
+    return copy
+
+
+def _facts(precision: str, tensorrt: str = "10.3.0.30", lo: int = 1, hi: int = 8) -> dict:
+    return {"tensorrt": tensorrt, "gpu": "Orin", "compute_capability": "8.7", "precision": precision,
+            "profile": {"input": "input", "min": [lo, 1, 28, 28], "opt": [lo, 1, 28, 28], "max": [hi, 1, 28, 28]}}
+
+
+class _FakeTrtRunner:
+    def bench_steps(self, batch):  # pragma: no cover - never run: plan_cases only plans
+        raise AssertionError
+
+
+def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path, monkeypatch):
+    from deploykit import bench
+    from deploykit.engine import Host
+
+    folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32"),
+                                                    "model.fp16.engine": _facts("fp16", tensorrt="10.0.1")})
+    monkeypatch.setattr(bench, "_trt_runner_class", lambda: (_FakeTrtRunner, None))
+    monkeypatch.setattr(bench, "_trt_host", lambda: (Host("10.3.0.30", "Orin", "8.7"), None))
+    options = BenchOptions(backends=(Backend.trt,), precisions=(Precision.FP32, Precision.FP16), batches=(1, 16),
+                           device=Device.cuda)
+    cases, skips = plan_cases(folder, Manifest.load(folder), options)
+    assert {(c.precision, c.batch, c.variant) for c in cases} == {(Precision.FP32, 1, Variant.end_to_end),
+                                                                  (Precision.FP32, 1, Variant.compute)}
+    reasons = {(s.precision, s.batch): s.reason for s in skips}
+    assert "profile takes batches 1 to 8" in reasons[(Precision.FP32, 16)]
+    assert "built by TensorRT 10.0.1" in reasons[(Precision.FP16, None)]
+    assert "deploykit build" in reasons[(Precision.FP16, None)]
+
+
+def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):
+    from deploykit import bench, engine
+
+    folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
+    monkeypatch.setattr(bench, "_trt_runner_class", lambda: (_FakeTrtRunner, None))
+    monkeypatch.setattr(engine, "_trt", lambda: object())
+    monkeypatch.setattr(engine, "cudart", lambda: None)
+    cases, skips = plan_cases(folder, Manifest.load(folder), BenchOptions(backends=(Backend.trt,), device=Device.cuda))
+    assert cases == [] and len(skips) == 1
+    assert "cuda-python" in skips[0].reason and "deploykit[trt]" in skips[0].reason
+
+
+def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_folder, monkeypatch):
+    from deploykit import bench
+    from deploykit.engine import EngineMismatchError
+
+    def refused(batch):
+        raise EngineMismatchError("TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")
+
+    ok = Case(Backend.ort, Precision.FP32, Variant.session, 1,
+              lambda batch: Prepared(step=lambda: None, clock=lambda step: (step(), 0.5)[1], clock_name="test"))
+    bad = [Case(Backend.trt, Precision.FP16, v, 1, refused) for v in (Variant.end_to_end, Variant.compute)]
+    monkeypatch.setattr(bench, "plan_cases", lambda folder, manifest, options, only=None: ([*bad, ok], []))
+    report = bench_folder(lenet_folder, BenchOptions(iters=2, warmup=0))
+    assert [(m.backend, m.precision) for m in report.results] == [(Backend.ort, Precision.FP32)]
+    assert [(s.backend, s.precision, s.batch, s.reason) for s in report.skipped] == [
+        (Backend.trt, Precision.FP16, 1, "TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")]
+    assert report.results[0].speedup_vs_torch is None  # no PyTorch row: null, as documented

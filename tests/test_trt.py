@@ -181,6 +181,27 @@ def test_out_of_memory_is_recognised(messages, oom):
     assert is_out_of_memory(messages) is oom
 
 
+NO_IMPLEMENTATION = ("[optimizer.cpp::computeCosts::4058] Error Code 10: Internal Error (Could not find any "
+                     "implementation for node /features/features.0/Conv.)")
+
+
+@pytest.mark.parametrize("warnings, errors, oom", [
+    # TensorRT 10 on a Jetson: every tactic of a layer is skipped for memory, then no implementation is left
+    (["Tactic Device request: 4096MB Available: 1536MB. Device memory is insufficient to use tactic.",
+      "Skipping tactic 3 due to insufficient memory on requested size of 4294967296 detected for tactic "
+      "0x0000000000000004."], [NO_IMPLEMENTATION], True),
+    (["Skipping tactic 0 due to insuficient memory on requested size of 8589934592 detected for tactic "
+      "0x0000000000000000."], [NO_IMPLEMENTATION], True),  # the misspelling some releases log
+    (["Skipping tactic 1 due to insufficient memory"], [], True),  # a failed build with no error logged
+    ([], [NO_IMPLEMENTATION], False),  # no memory warning: an unsupported layer, not memory
+    (["Skipping tactic 1 due to insufficient memory"], ["Error Code 4: API Usage Error (Network has dynamic or "
+                                                        "shape inputs, but no optimization profile)"], False),
+    (["Detected layernorm nodes in FP16."], [NO_IMPLEMENTATION], False),
+])
+def test_out_of_memory_is_recognised_from_tactic_warnings(warnings, errors, oom):
+    assert is_out_of_memory(errors, warnings) is oom
+
+
 def test_oom_message_suggests_a_smaller_workspace():
     msg = oom_message("model.fp16.engine", 2.0, Path("exp"), EnginePrecision.fp16, BatchProfile(1, 8, 32))
     assert "ran out of GPU memory building model.fp16.engine with a 2 GiB workspace" in msg
@@ -236,10 +257,39 @@ def test_export_to_trt_writes_and_verifies_onnx_then_exits_3(cli, lenet_ckpt, tm
     assert error[0].endswith(f"deploykit build {out} --precision fp16 --profile 1:4:16 --workspace 0.5")
 
 
+@pytest.mark.skipif(TRT_HERE, reason="TensorRT and a GPU are here: the engine is built instead (see the trt tests)")
+def test_export_dynamic_batch_takes_the_engine_profile(cli, lenet_ckpt, tmp_path):
+    """`--dynamic-batch MIN:OPT:MAX` is the issue's spelling of `--dynamic-batch --profile MIN:OPT:MAX`."""
+    out = tmp_path / "exp"
+    result = cli("export", lenet_ckpt, "--to", "trt", "--dynamic-batch", "2:4:16", "--no-verify", "--out", out)
+    assert result.exit_code == 3, result.output
+    manifest = Manifest.load(out)
+    assert manifest.input["dynamic_batch"] and manifest.input["shape"][0] is None
+    error = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert error.endswith(f"deploykit build {out} --precision fp32 --profile 2:4:16")
+
+
+def test_dynamic_batch_value_is_read_as_the_profile():
+    from deploykit.cli.build import split_dynamic_batch
+
+    assert split_dynamic_batch(["m.pt", "--dynamic-batch", "--fp16"]) == ["m.pt", "--dynamic-batch", "--fp16"]
+    assert split_dynamic_batch(["--dynamic-batch", "m.pt"]) == ["--dynamic-batch", "m.pt"]  # a bare flag
+    for args in (["m.pt", "--dynamic-batch", "1:8:32"], ["m.pt", "--dynamic-batch=1:8:32"]):
+        assert split_dynamic_batch(args) == ["m.pt", "--dynamic-batch", "--profile", "1:8:32"]
+    assert split_dynamic_batch(["--dynamic-batch", "1:8:32", "--", "-m.pt"]) == \
+        ["--dynamic-batch", "--profile", "1:8:32", "--", "-m.pt"]
+
+
 @pytest.mark.parametrize("args, message", [
-    (("--profile", "1:4:8"), "--profile only apply with --to trt"),
+    (("--profile", "1:4:8"), "--dynamic-batch MIN:OPT:MAX (alias --profile) only apply with --to trt"),
+    (("--dynamic-batch", "1:4:8"), "--dynamic-batch MIN:OPT:MAX (alias --profile) only apply with --to trt"),
     (("--to", "trt", "--profile", "4:1:8"), "need MIN <= OPT <= MAX"),
+    (("--to", "trt", "--dynamic-batch", "4:1:8"), "need MIN <= OPT <= MAX"),
+    (("--to", "trt", "--dynamic-batch=1:x8:16"), "MIN:OPT:MAX batch sizes, e.g. 1:8:32; got '1:x8:16'"),
+    (("--to", "trt", "--dynamic-batch", "1:4"), "MIN:OPT:MAX batch sizes, e.g. 1:8:32; got '1:4'"),
+    (("--to", "trt", "--dynamic-batch", "1:4:8", "--profile", "1:4:8"), "give the batch range once"),
     (("--to", "trt", "--workspace", "0"), "--workspace is in GiB and must be > 0"),
+    (("--to", "trt", "--int8", "--int8-for", "cpu"), "--int8-for cpu alone does not make: add --int8-for trt"),
 ])
 def test_export_trt_option_errors_come_before_any_work(cli, lenet_ckpt, tmp_path, args, message):
     out = tmp_path / "exp"
@@ -287,6 +337,42 @@ def test_predict_on_an_engine_without_tensorrt_exits_3(cli, fixed_folder, photos
     (folder / "model.fp32.engine").write_bytes(b"not a plan")
     result = cli("predict", folder / "model.fp32.engine", photos / "chelsea.png")
     assert result.exit_code == 3 and "cannot run model.fp32.engine" in result.output, result.output
+
+
+def test_verify_one_artifact_of_a_folder(cli, fixed_folder, tmp_path):
+    result = cli("verify", fixed_folder / "model.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(a["path"], a["passed"]) for a in json.loads(result.stdout)["artifacts"]] == [("model.onnx", True)]
+
+
+@pytest.mark.skipif(TRT_HERE, reason="TensorRT and a GPU are here")
+def test_verify_an_engine_file_without_tensorrt_exits_3(cli, fixed_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(fixed_folder, folder)
+    (folder / "model.fp32.engine").write_bytes(b"not a plan")
+    manifest = Manifest.load(folder)
+    manifest.set_artifact({"path": "model.fp32.engine", "precision": "fp32", "parity": None})
+    manifest.save(folder)
+    result = cli("verify", folder / "model.fp32.engine")
+    assert result.exit_code == 3 and "cannot run model.fp32.engine" in result.output, result.output
+
+
+@pytest.mark.parametrize("name, message", [
+    ("model.onnx", "has no deploykit.json beside it: verify compares an artifact with its export folder's reference"),
+    ("model.fp32.engine", "has no deploykit.json beside it"),
+])
+def test_verify_a_file_without_its_manifest_is_one_line(cli, fixed_folder, tmp_path, name, message):
+    shutil.copy(fixed_folder / "model.onnx", tmp_path / name)
+    result = cli("verify", tmp_path / name)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_verify_a_file_the_manifest_does_not_list(cli, fixed_folder, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(fixed_folder, folder)
+    shutil.copy(folder / "model.onnx", folder / "other.onnx")
+    result = cli("verify", folder / "other.onnx")
+    assert result.exit_code == 1 and "other.onnx is not listed in" in result.output
 
 
 def test_predict_on_an_engine_without_its_manifest(cli, photos, tmp_path):

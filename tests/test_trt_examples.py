@@ -50,6 +50,49 @@ def test_python_example_topk(example):
     assert top[0][1] == pytest.approx(np.exp(3) / np.exp(logits).sum())
 
 
+ENGINES = [{"path": "model.fp32.engine", "precision": "fp32", "engine": {"tensorrt": "10.3.0"}},
+           {"path": "model.fp16.engine", "precision": "fp16", "engine": {"tensorrt": "10.3.0"}}]
+
+
+def test_python_example_never_runs_another_engine_than_asked(example, tmp_path):
+    assert example.select_engine(ENGINES, None, tmp_path)["path"] == "model.fp32.engine"  # default: the first
+    assert example.select_engine(ENGINES, "model.fp16.engine", tmp_path)["path"] == "model.fp16.engine"
+    with pytest.raises(SystemExit) as exc:
+        example.select_engine(ENGINES, "model.int8.engine", tmp_path)
+    assert str(exc.value) == (f"error: {tmp_path}/deploykit.json lists no engine 'model.int8.engine'; it has: "
+                              "model.fp32.engine, model.fp16.engine")
+
+
+def test_python_example_stops_when_tensorrt_cannot_load_the_plan(example, tmp_path, monkeypatch, photos):
+    """deserialize_cuda_engine returns None (and logs why) for a plan from another TensorRT: a clear exit."""
+    import sys
+    import types
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            return None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            pass
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0", Logger=Logger,
+                                                                       Runtime=Runtime))
+    monkeypatch.setattr(example, "cuda_runtime", lambda: None)
+    monkeypatch.setattr(example, "check_compatible", lambda facts, trt: None)
+    (tmp_path / "deploykit.json").write_text(json.dumps({"artifacts": ENGINES}))
+    (tmp_path / "model.fp16.engine").write_bytes(b"plan")
+    with pytest.raises(SystemExit) as exc:
+        example.classify(tmp_path, photos / "chelsea.png", "model.fp16.engine", 5)
+    assert str(exc.value).startswith("error: TensorRT 10.3.0 cannot load model.fp16.engine")
+    assert f"deploykit build {tmp_path} --precision fp16" in str(exc.value)
+
+
 def _cmake_reason() -> str | None:
     if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
         return "needs cmake and a C++ compiler"

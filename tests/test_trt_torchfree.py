@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploykit.engine import gpu_info
+
 BLOCKER = textwrap.dedent('''
     import sys
 
@@ -104,18 +106,47 @@ def test_verify_without_torch_uses_the_fp32_onnx_and_says_so(no_torch_env, lenet
     assert [(a["path"], a["precision"], a["passed"]) for a in report["artifacts"]] == [("model.fp16.onnx", "fp16", True)]
 
 
-def test_bench_without_torch_skips_pytorch_with_a_reason(no_torch_env, lenet_export):
-    result = run_cli(no_torch_env, "bench", lenet_export, "--backends", "torch,ort", "--precisions", "fp32",
+def test_bench_without_torch_skips_pytorch_and_tensorrt_with_reasons(no_torch_env, lenet_export):
+    result = run_cli(no_torch_env, "bench", lenet_export, "--backends", "torch,ort,trt", "--precisions", "fp32",
                      "--iters", "3", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert [(r["backend"], r["precision"]) for r in report["results"]] == [("ort", "fp32")]
-    assert any(s["backend"] == "torch" and "PyTorch is not installed" in s["reason"]
-               for s in report["host"]["skipped"])
+    assert [(r["backend"], r["precision"], r["device"]) for r in report["results"]] == [("ort", "fp32", "cpu")]
+    reasons = {s["backend"]: s["reason"] for s in report["host"]["skipped"]}
+    assert "PyTorch is not installed" in reasons["torch"]
+    assert "TensorRT runs on NVIDIA GPUs" in reasons["trt"]
+
+
+def test_bench_one_artifact_without_torch(no_torch_env, lenet_export):
+    result = run_cli(no_torch_env, "bench", lenet_export / "model.fp16.onnx", "--iters", "3", "--warmup", "1",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(r["backend"], r["precision"]) for r in report["results"]] == [("ort", "fp16")]
+    assert report["results"][0]["speedup_vs_torch"] is None  # no PyTorch eager FP32 row to compare with
+    assert [s["backend"] for s in report["host"]["skipped"]] == ["torch"]
+
+
+@pytest.mark.skipif(isinstance(gpu_info(), tuple), reason="a CUDA GPU is visible here")
+def test_bench_on_cuda_without_torch_or_gpu_says_so(no_torch_env, lenet_export):
+    """--device cuda asks cuda-python for the GPU when torch is missing: one line, exit 3, no ImportError."""
+    result = run_cli(no_torch_env, "bench", lenet_export, "--device", "cuda", "--iters", "3")
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: --device cuda: no CUDA GPU is usable here (PyTorch is not installed; ")
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_one_artifact_without_torch(no_torch_env, lenet_export):
+    result = run_cli(no_torch_env, "verify", lenet_export / "model.fp16.onnx", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "comparing against model.onnx instead of PyTorch" in result.stderr
+    assert [a["path"] for a in json.loads(result.stdout)["artifacts"]] == ["model.fp16.onnx"]
+    result = run_cli(no_torch_env, "verify", lenet_export / "model.onnx")  # the reference itself: nothing to do
+    assert result.returncode == 1 and "model.onnx is the only artifact: nothing to compare" in result.stderr
 
 
 def test_build_without_torch_or_tensorrt_exits_3_with_the_way_forward(no_torch_env, lenet_export):
-    pytest.importorskip("cuda.bindings", reason="cuda-python decides 'no GPU' here")
     if _trt_here():
         pytest.skip("TensorRT and a GPU are here: the build would succeed")
     result = run_cli(no_torch_env, "build", lenet_export, "--precision", "fp16", "--workspace", "1")

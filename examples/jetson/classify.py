@@ -104,6 +104,17 @@ def check_compatible(facts: dict, trt) -> None:
                  f"{cc}: rebuild it here with `deploykit build FOLDER --precision {facts.get('precision')}`")
 
 
+def select_engine(engines: list[dict], engine_name: str | None, folder: Path) -> dict:
+    """The manifest entry of ``--engine NAME`` (the first engine without it); an unknown name is an error."""
+    if engine_name is None:
+        return engines[0]
+    entry = next((a for a in engines if a["path"] == engine_name), None)
+    if entry is None:
+        sys.exit(f"error: {folder}/deploykit.json lists no engine {engine_name!r}; it has: "
+                 f"{', '.join(a['path'] for a in engines)}")
+    return entry
+
+
 def classify(folder: Path, image: Path, engine_name: str | None, k: int) -> None:
     import tensorrt as trt
 
@@ -112,12 +123,18 @@ def classify(folder: Path, image: Path, engine_name: str | None, k: int) -> None
     engines = [a for a in manifest["artifacts"] if "engine" in a]
     if not engines:
         sys.exit(f"error: {folder} has no engine yet: run `deploykit build {folder}` on this device")
-    entry = next((a for a in engines if a["path"] == engine_name), engines[0])
+    entry = select_engine(engines, engine_name, folder)
     check_compatible(entry["engine"], trt)
 
     logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine((folder / entry["path"]).read_bytes())
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine((folder / entry["path"]).read_bytes())
+    if engine is None:  # TensorRT logs why (wrong version, another GPU, not a plan) and returns None
+        sys.exit(f"error: TensorRT {trt.__version__} cannot load {entry['path']} (see its message above): "
+                 f"rebuild it here with `deploykit build {folder} --precision {entry.get('precision')}`")
     context = engine.create_execution_context()
+    if context is None:
+        sys.exit(f"error: TensorRT could not create an execution context for {entry['path']} (GPU memory?)")
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
     out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)

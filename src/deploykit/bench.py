@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deploykit.errors import InputError, MissingDependencyError
+from deploykit.errors import DeployKitError, InputError, MissingDependencyError
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.verify import Precision
 
@@ -267,10 +267,23 @@ def host_info(options: BenchOptions) -> dict[str, Any]:
                      "tensorrt": _version("tensorrt"), "deploykit": _version("deploykit")},
     }
     if options.device is Device.cuda:
+        info["gpu"] = _gpu_name()
+    return info
+
+
+def _gpu_name() -> str | None:
+    """The GPU's name from cuda-python (no torch needed, as on a Jetson), else from PyTorch."""
+    from deploykit.engine import gpu_info
+
+    found = gpu_info()
+    if not isinstance(found, str):
+        return found[0]
+    with contextlib.suppress(Exception):
         import torch
 
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    return None
 
 
 def host_line(host: dict[str, Any]) -> str:
@@ -456,7 +469,9 @@ def _torch_module(folder: Path, manifest: Manifest):
     """The PyTorch model the folder was exported from, or a reason why it cannot be had."""
     from deploykit.files import sha256_file
 
-    source = Path(manifest.source.get("path", ""))
+    if not manifest.source.get("path"):
+        return None, f"no {MANIFEST_NAME} beside the ONNX file, so its PyTorch source is unknown"
+    source = Path(manifest.source["path"])
     if not source.is_file():
         return None, f"the source checkpoint {source} is not here"
     if sha256_file(source) != manifest.source.get("sha256"):
@@ -538,6 +553,15 @@ def _ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarr
 
 
 def _cuda_used_mb() -> float | None:
+    """Device-wide GPU memory in use (MiB): cuda-python's cudaMemGetInfo, else PyTorch's; None without either."""
+    from deploykit.engine import cudart
+
+    rt = cudart()
+    if rt is not None:
+        with contextlib.suppress(Exception):
+            err, free, total = rt.cudaMemGetInfo()
+            if err == rt.cudaError_t.cudaSuccess:
+                return (total - free) / 2**20
     try:
         import torch
 
@@ -563,6 +587,39 @@ def _trt_runner_class():
     return cls, None
 
 
+def _trt_host():
+    """``(Host, None)`` where TensorRT engines can run (cuda-python and a GPU), else ``(None, why not)``."""
+    from deploykit.engine import TRT_INSTALL_HINT, probe_host
+
+    probed = probe_host()
+    if isinstance(probed, list):
+        return None, f"{'; '.join(probed)}: {TRT_INSTALL_HINT}"
+    return probed[1], None
+
+
+def _engine_unusable(entry: dict[str, Any], host, folder: Path) -> str | None:
+    """Why an engine cannot load here (built by another TensorRT or for another GPU), from its manifest facts."""
+    from deploykit.engine import EngineMismatchError, check_compatible
+
+    facts = entry.get("engine")
+    if not facts:
+        return None  # no facts to check: the runner finds out when it loads the plan
+    try:
+        check_compatible(facts, host, engine=entry["path"], folder=folder)
+    except EngineMismatchError as exc:
+        return str(exc)
+    return None
+
+
+def _engine_batches(entry: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The batch range of an engine's optimization profile, from its manifest facts (None, None: unknown)."""
+    profile = (entry.get("engine") or {}).get("profile") or {}
+    try:
+        return int(profile["min"][0]), int(profile["max"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None, None
+
+
 def _trt_prepare(runner_cls, path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
         before = _cuda_used_mb()
@@ -583,25 +640,48 @@ def _fixed_batch(manifest: Manifest) -> int | None:
     return shape[0] if isinstance(shape[0], int) and not manifest.input.get("dynamic_batch") else None
 
 
-def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple[list[Case], list[Skip]]:
-    """Every (backend, precision, variant, batch) to measure, and every requested one that cannot run here."""
+def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
+               only: str | None = None) -> tuple[list[Case], list[Skip]]:
+    """Every (backend, precision, variant, batch) to measure, and every requested one that cannot run here.
+
+    ``only``: one artifact of the folder (``model.fp16.onnx``, ``model.fp16.engine``): just its backend and
+    precision are benched, beside the PyTorch FP32 reference.
+    """
     cases: list[Case] = []
     skips: list[Skip] = []
     threads = options.thread_count
     cpu = options.device is Device.cpu
     fixed = _fixed_batch(manifest)
+    backends, precisions = options.backends, {b: options.precisions for b in Backend}
+    if only is not None:
+        entry = manifest.artifact(only)
+        if entry is None:
+            raise InputError(f"{only} is not listed in {folder / MANIFEST_NAME}")
+        kind = Backend.trt if only.endswith(ENGINE_SUFFIXES) else Backend.ort
+        backends = tuple(b for b in options.backends if b in (Backend.torch, kind))
+        if kind not in backends:
+            raise InputError(f"{only} runs on {kind.value}, which --backends leaves out")
+        precision = Precision(entry["precision"])
+        if precision not in options.precisions:
+            raise InputError(f"{only} is {precision.value}, which --precisions leaves out")
+        precisions = {Backend.torch: tuple(p for p in options.precisions if p is Precision.FP32),
+                      kind: (precision,)}
 
     def onnx_entry(precision: Precision) -> dict | None:
         return next((a for a in manifest.artifacts if a.get("precision") == precision.value
-                     and a["path"].endswith(".onnx") and (folder / a["path"]).is_file()), None)
+                     and a["path"].endswith(".onnx") and (folder / a["path"]).is_file()
+                     and (only is None or a["path"] == only)), None)
 
-    for backend in options.backends:
+    for backend in backends:
         if backend is Backend.torch:
             try:
                 import torch  # noqa: F401
                 load, reason = _torch_module(folder, manifest)
             except ImportError:
                 load, reason = None, "PyTorch is not installed"
+            if load is not None and not cpu:
+                reason = _torch_cuda()
+                load = None if reason else load
             if load is None:
                 skips.append(Skip(backend, None, reason))
                 continue
@@ -612,7 +692,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple
                     forms += [(Precision.FP32, Variant.channels_last), (Precision.FP32, Variant.compiled)]
                 else:
                     forms += [(Precision.FP16, Variant.channels_last_autocast), (Precision.FP32, Variant.compiled)]
-            for precision in options.precisions:
+            for precision in precisions[backend]:
                 mine = [v for p, v in forms if p is precision]
                 if not mine:
                     if precision is Precision.FP16:
@@ -629,7 +709,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple
                                           _torch_prepare(load, options.device, variant, threads),
                                           artifact=Path(manifest.source.get("path", "")).name,
                                           parity=ref if variant is Variant.eager else None))  # variants: unverified
-            if options.torch_variants and cpu:
+            if options.torch_variants and cpu and Precision.FP16 in precisions[backend]:
                 skips.append(Skip(backend, Precision.FP16, "channels_last+FP16 autocast is a CUDA variant; "
                                                            "on CPU bench runs channels_last in FP32"))
         elif backend is Backend.ort:
@@ -641,7 +721,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple
             if not cpu and "CUDAExecutionProvider" not in ort.get_available_providers():
                 skips.append(Skip(backend, None, "this ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu"))
                 continue
-            for precision in options.precisions:
+            for precision in precisions[backend]:
                 entry = onnx_entry(precision)
                 if entry is None:
                     skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {folder.name}/ "
@@ -666,15 +746,23 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple
                 skips.append(Skip(backend, None, "TensorRT runs on NVIDIA GPUs: use --device cuda"))
                 continue
             runner_cls, reason = _trt_runner_class()
-            if runner_cls is None:
+            host = None
+            if runner_cls is not None:
+                host, reason = _trt_host()
+            if host is None:
                 skips.append(Skip(backend, None, reason))
                 continue
-            for precision in options.precisions:
+            for precision in precisions[backend]:
                 entry = next((a for a in manifest.artifacts if a.get("precision") == precision.value
-                              and a["path"].endswith(ENGINE_SUFFIXES) and (folder / a["path"]).is_file()), None)
+                              and a["path"].endswith(ENGINE_SUFFIXES) and (folder / a["path"]).is_file()
+                              and (only is None or a["path"] == only)), None)
                 if entry is None:
                     skips.append(Skip(backend, precision, f"no {precision.value} TensorRT engine in {folder.name}/ "
                                                           "(deploykit export --to trt)"))
+                    continue
+                unusable = _engine_unusable(entry, host, folder)
+                if unusable:
+                    skips.append(Skip(backend, precision, unusable))
                     continue
                 onnx_twin = onnx_entry(precision)
                 has_hook = hasattr(runner_cls, "bench_steps")
@@ -683,9 +771,15 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions) -> tuple
                     skips.append(Skip(backend, precision, "compute-only timing needs the TensorRT runner's "
                                                           "bench_steps() hook, which this build lacks"))
                 engine_batch = (entry.get("batch") if isinstance(entry.get("batch"), int) else None)
+                lo, hi = _engine_batches(entry)
                 for b in options.batches:
                     if engine_batch is not None and b != engine_batch:
                         skips.append(Skip(backend, precision, f"{entry['path']} was built for batch {engine_batch}",
+                                          batch=b))
+                        continue
+                    if lo is not None and not lo <= b <= hi:
+                        skips.append(Skip(backend, precision, f"{entry['path']}'s profile takes batches {lo} to {hi}: "
+                                                              f"rebuild with --profile MIN:OPT:MAX covering {b}",
                                           batch=b))
                         continue
                     for variant in variants:
@@ -728,14 +822,19 @@ def _pin_threads(threads: int) -> None:
 
 
 def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str, int, int], None] | None = None,
-                 target: dict[str, Any] | None = None) -> BenchReport:
-    """Measure every requested (backend, precision, batch) of an export folder."""
+                 target: dict[str, Any] | None = None, only: str | None = None,
+                 manifest: Manifest | None = None) -> BenchReport:
+    """Measure every requested (backend, precision, batch) of an export folder (``only``: of that one artifact).
+
+    A case that fails with a user-facing error (an engine TensorRT refuses, a batch its profile does not take)
+    is listed as skipped with that error; the other cases still run.
+    """
     options.validate()
     folder = Path(folder)
-    manifest = Manifest.load(folder)
+    manifest = manifest or Manifest.load(folder)
     if options.device is Device.cuda:
         _require_cuda()
-    cases, skips = plan_cases(folder, manifest, options)
+    cases, skips = plan_cases(folder, manifest, options, only=only)
     host = host_info(options)
     results: list[Measurement] = []
     restore = None
@@ -749,7 +848,12 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
         for i, case in enumerate(cases):
             if progress:
                 progress(case.label, i, len(cases))
-            results.append(_measure(case, inputs[case.batch], options))
+            try:
+                results.append(_measure(case, inputs[case.batch], options))
+            except DeployKitError as exc:  # this case only: the rest of the run goes on
+                skip = Skip(case.backend, case.precision, str(exc), batch=case.batch)
+                if skip not in skips:  # TensorRT's two variants fail alike
+                    skips.append(skip)
     finally:
         if restore is not None:
             import torch
@@ -780,21 +884,37 @@ def _measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measuremen
 
 
 def _speedups(results: list[Measurement]) -> None:
-    """p50 of PyTorch eager FP32 on the same device and batch over each result's p50 (None without that row)."""
+    """p50 of PyTorch eager FP32 on the same device and batch over each result's p50: a float wherever that row
+    was measured, None (JSON null) only without it."""
     base = {(m.device, m.batch): m.latency.p50 for m in results
             if m.backend is Backend.torch and m.precision is Precision.FP32 and m.variant is Variant.eager}
     for m in results:
         ref = base.get((m.device, m.batch))
-        m.speedup_vs_torch = ref / m.latency.p50 if ref and m.latency.p50 > 0 else None
+        # a p50 under the clock's resolution (1 ns) counts as 1 ns: still a finite float, valid JSON
+        m.speedup_vs_torch = None if ref is None else float(ref / max(m.latency.p50, 1e-6))
 
 
-def _require_cuda() -> None:
+def _torch_cuda() -> str | None:
+    """None when PyTorch can run on a CUDA GPU here, else why not."""
     try:
         import torch
     except ImportError:
-        raise MissingDependencyError("--device cuda needs PyTorch with CUDA to time on the GPU") from None
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+        return "PyTorch is not installed"
+    return None if torch.cuda.is_available() else "this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def _require_cuda() -> None:
+    """--device cuda needs a CUDA GPU, seen by PyTorch or, without it (a Jetson image), by cuda-python: only the
+    PyTorch rows need torch; ONNX Runtime and TensorRT rows do not."""
+    from deploykit.engine import gpu_info
+
+    torch_why = _torch_cuda()
+    if torch_why is None:
+        return
+    found = gpu_info()
+    if isinstance(found, str):
+        raise MissingDependencyError(f"--device cuda: no CUDA GPU is usable here ({torch_why}; {found}); "
+                                     "use --device cpu")
 
 
 def default_model(directory: Path) -> Path:
@@ -815,6 +935,44 @@ def default_model(directory: Path) -> Path:
     return path
 
 
+def bench_artifact(path: Path, options: BenchOptions, *, progress=None) -> BenchReport:
+    """One artifact file: its export folder's manifest restricted to it; a bare ``.onnx`` (no manifest beside it)
+    runs on ONNX Runtime with the preprocessing deploykit stored in its metadata."""
+    folder = path.parent
+    if (folder / MANIFEST_NAME).is_file():
+        return bench_folder(folder, options, progress=progress, only=path.name,
+                            target={"source": str(path), "artifact": path.name})
+    if path.suffix != ".onnx":
+        raise InputError(f"{path.name} needs the {MANIFEST_NAME} of its export folder beside it; copy the whole "
+                         "folder")
+    manifest = _manifest_from_onnx(path)
+    return bench_folder(folder, options, progress=progress, only=path.name, manifest=manifest,
+                        target={"source": str(path), "artifact": path.name, "manifest": "ONNX metadata"})
+
+
+def _manifest_from_onnx(path: Path) -> Manifest:
+    """A stand-in manifest for a bare deploykit ONNX: preprocessing and class names from its metadata, the input
+    shape from its graph, the precision from its name (``model.<precision>.onnx``, else fp32)."""
+    import onnx
+
+    from deploykit.predict import _onnx_metadata
+
+    pre, names = _onnx_metadata(path)
+    if pre is None:
+        raise InputError(f"{path.name} has no {MANIFEST_NAME} beside it and no deploykit metadata; bench its export "
+                         "folder instead")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inp = next(i for i in graph.input if i.name not in initializers)
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    stem = path.name[:-len(".onnx")]
+    precision = next((p.value for p in Precision if stem.endswith(f".{p.value}")), Precision.FP32.value)
+    return Manifest(source={}, model={"arch": None, "num_classes": None, "class_names": names},
+                    input={"name": inp.name, "shape": shape, "dynamic_batch": not isinstance(shape[0], int)},
+                    output={}, preprocess=pre.to_dict(), opset=None,
+                    artifacts=[{"path": path.name, "precision": precision}])
+
+
 def bench_target(target: Path | None, options: BenchOptions, *, status=None, warn=None, note=None,
                  progress=None) -> BenchReport:
     """Bench an export folder, or a model file exported into a temporary folder first (``None``: the default)."""
@@ -826,6 +984,8 @@ def bench_target(target: Path | None, options: BenchOptions, *, status=None, war
         return bench_folder(Path(target), options, progress=progress, target={"source": str(target)})
     if target is not None and not Path(target).is_file():
         raise InputError(f"{target} not found: pass an export folder or a model file")
+    if target is not None and (Path(target).suffix == ".onnx" or Path(target).name.endswith(ENGINE_SUFFIXES)):
+        return bench_artifact(Path(target), options, progress=progress)
     from deploykit.pipeline import export_folder
 
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:

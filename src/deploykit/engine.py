@@ -140,7 +140,7 @@ class BatchProfile:
         if len(values) == 1:
             values *= 3
         if len(values) != 3:
-            raise InputError(f"--profile takes MIN:OPT:MAX batch sizes, e.g. 1:8:32; got {text!r}")
+            raise InputError(f"a batch profile takes MIN:OPT:MAX batch sizes, e.g. 1:8:32; got {text!r}")
         return cls(*values)
 
     @classmethod
@@ -391,11 +391,23 @@ def default_timing_cache(host: Host) -> Path:
 _OOM_PATTERNS = ("out of memory", "outofmemory", "cudaerrormemoryallocation", "insufficient memory",
                  "requested amount of gpu memory", "failed to allocate", "could not allocate", "allocation failed",
                  "cuda_error_out_of_memory", "not enough memory")
+# TensorRT's *warnings* when tactics do not fit: "Tactic Device request: 1234MB Available: 512MB. Device memory is
+# insufficient to use tactic.", "Skipping tactic 3 due to insufficient memory on requested size of ..." (also
+# spelled "insuficient" by some releases). With every tactic of a layer skipped, the build then fails with
+# "Could not find any implementation for node ...": on a Jetson that is an out-of-memory build.
+_TACTIC_MEMORY = re.compile(r"memory is insuf+icient|insuf+icient (device |gpu |host )?memory|device request: .*"
+                            r"available:|not enough (device |gpu )?memory", re.IGNORECASE)
+_NO_IMPLEMENTATION = "could not find any implementation"
 
 
-def is_out_of_memory(messages: list[str]) -> bool:
-    text = " ".join(messages).lower()
-    return any(p in text for p in _OOM_PATTERNS)
+def is_out_of_memory(errors: list[str], warnings: list[str] = ()) -> bool:
+    """Whether a failed build ran out of GPU memory: an out-of-memory error, or tactics skipped for lack of
+    memory (warnings) followed by no error at all or TensorRT's "Could not find any implementation"."""
+    text = " ".join(errors).lower()
+    if any(p in text for p in _OOM_PATTERNS):
+        return True
+    starved = any(_TACTIC_MEMORY.search(w) for w in warnings)
+    return starved and (not errors or _NO_IMPLEMENTATION in text)
 
 
 def oom_message(engine: str, workspace_gib: float | None, folder: Path, precision: EnginePrecision,
@@ -605,7 +617,7 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
         logger.errors.append("out of memory")
     seconds = time.perf_counter() - started
     if serialized is None:
-        if is_out_of_memory(logger.errors):
+        if is_out_of_memory(logger.errors, logger.warnings):
             raise EngineBuildError(oom_message(name, workspace_gib, folder, precision, profile))
         first = logger.errors[0] if logger.errors else "no error message from TensorRT"
         raise EngineBuildError(f"TensorRT {host.tensorrt} could not build {name}: {first}")

@@ -66,15 +66,33 @@ int main(int argc, char** argv) {
         return 2;
     }
     std::string folder = argv[1], image = argv[2], engine_name;
-    for (int i = 3; i + 1 < argc; ++i)
-        if (std::string(argv[i]) == "--engine") engine_name = argv[i + 1];
+    for (int i = 3; i < argc; ++i) {
+        if (std::string(argv[i]) != "--engine") continue;
+        if (i + 1 >= argc) {
+            std::fprintf(stderr, "error: --engine needs an engine file name from deploykit.json\n");
+            return 2;
+        }
+        engine_name = argv[++i];
+    }
     try {
         deploykit::Manifest manifest = deploykit::load_manifest(folder + "/deploykit.json");
         if (manifest.engines.empty())
             throw std::runtime_error(folder + " has no engine yet: run `deploykit build " + folder + "` on this device");
         deploykit::EngineFacts facts = manifest.engines.front();
-        for (auto const& e : manifest.engines)
-            if (e.path == engine_name) facts = e;
+        if (!engine_name.empty()) {  // --engine NAME must be one the manifest lists: never run another silently
+            bool found = false;
+            std::string listed;
+            for (auto const& e : manifest.engines) {
+                if (e.path == engine_name) {
+                    facts = e;
+                    found = true;
+                }
+                listed += (listed.empty() ? "" : ", ") + e.path;
+            }
+            if (!found)
+                throw std::runtime_error(folder + "/deploykit.json lists no engine '" + engine_name + "'; it has: " +
+                                         listed);
+        }
         check_compatible(facts);
 
         Logger logger;

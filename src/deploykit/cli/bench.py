@@ -15,8 +15,10 @@ from deploykit.cli.render import console, err_console, note, status, warn
 
 @app.command()
 def bench(
-    target: Annotated[Optional[Path], typer.Argument(help="Export folder or model file (exported on the fly "
-                                                          "into a temporary folder) \\[default: a bundled ResNet-18].")] = None,
+    target: Annotated[Optional[Path], typer.Argument(help="Export folder, one artifact in it (model.fp16.onnx, "
+                                                          "model.fp16.engine: that one beside PyTorch FP32), or a "
+                                                          "model file (exported on the fly into a temporary folder) "
+                                                          "\\[default: a bundled ResNet-18].")] = None,
     backends: Annotated[str, typer.Option("--backends", help="Comma list of torch,ort,trt.")] = "torch,ort,trt",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu.")]
     = "fp32,fp16,int8,int8-cpu",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from deploykit.cli.app import app
 from deploykit.cli.render import console, err_console, note, parity_table, status, warn
 from deploykit.engine import EnginePrecision
+from deploykit.errors import InputError
 
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Batch optimization profile MIN:OPT:MAX for a dynamic-batch export \\[default: 1:8:32].")]
@@ -19,6 +22,47 @@ WorkspaceOpt = Annotated[Optional[float], typer.Option(
 TimingCacheOpt = Annotated[Optional[Path], typer.Option(
     "--timing-cache", help="Timing cache file, reused across builds \\[default: one per TensorRT version and "
                            "GPU under the user cache dir].")]
+
+
+# The value `--dynamic-batch` may take: MIN:OPT:MAX or N; malformed ranges too, so that they fail with the
+# profile's own message rather than as a stray MODEL argument.
+_RANGE = re.compile(r"\s*\d[\d\s]*(:[\d\s]*)*")
+
+
+def split_dynamic_batch(args: list[str]) -> list[str]:
+    """``--dynamic-batch 1:8:32`` / ``--dynamic-batch=1:8:32`` -> ``--dynamic-batch --profile 1:8:32``; a bare
+    ``--dynamic-batch`` stays the flag. Typer's parser has no options with an optional value, so `export` reads
+    its arguments through this first (:class:`DynamicBatchCommand`)."""
+    out: list[str] = []
+    ranges: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            out += [arg, *rest]
+            break
+        if arg.startswith("--dynamic-batch="):
+            ranges.append(arg.split("=", 1)[1])
+        elif arg == "--dynamic-batch" and rest and _RANGE.fullmatch(rest[0]):
+            ranges.append(rest.pop(0))
+        else:
+            out.append(arg)
+            continue
+        out.append("--dynamic-batch")
+    if not ranges:
+        return out
+    options = out[:out.index("--")] if "--" in out else out
+    if len(ranges) > 1 or any(a == "--profile" or a.startswith("--profile=") for a in options):
+        raise InputError("give the batch range once: --dynamic-batch MIN:OPT:MAX (or its alias --profile MIN:OPT:MAX)")
+    return options + ["--profile", ranges[0]] + out[len(options):]  # before a `--` separator, if any
+
+
+class DynamicBatchCommand(TyperCommand):
+    """A command whose ``--dynamic-batch`` flag may carry the engine's batch range: ``--dynamic-batch
+    MIN:OPT:MAX`` is ``--dynamic-batch --profile MIN:OPT:MAX``."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, split_dynamic_batch(args))
 
 
 def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str | None, workspace: float | None,

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 # Logs and pipes get wide tables rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
 
 
 def warn(message: str) -> None:

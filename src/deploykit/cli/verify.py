@@ -10,12 +10,13 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.render import console, parity_table, warn
-from deploykit.errors import VerificationError
+from deploykit.errors import InputError, VerificationError
 
 
 @app.command()
 def verify(
-    folder: Annotated[Path, typer.Argument(help="Export folder (holds deploykit.json).")],
+    target: Annotated[Path, typer.Argument(help="Export folder (holds deploykit.json), or one artifact in it: "
+                                                "model.onnx, model.fp16.onnx, model.fp16.engine, ...")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder or flat folder "
                                                               "[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -28,13 +29,32 @@ def verify(
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
     from deploykit.verify import verify_folder, with_overrides
 
+    folder, only = artifact_in_folder(target)
     overrides = {}
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, warn=warn, overrides=overrides)
+    report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only)
     if as_json:
         print(json.dumps(report.to_json()))
     else:
         console.print(parity_table(report))
     if not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")
+
+
+def artifact_in_folder(target: Path) -> tuple[Path, list[str] | None]:
+    """``(folder, None)`` for an export folder; ``(its folder, [name])`` for one artifact listed in the
+    deploykit.json beside it."""
+    from deploykit.manifest import MANIFEST_NAME, Manifest
+
+    if not target.exists():
+        raise InputError(f"not found: {target}")
+    if target.is_dir():
+        return target, None
+    folder = target.parent
+    if not (folder / MANIFEST_NAME).is_file():
+        raise InputError(f"{target.name} has no {MANIFEST_NAME} beside it: verify compares an artifact with its "
+                         "export folder's reference (the PyTorch model, else model.onnx); copy the whole folder")
+    if Manifest.load(folder).artifact(target.name) is None:
+        raise InputError(f"{target.name} is not listed in {folder / MANIFEST_NAME}; verify its export folder")
+    return folder, [target.name]
