@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -71,7 +72,19 @@ def test_export_options_predict_and_labelled_verify(cli, resnet18_sd, photos, tm
     preds = json.loads(result.stdout)["predictions"]
     assert len(preds) == 2 and len(preds[0]["top"]) == 3
     assert preds[0]["top"][0]["label"] in {"cat", "dog", "astronaut", "coffee", "rocket"}
-    assert abs(sum(p["probability"] for p in preds[0]["top"])) <= 1.0 + 1e-6
+    # the probabilities are a softmax of the exported model's logits on the manifest's preprocessing, sorted
+    import onnxruntime as ort
+
+    batch = manifest.preprocessing.batch([photos / "chelsea.png", photos / "camera_gray.bmp"])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": batch})[0]
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    for pred, row in zip(preds, probs):
+        got = [(t["index"], t["probability"]) for t in pred["top"]]
+        assert [i for i, _ in got] == list(np.argsort(-row)[:3])
+        assert np.allclose([p for _, p in got], np.sort(row)[::-1][:3], atol=1e-5)
+        assert all(a >= b for (_, a), (_, b) in zip(got, got[1:]))
     # the checkpoint gives the same answer as the ONNX file
     ckpt = json.loads(cli("predict", resnet18_sd, photos / "chelsea.png", "--topk", "1", "--json").stdout)
     assert ckpt["predictions"][0]["top"][0]["index"] == preds[0]["top"][0]["index"]
@@ -140,7 +153,8 @@ def test_model_def_through_cli(cli, tmp_path):
     (["export", "r18.pth", "--model-kwargs", "{nope"], "--model-kwargs"),
     (["export", "r18.pth", "--data", "empty"], "no readable images"),
     (["export", "r18.pth", "--out", "blocker/sub"], "cannot create output folder"),
-    (["verify", "nowhere"], "not an export folder"),
+    (["verify", "nowhere"], "not found: nowhere"),
+    (["verify", "empty"], "not an export folder"),
     (["predict", "missing.onnx", "x.png"], "not found"),
 ])
 def test_user_errors_are_one_line(cli, resnet18_sd, args, contains):
@@ -173,3 +187,93 @@ def test_python_dash_m(resnet18_sd):
 
     done = subprocess.run([sys.executable, "-m", "deploykit", "models", "--json"], capture_output=True, text=True)
     assert done.returncode == 0 and "resnet34" in done.stdout
+
+
+def test_exported_program_traced_at_batch_one(cli, photos):
+    """A .pt2 traced at batch 1 guards its batch size: the runner feeds it one image at a time."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 32, 32),)), "tiny.pt2")
+    result = cli("export", "tiny.pt2", "--out", "ep")
+    assert result.exit_code == 0, result.output
+    parity = Manifest.load(Path("ep")).artifacts[0]["parity"]
+    assert parity["passed"] and parity["n_images"] > 1
+    assert cli("verify", "ep").exit_code == 0
+    images = (photos / "chelsea.png", photos / "astronaut.jpg")
+    result = cli("predict", "tiny.pt2", *images, "--topk", "2", "--json")
+    assert result.exit_code == 0, result.output
+    preds = json.loads(result.stdout)["predictions"]
+    onnx_preds = json.loads(cli("predict", "ep", *images, "--topk", "2", "--json").stdout)["predictions"]
+    assert len(preds) == 2
+    for a, b in zip(preds, onnx_preds):
+        assert [t["index"] for t in a["top"]] == [t["index"] for t in b["top"]]
+        assert np.allclose([t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]], atol=1e-5)
+
+
+NET28_PY = """
+import torch.nn as nn
+
+def build(num_classes=10):
+    # only a 1x28x28 input reaches the Linear layer with 4*26*26 features
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, num_classes))
+"""
+
+
+@pytest.mark.parametrize("extra,shape", [([], "3x224x224"), (["--input-shape", "1,5,5"], "1x5x5")])
+def test_model_for_another_input_size_is_one_line(cli, extra, shape):
+    import importlib.util
+
+    Path("net28.py").write_text(NET28_PY)
+    spec = importlib.util.spec_from_file_location("net28", "net28.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.build().state_dict(), "net28.pth")
+    result = cli("export", "net28.pth", "--model-def", "net28.py:build", *extra)
+    _one_line_error(result, contains=f"rejects a {shape} input")
+    assert "--input-shape C,H,W" in result.output
+    assert cli("export", "net28.pth", "--model-def", "net28.py:build", "--input-shape", "1,28,28",
+               "--no-verify").exit_code == 0
+
+
+def test_reexport_removes_stale_artifacts(cli, resnet18_sd):
+    result = cli("export", resnet18_sd, "--out", "ex", "--input-shape", "3,32,32", "--fp16", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert Path("ex/model.fp16.onnx").is_file()
+    Path("ex/model.fp16.engine").write_bytes(b"an engine built from the earlier model.onnx")
+    Path("ex/calib-entropy-0123456789abcdef.json").write_text("{}")  # keyed: reused when graph and images match
+    Path("ex/notes.txt").write_text("the user's own file")
+    result = cli("export", resnet18_sd, "--out", "ex", "--input-shape", "3,32,32", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "model.fp16.engine, model.fp16.onnx" in result.output
+    assert sorted(p.name for p in Path("ex").iterdir()) == [
+        "calib-entropy-0123456789abcdef.json", "deploykit.json", "model.onnx", "notes.txt"]
+    assert [a["path"] for a in Manifest.load(Path("ex")).artifacts] == ["model.onnx"]
+
+
+def test_unwritable_destination_names_the_path_not_a_flag():
+    from deploykit.errors import InputError
+    from deploykit.files import atomic_path, ensure_writable_dir
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc (a folder no file can be created in, even as root)")
+    with pytest.raises(InputError, match=r"^cannot write /proc/x\.png: ") as err:
+        with atomic_path(Path("/proc/x.png")) as tmp:
+            tmp.write_bytes(b"never")
+    assert "--" not in str(err.value)
+    with pytest.raises(InputError, match=r"^cannot create output folder /proc/sub: .*; choose another --plot$"):
+        ensure_writable_dir(Path("/proc/sub"), flag="--plot")
+
+
+def test_outputs_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from deploykit.files import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

@@ -15,6 +15,7 @@ import torch
 
 from deploykit.data import Bundled, Split, bundled_split, digits_split, split_imagefolder, write_imagefolder
 from deploykit.errors import InputError
+from deploykit.manifest import Manifest
 from deploykit.models.loading import load_model
 from deploykit.models.registry import get_spec, list_models
 from deploykit.train import TrainConfig, find_head, fit, load_data, replace_head
@@ -95,16 +96,23 @@ def test_train_digits_export_verify_eval(cli, one_thread, digits_val, tmp_path):
     loaded = load_model(run / "best.pth")
     assert loaded.kind == "deploykit" and loaded.preprocess.shape == (1, 28, 28)
 
-    result = cli("export", run / "best.pth", "--out", "ex", "--data", digits_val)  # no flags needed
+    result = cli("export", run / "best.pth", "--out", "ex", "--data", "digits")  # no flags; the bundled name works
     assert result.exit_code == 0, result.output
+    parity = Manifest.load(Path("ex")).artifacts[0]["parity"]
+    assert parity["n_images"] == 360  # the whole held-out split, not a sample
     assert cli("verify", "ex", "--data", digits_val).exit_code == 0
+    result = cli("verify", "ex", "--data", "digits", "--json")
+    assert result.exit_code == 0, result.output
+    (art,) = json.loads(result.stdout)["artifacts"]
+    assert abs(art["metrics"]["accuracy"] - metrics["best_val_acc"]) < 0.3
 
     # eval on the checkpoint, the ONNX export and the bundled held-out split all see the same pixels
     accs = {}
     for model, data in ((run / "best.pth", digits_val), ("ex", digits_val), ("ex", "digits")):
         result = cli("eval", model, "--data", data, "--json")
         assert result.exit_code == 0, result.output
-        report = json.loads(result.stdout.strip().splitlines()[-1])
+        report = json.loads(result.stdout)  # the JSON alone on stdout, exactly the documented keys
+        assert set(report) == {"top1", "top5", "n"}
         assert report["n"] == 360 and 0.0 <= report["top1"] <= report["top5"] <= 100.0
         accs[(str(model), str(data))] = report["top1"]
     assert all(abs(a - metrics["best_val_acc"]) < 0.3 for a in accs.values()), (accs, metrics["best_val_acc"])
@@ -279,6 +287,26 @@ def test_user_mistakes_are_one_line_errors(cli, args, message):
     result = cli("train", "lenet", *args)
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_img_size_below_the_architecture_minimum_is_one_line(cli):
+    result = cli("train", "squeezenet1_1", "--data", "digits", "--img-size", "8")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "--img-size 8 is below the smallest input squeezenet1_1 accepts (35x35)" in result.output
+
+
+def test_from_a_missing_checkpoint_creates_no_out_folder(cli):
+    result = cli("train", "lenet", "--data", "digits", "--from", "missing.pth", "--out", "never")
+    assert result.exit_code == 1 and "not found" in result.output, result.output
+    assert not Path("never").exists()
+
+
+def test_bundled_digits_calibrate_on_the_train_split():
+    from deploykit.precision.calibrate import calibration_images
+
+    images = calibration_images(Path("digits"), size=32, min_images=8)
+    assert len(images) == 32 and images.labels is not None and "train split" in images.source
+    assert all(p.suffix == ".png" and p.is_file() for p in images.paths)
 
 
 def test_flat_folder_cannot_be_trained_on(cli, photos):

@@ -18,8 +18,20 @@ EXPECTED = {
 }
 
 # At 32x32 the deeper EfficientNets end in 1x1 maps whose random-init logits reach 1e2-1e5 even with settled
-# BatchNorm, so an absolute tolerance is meaningless there; 64x64 keeps them at the scale of a trained model.
+# BatchNorm; 64x64 brings them down, though not to a trained model's scale (see ILL_CONDITIONED).
 TEST_SIZE = {f"efficientnet_b{i}": 64 for i in range(4)}
+
+# The only entries allowed past the FP32 max_abs_diff gate (1e-3), and why: their random-init logits are so large
+# (or the net so deep) that PyTorch's own FP32 result is further than 1e-3 from the float64 truth, so ONNX Runtime
+# is held to that truth instead (at most 2x PyTorch's error). Every other gate (cosine, top-1/top-5) still applies.
+# Measured on CPU at TEST_SIZE / min_size with the settled BatchNorm below.
+ILL_CONDITIONED = {
+    "efficientnet_b0": "logits up to ~40 at 64x64; max |diff| ~1.1e-3",
+    "efficientnet_b1": "logits up to ~425 at 64x64; max |diff| ~4e-2",
+    "efficientnet_b2": "logits up to ~370 at 64x64; max |diff| ~4e-2",
+    "efficientnet_b3": "logits up to ~140 at 64x64; max |diff| ~2.4e-2",
+    "resnet152": "152 layers of FP32 rounding; max |diff| ~1.6e-3 at logits ~5",
+}
 
 
 def test_registry_has_the_zoo():
@@ -62,15 +74,20 @@ def test_builds_and_exports_with_fp32_parity(name, tmp_path):
     exported = OnnxRuntimeRunner(path).infer(batch)
     metrics = compare_logits(reference, exported)
     failures = judge(metrics, tolerance_for(Precision.FP32))
-    if failures == [f"max_abs_diff {metrics['max_abs_diff']:.3g} > 0.001"]:
-        # Some random-init nets are ill-conditioned (logits in the hundreds): PyTorch's own FP32 result is then
-        # further than 1e-3 from the float64 truth. Then ONNX Runtime must be as close to that truth as PyTorch.
-        with torch.no_grad():
-            truth = model.double()(torch.from_numpy(batch).double()).numpy()
-        torch_err, ort_err = float(abs(reference - truth).max()), float(abs(exported - truth).max())
-        assert ort_err <= 2 * torch_err, (metrics, torch_err, ort_err)
-    else:
+    if name not in ILL_CONDITIONED:
         assert failures == [], metrics
+        return
+    assert [f for f in failures if not f.startswith("max_abs_diff ")] == [], (ILL_CONDITIONED[name], metrics)
+    if not failures:
+        return
+    with torch.no_grad():
+        truth = model.double()(torch.from_numpy(batch).double()).numpy()
+    torch_err, ort_err = float(abs(reference - truth).max()), float(abs(exported - truth).max())
+    assert ort_err <= 2 * torch_err, (ILL_CONDITIONED[name], metrics, torch_err, ort_err)
+
+
+def test_ill_conditioned_list_names_registry_entries():
+    assert set(ILL_CONDITIONED) <= EXPECTED
 
 
 def _settle_batchnorm(model, batch) -> None:

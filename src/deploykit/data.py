@@ -9,6 +9,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,55 @@ def sample_images() -> ImageSet:
     return ImageSet(paths, None, None, "scikit-image sample photos")
 
 
-def resolve_images(data: Path | None, *, warn=None) -> ImageSet:
-    return sample_images() if data is None else scan_images(data, warn=warn)
+def resolve_images(data: Path | str | None, *, warn=None, split: str = "val", what: str = "--data") -> ImageSet:
+    """Images for verification or calibration: the bundled sample photos when ``data`` is None, a bundled dataset
+    by name (``digits``: its ``split``, labelled; ``train`` for calibration, ``val`` -- the held-out images train
+    and eval use -- for verification), or a folder. An existing folder wins over a bundled name."""
+    if data is None:
+        return sample_images()
+    name = _bundled_name(data)
+    if name is not None:
+        return bundled_images(name, Split(split), what=what)
+    return scan_images(Path(data), what=what, warn=warn)
+
+
+def verification_set(data: Path | str | None, *, warn=None, max_images: int = 256) -> ImageSet:
+    """The images verification runs on: a seeded sample of at most ``max_images``, except that a bundled
+    held-out split of up to ``WHOLE_SPLIT_MAX`` images (digits: 360) is used whole, so its accuracy is the one
+    ``train`` and ``eval`` report."""
+    images = resolve_images(data, warn=warn)
+    if _bundled_name(data) is not None and len(images) <= WHOLE_SPLIT_MAX:
+        return images
+    return images.sample(max_images)
+
+
+def _bundled_name(data: Path | str | None) -> Bundled | None:
+    if data is None or Path(data).exists():
+        return None
+    return bundled(data)
+
+
+def bundled_images(name: Bundled, split: Split, *, what: str = "--data") -> ImageSet:
+    """A bundled dataset's split as PNG files (lossless: the pixels train and eval see), written once per process
+    into a temporary folder that is removed at exit."""
+    if name is not Bundled.digits:
+        raise InputError(f"{what} {name.value} needs its files: write them as an ImageFolder with `deploykit data "
+                         f"{name.value} --split {Split(split).value} --data-root DIR --out FOLDER` and pass "
+                         f"{what} FOLDER")
+    return _bundled_folder(name, Split(split))
+
+
+@lru_cache(maxsize=None)
+def _bundled_folder(name: Bundled, split: Split) -> ImageSet:
+    import atexit
+    import shutil
+    import tempfile
+
+    items = bundled_split(name, split)
+    folder = Path(tempfile.mkdtemp(prefix=f"deploykit-{name.value}-{split.value}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    written = write_imagefolder(items, folder)
+    return ImageSet(written.paths, written.labels, written.class_names, items.source)
 
 
 # -- training data (issue 6): bundled datasets, train/val splits, PNG export ---------------------------------
@@ -159,6 +207,7 @@ class Split(str, Enum):
 
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
 DIGITS_HELD_OUT = 0.2  # fixed, stratified, seed 0: the same 360 images for train's validation and eval
+WHOLE_SPLIT_MAX = 1024  # verification uses a bundled held-out split whole up to this many images
 _VAL_FOLDERS = ("val", "valid", "validation", "test")
 # torchvision class, the folder it reads under --data-root, and what must be there
 _TORCHVISION = {
@@ -305,7 +354,7 @@ def write_imagefolder(data: LabelledImages, out: Path) -> ImageSet:
     """Write ``data`` as PNGs in ``out/<class>/<index>.png`` (lossless: the same pixels as in memory)."""
     from deploykit.files import atomic_path, ensure_writable_dir
 
-    out = ensure_writable_dir(Path(out))
+    out = ensure_writable_dir(Path(out), flag="--out")
     width = len(str(max(len(data) - 1, 1)))
     for name in data.class_names:
         ensure_writable_dir(out / name)

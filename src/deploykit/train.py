@@ -49,8 +49,8 @@ class TrainConfig:
     arch: str
     data: str  # a folder, or a bundled dataset name (deploykit.data.Bundled)
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int | None = None  # None: the architecture's (ModelSpec.train_batch_size)
+    lr: float | None = None  # None: the architecture's (ModelSpec.train_lr)
     img_size: int | None = None
     val_split: float | None = None
     from_ckpt: Path | None = None
@@ -66,6 +66,14 @@ class TrainConfig:
     allow_pickle: bool = False
     workers: int | None = None  # DataLoader workers for image folders [default: cores - 1, at most 8]
 
+    def __post_init__(self) -> None:
+        if self.batch_size is None or self.lr is None:
+            spec = get_spec(self.arch)
+            if self.batch_size is None:
+                object.__setattr__(self, "batch_size", spec.train_batch_size)
+            if self.lr is None:
+                object.__setattr__(self, "lr", spec.train_lr)
+
     def validate(self) -> None:
         if self.epochs < 1:
             raise InputError("--epochs must be >= 1")
@@ -73,8 +81,11 @@ class TrainConfig:
             raise InputError("--batch-size must be >= 1")
         if not self.lr > 0:
             raise InputError("--lr must be > 0")
-        if self.img_size is not None and self.img_size < 1:
-            raise InputError("--img-size must be >= 1")
+        if self.img_size is not None:
+            spec = get_spec(self.arch)
+            if self.img_size < spec.min_size:
+                raise InputError(f"--img-size {self.img_size} is below the smallest input {spec.name} accepts "
+                                 f"({spec.min_size}x{spec.min_size}); use --img-size {spec.min_size} or more")
         if self.val_split is not None and not 0.0 < self.val_split < 1.0:
             raise InputError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}")
         if self.freeze_backbone and self.from_ckpt is None:
@@ -631,8 +642,6 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
     try:
         device = _device(config, dist)
         out = config.out_dir()
-        if main:
-            ensure_writable_dir(out)
         loaded = load_pretrained(config, spec) if config.from_ckpt is not None else None
         # the pretrained model's normalisation is what its features expect
         data = load_data(config, spec, base=None if loaded is None else loaded.preprocess, warn=warn)
@@ -642,6 +651,8 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
         del loaded
         for line in notes if note is not None else ():
             note(line)
+        if main:  # only now: a checkpoint or data set that fails to load leaves no empty --out folder behind
+            ensure_writable_dir(out, flag="--out")
         state = _load_state(out / "last.pth", config, data) if config.resume else None
         if state is not None:
             model.load_state_dict(state["model"])

@@ -20,8 +20,11 @@ def train(
                                                      "or a bundled dataset: digits, mnist, fashionmnist, cifar10 "
                                                      "(a folder with such a name: ./digits).")],
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training set.")] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step (per GPU under torchrun).")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per step (per GPU under "
+                                                                          "torchrun) \\[default: 64; lenet 32].")
+                          ] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine) "
+                                                             "\\[default: 1e-3; lenet 5e-3].")] = None,
     img_size: Annotated[Optional[int], typer.Option("--img-size", help="Square input size "
                                                                        "\\[default: the architecture's].")] = None,
     val_split: Annotated[Optional[float], typer.Option("--val-split", help="Share of a single ImageFolder held out "

@@ -307,13 +307,20 @@ def _from_model_def(state: dict, source: Path, opts: LoadOptions, notes: list[st
 def _num_outputs(model, pre: Preprocess) -> int:
     import torch
 
-    with torch.no_grad():
-        out = model(torch.zeros(1, *pre.shape))
+    shape = "x".join(map(str, pre.shape))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *pre.shape))
+    except Exception as exc:  # the user's model code: a wrong input size surfaces as any error type
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {reason[:160]}" if reason else type(exc).__name__
+        raise CheckpointError(f"the model rejects a {shape} input ({reason}); pass the input it expects "
+                              "with --input-shape C,H,W") from None
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise CheckpointError(f"the model must return logits of shape [batch, classes] for a "
-                              f"{'x'.join(map(str, pre.shape))} input; got {getattr(out, 'shape', type(out))}")
+                              f"{shape} input; got {getattr(out, 'shape', type(out))}")
     return int(out.shape[1])
 
 

@@ -27,6 +27,9 @@ class ModelSpec:
     min_size: int = 32  # smallest square input the architecture accepts (tests use it)
     # state_dict key prefixes that exist only in training (auxiliary heads); ignored when loading
     aux_prefixes: tuple[str, ...] = ()
+    # `deploykit train` defaults where --lr / --batch-size are not given (AdamW, warm-up then cosine)
+    train_lr: float = 1e-3
+    train_batch_size: int = 64
 
     def preprocess(self) -> Preprocess:
         return Preprocess(channels=self.channels, height=self.size, width=self.size, mean=self.mean,
