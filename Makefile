@@ -19,18 +19,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(DK) train lenet --data digits --epochs 15 --lr 5e-3 --batch-size 32 --threads 1 --out $(DEMO)/run
-	$(DK) data digits --split train --out $(DEMO)/digits-train
-	$(DK) data digits --split val --out $(DEMO)/digits-val
+	$(DK) train lenet --data digits --threads 1 --out $(DEMO)/run
 	$(DK) export $(DEMO)/run/best.pth --out $(DEMO)/export --dynamic-batch --fp16 --int8 --int8-for trt \
-		--int8-for cpu --calib $(DEMO)/digits-train --data $(DEMO)/digits-val
+		--int8-for cpu --calib digits --data digits
 	@if $(PY) -c "import tensorrt" 2>/dev/null; then \
 		$(DK) build $(DEMO)/export --precision fp16 && $(DK) build $(DEMO)/export --precision int8; \
 	else \
 		echo "TensorRT is not installed here: no engine built. On a CUDA host: pip install \"deploykit[trt]\";" \
 		     "on a Jetson: JetPack's python3-libnvinfer. Then: deploykit build $(DEMO)/export --precision fp16"; \
 	fi
-	$(DK) eval $(DEMO)/export --data $(DEMO)/digits-val --plot $(DEMO)/export/confusion.png
+	$(DK) eval $(DEMO)/export --data digits --plot $(DEMO)/export/confusion.png
 	$(DK) bench $(DEMO)/export --batch 1,32 --iters 50 --plot $(DEMO)/export/bench.png --json > $(DEMO)/export/bench.json
 	$(DK) report $(DEMO)/export --print
 
