@@ -124,6 +124,31 @@ def test_fp16_keeps_unsafe_nodes_in_fp32(tmp_path):
     assert np.isfinite(y16).all() and np.allclose(y16, y32, atol=1e-2)
 
 
+def test_fp16_lists_nodes_the_converter_blocks(tmp_path):
+    """Ops on ONNX Runtime's default FP16 block list (here Max) stay FP32 and are listed in kept_fp32."""
+    from onnx import helper
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    from deploykit.precision.fp16 import convert_fp16
+
+    assert "Max" in DEFAULT_OP_BLOCK_LIST
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    floor = numpy_helper.from_array(np.array(0.1, np.float32), "floor")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Max", ["h", "floor"], ["y"], name="clamp")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, floor])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
+    result = convert_fp16(src, tmp_path / "m16.onnx", {"x": 3.0, "h": 10.0, "y": 10.0})
+    assert set(result.kept_fp32) == {"clamp"} and "block list" in result.kept_fp32["clamp"]
+    m16 = onnx.load(str(tmp_path / "m16.onnx"))
+    types = _types(m16)
+    clamp = next(n for n in m16.graph.node if n.name == "clamp")
+    assert all(types[name] == TensorProto.FLOAT for name in list(clamp.input) + list(clamp.output))
+    assert types[next(n for n in m16.graph.node if n.name == "mm").output[0]] == TensorProto.FLOAT16
+
+
 # -- INT8 for TensorRT ---------------------------------------------------------------------------------------
 def test_int8_trt_qdq_placement(resnet_export):
     model = onnx.load(str(resnet_export.folder / "model.int8.onnx"))
@@ -237,6 +262,39 @@ def test_entropy_threshold_clips_outliers():
     assert 3.0 < stats.threshold(CalibMethod.percentile) < 6.0
 
 
+def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
+    """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
+    from onnx import helper
+
+    import deploykit.precision.calibrate as calibrate_mod
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    src = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
+    sizes = []
+    real = calibrate_mod._session_with_outputs
+
+    class Recording:
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, names, feed):
+            sizes.append(next(iter(feed.values())).shape[0])
+            return self.session.run(names, feed)
+
+    monkeypatch.setattr(calibrate_mod, "_session_with_outputs", lambda *a: Recording(real(*a)))
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    stats = calibrate_mod.collect_stats(src, ["r", "y"], [x], histogram=False)
+    assert sizes == [16, 16, 8]
+    assert stats["r"].hi == pytest.approx(float(np.maximum(x, 0).max()))
+    assert stats["y"].amax == pytest.approx(float(np.maximum(x, 0).max()))
+
+
 # -- a trained model: parity and accuracy --------------------------------------------------------------------
 def test_digits_fp16_and_int8_keep_accuracy(digits, cli, tmp_path):
     out = tmp_path / "lenet"
@@ -293,21 +351,146 @@ def test_sensitivity_and_budget_on_badly_calibrated_int8(digits, tmp_path):
     assert result.to_json()["kept_fp32"] == result.kept_fp32
 
 
-def test_export_accuracy_budget_records_fp32_layers(digits, tmp_path):
-    """End to end: a zero-point budget on top-1 disagreement, with sensitivity in the manifest when missed."""
+def _clip_calibration(monkeypatch, layer: str | None = None, factor: float = 20.0) -> None:
+    """Shrink calibrated ranges ``factor``x (only the activation input of ``layer``, else every tensor): the
+    clipping makes INT8 miss its gate for sure (as in the test above)."""
+    import deploykit.precision.build as build
+    from deploykit.precision.int8 import plan_trt
+
+    real = build.calibrate
+
+    def clipped(model_path, *args, **kwargs):
+        ranges = real(model_path, *args, **kwargs)
+        names = set(plan_trt(onnx.load(str(model_path))).layer(layer).activations) if layer else set(ranges.tensors)
+        ranges.tensors = {n: {**r, "amax": r["amax"] / factor} if n in names else r for n, r in ranges.tensors.items()}
+        return ranges
+
+    monkeypatch.setattr(build, "calibrate", clipped)
+
+
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+def test_export_accuracy_budget_records_fp32_layers(target, digits, tmp_path, monkeypatch):
+    """End to end, for either INT8 target: one clipped range (classifier.3's input) makes INT8 miss; the 1-point
+    budget on labelled data keeps that layer (ORT's CPU quantizer: at most one more) in FP32, and the manifest, the
+    graph and the parity all show it."""
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import INT8_CPU_NAME, INT8_NAME, Int8Target, PrecisionRequest
+
+    _clip_calibration(monkeypatch, "classifier.3")
+    name = INT8_NAME if target == "trt" else INT8_CPU_NAME
+    req = PrecisionRequest(int8=True, int8_for=(Int8Target(target),), calib=digits["calib"], accuracy_budget=1.0)
+    result = export_folder(digits["ckpt"], out=tmp_path / "b", precision=req, data=digits["test"])
+    budget = result.precision.budgets[Int8Target(target)]
+    assert budget.base.loss > 1.0, "clipped ranges should cost accuracy"
+    assert budget.met and budget.final.loss <= 1.0 and "classifier.3" in budget.kept_fp32
+    assert len(budget.kept_fp32) <= 2 and (target == "cpu" or budget.kept_fp32 == ["classifier.3"])
+    assert len(budget.ranking) == 5
+    entry = result.manifest.artifact(name)
+    details = entry["details"]
+    assert details["accuracy_budget"]["budget_pts"] == 1.0 and details["accuracy_budget"]["met"] is True
+    assert details["fp32_layers"] == budget.kept_fp32 == result.precision.int8[Int8Target(target)].excluded
+    assert len(details["accuracy_budget"]["sensitivity"]) == 5
+    model = onnx.load(str(tmp_path / "b" / name))
+    inits = {i.name: i for i in model.graph.initializer}
+    float_layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and
+                    n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT]
+    assert len(float_layers) == len(budget.kept_fp32)  # the rest have int8 weights (DQ for trt, QLinear for cpu)
+    assert entry["parity"]["metrics"]["accuracy_drop"] <= 1.0, entry["parity"]
+
+
+def test_accuracy_drop_gate_triggers_sensitivity(digits, tmp_path, monkeypatch):
+    """With labels, an INT8 graph that passes the agreement gate but loses > 1 point is still analysed."""
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import Int8Target, PrecisionRequest
+
+    _clip_calibration(monkeypatch, "classifier.3")
+    req = PrecisionRequest(int8=True, calib=digits["calib"], int8_agreement=0.0)
+    result = export_folder(digits["ckpt"], out=tmp_path / "g", precision=req, data=digits["test"], verify=False)
+    budget = result.precision.budgets[Int8Target.trt]
+    assert budget.base.loss > 1.0 and len(budget.ranking) == 5 and budget.met is None
+    assert "sensitivity" in result.manifest.artifact("model.int8.onnx")["details"]["accuracy_budget"]
+
+
+def test_fit_budget_moves_redundant_layers_back_to_int8():
+    """Greedy keeps a, b, c in FP32 (c gains nothing alone, so only going on past it meets the budget); {b, c}
+    alone meets the budget, so pruning moves a back to INT8."""
+    from deploykit.precision.sensitivity import LayerCost, Score, fit_budget
+
+    reference = np.eye(10)[np.arange(100) % 10] * 5.0
+    wrong = np.roll(reference, 1, axis=1)
+
+    def evaluate(excluded):
+        bad = 0 if {"b", "c"} <= set(excluded) else 20  # images classified wrong unless b and c are FP32
+        out = reference.copy()
+        out[:bad] = wrong[:bad]
+        return out
+
+    ranking = [LayerCost(n, 20.0, 1.0, gain) for n, gain in (("a", 3.0), ("b", 2.0), ("c", -1.0))]
+    result = fit_budget(Score(20.0, 1.0), ranking, 1.0, evaluate, reference, None)
+    assert result.met and result.kept_fp32 == ["b", "c"] and result.final.loss == 0.0
+    assert [s["layer"] for s in result.steps] == ["a", "b", "c", "a"] and result.steps[-1]["back_to_int8"]
+
+
+def test_export_int8_gates_are_options(digits, cli, tmp_path):
+    """--int8-agreement on export moves the gate that decides sensitivity and the export's own verification."""
+    out = tmp_path / "e"
+    res = cli("export", digits["ckpt"], "--out", out, "--int8", "--calib", digits["calib"], "--data", digits["test"],
+              "--int8-agreement", "1.01", "--int8-accuracy-drop", "0.5")
+    assert res.exit_code == 4 and "model.int8.onnx" in res.output and "top1_agreement" in res.output, res.output
+    assert "INT8 sensitivity" in res.output
+    details = json.loads((out / "deploykit.json").read_text())["artifacts"][-1]["details"]
+    assert len(details["accuracy_budget"]["sensitivity"]) == 5 and details["accuracy_budget"]["met"] is None
+
+
+def test_verify_notes_when_onnxruntime_cannot_stand_in_for_fp16(digits, cli, tmp_path, monkeypatch):
+    """ORT's FP16 run is made to disagree while PyTorch FP16 agrees: `deploykit verify` says ORT cannot stand
+    in for TensorRT, in --json (a "note" key) and in the table."""
     from deploykit.pipeline import export_folder
     from deploykit.precision import PrecisionRequest
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-    req = PrecisionRequest(int8=True, calib=digits["calib"], accuracy_budget=0.0, int8_agreement=1.0)
-    result = export_folder(digits["ckpt"], out=tmp_path / "b", precision=req, data=digits["test"])
-    details = result.manifest.artifact("model.int8.onnx")["details"]
-    budget = result.precision.budget
-    if budget is None:  # INT8 agreed on every image: nothing to fit, and the manifest says so by omission
-        assert result.manifest.artifact("model.int8.onnx")["parity"]["metrics"]["top1_agreement"] == 1.0
-    else:
-        assert details["accuracy_budget"]["budget_pts"] == 0.0
-        assert details["fp32_layers"] == budget.kept_fp32
-        assert len(details["accuracy_budget"]["sensitivity"]) == 5
+    out = tmp_path / "f"
+    export_folder(digits["ckpt"], out=out, precision=PrecisionRequest(fp16=True), verify=False)
+    real = OnnxRuntimeRunner._run
+
+    def garbled(self, batch):
+        logits = real(self, batch)
+        return logits[:, ::-1].copy() if self.path.name == "model.fp16.onnx" else logits
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_run", garbled)
+    res = cli("verify", out, "--data", digits["test"], "--json")
+    assert res.exit_code == 4, res.output
+    report = json.loads(next(line for line in res.output.splitlines() if line.startswith("{")))
+    by_path = {a["path"]: a for a in report["artifacts"]}
+    assert set(by_path["model.fp16.onnx"]) == {"path", "precision", "metrics", "passed", "note"}
+    assert "cannot stand in for TensorRT" in by_path["model.fp16.onnx"]["note"]
+    assert all("note" not in a for path, a in by_path.items() if path != "model.fp16.onnx")
+    res = cli("verify", out, "--data", digits["test"])
+    assert res.exit_code == 4
+    table = res.output[:res.output.index("out of tolerance")] if "out of tolerance" in res.output else res.output
+    assert "cannot stand in for TensorRT" in " ".join(table.replace("│", " ").split())
+
+
+def test_reexport_uses_the_calibration_cache(resnet18_sd, cli, tmp_path, monkeypatch):
+    """A second export of the same model with the same images and method does not run calibration again."""
+    import deploykit.precision.calibrate as calibrate_mod
+
+    args = ["export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o",
+            "--int8", "--calib", REPO_CALIB, "--calib-method", "minmax", "--no-verify"]
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    assert "calibration cache" not in res.output
+    first = json.loads((tmp_path / "o" / "deploykit.json").read_text())["artifacts"][-1]["details"]["calibration"]
+
+    def no_second_pass(*a, **k):
+        raise AssertionError("calibration ran again")
+
+    monkeypatch.setattr(calibrate_mod, "collect_stats", no_second_pass)
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    assert "calibration cache" in res.output and "(cached)" in res.output
+    again = json.loads((tmp_path / "o" / "deploykit.json").read_text())["artifacts"][-1]["details"]["calibration"]
+    assert again == first and first["cache"].startswith("calib-minmax-")
 
 
 # -- errors --------------------------------------------------------------------------------------------------
@@ -377,3 +560,14 @@ def test_precision_flags_need_int8(resnet18_sd, cli, tmp_path):
     assert res.exit_code == 1 and "--calib" in res.output
     res = cli(*base, "--int8", "--calib-method", "kl")
     assert res.exit_code == 2  # typer rejects a choice outside the enum
+    for flags in (["--calib-size", "512"], ["--calib-method", "entropy"], ["--min-calib", "32"],
+                  ["--int8-agreement", "0.9"], ["--int8-accuracy-drop", "2"]):
+        res = cli(*base, *flags)
+        assert res.exit_code == 1 and f"{flags[0]} applies only with --int8" in res.output, (flags, res.output)
+
+
+def test_min_calib_is_checked_against_the_sample(resnet18_sd, cli, tmp_path):
+    res = cli("export", resnet18_sd, "--arch", "resnet18", "--input-shape", "3,32,32", "--out", tmp_path / "o",
+              "--int8", "--calib", REPO_CALIB, "--calib-size", "16", "--no-verify")
+    assert res.exit_code == 1 and "raise --calib-size or lower --min-calib" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "o" / "model.int8.onnx").exists()

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit import __version__
-from deploykit.data import resolve_images
-from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io
+from deploykit.data import resolve_images, verification_set
+from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io, remove_stale_artifacts
 from deploykit.files import ensure_writable_dir, sha256_file
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
 from deploykit.runners.torch import TorchRunner
-from deploykit.verify import ParityReport, evaluate, label_indices
+from deploykit.verify import ParityReport, evaluate, explain_fp16_failures, label_indices, record_parity
 
 
 @dataclass
@@ -37,7 +37,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                   data: Path | None = None, warn=None, status=None, note=None, precision=None) -> ExportResult:
     options = options or LoadOptions()
     model_path = Path(model_path)
-    folder = ensure_writable_dir(Path(out) if out else default_out(model_path))
+    folder = ensure_writable_dir(Path(out) if out else default_out(model_path), flag="--out")
     step = status or (lambda msg: None)
     if verify and data is not None:
         resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
@@ -81,29 +81,23 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn,
                                   overrides=getattr(precision, "overrides", None))
     manifest.save(folder)
+    stale = remove_stale_artifacts(folder, {a["path"] for a in manifest.artifacts})
+    if stale:
+        (note or warn or (lambda m: None))("removed earlier artifacts the new manifest does not list: "
+                                           + ", ".join(stale))
     return ExportResult(folder, manifest, loaded, report, precision_result)
 
 
 def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,
                      warn=None, max_images: int = 256, overrides=None) -> ParityReport:
     """Verify the manifest's ONNX artifacts against the in-memory PyTorch model; record parity in the manifest."""
-    images = resolve_images(data, warn=warn).sample(max_images)
+    images = verification_set(data, warn=warn, max_images=max_images)
     batch = images.load(loaded.preprocess)
     reference = TorchRunner(loaded.module, loaded.preprocess.shape)
     candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
                   for a in manifest.artifacts if a["path"].endswith(".onnx")]
     labels = label_indices(images, loaded.class_names, loaded.num_classes)
     report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, data_name=images.source)
-    for art in report.artifacts:
-        if art.precision == "fp16" and not art.passed:
-            from deploykit.precision.build import fp16_stand_in_caveat
-
-            art.note = fp16_stand_in_caveat(loaded.module, batch, art.metrics)
-            if art.note:
-                art.failures.append(art.note)
-        entry = manifest.artifact(art.path)
-        if entry is not None:
-            entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
-                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
-                               **({"note": art.note} if art.note else {})}
+    explain_fp16_failures(report, loaded.module, batch)
+    record_parity(manifest, report)
     return report

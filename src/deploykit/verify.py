@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import ImageSet, resolve_images
+from deploykit.data import ImageSet, verification_set
 from deploykit.errors import InputError
 from deploykit.manifest import Manifest
 from deploykit.runners.base import Runner
@@ -99,10 +99,13 @@ class ArtifactReport:
     metrics: dict[str, float]
     passed: bool
     failures: list[str] = field(default_factory=list)
-    note: str | None = None
+    note: str | None = None  # what the metrics cannot say (e.g. ONNX Runtime cannot stand in for TensorRT)
 
     def to_json(self) -> dict:
-        return {"path": self.path, "precision": self.precision, "metrics": self.metrics, "passed": self.passed}
+        out = {"path": self.path, "precision": self.precision, "metrics": self.metrics, "passed": self.passed}
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 @dataclass
@@ -175,7 +178,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     folder = Path(folder)
     manifest = Manifest.load(folder)
     pre = manifest.preprocessing
-    images = resolve_images(data, warn=warn).sample(max_images)
+    images = verification_set(data, warn=warn, max_images=max_images)
     batch = images.load(pre)
     reference, ref_name = reference_runner(folder, manifest, warn=warn, loaded=loaded)
     entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
@@ -197,8 +200,25 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
     labels = label_indices(images, manifest.class_names, int(manifest.model["num_classes"]))
-    return evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
-                    data_name=images.source)
+    report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
+                      data_name=images.source)
+    explain_fp16_failures(report, getattr(reference, "module", None), batch)
+    return report
+
+
+def explain_fp16_failures(report: ParityReport, module, batch: np.ndarray) -> None:
+    """Each failed FP16 ONNX artifact: when PyTorch FP16 (``module`` in half precision) matches FP32 where
+    ONNX Runtime's FP16 run did not, ORT cannot stand in for TensorRT on that graph. Say so in the artifact's
+    ``note`` (also a failure line: it is neither passed nor silently failed). No module: nothing to ask."""
+    if module is None:
+        return
+    for art in report.artifacts:
+        if art.precision == Precision.FP16.value and not art.passed and art.path.endswith(".onnx"):
+            from deploykit.precision.build import fp16_stand_in_caveat
+
+            art.note = fp16_stand_in_caveat(module, batch, art.metrics)
+            if art.note:
+                art.failures.append(art.note)
 
 
 def _verifiable(path: str) -> bool:

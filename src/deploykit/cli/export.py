@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.build import ProfileOpt, TimingCacheOpt, WorkspaceOpt
+from deploykit.cli.build import DynamicBatchCommand, ProfileOpt, TimingCacheOpt, WorkspaceOpt
 from deploykit.cli.render import console, note, parity_table, status, warn
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
@@ -62,7 +62,7 @@ ResizeOpt = Annotated[Optional[int], typer.Option("--resize", help="Shorter side
 LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Class names: a text file (one per line) or a,b,c.")]
 
 
-@app.command()
+@app.command(cls=DynamicBatchCommand)  # --dynamic-batch [MIN:OPT:MAX]
 def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
                                                "TorchScript, torch.export .pt2, or a pickled module.")],
@@ -70,8 +70,9 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Export folder [default: exports/<model stem>/].")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (with --to trt "
-                                                                        "the engine's profile is --profile).")
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="Dynamic batch dimension. With --to trt it may take the engine's batch profile: "
+                                "--dynamic-batch MIN:OPT:MAX \\[default: 1:8:32] (alias: --profile MIN:OPT:MAX).")
                              ] = False,
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -88,19 +89,24 @@ def export(
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")] = False,
     calib: Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images (ImageFolder or flat) "
-                                                                  "[default: ./calib].")] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="Images to calibrate on (seeded sample).")
-                          ] = DEFAULT_CALIB_SIZE,
-    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How ranges are chosen.")
-                            ] = CalibMethod.entropy,
-    min_calib: Annotated[int, typer.Option("--min-calib", help="Fewest usable calibration images accepted.")
-                         ] = DEFAULT_MIN_CALIB,
+                                                                  "\\[default: ./calib].")] = None,
+    calib_size: Annotated[Optional[int], typer.Option(
+        "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")] = None,
+    calib_method: Annotated[Optional[CalibMethod], typer.Option(
+        "--calib-method", help="How ranges are chosen \\[default: entropy].")] = None,
+    min_calib: Annotated[Optional[int], typer.Option(
+        "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")] = None,
     int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
         "--int8-for", help="trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx (fastest for ONNX "
-                           "Runtime CPU). Repeat for both [default: trt].")] = None,
+                           "Runtime CPU). Repeat for both \\[default: trt].")] = None,
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
                                   "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
+    int8_agreement: Annotated[Optional[float], typer.Option(
+        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")] = None,
+    int8_accuracy_drop: Annotated[Optional[float], typer.Option(
+        "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0, "
+                                     "or --accuracy-budget].")] = None,
     profile: ProfileOpt = None,
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
@@ -111,7 +117,8 @@ def export(
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
                            resize, labels)
     if to is not Target.trt:
-        given = [flag for flag, value in (("--profile", profile), ("--workspace", workspace),
+        given = [flag for flag, value in (("--dynamic-batch MIN:OPT:MAX (alias --profile)", profile),
+                                          ("--workspace", workspace),
                                           ("--timing-cache", timing_cache)) if value is not None]
         if given:
             raise InputError(f"{', '.join(given)} only apply with --to trt")
@@ -128,9 +135,14 @@ def export(
 
     if int8_for and not int8:
         raise InputError("--int8-for only applies with --int8")
+    if to is Target.trt and int8 and int8_for and Int8Target.trt not in int8_for:
+        raise InputError("--to trt --int8 builds the INT8 engine from model.int8.onnx, which --int8-for cpu alone "
+                         "does not make: add --int8-for trt (keep --int8-for cpu for the CPU graph too), or drop "
+                         "--to trt")
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
-                                 accuracy_budget=accuracy_budget)
+                                 accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
+                                 int8_accuracy_drop=int8_accuracy_drop)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision)

@@ -29,9 +29,9 @@ def precision_tables(result) -> list[Table]:
                   ", ".join(f"{k} {v}" for k, v in sorted(graph.counts.items()) if "quant" in k.lower() or k.startswith(("QLinear", "QGemm"))),
                   f"{r.method.value}, {r.n_images} images{' (cached)' if r.cached else ''}")
         tables.append(t)
-    budget = result.budget
-    if budget is not None:
-        t = Table(title=f"INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
+    for target, budget in result.budgets.items():
+        name = result.int8[target].path.name if target in result.int8 else target.value
+        t = Table(title=f"{name} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
                         f"(mse {budget.base.mse:.3g}); most sensitive layers first")
         for col in ("layer", "loss pts if FP32", "mse if FP32", "mse gain", "kept FP32"):
             t.add_column(col, justify="left" if col == "layer" else "right")
@@ -41,11 +41,15 @@ def precision_tables(result) -> list[Table]:
                       "yes" if cost.layer in kept else "")
         tables.append(t)
         if budget.met is not None:
-            s = Table(title="accuracy budget: layers moved to FP32, in order")
-            for col in ("layer", "loss pts after", "mse after"):
-                s.add_column(col, justify="left" if col == "layer" else "right")
+            s = Table(title=f"{name} accuracy budget: layers moved to FP32 in order, then back to INT8 where not "
+                            "needed")
+            for col in ("layer", "move", "loss pts after", "mse after"):
+                s.add_column(col, justify="left" if col in ("layer", "move") else "right")
+            if not budget.steps:
+                s.add_row("(none)", "-", f"{budget.base.loss:.2f}", f"{budget.base.mse:.3g}")
             for step in budget.steps:
-                s.add_row(step["layer"], f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
+                s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else "to FP32",
+                          f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
             s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
                          f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in FP32")
             tables.append(s)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import ImageSet, resolve_images
+from deploykit.data import ImageSet, verification_set
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
-                                           calibration_images, check_channels, collect_stats, image_batches)
+                                           calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
 from deploykit.precision.sensitivity import BudgetResult, fit_budget, logits_of, rank_layers, score
@@ -39,37 +39,57 @@ class Int8Target(str, Enum):
 
 @dataclass(frozen=True)
 class PrecisionRequest:
+    """What the precision stage was asked for. ``None`` means "not given": the calibration settings then take
+    their defaults (:meth:`resolved`), and :meth:`validate` can tell a flag the user passed without ``--int8``."""
+
     fp16: bool = False
     int8: bool = False
     int8_for: tuple[Int8Target, ...] = (Int8Target.trt,)
     calib: Path | None = None
-    calib_size: int = DEFAULT_CALIB_SIZE
-    calib_method: CalibMethod = CalibMethod.entropy
-    min_calib: int = DEFAULT_MIN_CALIB
+    calib_size: int | None = None  # None: DEFAULT_CALIB_SIZE
+    calib_method: CalibMethod | None = None  # None: entropy
+    min_calib: int | None = None  # None: DEFAULT_MIN_CALIB
     accuracy_budget: float | None = None
-    int8_agreement: float | None = None  # the INT8 gate used to decide whether to look at sensitivity
+    int8_agreement: float | None = None  # INT8 gate: least top-1 agreement (as `deploykit verify`)
+    int8_accuracy_drop: float | None = None  # INT8 gate with labels: most points lost (as `deploykit verify`)
 
     @property
     def any(self) -> bool:
         return self.fp16 or self.int8
 
+    def resolved(self) -> PrecisionRequest:
+        """This request with every calibration setting not given set to its default."""
+        return replace(self,
+                       calib_size=DEFAULT_CALIB_SIZE if self.calib_size is None else self.calib_size,
+                       calib_method=CalibMethod.entropy if self.calib_method is None else self.calib_method,
+                       min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib)
+
     @property
     def overrides(self) -> dict:
-        """INT8 gates the user moved: an accuracy budget is also the accuracy_drop gate it asked for."""
+        """INT8 gates the user moved. Without --int8-accuracy-drop, an accuracy budget is the accuracy_drop gate."""
         from deploykit.verify import with_overrides
 
+        drop = self.int8_accuracy_drop if self.int8_accuracy_drop is not None else self.accuracy_budget
         out = {}
         for precision in ("int8", "int8-cpu"):
-            out.update(with_overrides(precision, top1_agreement=self.int8_agreement,
-                                      accuracy_drop=self.accuracy_budget))
+            out.update(with_overrides(precision, top1_agreement=self.int8_agreement, accuracy_drop=drop))
         return out
+
+    def gate(self, precision: str):
+        """The :class:`~deploykit.verify.Tolerance` an INT8 artifact of ``precision`` is judged by."""
+        from deploykit.verify import tolerance_for
+
+        return self.overrides.get(precision) or tolerance_for(precision)
 
     def validate(self) -> None:
         if not self.int8:
-            given = [flag for flag, on in (("--calib", self.calib is not None),
-                                           ("--accuracy-budget", self.accuracy_budget is not None)) if on]
+            given = [flag for flag, value in (
+                ("--calib", self.calib), ("--calib-size", self.calib_size), ("--calib-method", self.calib_method),
+                ("--min-calib", self.min_calib), ("--accuracy-budget", self.accuracy_budget),
+                ("--int8-agreement", self.int8_agreement), ("--int8-accuracy-drop", self.int8_accuracy_drop),
+            ) if value is not None]
             if given:
-                raise InputError(f"{', '.join(given)} only apply with --int8")
+                raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
         if self.accuracy_budget is not None and self.accuracy_budget < 0:
             raise InputError(f"--accuracy-budget is in points and must be >= 0, got {self.accuracy_budget}")
 
@@ -79,8 +99,13 @@ class PrecisionResult:
     fp16: Fp16Graph | None = None
     int8: dict[Int8Target, Int8Graph] = field(default_factory=dict)
     ranges: Ranges | None = None
-    budget: BudgetResult | None = None
+    budgets: dict[Int8Target, BudgetResult] = field(default_factory=dict)  # targets whose INT8 missed its gate
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def budget(self) -> BudgetResult | None:
+        """The sensitivity/budget of the TensorRT graph (else of the CPU graph), when one was measured."""
+        return self.budgets.get(Int8Target.trt) or self.budgets.get(Int8Target.cpu)
 
 
 ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
@@ -103,6 +128,7 @@ def prepare_calibration(request: PrecisionRequest, *, warn=None) -> ImageSet | N
     request.validate()
     if not request.int8:
         return None
+    request = request.resolved()
     return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib, warn=warn)
 
 
@@ -123,9 +149,10 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     if not request.any:
         return result
     request.validate()
+    request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = resolve_images(data, warn=warn).sample(max_images)
+    verify_set = verification_set(data, warn=warn, max_images=max_images)
     verify_batch = verify_set.load(preprocess)
 
     if request.int8:
@@ -144,6 +171,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     if request.fp16:
         step("converting to FP16")
         names = sorted(cpu_tensors(model))
+        # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
         stats = collect_stats(fp32, names, [verify_batch], histogram=False)
         absmax = {n: s.amax for n, s in stats.items()}
         if result.ranges is not None:
@@ -156,38 +184,44 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 
     if request.int8:
         amax = {n: r["amax"] for n, r in result.ranges.tensors.items()}
-        excluded: list[str] = []
-        if Int8Target.trt in request.int8_for:
-            step("quantizing for TensorRT (Q/DQ)")
-            graph = quantize_trt(fp32, folder / INT8_NAME, amax, plan=plan)
-            labels = label_indices(verify_set, class_names, num_classes) if num_classes else None
-            excluded = _budget(result, request, plan, fp32, folder, amax, verify_batch, labels, step, progress)
+        labels = label_indices(verify_set, class_names, num_classes) if num_classes else None
+        reference = logits_of(fp32, verify_batch)
+        targets = {
+            Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
+                             lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude)),
+            Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
+                             lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
+                                                                   exclude=exclude)),
+        }
+        for target in request.int8_for:
+            name, precision, runtime, message, quantize = targets[target]
+            step(message)
+            graph = quantize(folder / name)
+            excluded = _budget(result, request, target, precision, plan, quantize, folder / name, verify_batch,
+                               reference, labels, step, progress)
             if excluded:
-                graph = quantize_trt(fp32, folder / INT8_NAME, amax, plan=plan, exclude=excluded)
-            result.int8[Int8Target.trt] = graph
-            _register(manifest, folder, INT8_NAME, "int8", _int8_details(graph, result, request, "tensorrt"))
-        if Int8Target.cpu in request.int8_for:
-            step("quantizing for ONNX Runtime CPU")
-            graph = quantize_cpu(fp32, folder / INT8_CPU_NAME, result.ranges.tensors, plan=plan, exclude=excluded)
-            result.int8[Int8Target.cpu] = graph
-            _register(manifest, folder, INT8_CPU_NAME, "int8-cpu", _int8_details(graph, result, request, "onnxruntime-cpu"))
+                graph = quantize(folder / name, excluded)
+            result.int8[target] = graph
+            _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))
     return result
 
 
-def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: str) -> dict:
+def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
+                  runtime: str) -> dict:
     from deploykit.precision.int8 import CPU_FORMAT
 
-    details = {"target": target, "calibration": {"method": request.calib_method.value,
+    details = {"target": runtime, "calibration": {"method": request.calib_method.value,
                                                   "images": result.ranges.n_images,
                                                   "cache": result.ranges.path.name if result.ranges.path else None},
                "int8_layers": len(graph.layers), "fp32_layers": graph.excluded, "op_counts": graph.counts}
-    if target == "tensorrt":
+    if target is Int8Target.trt:
         details.update(scheme="symmetric int8, zero point 0, per-channel weights, per-tensor activations",
                        other_layers="float32")
     else:
         details.update(format=CPU_FORMAT.value)
-    if result.budget is not None:
-        details["accuracy_budget"] = {"budget_pts": request.accuracy_budget, **result.budget.to_json()}
+    budget = result.budgets.get(target)
+    if budget is not None:
+        details["accuracy_budget"] = {"budget_pts": request.accuracy_budget, **budget.to_json()}
     return details
 
 
@@ -197,46 +231,52 @@ def _register(manifest: Manifest, folder: Path, name: str, precision: str, detai
                            "bytes": path.stat().st_size, "parity": None, "details": details})
 
 
-def _budget(result: PrecisionResult, request: PrecisionRequest, plan: TrtPlan, fp32: Path, folder: Path,
-            amax: dict, batch: np.ndarray, labels, step, progress) -> list[str]:
-    """Sensitivity when INT8 misses its gate; with --accuracy-budget, the layers to keep in FP32."""
-    from deploykit.verify import Precision, compare_logits, tolerance_for
+def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Target, precision: str, plan: TrtPlan,
+            quantize: Callable, int8_path: Path, batch: np.ndarray, reference: np.ndarray, labels, step,
+            progress) -> list[str]:
+    """Sensitivity when the INT8 graph at ``int8_path`` misses its gate (top-1 agreement, and accuracy_drop
+    with labels) or the budget; with --accuracy-budget, the layers to keep in FP32.
 
-    reference = logits_of(fp32, batch)
-    int8_logits = logits_of(folder / INT8_NAME, batch)
+    ``quantize(dest, exclude)`` writes this target's INT8 graph with the ``exclude`` layers left in FP32.
+    """
+    from deploykit.verify import compare_logits, judge
+
+    int8_logits = logits_of(int8_path, batch)
     metrics = compare_logits(reference, int8_logits)
-    gate = request.int8_agreement if request.int8_agreement is not None else \
-        tolerance_for(Precision.INT8.value).top1_agreement
     base = score(reference, int8_logits, labels)
-    missed = metrics["top1_agreement"] < gate or (request.accuracy_budget is not None and
-                                                  base.loss > request.accuracy_budget)
+    if labels is not None:  # with labels the loss is the accuracy drop in points
+        metrics["accuracy_drop"] = base.loss
+    missed = judge(metrics, request.gate(precision))
+    if request.accuracy_budget is not None and base.loss > request.accuracy_budget:
+        missed.append(f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
     if not missed:
         return []
-    step("INT8 misses its gate: measuring per-layer sensitivity")
+    step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
     sub = slice(0, min(len(batch), SENSITIVITY_IMAGES))
     sub_ref, sub_labels = reference[sub], None if labels is None else labels[sub]
 
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
         def evaluate_on(images: np.ndarray):
             def run(excluded):
                 path = Path(tmp) / "probe.onnx"
-                quantize_trt(fp32, path, amax, plan=plan, exclude=excluded)
+                quantize(path, excluded)
                 return logits_of(path, images)
             return run
 
         names = [layer.name for layer in plan.layers]
         if progress is not None:
-            with progress(f"sensitivity of {len(names)} INT8 layers", len(names)) as advance:
+            with progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as advance:
                 _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels, advance=advance)
         else:
             _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels)
         if request.accuracy_budget is not None:
-            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts)")
-        result.budget = fit_budget(base, ranking, request.accuracy_budget, evaluate_on(batch), reference, labels)
-    if result.budget.met is False:
-        result.notes.append(f"--accuracy-budget {request.accuracy_budget:g} not met even with "
-                            f"{len(result.budget.kept_fp32)} layer(s) in FP32")
-    return result.budget.kept_fp32
+            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name}")
+        budget = fit_budget(base, ranking, request.accuracy_budget, evaluate_on(batch), reference, labels)
+    result.budgets[target] = budget
+    if budget.met is False:
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met even with "
+                            f"{len(budget.kept_fp32)} layer(s) in FP32")
+    return budget.kept_fp32
 
 
 def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference: np.ndarray | None = None) -> str | None:
@@ -262,8 +302,8 @@ def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference
         ref = torch.from_numpy(reference) if reference is not None else module(x).float()
         try:
             half = copy.deepcopy(module).half()(x.half()).float()
-        except (RuntimeError, NotImplementedError):  # an op without a CPU half kernel
-            return None
+        except Exception:  # noqa: BLE001 -- an op without a CPU half kernel, a module that cannot be copied:
+            return None  # a diagnostic that cannot run says nothing
     metrics = compare_logits(ref.numpy(), half.numpy())
     if judge(metrics, TOLERANCES[Precision.FP16]):
         return None

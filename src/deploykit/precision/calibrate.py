@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import ImageSet, scan_images
+from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
 from deploykit.files import sha256_file, write_json_atomic
 from deploykit.preprocess import Preprocess, open_image
@@ -36,10 +36,11 @@ from deploykit.preprocess import Preprocess, open_image
 DEFAULT_CALIB_DIR = Path("calib")
 DEFAULT_CALIB_SIZE = 512
 DEFAULT_MIN_CALIB = 32
+MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tensor of a chunk is held at once
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/2"
+CACHE_FORMAT = "deploykit-calib/3"  # 3: histograms pooled per 16 images (ranges differ slightly from 2)
 
 
 class CalibMethod(str, Enum):
@@ -65,10 +66,13 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
             raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
                              "the model will see) or create ./calib")
         calib = DEFAULT_CALIB_DIR
-    images = scan_images(Path(calib), what="--calib", warn=warn)
+    images = resolve_images(calib, what="--calib", split="train", warn=warn)  # a folder, or digits
     if len(images) < min_images:
         raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
                          f"{min_images}: add images, or lower the bar with --min-calib")
+    if size < min_images:  # the sample, not the pool, is what calibrates
+        raise InputError(f"--calib-size {size} would calibrate on fewer than --min-calib {min_images} images: "
+                         "raise --calib-size or lower --min-calib")
     return images.sample(size, seed=seed)
 
 
@@ -222,27 +226,49 @@ def float_tensors(model) -> set[str]:
 
 
 def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np.ndarray], *,
-                  histogram: bool, progress: Callable[[int], None] | None = None) -> dict[str, TensorStats]:
-    """Run the FP32 graph over ``batches`` and gather :class:`TensorStats` for ``tensors``."""
+                  histogram: bool, progress: Callable[[int], None] | None = None,
+                  max_chunk: int = MAX_CHUNK) -> dict[str, TensorStats]:
+    """Run the FP32 graph over ``batches`` and gather :class:`TensorStats` for ``tensors``.
+
+    Memory is bounded by ``max_chunk`` images' worth of the requested tensors (ResNet-50 at 224x224 holds ~84 MB
+    of activations per image): a dynamic-batch graph runs at most ``max_chunk`` images at a time, and a
+    fixed-batch graph's outputs are pooled up to ``max_chunk`` images before they are reduced into the running
+    statistics (one histogram update per tensor per chunk: per image, the update overhead dominated calibration).
+    """
     tensors = list(dict.fromkeys(tensors))
     session = _session_with_outputs(model_path, tensors)
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     graph_inputs = {i.name for i in session.get_inputs()}
     stats = {name: TensorStats(exact=name in graph_inputs) for name in tensors}
+    pending: list[list[np.ndarray]] = [[] for _ in tensors]
+    pooled = 0
+
+    def reduce() -> None:
+        for name, values in zip(tensors, pending):
+            if values:
+                stats[name].update(values[0] if len(values) == 1 else np.concatenate([v.ravel() for v in values]),
+                                   histogram)
+                values.clear()
+
     for batch in batches:
         n = batch.shape[0]
-        step = fixed or n
+        step = fixed or max(1, min(n, max_chunk))
         for start in range(0, n, step):
             chunk = batch[start:start + step]
             real = chunk.shape[0]
             if fixed and real < fixed:  # pad with copies of the last image, then drop them again
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
             outs = session.run(tensors, {inp.name: np.ascontiguousarray(chunk, np.float32)})
-            for name, value in zip(tensors, outs):
-                stats[name].update(value[:real] if fixed and real < fixed else value, histogram)
+            for values, value in zip(pending, outs):
+                values.append(value[:real] if fixed and real < fixed else value)
+            pooled += real
+            if pooled >= max_chunk:
+                reduce()
+                pooled = 0
         if progress:
             progress(n)
+    reduce()
     return stats
 
 

@@ -10,6 +10,10 @@ tensors and initializers and puts Cast nodes at every FP32/FP16 boundary. We dec
 * every node whose output was seen beyond :data:`FP16_SAFE_MAX` on the verification/calibration images
   (a 4x margin under FP16's 65504, because unseen images go further).
 
+The converter also keeps FP32 every op of its own default block list (``DEFAULT_OP_BLOCK_LIST``: ``Min``,
+``Max``, ``Upsample``, the ai.onnx.ml ops, ...); those nodes are listed in ``kept_fp32`` too, so the manifest and
+the printed table say everything that stays FP32.
+
 The graph keeps FP32 input/output so callers, preprocessing and TensorRT bindings do not change.
 """
 
@@ -100,6 +104,9 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
     keep = unsafe_nodes(model, absmax)
     for name in extra_fp32:
         keep.setdefault(name, "asked for")
+    for node in model.graph.node:
+        if node.op_type in DEFAULT_OP_BLOCK_LIST:
+            keep.setdefault(node.name, f"{node.op_type} is on ONNX Runtime's FP16 block list (converter keeps it FP32)")
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                     node_block_list=sorted(keep))
     _drop_round_trips(fp16)

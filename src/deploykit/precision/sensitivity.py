@@ -4,7 +4,10 @@ Sensitivity of a layer = how much the INT8 graph's output improves when that one
 (the layer runs FP32, everything else stays INT8), measured against the FP32 graph on the verification
 images. Layers are ranked by the drop in mean squared logit error (a smooth measure that ranks well on a few
 dozen images); the budget is then met greedily: keep the most sensitive layer in FP32, re-measure, the next...
-until the loss is within the budget. The loss is the accuracy drop in points when the images carry labels,
+until the loss is within the budget, going on past layers that gain nothing alone (two layers can matter together
+where neither does by itself). Greedy can keep a layer that later ones made unnecessary, so a pruning pass
+follows: each kept layer, most recently added first, goes back to INT8 if the budget still holds without it.
+The loss is the accuracy drop in points when the images carry labels,
 otherwise the top-1 disagreement with FP32 in points (an upper bound on the accuracy drop).
 """
 
@@ -79,19 +82,33 @@ def rank_layers(layers: Sequence[str], evaluate: Callable[[Sequence[str]], np.nd
 def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
                evaluate: Callable[[Sequence[str]], np.ndarray], reference: np.ndarray,
                labels: np.ndarray | None) -> BudgetResult:
+    """The fewest layers (greedy by sensitivity, then pruned) to keep in FP32 so the loss is within ``budget``.
+
+    ``result.steps`` records every move with the loss after it: layers moved to FP32 in order, then the ones the
+    pruning pass moved back to INT8 (``"back_to_int8": True``).
+    """
     result = BudgetResult(base, ranking)
     if budget is None:
         return result
     current = base
     kept: list[str] = []
-    for cost in ranking:
-        if current.loss <= budget:
+    measured: dict[frozenset, Score] = {frozenset(): base}
+    for cost in ranking:  # layers with no gain alone are tried too: a pair can matter where one does not (ORT's
+        if current.loss <= budget:  # CPU quantizer gives a layer's input the range of the op that produces it)
             break
-        if cost.gain_mse <= 0:
-            break  # the rest make it no better
         kept.append(cost.layer)
         current = score(reference, evaluate(tuple(kept)), labels)
+        measured[frozenset(kept)] = current
         result.steps.append({"layer": cost.layer, **current.to_json()})
+    if current.loss <= budget:
+        for layer in reversed(list(kept)):
+            trial = [k for k in kept if k != layer]
+            key = frozenset(trial)
+            if key not in measured:  # removing the newest layer first gives the set before it: measured, over budget
+                measured[key] = score(reference, evaluate(tuple(trial)), labels)
+            if measured[key].loss <= budget:
+                kept, current = trial, measured[key]
+                result.steps.append({"layer": layer, "back_to_int8": True, **current.to_json()})
     result.kept_fp32 = kept
     result.final = current
     result.met = current.loss <= budget
