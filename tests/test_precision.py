@@ -442,6 +442,18 @@ def test_export_int8_gates_are_options(digits, cli, tmp_path):
     assert len(details["accuracy_budget"]["sensitivity"]) == 5 and details["accuracy_budget"]["met"] is None
 
 
+def test_no_verify_skips_the_gate_and_its_sensitivity_pass(digits, cli, tmp_path):
+    """--no-verify means no checking: the same impossible gate neither fails the export nor starts a ranking."""
+    out = tmp_path / "e"
+    res = cli("export", digits["ckpt"], "--out", out, "--int8", "--calib", digits["calib"], "--data", digits["test"],
+              "--int8-agreement", "1.01", "--no-verify")
+    assert res.exit_code == 0, res.output
+    assert "sensitivity" not in res.output
+    entry = json.loads((out / "deploykit.json").read_text())["artifacts"][-1]
+    assert entry["path"] == "model.int8.onnx" and entry["parity"] is None
+    assert "accuracy_budget" not in entry["details"]
+
+
 def test_verify_notes_when_onnxruntime_cannot_stand_in_for_fp16(digits, cli, tmp_path, monkeypatch):
     """ORT's FP16 run is made to disagree while PyTorch FP16 agrees: `deploykit verify` says ORT cannot stand
     in for TensorRT, in --json (a "note" key) and in the table."""

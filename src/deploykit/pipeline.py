@@ -68,8 +68,11 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                            "bytes": onnx_path.stat().st_size, "parity": None})
     precision_result = None
     if precision is not None and precision.any:
+        from dataclasses import replace
+
         from deploykit.precision import add_precision_artifacts
 
+        precision = precision if verify else replace(precision, check=False)
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
             class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=status)

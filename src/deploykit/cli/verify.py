@@ -18,12 +18,12 @@ def verify(
     target: Annotated[Path, typer.Argument(help="Export folder (holds deploykit.json), or one artifact in it: "
                                                 "model.onnx, model.fp16.onnx, model.fp16.engine, ...")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder or flat folder "
-                                                              "[default: bundled photos].")] = None,
+                                                              "\\[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     int8_agreement: Annotated[Optional[float], typer.Option(
-        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference [default: 0.97].")] = None,
+        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")] = None,
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
-        "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost [default: 1.0].")
+        "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""

@@ -52,6 +52,9 @@ class PrecisionRequest:
     accuracy_budget: float | None = None
     int8_agreement: float | None = None  # INT8 gate: least top-1 agreement (as `deploykit verify`)
     int8_accuracy_drop: float | None = None  # INT8 gate with labels: most points lost (as `deploykit verify`)
+    # Judge each INT8 graph against its gate and rank its layers when it misses. Off for `export --no-verify`
+    # (the user asked for speed, not checks) unless --accuracy-budget asks for the ranking.
+    check: bool = True
 
     @property
     def any(self) -> bool:
@@ -241,6 +244,8 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     """
     from deploykit.verify import compare_logits, judge
 
+    if not request.check and request.accuracy_budget is None:
+        return []
     int8_logits = logits_of(int8_path, batch)
     metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
