@@ -405,7 +405,7 @@ def test_accuracy_drop_gate_triggers_sensitivity(digits, tmp_path, monkeypatch):
 
     _clip_calibration(monkeypatch, "classifier.3")
     req = PrecisionRequest(int8=True, calib=digits["calib"], int8_agreement=0.0)
-    result = export_folder(digits["ckpt"], out=tmp_path / "g", precision=req, data=digits["test"], verify=False)
+    result = export_folder(digits["ckpt"], out=tmp_path / "g", precision=req, data=digits["test"], verify=True)
     budget = result.precision.budgets[Int8Target.trt]
     assert budget.base.loss > 1.0 and len(budget.ranking) == 5 and budget.met is None
     assert "sensitivity" in result.manifest.artifact("model.int8.onnx")["details"]["accuracy_budget"]
