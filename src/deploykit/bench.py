@@ -667,10 +667,14 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
         precisions = {Backend.torch: tuple(p for p in options.precisions if p is Precision.FP32),
                       kind: (precision,)}
 
+    present = [a for a in manifest.artifacts if (folder / a["path"]).is_file() and (only is None or a["path"] == only)]
+
+    def artifact(precision: Precision, suffixes: str | tuple[str, ...]) -> dict | None:
+        return next((a for a in present if a.get("precision") == precision.value and a["path"].endswith(suffixes)),
+                    None)
+
     def onnx_entry(precision: Precision) -> dict | None:
-        return next((a for a in manifest.artifacts if a.get("precision") == precision.value
-                     and a["path"].endswith(".onnx") and (folder / a["path"]).is_file()
-                     and (only is None or a["path"] == only)), None)
+        return artifact(precision, ".onnx")
 
     for backend in backends:
         if backend is Backend.torch:
@@ -753,9 +757,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                 skips.append(Skip(backend, None, reason))
                 continue
             for precision in precisions[backend]:
-                entry = next((a for a in manifest.artifacts if a.get("precision") == precision.value
-                              and a["path"].endswith(ENGINE_SUFFIXES) and (folder / a["path"]).is_file()
-                              and (only is None or a["path"] == only)), None)
+                entry = artifact(precision, ENGINE_SUFFIXES)
                 if entry is None:
                     skips.append(Skip(backend, precision, f"no {precision.value} TensorRT engine in {folder.name}/ "
                                                           "(deploykit export --to trt)"))

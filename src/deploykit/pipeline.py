@@ -39,6 +39,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     model_path = Path(model_path)
     folder = ensure_writable_dir(Path(out) if out else default_out(model_path), flag="--out")
     step = status or (lambda msg: None)
+    tell = note or warn or (lambda msg: None)
     if verify and data is not None:
         resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
     calib_images = None
@@ -49,7 +50,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     step(f"loading {model_path}")
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
-        (note or warn or (lambda m: None))(msg)
+        tell(msg)
     step("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)
@@ -77,7 +78,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
             class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=status)
         for msg in precision_result.notes:
-            (note or warn or (lambda m: None))(msg)
+            tell(msg)
     report = None
     if verify:
         step("verifying against PyTorch")
@@ -86,7 +87,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     manifest.save(folder)
     stale = remove_stale_artifacts(folder, {a["path"] for a in manifest.artifacts})
     if stale:
-        (note or warn or (lambda m: None))("removed earlier artifacts the new manifest does not list: "
+        tell("removed earlier artifacts the new manifest does not list: "
                                            + ", ".join(stale))
     return ExportResult(folder, manifest, loaded, report, precision_result)
 

@@ -187,8 +187,11 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 
     if request.int8:
         amax = {n: r["amax"] for n, r in result.ranges.tensors.items()}
-        labels = label_indices(verify_set, class_names, num_classes) if num_classes else None
-        reference = logits_of(fp32, verify_batch)
+        # Judging each INT8 graph (and ranking its layers when it misses) needs the FP32 logits: skipped for
+        # `export --no-verify` unless --accuracy-budget asks for the ranking.
+        judge_int8 = request.check or request.accuracy_budget is not None
+        labels = label_indices(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
+        reference = logits_of(fp32, verify_batch) if judge_int8 else None
         targets = {
             Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
                              lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude)),
@@ -200,8 +203,9 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             name, precision, runtime, message, quantize = targets[target]
             step(message)
             graph = quantize(folder / name)
-            excluded = _budget(result, request, target, precision, plan, quantize, folder / name, verify_batch,
-                               reference, labels, step, progress)
+            excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
+                                                            folder / name, verify_batch, reference, labels, step,
+                                                            progress)
             if excluded:
                 graph = quantize(folder / name, excluded)
             result.int8[target] = graph
@@ -244,8 +248,6 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     """
     from deploykit.verify import compare_logits, judge
 
-    if not request.check and request.accuracy_budget is None:
-        return []
     int8_logits = logits_of(int8_path, batch)
     metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
