@@ -69,9 +69,12 @@ def test_report_picks_up_bench_json_and_pngs(cli, digits_export, tmp_path):
     (lambda d, tmp: ["report", tmp], "not an export folder"),
     (lambda d, tmp: ["report", d, "--bench", tmp / "missing.json"], "not found"),
     (lambda d, tmp: ["report", d, "--bench", tmp / "bad.json"], "is not `deploykit bench --json` output"),
+    (lambda d, tmp: ["report", d, "--bench", tmp / "rows.json"], "is not `deploykit bench --json` output"),
+    (lambda d, tmp: ["report", d, "--bench", tmp], "cannot read bench results"),
 ])
 def test_report_errors_are_one_line(cli, digits_export, tmp_path, make_args, message):
     (tmp_path / "bad.json").write_text('{"not": "bench"}')
+    (tmp_path / "rows.json").write_text('{"results": [1, 2]}')
     result = cli(*make_args(digits_export, tmp_path))
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output

@@ -157,10 +157,11 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
         bench_path = folder / BENCH_NAME
     bench = None
     if bench_path is not None:
-        if not Path(bench_path).is_file():
+        if not Path(bench_path).exists():
             raise InputError(f"--bench {bench_path} not found; write it with `deploykit bench DIR --json > FILE`")
         bench = _read_json(Path(bench_path), "bench results")
-        if not isinstance(bench, dict) or "results" not in bench:
+        results = bench.get("results") if isinstance(bench, dict) else None
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
             raise InputError(f"{bench_path} is not `deploykit bench --json` output")
     text = render_report(folder, bench)
     dest = Path(out) if out is not None else folder / REPORT_NAME
