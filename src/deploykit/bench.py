@@ -471,8 +471,13 @@ def _torch_module(folder: Path, manifest: Manifest):
 
     if not manifest.source.get("path"):
         return None, f"no {MANIFEST_NAME} beside the ONNX file, so its PyTorch source is unknown"
-    source = Path(manifest.source["path"])
-    if not source.is_file():
+    source = manifest.source_path()
+    stored = manifest.source.get("options") or {}
+    if stored.get("model_def") or stored.get("allow_pickle") or manifest.source.get("kind") in ("model-def",
+                                                                                                  "pickled-module"):
+        return None, ("its source was exported with --allow-pickle/--model-def (code from a file), which a manifest "
+                      "cannot grant")
+    if source.is_symlink() or not source.is_file():
         return None, f"the source checkpoint {source} is not here"
     if sha256_file(source) != manifest.source.get("sha256"):
         return None, f"{source} changed since export (sha256 differs); re-export"
@@ -668,6 +673,8 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                       kind: (precision,)}
 
     present = [a for a in manifest.artifacts if (folder / a["path"]).is_file() and (only is None or a["path"] == only)]
+    for entry in present:
+        manifest.file(entry)  # inside the folder, and the bytes the manifest recorded: else one line to re-export
 
     def artifact(precision: Precision, suffixes: str | tuple[str, ...]) -> dict | None:
         return next((a for a in present if a.get("precision") == precision.value and a["path"].endswith(suffixes)),

@@ -62,7 +62,9 @@ def _is_image(path: Path) -> bool:
         with Image.open(path) as image:
             image.verify()
         return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except Image.DecompressionBombError:
+        return True  # an image, but one Pillow refuses: the scan skips it with the others it cannot read
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
         return False
 
 

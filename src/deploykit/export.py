@@ -122,18 +122,3 @@ def onnx_io(path: Path) -> dict:
 
     return {"input": describe(model.graph.input[0]), "output": describe(model.graph.output[0]),
             "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)}
-
-
-STALE_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
-
-
-def remove_stale_artifacts(folder: Path, listed: set[str]) -> list[str]:
-    """Delete ``model.*`` artifacts (ONNX graphs, TensorRT engines) in ``folder`` that the new manifest does not
-    list: leftovers of an earlier export into the same folder, built from another model. Calibration caches
-    (``calib-<method>-<key>.json``) stay: they are keyed by graph and images, and reused when both match."""
-    removed = []
-    for path in sorted(Path(folder).glob("model.*")):
-        if path.is_file() and path.suffix in STALE_SUFFIXES and path.name not in listed:
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -46,6 +48,11 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _DISK_ERRORS:
+            raise InputError(f"cannot write {dest}: {exc.strerror}; free some space or choose another folder") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -54,6 +61,9 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _umask() -> int:
@@ -67,8 +77,57 @@ def write_bytes_atomic(dest: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def finite_json(obj: object) -> object:
+    """``obj`` with every non-finite float replaced by None: what deploykit writes is strict JSON (no NaN/Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def dumps_strict(obj: object, **kwargs) -> str:
+    """``json.dumps`` that never writes NaN/Infinity (non-finite numbers become null)."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(dest: Path, obj: object) -> None:
-    write_bytes_atomic(dest, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(dest, (dumps_strict(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+MAX_JSON_BYTES = 64 << 20  # a manifest, cache or bench file is kilobytes; refuse to parse anything absurd
+
+
+def read_json(path: Path, what: str) -> object:
+    """Parse a JSON file deploykit reads (manifest, calibration cache, bench results): one-line InputError for a file
+    that is unreadable, too large, not JSON, too deeply nested, or holds NaN/Infinity or absurd numbers."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{path} is too large to be a {what} ({path.stat().st_size} bytes)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a {what}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_json(text, f"{path}", what)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, where: str, what: str) -> object:
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InputError(f"{where} is not a valid {what}: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where} is not a valid {what}: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer with more digits than Python parses
+        raise InputError(f"{where} is not a valid {what}: {str(exc).splitlines()[0][:120]}") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -5,13 +5,16 @@ Later stages (precision variants, engines) add artifacts to the same folder and 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit import __version__
 from deploykit.data import resolve_images, verification_set
-from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io, remove_stale_artifacts
-from deploykit.files import ensure_writable_dir, sha256_file
+from deploykit.errors import InputError
+from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io
+from deploykit.files import sha256_file
+from deploykit.folder import folder_lock, staged_export, terminate_as_interrupt
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
@@ -28,16 +31,37 @@ class ExportResult:
     precision: object | None = None  # deploykit.precision.PrecisionResult when --fp16/--int8 were asked
 
 
-def default_out(model_path: Path) -> Path:
-    return Path("exports") / Path(model_path).stem
+GENERIC_STEMS = {"best", "last", "model", "checkpoint", "ckpt", "weights", "final", "latest", "pytorch_model",
+                 "run", "runs", "output", "outputs", "checkpoints", "exports", "export", "model_best", "best_model"}
+
+
+def default_out(model_path: Path, arch: str | None = None) -> Path:
+    """``exports/<name>``: the checkpoint's stem, or for a generic stem (best.pth, last.pth, model.pt...) its run
+    folder's name, or else the architecture -- so two training runs do not land in the same folder."""
+    path = Path(model_path)
+    for name in (path.stem, path.resolve().parent.name, arch or ""):
+        if name and name.lower() not in GENERIC_STEMS and name not in (".", ".."):
+            return Path("exports") / name
+    return Path("exports") / (path.stem or "model")
+
+
+def _same_source(previous: Manifest, model_path: Path, sha256: str) -> bool:
+    if previous.source.get("sha256") == sha256:
+        return True
+    try:
+        return previous.source_path().resolve() == Path(model_path).resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
                   opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
-                  data: Path | None = None, warn=None, status=None, note=None, precision=None) -> ExportResult:
+                  data: Path | None = None, warn=None, status=None, note=None, precision=None,
+                  force: bool = False) -> ExportResult:
+    """Export ``model_path`` into an export folder, as one transaction (see :mod:`deploykit.folder`): the folder
+    appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export."""
     options = options or LoadOptions()
     model_path = Path(model_path)
-    folder = ensure_writable_dir(Path(out) if out else default_out(model_path), flag="--out")
     step = status or (lambda msg: None)
     tell = note or warn or (lambda msg: None)
     if verify and data is not None:
@@ -51,12 +75,34 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
         tell(msg)
+    source_sha = sha256_file(model_path)
+    final = Path(out) if out else default_out(model_path, loaded.arch)
+    with terminate_as_interrupt(), folder_lock(final), staged_export(final) as (folder, previous):
+        if previous is not None and not force and not _same_source(previous, model_path, source_sha):
+            raise InputError(f"{final} holds the export of another model ({Path(previous.source['path']).name}); "
+                             "choose another --out, or pass --force to replace it")
+        result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
+                              dynamic_batch=dynamic_batch, verify=verify, data=data, warn=warn, step=step,
+                              tell=tell, precision=precision, calib_images=calib_images)
+        if previous is not None:
+            dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
+            if dropped:
+                tell("replaced the earlier export; its artifacts the new one does not make are gone: "
+                     + ", ".join(dropped))
+    result.manifest.folder = final
+    result.folder = final
+    return result
+
+
+def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
+                 options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, warn, step, tell, precision,
+                 calib_images) -> ExportResult:
     step("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)
     manifest = Manifest(
-        source={"path": str(model_path.resolve()), "sha256": sha256_file(model_path), "kind": loaded.kind,
-                "options": options.to_dict()},
+        source={"path": _relative_to(model_path, final), "name": model_path.name, "sha256": source_sha,
+                "kind": loaded.kind, "options": options.to_dict()},
         model={"arch": loaded.arch, "num_classes": loaded.num_classes, "class_names": loaded.class_names,
                **({"best_val_acc": loaded.extra["best_val_acc"]} if "best_val_acc" in loaded.extra else {})},
         input={**io["input"], "dynamic_batch": dynamic_batch},
@@ -76,7 +122,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         precision = precision if verify else replace(precision, check=False)
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
-            class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=status)
+            class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=step)
         for msg in precision_result.notes:
             tell(msg)
     report = None
@@ -85,11 +131,16 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn,
                                   overrides=getattr(precision, "overrides", None))
     manifest.save(folder)
-    stale = remove_stale_artifacts(folder, {a["path"] for a in manifest.artifacts})
-    if stale:
-        tell("removed earlier artifacts the new manifest does not list: "
-                                           + ", ".join(stale))
     return ExportResult(folder, manifest, loaded, report, precision_result)
+
+
+def _relative_to(path: Path, folder: Path) -> str:
+    """``path`` relative to the export folder (so the folder names no home directory and can move together with
+    its checkpoint); absolute when they are on different drives."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
 
 
 def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,

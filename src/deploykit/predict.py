@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.errors import InputError
+from deploykit.files import parse_json
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
+from deploykit.text import has_control
 
 
 @dataclass
@@ -24,6 +25,9 @@ class Predictor:
         if k < 1:
             raise InputError("--topk must be >= 1")
         logits = self.runner.infer(self.preprocess.batch(paths))
+        if self.class_names is not None and len(self.class_names) != logits.shape[1]:
+            raise InputError(f"{len(self.class_names)} class names for a model with {logits.shape[1]} outputs; "
+                             "re-export with matching --labels")
         probs = softmax(logits)
         results = []
         for path, p in zip(paths, probs):
@@ -40,14 +44,56 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+MAX_METADATA_CHARS = 16 << 20
+
+
+def class_names_from(value: object, where: str) -> list[str] | None:
+    """Class names from a file (manifest, ONNX metadata, checkpoint): a list of printable strings, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not 1 <= len(value) <= 1_000_000 or \
+            not all(isinstance(v, str) and len(v) <= 256 and not has_control(v) for v in value):
+        raise InputError(f"{where}: class names must be a list of one-line strings")
+    return list(value)
+
+
 def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{path.name} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
     props = {p.key: p.value for p in model.metadata_props}
-    pre = Preprocess.from_dict(json.loads(props["deploykit.preprocess"])) if "deploykit.preprocess" in props else None
-    names = json.loads(props["deploykit.class_names"]) if "deploykit.class_names" in props else None
+    where = f"{path.name} metadata"
+    pre = names = None
+    if "deploykit.preprocess" in props:
+        text = props["deploykit.preprocess"]
+        if len(text) > MAX_METADATA_CHARS:
+            raise InputError(f"{where}: deploykit.preprocess is too large")
+        try:
+            pre = Preprocess.from_dict(parse_json(text, where, "deploykit.preprocess record"))
+        except InputError as exc:
+            raise InputError(f"{where}: deploykit.preprocess: {exc}") from None
+    if "deploykit.class_names" in props:
+        text = props["deploykit.class_names"]
+        if len(text) > MAX_METADATA_CHARS:
+            raise InputError(f"{where}: deploykit.class_names is too large")
+        names = class_names_from(parse_json(text, where, "deploykit.class_names list"), where)
     return pre, names
+
+
+def _listed_in_manifest(onnx_file: Path) -> Manifest | None:
+    """The manifest of the folder that really holds ``onnx_file`` (a symlink is followed to its folder), if it lists
+    the file; its bytes must then be the recorded ones."""
+    real = onnx_file.resolve()
+    if not (real.parent / MANIFEST_NAME).is_file():
+        return None
+    manifest = Manifest.load(real.parent)
+    if manifest.artifact(real.name) is None:
+        return None
+    manifest.file(real.name)
+    return manifest
 
 
 def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Predictor:
@@ -58,33 +104,36 @@ def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Pred
         raise InputError(f"not found: {artifact}")
     if artifact.is_dir():
         manifest = Manifest.load(artifact)
-        fp32 = next((a for a in manifest.artifacts if a["path"].endswith(".onnx")), None)
+        fp32 = manifest.find(precision="fp32", kind="onnx") or manifest.find(kind="onnx")
         if fp32 is None:
             raise InputError(f"{artifact} has no ONNX artifact")
-        artifact = artifact / fp32["path"]
+        from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+        return Predictor(OnnxRuntimeRunner(manifest.file(fp32), device=device), manifest.preprocessing,
+                         manifest.class_names)
     from deploykit.engine import is_engine
 
     if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
-        if not (artifact.parent / MANIFEST_NAME).is_file():
-            raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it; copy the "
-                             "whole folder")
+        manifest = _listed_in_manifest(artifact)
+        if manifest is None:
+            raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it, listing it; "
+                             "copy the whole folder")
         from deploykit.runners.trt import TensorRTRunner
 
-        manifest = Manifest.load(artifact.parent)
-        return Predictor(TensorRTRunner(artifact), manifest.preprocessing, manifest.class_names)
+        return Predictor(TensorRTRunner(manifest.file(artifact.resolve().name)), manifest.preprocessing,
+                         manifest.class_names)
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-        runner = OnnxRuntimeRunner(artifact, device=device)
-        manifest_path = artifact.parent / MANIFEST_NAME
-        if manifest_path.is_file():
-            manifest = Manifest.load(artifact.parent)
+        manifest = _listed_in_manifest(artifact)
+        if manifest is not None:
+            runner = OnnxRuntimeRunner(manifest.file(artifact.resolve().name), device=device)
             return Predictor(runner, manifest.preprocessing, manifest.class_names)
         pre, names = _onnx_metadata(artifact)
         if pre is None:
-            raise InputError(f"{artifact.name} has no {MANIFEST_NAME} beside it and no deploykit metadata; "
-                             "predict on the export folder instead")
-        return Predictor(runner, pre, names)
+            raise InputError(f"{artifact.name} is not listed in a {MANIFEST_NAME} beside it and has no deploykit "
+                             "metadata; predict on its export folder instead")
+        return Predictor(OnnxRuntimeRunner(artifact, device=device), pre, names)
     from deploykit.models.loading import load_model
     from deploykit.runners.torch import TorchRunner
 

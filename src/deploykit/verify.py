@@ -169,7 +169,8 @@ def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], b
 
 def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str], None] | None = None,
                   overrides: dict[str, Tolerance] | None = None, max_images: int = 256,
-                  only: Sequence[str] | None = None, loaded=None) -> ParityReport:
+                  only: Sequence[str] | None = None, loaded=None, allow_pickle: bool = False,
+                  model_def: str | None = None) -> ParityReport:
     """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference (or the
     FP32 ONNX). Engines are skipped with a warning where TensorRT or a GPU is missing, unless named in ``only``.
     ``loaded``: the in-memory PyTorch model, when the caller has it (export), instead of reloading the source."""
@@ -180,7 +181,8 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     pre = manifest.preprocessing
     images = verification_set(data, warn=warn, max_images=max_images)
     batch = images.load(pre)
-    reference, ref_name = reference_runner(folder, manifest, warn=warn, loaded=loaded)
+    reference, ref_name = reference_runner(folder, manifest, warn=warn, loaded=loaded, allow_pickle=allow_pickle,
+                                           model_def=model_def)
     entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
@@ -191,7 +193,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     candidates = []
     for a in entries:
         try:
-            candidates.append((a["path"], a["precision"], runner_for(folder / a["path"], warn=warn)))
+            candidates.append((a["path"], a["precision"], runner_for(manifest.file(a), warn=warn)))
         except MissingDependencyError as exc:
             if only is not None:
                 raise
@@ -251,22 +253,40 @@ def record_parity(manifest: Manifest, report: ParityReport) -> None:
                                **({"note": art.note} if art.note else {})}
 
 
-def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None) -> tuple[Runner, str]:
-    """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing."""
+MAX_SOURCE_HASH_BYTES = 8 << 30  # hashing runs at ~1 GB/s; a checkpoint beyond this is not a classifier we reload
+
+
+def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None, *, allow_pickle: bool = False,
+                     model_def: str | None = None) -> tuple[Runner, str]:
+    """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing.
+
+    A manifest is data: the ``allow_pickle`` / ``model_def`` it recorded are never honoured by themselves. When the
+    source needs them, the user repeats the flag on this command line, or the FP32 ONNX stands in (and we say why).
+    """
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
     if loaded is not None:
         from deploykit.runners.torch import TorchRunner
 
         return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
-    source = Path(manifest.source["path"])
+    source = manifest.source_path()
+    stored = manifest.source.get("options") if isinstance(manifest.source.get("options"), dict) else {}
     reason = None
     try:
         import torch  # noqa: F401
     except ImportError:
         reason = "torch is not installed"
-    if reason is None and not source.is_file():
+    if reason is None and (stored.get("model_def") or manifest.source.get("kind") == "model-def") and not model_def:
+        reason = ("the source was exported with --model-def, which runs code; a manifest cannot ask for that -- "
+                  "pass --model-def again to use the PyTorch reference")
+    if reason is None and (stored.get("allow_pickle") or manifest.source.get("kind") == "pickled-module") \
+            and not allow_pickle:
+        reason = ("the source was exported with --allow-pickle, which runs code from the file; a manifest cannot "
+                  "ask for that -- pass --allow-pickle again if you trust it")
+    if reason is None and (source.is_symlink() or not source.is_file()):
         reason = f"the source checkpoint {source} is not here"
+    if reason is None and source.stat().st_size > MAX_SOURCE_HASH_BYTES:
+        reason = f"the source checkpoint {source} is too large to check against the manifest"
     if reason is None:
         from deploykit.files import sha256_file
 
@@ -276,14 +296,17 @@ def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None) -
         from deploykit.models.loading import LoadOptions, load_model
         from deploykit.runners.torch import TorchRunner
 
-        loaded = load_model(source, LoadOptions.from_dict(manifest.source.get("options", {})))
+        options = LoadOptions.from_dict(stored)
+        options.allow_pickle = allow_pickle
+        options.model_def = model_def
+        loaded = load_model(source, options)
         return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
-    fp32 = next((a for a in manifest.artifacts if a["precision"] == "fp32" and a["path"].endswith(".onnx")), None)
+    fp32 = manifest.find(precision="fp32", kind="onnx")
     if fp32 is None:
         raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
     if warn:
         warn(f"{reason}: comparing against {fp32['path']} instead of PyTorch")
-    return OnnxRuntimeRunner(folder / fp32["path"]), fp32["path"]
+    return OnnxRuntimeRunner(manifest.file(fp32)), fp32["path"]
 
 
 def with_overrides(precision: str, **changes) -> dict[str, Tolerance]:

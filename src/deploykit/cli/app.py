@@ -1,26 +1,98 @@
-"""The Typer app and the one place that turns DeployKitError into a one-line message and an exit code."""
+"""The Typer app and the one place that turns exceptions into a one-line message and an exit code.
+
+* DeployKitError: the user's mistake or a missing prerequisite -- ``error: <message>``, the error's exit code.
+* Ctrl-C: ``interrupted``, exit 130 (an export folder is a transaction: nothing half-written stays behind).
+* anything else is a bug: ``internal error: <type>: <message>`` and exit 70 (EX_SOFTWARE); ``--debug`` or
+  ``DEPLOYKIT_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+from typing import Annotated
+
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from deploykit.cli.render import err_console
+from deploykit.cli.render import err_console, literal
 from deploykit.errors import DeployKitError
+
+INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
+INTERRUPTED_EXIT = 130
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("DEPLOYKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {literal(message)}", highlight=False, soft_wrap=True)
 
 
 class DeployKitGroup(TyperGroup):
-    """Catches DeployKitError once for every command: one line on stderr, the error's exit code."""
+    """Catches every exception once for every command: one line on stderr and a distinct exit code."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own control flow and usage errors
+            raise
         except DeployKitError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            if debug_enabled():
+                raise
+            _error(str(exc))
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            ctx.exit(INTERRUPTED_EXIT)
+        except SystemExit as exc:  # user code (a --model-def factory) called sys.exit: never a silent success
+            if debug_enabled():
+                raise
+            _error(f"user code called sys.exit({exc.code!r}) while deploykit was running; nothing was completed")
+            ctx.exit(1)
+        except MemoryError:
+            if debug_enabled():
+                raise
+            _error("out of memory; use smaller images, a smaller --batch or a smaller input size")
+            ctx.exit(1)
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                self._internal(ctx, exc)
+            _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; free some space and retry")
+            ctx.exit(1)
+        except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+            if debug_enabled():
+                raise
+            self._internal(ctx, exc)
+
+    @staticmethod
+    def _internal(ctx, exc: BaseException) -> None:
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        err_console.print(f"[bold red]internal error:[/] {literal(type(exc).__name__)}: {literal(message)} "
+                          "(run with --debug for the traceback; please report it)", highlight=False, soft_wrap=True)
+        ctx.exit(INTERNAL_ERROR_EXIT)
 
 
 app = typer.Typer(cls=DeployKitGroup, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="PyTorch image classifiers to ONNX, FP16/INT8 and TensorRT -- every step proven with numbers.")
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an internal error "
+                                                        "(also DEPLOYKIT_DEBUG=1).")] = False,
+    max_image_pixels: Annotated[int, typer.Option(
+        "--max-image-pixels", help="Refuse images larger than this many pixels before decoding them "
+                                   "(also DEPLOYKIT_MAX_IMAGE_PIXELS) \\[default: 100000000].")] = 0,
+) -> None:
+    """PyTorch image classifiers to ONNX, FP16/INT8 and TensorRT -- every step proven with numbers."""
+    if debug:
+        os.environ["DEPLOYKIT_DEBUG"] = "1"
+    if max_image_pixels:
+        from deploykit.preprocess import set_image_limits
+
+        set_image_limits(max_pixels=max_image_pixels)

@@ -110,6 +110,7 @@ def export(
     profile: ProfileOpt = None,
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out.")] = False,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
@@ -145,7 +146,8 @@ def export(
                                  int8_accuracy_drop=int8_accuracy_drop)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                           verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision)
+                           verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision,
+                           force=force)
     pre = result.loaded.preprocess
     console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "

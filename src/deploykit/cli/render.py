@@ -8,21 +8,29 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deploykit.text import printable
+
 # Logs and pipes get wide tables rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
 
 
+def literal(value: object) -> str:
+    """Text from a user's file (class names, paths, messages quoting them) as rich prints it literally: control
+    characters (terminal escape sequences) removed, rich markup escaped."""
+    return escape(printable(value))
+
+
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {literal(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err_console.print(f"[cyan]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[cyan]note:[/] {literal(message)}", highlight=False, soft_wrap=True)
 
 
 def status(message: str) -> None:
-    err_console.print(f"[dim]-> {message}[/]", highlight=False)
+    err_console.print(f"[dim]-> {literal(message)}[/]", highlight=False)
 
 
 def _fmt(value, spec: str) -> str:
@@ -40,11 +48,11 @@ def parity_table(report, title: str | None = None) -> Table:
     table.add_column("result")
     for a in report.artifacts:
         m = a.metrics
-        row = [a.path, a.precision, _fmt(m["max_abs_diff"], ".2e"), _fmt(m["mean_abs_diff"], ".2e"),
+        row = [literal(a.path), literal(a.precision), _fmt(m["max_abs_diff"], ".2e"), _fmt(m["mean_abs_diff"], ".2e"),
                _fmt(m["cosine_min"], ".6f"), _fmt(m["top1_agreement"], ".3f"), _fmt(m["top5_agreement"], ".3f")]
         if has_acc:
             row += [_fmt(m.get("accuracy"), ".2f"), _fmt(m.get("reference_accuracy"), ".2f"),
                     _fmt(m.get("accuracy_drop"), "+.2f")]
-        row.append("[green]pass[/]" if a.passed else f"[red]FAIL[/] {'; '.join(a.failures)}")
+        row.append("[green]pass[/]" if a.passed else f"[red]FAIL[/] {literal('; '.join(a.failures))}")
         table.add_row(*row)
     return table

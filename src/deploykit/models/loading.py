@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
+from deploykit.files import parse_json
 from deploykit.models.registry import ModelSpec, get_spec, list_models
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -59,11 +61,42 @@ class LoadOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LoadOptions:
-        return cls(arch=data.get("arch"), num_classes=data.get("num_classes"), model_def=data.get("model_def"),
-                   model_kwargs=dict(data.get("model_kwargs") or {}), allow_pickle=bool(data.get("allow_pickle")),
-                   input_shape=None if data.get("input_shape") is None else tuple(data["input_shape"]),
-                   mean=None if data.get("mean") is None else tuple(data["mean"]),
-                   std=None if data.get("std") is None else tuple(data["std"]), resize=data.get("resize"))
+        """The options a manifest recorded (data from a file: checked, and ``allow_pickle``/``model_def`` dropped --
+        only the command line grants those)."""
+        if not isinstance(data, Mapping):
+            raise InputError("the manifest's source.options must be an object; re-run `deploykit export`")
+
+        def whole(key: str, lo: int, hi: int):
+            value = data.get(key)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise InputError(f"the manifest's source.options.{key} must be a whole number in {lo}..{hi}; "
+                                 "re-run `deploykit export`")
+            return value
+
+        def numbers(key: str, n: int | None = None, kind=(int, float)):
+            value = data.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, list) or not 1 <= len(value) <= 4 or (n is not None and len(value) != n) or \
+                    any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
+                raise InputError(f"the manifest's source.options.{key} is malformed; re-run `deploykit export`")
+            return tuple(value)
+
+        arch = data.get("arch")
+        if arch is not None and (not isinstance(arch, str) or len(arch) > 128):
+            raise InputError("the manifest's source.options.arch must be a name; re-run `deploykit export`")
+        kwargs = data.get("model_kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise InputError("the manifest's source.options.model_kwargs must be an object; re-run `deploykit export`")
+        shape = numbers("input_shape", 3, int)
+        if shape is not None:
+            from deploykit.preprocess import parse_input_shape
+
+            shape = parse_input_shape(",".join(map(str, shape)))
+        return cls(arch=arch, num_classes=whole("num_classes", 1, 1_000_000), model_kwargs=dict(kwargs),
+                   input_shape=shape, mean=numbers("mean"), std=numbers("std"), resize=whole("resize", 0, 4096))
 
 
 @dataclass
@@ -118,8 +151,14 @@ def _torch_load(path: Path, weights_only: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        if weights_only and "Unsupported global" in str(exc):
-            name = str(exc).split("Unsupported global:", 1)[1].split()[1] if "GLOBAL " in str(exc) else "objects"
+        text = str(exc)
+        if weights_only and "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)|global: GLOBAL ([\w.]+)|global: ([\w.]+)", text)
+            if not found:
+                raise CheckpointError(f"{path.name} is corrupt, or holds pickled data that only a code-running unpickler "
+                                      "reads; re-save it (model.state_dict()), or if you trust it re-run with "
+                                      "--allow-pickle") from None
+            name = next(g for g in found.groups() if g)
             raise CheckpointError(
                 f"{path.name} holds pickled Python objects ({name}; likely a whole model saved with torch.save(model)); "
                 "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
@@ -384,6 +423,19 @@ def _input_shape_of_program(program) -> tuple[int, int, int] | None:
 
 def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
     """Load ``path`` as described in the module docstring; raise CheckpointError/InputError for people."""
+    loaded = _load_model(path, options)
+    names = loaded.class_names
+    if names is not None:
+        if len(names) != loaded.num_classes:
+            raise InputError(f"{len(names)} class names for a model with {loaded.num_classes} classes; give one "
+                             "name per class with --labels")
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise InputError(f"class name {dup!r} is given twice; class names must be unique (--labels)")
+    return loaded
+
+
+def _load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
     import torch
 
     opts = options or LoadOptions()
@@ -408,6 +460,8 @@ def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
         return LoadedModel(module, kind, opts.arch, _num_outputs(module, pre), opts.class_names, pre, path, notes)
 
     if kind == "exported-program":
+        if not opts.allow_pickle:
+            check_program_archive(path)  # torch.export.load unpickles some parts with weights_only=False
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises many types for bad archives
@@ -443,6 +497,7 @@ def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
         return LoadedModel(obj, "pickled-module", opts.arch, _num_outputs(obj, pre), opts.class_names, pre, path,
                            notes)
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        check_deploykit_checkpoint(obj, path)
         arch = opts.arch or obj.get("arch")
         merged = LoadOptions(**{**opts.__dict__, "arch": None if opts.model_def else arch,
                                 "num_classes": opts.num_classes or obj.get("num_classes")})
@@ -461,6 +516,96 @@ def load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
         raise CheckpointError(f"{path.name} holds no state_dict of tensors (found: {keys}); save "
                               "model.state_dict() or a whole model with torch.save(model)")
     return _from_state_dict(state, path, opts, notes, "state_dict")
+
+
+# -- files as data: checks before anything in them is used ---------------------------------------------------------
+_PT2_ALLOWED = ("archive_format", "archive_version", "byteorder", "version", ".data/", "models/", "data/weights/",
+                "data/constants/", "data/sample_inputs/", "extra/", "serialized_exported_program.json",
+                "serialized_state_dict.pt", "serialized_constants.pt", "serialized_example_inputs.pt",
+                "serialized_state_dict.json", "serialized_constants.json", "extra_files/")
+_PT2_MAX_MEMBER = 4 << 30
+
+
+def check_program_archive(path: Path) -> None:
+    """Refuse a ``torch.export`` archive that ``torch.export.load`` could only read by unpickling Python objects.
+
+    torch reads pickled weights/constants (``use_pickle`` in the payload configs) and torchbind/opaque objects with
+    ``weights_only=False``, and falls back to ``weights_only=False`` when sample inputs do not load safely. So: no
+    pickled payload entries, no AOTInductor binaries, and every member torch unpickles must load with
+    ``torch.load(weights_only=True)`` here first. Otherwise one line naming ``--allow-pickle``.
+    """
+    import io
+
+    import torch
+
+    refuse = (f"{path.name} is a torch.export program that carries pickled Python objects ({{}}); loading it runs "
+              "code from the file -- if you trust it, re-run with --allow-pickle")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [i.filename for i in infos]
+            root = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] and \
+                all(n.startswith(names[0].split("/", 1)[0] + "/") for n in names) else ""
+            unpickled: list[str] = []
+            for info in infos:
+                rel = info.filename[len(root):]
+                if info.is_dir() or not rel:
+                    continue
+                if not rel.startswith(_PT2_ALLOWED):
+                    raise CheckpointError(refuse.format(f"unexpected member {rel[:80]!r}"))
+                if info.file_size > _PT2_MAX_MEMBER:
+                    raise CheckpointError(f"{path.name} has a member of {info.file_size} bytes; not a model we load")
+                if rel.endswith(".pt") or rel.startswith("data/sample_inputs/"):
+                    unpickled.append(info.filename)
+                if rel.endswith("_config.json") and rel.startswith(("data/weights/", "data/constants/")):
+                    config = parse_json(archive.read(info).decode("utf-8", "replace"), f"{path.name}:{rel}",
+                                        "payload config")
+                    entries = config.get("config") if isinstance(config, dict) else None
+                    if not isinstance(entries, dict):
+                        raise CheckpointError(f"{path.name} is not a loadable torch.export program "
+                                              f"(malformed {rel})")
+                    for fqn, meta in entries.items():
+                        if not isinstance(meta, dict):
+                            raise CheckpointError(f"{path.name} is not a loadable torch.export program "
+                                                  f"(malformed {rel})")
+                        name = str(meta.get("path_name", ""))
+                        if meta.get("use_pickle") is not False or not name.startswith(("weight_", "tensor_")):
+                            raise CheckpointError(refuse.format(f"{str(fqn)[:60]!r} is stored pickled"))
+            for name in unpickled:
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+                except Exception:  # noqa: BLE001 -- anything but plain tensors and containers
+                    raise CheckpointError(refuse.format(f"in {name.split('/')[-1]}")) from None
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path.name} is a corrupt torch.export archive; re-save it") from None
+    except (OSError, EOFError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise CheckpointError(f"{path.name} is a corrupt torch.export archive ({type(exc).__name__}); "
+                              "re-save it") from None
+
+
+def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
+    """The fields of a deploykit checkpoint are data from a file: check their types before using them."""
+    from deploykit.predict import class_names_from
+
+    arch = obj.get("arch")
+    if arch is not None and (not isinstance(arch, str) or not 0 < len(arch) <= 128):
+        raise CheckpointError(f"{path.name}: field arch must be an architecture name; re-save the checkpoint")
+    n = obj.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000):
+        raise CheckpointError(f"{path.name}: field num_classes must be a whole number >= 1; re-save the checkpoint")
+    try:
+        names = class_names_from(obj.get("class_names"), f"{path.name}: field class_names")
+        if obj.get("preprocess") is not None:
+            Preprocess.from_dict(obj["preprocess"])
+    except InputError as exc:
+        raise CheckpointError(str(exc) if str(exc).startswith(path.name) else
+                              f"{path.name}: field preprocess: {exc}") from None
+    if names is not None and n is not None and len(names) != n:
+        raise CheckpointError(f"{path.name}: {len(names)} class names for {n} classes; re-save the checkpoint")
+    if not _is_tensor_dict(obj.get("state_dict")):
+        raise CheckpointError(f"{path.name}: field state_dict must map names to tensors; re-save the checkpoint")
 
 
 def save_checkpoint(path: Path, model, *, arch: str, num_classes: int, preprocess: Preprocess,

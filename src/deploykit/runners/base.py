@@ -30,7 +30,7 @@ class Runner(ABC):
             raise InputError(f"{self.name} expects inputs of shape N x {' x '.join(map(str, self.input_shape))}, "
                              f"got {' x '.join(map(str, batch.shape))}")
         if self.fixed_batch is None or batch.shape[0] == self.fixed_batch:
-            return self._run(np.ascontiguousarray(batch))
+            return self._logits(self._run(np.ascontiguousarray(batch)), batch.shape[0])
         outputs = []
         step = self.fixed_batch
         for start in range(0, batch.shape[0], step):
@@ -38,8 +38,14 @@ class Runner(ABC):
             n = chunk.shape[0]
             if n < step:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-            outputs.append(self._run(np.ascontiguousarray(chunk))[:n])
+            outputs.append(self._logits(self._run(np.ascontiguousarray(chunk)), step)[:n])
         return np.concatenate(outputs)
+
+    def _logits(self, out: np.ndarray, n: int) -> np.ndarray:
+        if out.ndim != 2 or out.shape[0] != n:
+            raise InputError(f"{self.name}: the model returned an output of shape {tuple(out.shape)}, not "
+                             f"[{n}, classes] logits; deploykit runs image classifiers")
+        return out
 
     @abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray: ...

@@ -42,12 +42,23 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise InputError(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from None
-        inp = self.session.get_inputs()[0]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs or len(inputs[0].shape) != 4 or \
+                not all(isinstance(d, int) and d > 0 for d in inputs[0].shape[1:]):
+            raise InputError(f"{path.name} is not an image classifier graph deploykit runs (one N x C x H x W input "
+                             "with fixed C, H, W); export it with `deploykit export`")
+        inp = inputs[0]
         self.input_name = inp.name
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_name = outputs[0].name
         self.input_shape = tuple(int(d) for d in inp.shape[1:])
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.path = path
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0].astype(np.float32)
+        try:
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # ORT's own exception types: a graph that loads but cannot run these inputs
+            raise InputError(f"ONNX Runtime failed running {self.path.name}: "
+                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
+                             ) from None
+        return np.asarray(out).astype(np.float32)

@@ -1,0 +1,24 @@
+"""Text that comes from users' files (class names, paths, metadata) is data, never markup or terminal control."""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab/newline) and C1 controls, incl. ESC
+_NEWLINES = re.compile(r"[\r\n\t]+")
+
+
+def printable(value: object) -> str:
+    """``value`` as one line of plain text: control characters (terminal escape sequences) removed."""
+    return _CONTROL.sub("", _NEWLINES.sub(" ", str(value)))
+
+
+def has_control(value: str) -> bool:
+    return bool(_CONTROL.search(value) or _NEWLINES.search(value))
+
+
+def markdown_cell(value: object) -> str:
+    """``value`` as literal text inside a Markdown table cell: printable, HTML and Markdown syntax escaped."""
+    text = printable(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
