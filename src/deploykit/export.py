@@ -19,6 +19,7 @@ from deploykit.models.loading import LoadedModel
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+MIN_DYNAMO_OPSET = 18  # torch.onnx.export(dynamo=True) targets opset 18 and newer
 DEFAULT_OPSET = 18  # TensorRT 10.3 (JetPack 6) parses opsets up to 20; torch's exporter starts at 18
 
 
@@ -33,10 +34,12 @@ def export_onnx(loaded: LoadedModel, dest: Path, *, opset: int = DEFAULT_OPSET, 
 
     if batch < 1:
         raise InputError(f"--batch must be >= 1, got {batch}")
-    if not 13 <= opset <= 23:
-        raise InputError(f"--opset must be between 13 and 23, got {opset}")
     module = loaded.module
     is_script = isinstance(module, torch.jit.ScriptModule)
+    lowest = 13 if is_script else MIN_DYNAMO_OPSET
+    if not lowest <= opset <= 23:
+        raise InputError(f"--opset must be between {lowest} and 23 for this model, got {opset} (torch's exporter "
+                         f"writes opset {MIN_DYNAMO_OPSET} or newer; TensorRT 10.3 on JetPack 6 parses up to 20)")
     is_program = isinstance(module, torch.export.ExportedProgram)
     if is_program and dynamic_batch:
         raise InputError("a torch.export program fixes its batch size; re-export it with a dynamic batch Dim, "
@@ -68,6 +71,9 @@ def export_onnx(loaded: LoadedModel, dest: Path, *, opset: int = DEFAULT_OPSET, 
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"torch could not export the model to ONNX: {first}") from exc
         model = onnx.load(str(tmp), load_external_data=False)
+        written = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        if written != opset:
+            raise ExportError(f"torch wrote opset {written}, not the --opset {opset} asked for; use --opset {written}")
         _name_io(model)
         meta = {"deploykit.preprocess": json.dumps(loaded.preprocess.to_dict()),
                 "deploykit.class_names": json.dumps(loaded.class_names)}

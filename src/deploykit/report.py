@@ -9,12 +9,14 @@ with the numbers the commands printed.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from deploykit.errors import InputError
-from deploykit.files import atomic_path
+from deploykit.files import atomic_path, read_json
 from deploykit.manifest import Manifest
 
 REPORT_NAME = "report.md"
@@ -29,26 +31,77 @@ def _shape(shape: Any) -> str:
     return "x".join("N" if d is None or isinstance(d, str) else str(d) for d in shape or ())
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Word = Annotated[str, StringConstraints(max_length=64)]
+
+
+class _Latency(_Open):
+    p50: Number | None = None
+    p90: Number | None = None
+    p99: Number | None = None
+    mean: Number | None = None
+
+
+class _Row(_Open):
+    backend: Word | None = None
+    precision: Word | None = None
+    variant: Word | None = None
+    device: Word | None = None
+    batch: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
+    latency_ms: _Latency = _Latency()
+    throughput: Number | None = None
+    speedup_vs_torch: Number | None = None
+
+
+class _Skip(_Open):
+    backend: Word | None = None
+    precision: Word | None = None
+    batch: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class _Host(_Open):
+    skipped: list[_Skip] = []
+
+
+class _Bench(_Open):
+    host: _Host = _Host()
+    results: list[_Row]
+
+
+def check_bench(data: object, path: Path) -> None:
+    """``bench.json`` is data from a file: the fields the report uses must have the types bench writes."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {what} {path} ({exc}); write it again or leave it out") from None
+        _Bench.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise InputError(f"{path} is not `deploykit bench --json` output: field {where}: {first['msg']}") from None
 
 
 def training_metrics(manifest: Manifest) -> dict[str, Any] | None:
-    """The run's metrics.json when the source checkpoint is a `deploykit train` output still in its run folder."""
-    source = manifest.source.get("path")
-    if not source:
+    """The run's metrics.json when the source checkpoint is a `deploykit train` output still in its run folder
+    (only the numbers the report prints, and only when they are numbers)."""
+    if not manifest.source.get("path"):
         return None
-    path = Path(source).parent / "metrics.json"
+    path = manifest.source_path().parent / "metrics.json"
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path, "training metrics file")
+    except InputError:
         return None
-    return data if isinstance(data, dict) and "best_val_acc" in data else None
+    if not isinstance(data, dict):
+        return None
+    numbers = {k: data.get(k) for k in ("best_val_acc", "epochs", "seconds")}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in numbers.values()):
+        return None
+    return numbers
 
 
 def _artifact_rows(manifest: Manifest) -> list[str]:
@@ -159,10 +212,8 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
     if bench_path is not None:
         if not Path(bench_path).exists():
             raise InputError(f"--bench {bench_path} not found; write it with `deploykit bench DIR --json > FILE`")
-        bench = _read_json(Path(bench_path), "bench results")
-        results = bench.get("results") if isinstance(bench, dict) else None
-        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
-            raise InputError(f"{bench_path} is not `deploykit bench --json` output")
+        bench = read_json(Path(bench_path), "bench results file")
+        check_bench(bench, Path(bench_path))
     text = render_report(folder, bench)
     dest = Path(out) if out is not None else folder / REPORT_NAME
     with atomic_path(dest) as tmp:

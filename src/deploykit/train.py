@@ -83,6 +83,11 @@ class TrainConfig:
             raise InputError("--lr must be > 0")
         if self.img_size is not None:
             spec = get_spec(self.arch)
+            from deploykit.preprocess import MAX_INPUT_SIDE
+
+            if self.img_size > MAX_INPUT_SIDE:
+                raise InputError(f"--img-size {self.img_size} is above {MAX_INPUT_SIDE}, beyond any image classifier; "
+                                 "use the size your images are (e.g. 224)")
             if self.img_size < spec.min_size:
                 raise InputError(f"--img-size {self.img_size} is below the smallest input {spec.name} accepts "
                                  f"({spec.min_size}x{spec.min_size}); use --img-size {spec.min_size} or more")

@@ -46,8 +46,8 @@ class DeployKitGroup(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
             ctx.exit(INTERRUPTED_EXIT)
-        except SystemExit as exc:  # user code (a --model-def factory) called sys.exit: never a silent success
-            if debug_enabled():
+        except SystemExit as exc:  # user code (a --model-def factory) called sys.exit(0): never a silent success
+            if debug_enabled() or exc.code not in (0, None):
                 raise
             _error(f"user code called sys.exit({exc.code!r}) while deploykit was running; nothing was completed")
             ctx.exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from deploykit.bench import Device
 from deploykit.cli.app import app
+from deploykit.files import dumps_strict
 from deploykit.cli.render import console, err_console, note, status, warn
 
 
@@ -72,7 +72,7 @@ def bench(
         warn(f"this host was busy when timing started (1-min load {busy} on {report.host['cores_available']} "
              "cores): timings are noisy, rerun when it is quieter")
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(dumps_strict(report.to_json()))
     else:
         console.print(render_table(report))
         for skip in report.skipped:

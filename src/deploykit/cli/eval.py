@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
+from deploykit.files import dumps_strict
 from deploykit.cli.export import AllowPickleOpt, ArchOpt, InputShapeOpt, ModelDefOpt, ModelKwargsOpt, load_options
 from deploykit.cli.render import console, err_console, note
 
@@ -44,7 +44,7 @@ def eval_(
         report = evaluate_model(model, data, data_root=data_root, options=options, progress=bar, note=note)
     png = plot_confusion(report, plot or default_plot_path(model))
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(dumps_strict(report.to_json()))
         return
     table = Table(title=f"{model} on {report.data}", title_justify="left")
     for column in ("images", "top-1 %", f"top-{report.k} %"):

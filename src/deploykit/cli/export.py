@@ -35,15 +35,31 @@ def load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input
             raise InputError(f"--model-kwargs must be a JSON object, e.g. '{{\"num_classes\": 5}}' ({exc.msg})") from None
         if not isinstance(kwargs, dict):
             raise InputError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 5}'")
-    if num_classes is not None and num_classes < 1:
-        raise InputError("--num-classes must be >= 1")
+    if num_classes is not None and not 1 <= num_classes <= 1_000_000:
+        raise InputError("--num-classes must be between 1 and 1000000")
+    if resize is not None and not 0 <= resize <= 4096:
+        raise InputError(f"--resize is the shorter side in pixels before the center crop: 1..4096, or 0 for none; "
+                         f"got {resize}")
     class_names = None
     if labels is not None:
         path = Path(labels)
         if path.is_file():
-            class_names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            if path.stat().st_size > 64 << 20:
+                raise InputError(f"--labels {path} is too large for a list of class names")
+            try:
+                text = path.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise InputError(f"--labels {path} is not a UTF-8 text file (one class name per line)") from None
+            class_names = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             class_names = [n.strip() for n in labels.split(",") if n.strip()]
+        from deploykit.text import has_control
+
+        bad = next((n for n in class_names if has_control(n) or len(n) > 256), None)
+        if bad is not None:
+            raise InputError(f"--labels: class name {bad[:40]!r} holds control characters or is over 256 characters")
+        if not class_names:
+            raise InputError("--labels holds no class names")
     return LoadOptions(arch=arch, num_classes=num_classes, model_def=model_def, model_kwargs=kwargs,
                        allow_pickle=allow_pickle, input_shape=parse_input_shape(input_shape),
                        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
+from deploykit.files import dumps_strict
 from deploykit.cli.render import console
 
 
@@ -21,7 +21,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     rows = [{"name": s.name, "family": s.family, "input": [s.channels, s.size, s.size], "resize": s.resize,
              "mean": list(s.mean), "std": list(s.std), "min_size": s.min_size} for s in specs]
     if as_json:
-        print(json.dumps({"models": rows}))
+        print(dumps_strict({"models": rows}))
         return
     table = Table(title=f"{len(rows)} architectures")
     for col in ("name", "family", "input", "resize", "mean", "std"):

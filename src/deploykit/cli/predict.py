@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
+from deploykit.files import dumps_strict
 from deploykit.cli.export import AllowPickleOpt, ArchOpt, InputShapeOpt, ModelDefOpt, ModelKwargsOpt, load_options
 from deploykit.cli.render import console
 
@@ -32,7 +32,7 @@ def predict(
     options = load_options(arch, None, model_def, model_kwargs, allow_pickle, input_shape, None, None, None, None)
     results = load_predictor(artifact, options=options).topk(list(images), k=topk)
     if as_json:
-        print(json.dumps({"predictions": results}))
+        print(dumps_strict({"predictions": results}))
         return
     for result in results:
         table = Table(title=Path(result["image"]).name, title_justify="left")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +11,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.render import console, parity_table, warn
 from deploykit.errors import InputError, VerificationError
+from deploykit.files import dumps_strict
 
 
 @app.command()
@@ -25,17 +26,28 @@ def verify(
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Reload a source checkpoint that needs unpickling (runs code from the file) as the "
+                               "reference; a manifest alone never grants this.")] = False,
+    model_def: Annotated[Optional[str], typer.Option(
+        "--model-def", help="Your model code (path/to/model.py:factory) to rebuild a --model-def source as the "
+                            "reference.")] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
     from deploykit.verify import verify_folder, with_overrides
 
     folder, only = artifact_in_folder(target)
     overrides = {}
+    for flag, value in (("--int8-agreement", int8_agreement), ("--int8-accuracy-drop", int8_accuracy_drop)):
+        hi = 1.0 if flag == "--int8-agreement" else 100.0
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= hi):
+            raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only)
+    report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only, allow_pickle=allow_pickle,
+                           model_def=model_def)
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(dumps_strict(report.to_json()))
     else:
         console.print(parity_table(report))
     if not report.passed:

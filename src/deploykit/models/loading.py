@@ -334,6 +334,11 @@ def _from_model_def(state: dict, source: Path, opts: LoadOptions, notes: list[st
     except Exception as exc:
         raise InputError(f"calling {opts.model_def}(**{json.dumps(opts.model_kwargs)}) failed: "
                          f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model-def {opts.model_def} returned {type(model).__name__}, not a torch.nn.Module; "
+                         "the factory must return the model")
     _load_into(model, strip_prefixes(state), source, opts.model_def)  # type: ignore[arg-type]
     base = None
     if opts.arch:

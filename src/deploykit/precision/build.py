@@ -93,8 +93,17 @@ class PrecisionRequest:
             ) if value is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
-        if self.accuracy_budget is not None and self.accuracy_budget < 0:
-            raise InputError(f"--accuracy-budget is in points and must be >= 0, got {self.accuracy_budget}")
+        import math
+
+        for flag, value, lo, hi in (("--accuracy-budget", self.accuracy_budget, 0.0, 100.0),
+                                    ("--int8-agreement", self.int8_agreement, 0.0, 1.0),
+                                    ("--int8-accuracy-drop", self.int8_accuracy_drop, 0.0, 100.0)):
+            if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+                raise InputError(f"{flag} must be between {lo:g} and {hi:g}, got {value}")
+        for flag, value, hi in (("--calib-size", self.calib_size, 1_000_000), ("--min-calib", self.min_calib,
+                                                                                 1_000_000)):
+            if value is not None and not 1 <= value <= hi:
+                raise InputError(f"{flag} must be between 1 and {hi}, got {value}")
 
 
 @dataclass

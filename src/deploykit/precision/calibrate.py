@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import numpy as np
 
 from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
-from deploykit.files import sha256_file, write_json_atomic
+from deploykit.files import read_json, sha256_file, write_json_atomic
 from deploykit.preprocess import Preprocess, open_image
 
 DEFAULT_CALIB_DIR = Path("calib")
@@ -304,17 +305,38 @@ def cache_key(model_sha: str, data: str, method: CalibMethod, tensors: Sequence[
     return digest.hexdigest()
 
 
-def load_cached(folder: Path, method: CalibMethod, key: str) -> Ranges | None:
+def load_cached(folder: Path, method: CalibMethod, key: str, tensors: Sequence[str] | None = None) -> Ranges | None:
     path = cache_path(folder, method, key)
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return None
-    if data.get("format") != CACHE_FORMAT or data.get("key") != key:
+        data = read_json(path, "calibration cache")
+    except InputError:
+        return None  # a damaged cache is a miss: the ranges are measured again and the file rewritten
+    if not _valid_cache(data, key, tensors):
         return None
     return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path)
+
+
+def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
+    """A cache is used only when every field is what ``save_cache`` writes: finite ranges for exactly the tensors
+    asked for. Anything else (hand-edited, truncated, from another version) is a miss."""
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or data.get("key") != key:
+        return False
+    n, ranges = data.get("n_images"), data.get("tensors")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(ranges, dict):
+        return False
+    if tensors is not None and set(ranges) != set(tensors):
+        return False
+    for entry in ranges.values():
+        if not isinstance(entry, dict):
+            return False
+        values = [entry.get(k) for k in ("min", "max", "amax")]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return False
+        if values[2] < 0:
+            return False
+    return True
 
 
 def save_cache(folder: Path, ranges: Ranges) -> Path:
@@ -329,7 +351,7 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
               method: CalibMethod, *, cache_dir: Path, progress_factory=None) -> Ranges:
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match."""
     key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors)
-    cached = load_cached(cache_dir, method, key)
+    cached = load_cached(cache_dir, method, key, tensors)
     if cached is not None:
         return cached
     batches = image_batches(images, preprocess)
