@@ -109,6 +109,14 @@ def test_verify_fails_with_nonzero_exit_when_out_of_tolerance(cli, resnet18_sd, 
             arr = onnx.numpy_helper.to_array(init) * 1.5
             init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(model, out / "model.onnx")
+    tampered = cli("verify", out, "--json")  # a file changed behind the manifest's back is refused outright
+    _one_line_error(tampered, contains="sha256 differs")
+    # an artifact the manifest vouches for (as a faulty converter would write it) is judged and fails the gate
+    from deploykit.files import sha256_file
+
+    record = json.loads((out / "deploykit.json").read_text())
+    record["artifacts"][0].update(sha256=sha256_file(out / "model.onnx"), bytes=(out / "model.onnx").stat().st_size)
+    (out / "deploykit.json").write_text(json.dumps(record))
     result = cli("verify", out, "--json")
     assert result.exit_code == 4
     report = json.loads(result.stdout)
@@ -240,14 +248,15 @@ def test_reexport_removes_stale_artifacts(cli, resnet18_sd):
     result = cli("export", resnet18_sd, "--out", "ex", "--input-shape", "3,32,32", "--fp16", "--no-verify")
     assert result.exit_code == 0, result.output
     assert Path("ex/model.fp16.onnx").is_file()
-    Path("ex/model.fp16.engine").write_bytes(b"an engine built from the earlier model.onnx")
+    Path("ex/model.fp16.engine").write_bytes(b"not listed in deploykit.json: the user's, so kept")
     Path("ex/calib-entropy-0123456789abcdef.json").write_text("{}")  # keyed: reused when graph and images match
     Path("ex/notes.txt").write_text("the user's own file")
     result = cli("export", resnet18_sd, "--out", "ex", "--input-shape", "3,32,32", "--no-verify")
     assert result.exit_code == 0, result.output
-    assert "model.fp16.engine, model.fp16.onnx" in result.output
+    assert "model.fp16.onnx" in result.output
     assert sorted(p.name for p in Path("ex").iterdir()) == [
-        "calib-entropy-0123456789abcdef.json", "deploykit.json", "model.onnx", "notes.txt"]
+        "calib-entropy-0123456789abcdef.json", "deploykit.json", "model.fp16.engine", "model.onnx", "notes.txt"]
+    assert not list(Path(".").glob(".ex.deploykit-*"))  # no staging folder or lock left beside it
     assert [a["path"] for a in Manifest.load(Path("ex")).artifacts] == ["model.onnx"]
 
 

@@ -500,11 +500,7 @@ def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> 
            EnginePrecision.int8: "deploykit export ... --int8 --calib DIR"}[precision]
     if entry is None:
         raise InputError(f"{folder} has no {precision.value} ONNX to build from; export it first ({how})")
-    path = folder / entry["path"]
-    if not path.is_file():
-        raise InputError(f"{path} is listed in {folder}/deploykit.json but missing; copy the whole export folder")
-    if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-        raise InputError(f"{path} changed since export (sha256 differs from deploykit.json); re-export")
+    manifest.file(entry)  # a plain file inside the folder with the recorded sha256, else one line to re-export
     return entry
 
 
@@ -540,6 +536,15 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
     step = status or (lambda msg: None)
     if workspace_gib is not None and not workspace_gib > 0:
         raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+    from deploykit.folder import folder_lock
+
+    with folder_lock(folder, "build"):  # one writer of the folder's manifest at a time
+        return _build_engine(folder, precision, profile=profile, workspace_gib=workspace_gib,
+                             timing_cache=timing_cache, progress=progress, step=step, warn=warn, done=done)
+
+
+def _build_engine(folder: Path, precision: EnginePrecision, *, profile, workspace_gib, timing_cache, progress,
+                  step, warn, done) -> EngineResult:
     manifest = Manifest.load(folder)
     entry = onnx_entry(manifest, precision, folder)
     profile = resolve_profile(manifest, profile)
@@ -558,7 +563,7 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
             flags |= 1 << int(member)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    onnx_path = folder / entry["path"]
+    onnx_path = manifest.file(entry)
     step(f"parsing {entry['path']} ({plan.typing.value}ly typed, TensorRT {host.tensorrt})")
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors

@@ -191,13 +191,14 @@ def open_image(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_image_pixels()  # Pillow's own guard (an error at twice this) follows ours
             image = Image.open(path)
             check_image_size(image.size, path)  # from the header, before decoding a pixel
             image.seek(0)
             image.load()
     except Image.DecompressionBombError:
-        raise InputError(f"cannot read image {path}: it claims more pixels than Pillow's safety limit "
-                         "(a decompression bomb?)") from None
+        raise InputError(f"image {path} claims over {2 * max_image_pixels() / 1e6:g} megapixels (a decompression "
+                         "bomb?); if it is real, raise the limit with deploykit --max-image-pixels N") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise InputError(f"cannot read image {path}: {printable(exc)[:200]}") from None
     except MemoryError:
