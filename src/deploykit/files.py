@@ -111,7 +111,7 @@ def read_json(path: Path, what: str) -> object:
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a {what}: not UTF-8 text") from None
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     return parse_json(text, f"{path}", what)
 
 

@@ -189,7 +189,8 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     if ref_name in {a["path"] for a in entries}:  # the FP32 ONNX stands in as reference: not judged by itself
         entries = [a for a in entries if a["path"] != ref_name]
         if not entries:
-            raise InputError(f"no PyTorch reference here and {ref_name} is the only artifact: nothing to compare")
+            raise InputError(f"no PyTorch reference ({getattr(reference, 'reason', 'see above')}) and {ref_name} is "
+                             "the only artifact: nothing to compare")
     candidates = []
     for a in entries:
         try:
@@ -306,7 +307,9 @@ def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None, *
         raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
     if warn:
         warn(f"{reason}: comparing against {fp32['path']} instead of PyTorch")
-    return OnnxRuntimeRunner(manifest.file(fp32)), fp32["path"]
+    runner = OnnxRuntimeRunner(manifest.file(fp32))
+    runner.reason = reason
+    return runner, fp32["path"]
 
 
 def with_overrides(precision: str, **changes) -> dict[str, Tolerance]:
