@@ -137,6 +137,15 @@ def parse_json(text: str, where: str, what: str) -> object:
         raise InputError(f"{where} is not a valid {what}: {str(exc).splitlines()[0][:120]}") from None
 
 
+def user_cache_dir() -> Path:
+    """deploykit's cache folder: ``$DEPLOYKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/deploykit``, else
+    ``~/.cache/deploykit`` (created on first write)."""
+    if os.environ.get("DEPLOYKIT_CACHE_DIR"):
+        return Path(os.environ["DEPLOYKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deploykit"
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-
+from deploykit import schema as S
 from deploykit.errors import InputError
 from deploykit.files import read_json, sha256_file, write_json_atomic
 from deploykit.preprocess import Preprocess
@@ -32,86 +31,64 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-# -- schema: what a deploykit.json must hold before any of it is used --------------------------------------------
-# pydantic (already installed with Typer) rather than a hand-written walker: typed fields with bounds, one error per
-# field with its location, strict finite numbers; unknown keys are kept, so newer manifests still load.
+# -- schema: what a deploykit.json must hold before any of it is used (see deploykit.schema for why no library) --
 MAX_CLASSES = 1_000_000
-ARTIFACT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"  # a plain file name inside the folder: no /, no .., no dotfile
-_SHA256 = r"^[0-9a-f]{64}$"
-Label = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+ARTIFACT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"  # a plain file name inside the folder: no /, no .., no dotfile
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-cpu")
+_SHA256 = S.text(64, r"[0-9a-f]{64}")
+LABEL = S.text(256)
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+def _tensor(record: dict, where: str) -> None:
+    S.get(record, "name", where, S.text(256))
+    S.get(record, "shape", where, S.items(S.nullable(S.whole(1, 1 << 20)), 1, 8))
+    S.get(record, "dtype", where, S.text(32))
 
 
-class _Source(_Record):
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-    sha256: Annotated[str, StringConstraints(pattern=_SHA256)] | None = None
-    kind: str | None = None
-    options: dict[str, Any] = {}
+def _artifact(record: dict, where: str) -> None:
+    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
+    S.get(record, "precision", where, S.one_of(PRECISIONS))
+    S.get(record, "sha256", where, _SHA256)
+    S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
+    S.get(record, "parity", where, S.any_object, optional=True)
 
 
-class _Model(_Record):
-    arch: Annotated[str, StringConstraints(max_length=128)] | None = None
-    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)]
-    class_names: list[Label] | None = None
-    best_val_acc: float | int | None = None
-
-
-class _Tensor(_Record):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    shape: Annotated[list[Annotated[int, Field(ge=1, le=1 << 20)] | None], Field(min_length=1, max_length=8)]
-    dtype: str
-
-
-class _Artifact(_Record):
-    path: Annotated[str, StringConstraints(pattern=ARTIFACT_NAME)]
-    precision: Literal["fp32", "fp16", "bf16", "int8", "int8-cpu"]
-    sha256: Annotated[str, StringConstraints(pattern=_SHA256)]
-    bytes: Annotated[int, Field(ge=0)] | None = None
-    parity: dict[str, Any] | None = None
-
-
-class _Manifest(_Record):
-    schema_: Annotated[str, Field(alias="schema")]
-    created: str = ""
-    source: _Source
-    model: _Model
-    input: _Tensor
-    output: _Tensor
-    preprocess: dict[str, Any]
-    opset: Annotated[int, Field(ge=1, le=100)] | None = None
-    versions: dict[str, Any] = {}
-    artifacts: list[_Artifact] = []
-
-
-def _field(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+def _manifest(data: dict, where: str) -> None:
+    source = S.get(data, "source", where, S.any_object)
+    S.get(source, "path", "source", S.text(4096))
+    S.get(source, "sha256", "source", _SHA256, optional=True)
+    S.get(source, "kind", "source", S.text(64), optional=True)
+    S.get(source, "options", "source", S.any_object, optional=True)
+    model = S.get(data, "model", where, S.any_object)
+    n = S.get(model, "num_classes", "model", S.whole(1, MAX_CLASSES))
+    S.get(model, "arch", "model", S.text(128), optional=True)
+    names = S.get(model, "class_names", "model", S.items(LABEL, 1, MAX_CLASSES), optional=True)
+    if names is not None and len(names) != n:
+        raise S.SchemaError("model.class_names", f"{len(names)} names for {n} classes")
+    S.get(model, "best_val_acc", "model", S.number(0, 100), optional=True)
+    S.get(data, "input", where, S.record(_tensor))
+    S.get(data, "output", where, S.record(_tensor))
+    S.get(data, "preprocess", where, S.any_object)
+    S.get(data, "opset", where, S.whole(1, 100), optional=True)
+    S.get(data, "versions", where, S.any_object, optional=True)
+    artifacts = S.get(data, "artifacts", where, S.items(S.record(_artifact)), optional=True) or []
+    paths = [a["path"] for a in artifacts]
+    if len(set(paths)) != len(paths):
+        raise S.SchemaError("artifacts", "the same file is listed twice")
 
 
 def validate_manifest(data: object, where: str) -> None:
     """Raise InputError naming ``where`` and the first bad field when ``data`` is not a usable manifest."""
-    if not isinstance(data, dict):
-        raise InputError(f"{where} is not a deploykit manifest (a JSON object); re-run `deploykit export`")
-    if data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise InputError(f"{where} is not a deploykit manifest ({SCHEMA}); re-run `deploykit export`")
     try:
-        record = _Manifest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(f"{where}: field {_field(first['loc'])}: {first['msg']}; re-run `deploykit export`") from None
-    paths = [a.path for a in record.artifacts]
-    if len(set(paths)) != len(paths):
-        raise InputError(f"{where}: field artifacts: the same file is listed twice; re-run `deploykit export`")
-    names = record.model.class_names
-    if names is not None and len(names) != record.model.num_classes:
-        raise InputError(f"{where}: field model.class_names: {len(names)} names for {record.model.num_classes} "
-                         "classes; re-run `deploykit export`")
+        _manifest(data, "")
+    except S.SchemaError as exc:
+        raise InputError(f"{where}: {exc}; re-run `deploykit export`") from None
     try:
         Preprocess.from_dict(data["preprocess"])
     except InputError as exc:
-        raise InputError(f"{where}: field preprocess: {exc}") from None
+        raise InputError(f"{where}: field preprocess: {exc}; re-run `deploykit export`") from None
 
 
 @dataclass
@@ -211,14 +188,54 @@ def artifact_kind(name: str) -> str | None:
     return None
 
 
-# Hashing a 100 MB graph takes ~0.1 s; a process that reads the same file twice (export then verify) hashes once.
-_VERIFIED: dict[tuple, str] = {}
+# Hashing a 45 MB ResNet-18 graph takes ~60 ms, 4% of a whole `deploykit predict`. A file already checked is
+# remembered by identity -- device, inode, size, mtime and ctime (ctime cannot be set back by a user: any write or
+# rename of the file moves it) -- in the process and in the user's cache, so a second predict does not hash again.
+_VERIFIED: dict[str, str] = {}
+_CACHE_ENTRIES = 512
+
+
+def _identity(path: Path, stat) -> str:
+    return f"{path.resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
+
+
+def _hash_cache() -> Path:
+    from deploykit.files import user_cache_dir
+
+    return user_cache_dir() / "verified-files.json"
+
+
+def _known_hash(key: str) -> str | None:
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    try:
+        data = read_json(_hash_cache(), "hash cache")
+    except InputError:
+        return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _remember_hash(key: str, sha256: str) -> None:
+    _VERIFIED[key] = sha256
+    path = _hash_cache()
+    try:
+        data = read_json(path, "hash cache") if path.is_file() else {}
+    except InputError:
+        data = {}
+    data = {k: v for k, v in (data.items() if isinstance(data, dict) else []) if isinstance(v, str)}
+    data.pop(key, None)
+    data[key] = sha256
+    try:
+        write_json_atomic(path, dict(list(data.items())[-_CACHE_ENTRIES:]))
+    except (InputError, OSError):
+        pass  # a read-only home (a device's service account) only costs the next run a hash
 
 
 def checked_file(folder: Path, name: str, sha256: str | None, size: int | None = None) -> Path:
     """``folder/name`` after checking it is a plain file inside ``folder`` whose content has ``sha256``."""
     folder = Path(folder)
-    if not re.match(ARTIFACT_NAME, name or ""):
+    if not isinstance(name, str) or not re.fullmatch(ARTIFACT_NAME, name):
         raise InputError(f"{folder / MANIFEST_NAME} lists {name!r}, which is not a file name inside the folder; "
                          "re-run `deploykit export`")
     path = folder / name
@@ -233,10 +250,10 @@ def checked_file(folder: Path, name: str, sha256: str | None, size: int | None =
                          "it was changed after export: re-run `deploykit export`")
     if sha256 is None:
         return path
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if _VERIFIED.get(key) != sha256:
+    key = _identity(path, stat)
+    if _known_hash(key) != sha256:
         if sha256_file(path) != sha256:
             raise InputError(f"{path} does not match {MANIFEST_NAME} (sha256 differs): it was changed after export; "
                              "re-run `deploykit export`")
-        _VERIFIED[key] = sha256
+        _remember_hash(key, sha256)
     return path

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-
+from deploykit import schema as S
 from deploykit.errors import InputError
 from deploykit.files import atomic_path, read_json
 from deploykit.manifest import Manifest
@@ -31,56 +30,33 @@ def _shape(shape: Any) -> str:
     return "x".join("N" if d is None or isinstance(d, str) else str(d) for d in shape or ())
 
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+def _bench_row(row: dict, where: str) -> None:
+    for key in ("backend", "precision", "variant", "device"):
+        S.get(row, key, where, S.text(64), optional=True)
+    S.get(row, "batch", where, S.whole(1, 1 << 20), optional=True)
+    latency = S.get(row, "latency_ms", where, S.any_object, optional=True) or {}
+    for key in ("p50", "p90", "p99", "mean"):
+        S.get(latency, key, f"{where}.latency_ms", S.number(), optional=True)
+    for key in ("throughput", "speedup_vs_torch"):
+        S.get(row, key, where, S.number(), optional=True)
 
 
-Number = Annotated[float, Field(allow_inf_nan=False)]
-Word = Annotated[str, StringConstraints(max_length=64)]
-
-
-class _Latency(_Open):
-    p50: Number | None = None
-    p90: Number | None = None
-    p99: Number | None = None
-    mean: Number | None = None
-
-
-class _Row(_Open):
-    backend: Word | None = None
-    precision: Word | None = None
-    variant: Word | None = None
-    device: Word | None = None
-    batch: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
-    latency_ms: _Latency = _Latency()
-    throughput: Number | None = None
-    speedup_vs_torch: Number | None = None
-
-
-class _Skip(_Open):
-    backend: Word | None = None
-    precision: Word | None = None
-    batch: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
-    reason: Annotated[str, StringConstraints(max_length=2000)] = ""
-
-
-class _Host(_Open):
-    skipped: list[_Skip] = []
-
-
-class _Bench(_Open):
-    host: _Host = _Host()
-    results: list[_Row]
+def _bench_skip(skip: dict, where: str) -> None:
+    for key in ("backend", "precision"):
+        S.get(skip, key, where, S.text(64), optional=True)
+    S.get(skip, "batch", where, S.whole(1, 1 << 20), optional=True)
+    S.get(skip, "reason", where, S.text(2000), optional=True)
 
 
 def check_bench(data: object, path: Path) -> None:
     """``bench.json`` is data from a file: the fields the report uses must have the types bench writes."""
     try:
-        _Bench.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise InputError(f"{path} is not `deploykit bench --json` output: field {where}: {first['msg']}") from None
+        S.obj(data, "")
+        S.get(data, "results", "", S.items(S.record(_bench_row)))
+        host = S.get(data, "host", "", S.any_object, optional=True) or {}
+        S.get(host, "skipped", "host", S.items(S.record(_bench_skip)), optional=True)
+    except S.SchemaError as exc:
+        raise InputError(f"{path} is not `deploykit bench --json` output: {exc}") from None
 
 
 def training_metrics(manifest: Manifest) -> dict[str, Any] | None:
