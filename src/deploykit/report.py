@@ -190,6 +190,10 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
             raise InputError(f"--bench {bench_path} not found; write it with `deploykit bench DIR --json > FILE`")
         bench = read_json(Path(bench_path), "bench results file")
         check_bench(bench, Path(bench_path))
+    manifest = Manifest.load(folder)
+    for entry in manifest.artifacts:  # the page vouches for these files: they must be the ones verified
+        if (folder / entry["path"]).exists() or (folder / entry["path"]).is_symlink():
+            manifest.file(entry)
     text = render_report(folder, bench)
     dest = Path(out) if out is not None else folder / REPORT_NAME
     with atomic_path(dest) as tmp:
