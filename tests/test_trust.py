@@ -103,7 +103,7 @@ def test_the_lock_refuses_a_second_writer_and_stale_staging_is_cleared(tmp_path)
     (lambda m: m["model"].update(num_classes="2"), "model.num_classes"),
     (lambda m: m["artifacts"][0].update(path="../x.onnx"), "artifacts.0.path"),
     (lambda m: m["artifacts"][0].update(path="/etc/passwd"), "artifacts.0.path"),
-    (lambda m: m["model"].update(class_names=["a", "\x1b[31mb"]), "model.class_names.1"),
+    (lambda m: m["model"].update(class_names=["a", 5]), "model.class_names.1"),
     (lambda m: m["preprocess"].update(height=100000), "preprocess"),
     (lambda m: m["preprocess"].update(mean=[0, 0, 1e308 * 10]), None),
     (lambda m: m.pop("input"), "input"),

@@ -36,7 +36,7 @@ MAX_CLASSES = 1_000_000
 ARTIFACT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"  # a plain file name inside the folder: no /, no .., no dotfile
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-cpu")
 _SHA256 = S.text(64, r"[0-9a-f]{64}")
-LABEL = S.text(256)
+LABEL = S.text(256, printable=False)  # any text: printed literally (cli.render.literal, text.markdown_cell)
 
 
 def _tensor(record: dict, where: str) -> None:
