@@ -7,15 +7,22 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from deploykit.cli.render import err_console
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, missing_extra
 
 
 class DeployKitGroup(TyperGroup):
-    """Catches DeployKitError once for every command: one line on stderr, the error's exit code."""
+    """Catches DeployKitError once for every command: one line on stderr, the error's exit code. A missing
+    optional package (torch, scikit-learn, matplotlib) becomes the MissingDependencyError naming its extra."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except ImportError as exc:
+                missing = missing_extra(exc, ctx.invoked_subcommand)
+                if missing is None:
+                    raise
+                raise missing from exc
         except DeployKitError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
