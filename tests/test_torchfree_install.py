@@ -29,9 +29,6 @@ EXPORT = ROOT / "tests" / "data" / "lenet_export"
 DIGITS = ROOT / "tests" / "data" / "digits"  # 10 held-out digits per class, written by `deploykit data digits`
 TORCH_EXTRA = 'pip install "deploykit[torch]"'
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def torchfree(tmp_path_factory) -> Path:
     """The bin/ folder of a venv holding `pip install <this checkout>` (no extras)."""
@@ -63,6 +60,7 @@ def folder(tmp_path) -> Path:
     return Path(shutil.copytree(EXPORT, tmp_path / "lenet_export"))
 
 
+@pytest.mark.slow
 def test_the_base_install_has_no_torch(torchfree):
     code = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
             "('torch', 'torchvision', 'onnxscript', 'sklearn', 'matplotlib', 'deploykit', 'onnxruntime', "
@@ -77,6 +75,7 @@ def test_the_base_install_has_no_torch(torchfree):
     assert str(torchfree.parent) in where
 
 
+@pytest.mark.slow
 def test_predict_is_right_on_held_out_digits(torchfree, folder, tmp_path):
     images = [sorted((DIGITS / str(d)).glob("*.png"))[0] for d in range(10)]
     started = time.perf_counter()
@@ -89,6 +88,7 @@ def test_predict_is_right_on_held_out_digits(torchfree, folder, tmp_path):
     print(f"deploykit predict (10 images): {took:.2f} s", end=" ")
 
 
+@pytest.mark.slow
 def test_verify_against_the_fp32_onnx(torchfree, folder, tmp_path):
     result = run(torchfree, "verify", folder, "--data", DIGITS, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -98,6 +98,7 @@ def test_verify_against_the_fp32_onnx(torchfree, folder, tmp_path):
         ("model.fp16.onnx", True), ("model.int8.onnx", True), ("model.int8-cpu.onnx", True)]
 
 
+@pytest.mark.slow
 def test_verify_default_photos(torchfree, folder, tmp_path):
     """The bundled scikit-image photos are there without --data (scikit-image is in the base install)."""
     result = run(torchfree, "verify", folder / "model.fp16.onnx", "--json", cwd=tmp_path)
@@ -105,6 +106,7 @@ def test_verify_default_photos(torchfree, folder, tmp_path):
     assert json.loads(result.stdout)["artifacts"][0]["passed"] is True
 
 
+@pytest.mark.slow
 def test_bench_build_report(torchfree, folder, tmp_path):
     result = run(torchfree, "bench", folder, "--batch", "1,8", "--iters", "5", "--warmup", "1", "--json",
                  cwd=tmp_path)
@@ -126,6 +128,7 @@ def test_bench_build_report(torchfree, folder, tmp_path):
     assert "model.int8-cpu.onnx" in text and "ort" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("export", "{pth}"), ("train", "lenet", "--data", "digits", "--epochs", "1"),
                                      ("eval", "{pth}", "--data", "{digits}")], ids=["export", "train", "eval"])
 def test_torch_commands_name_the_extra(torchfree, tmp_path, command):
@@ -137,3 +140,19 @@ def test_torch_commands_name_the_extra(torchfree, tmp_path, command):
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: deploykit {command[0]} needs PyTorch") and TORCH_EXTRA in line
+
+
+def test_a_missing_extra_is_named():
+    """The message the CLI prints (exit 3) when an optional module is missing; None for anything else (a bug)."""
+    from deploykit.errors import MissingDependencyError, missing_extra
+
+    err = missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch"), "export")
+    assert isinstance(err, MissingDependencyError) and err.exit_code == 3
+    assert str(err) == ('deploykit export needs PyTorch, which is not installed here: pip install "deploykit[torch]" '
+                        "(on a Jetson: NVIDIA's PyTorch for JetPack)")
+    broken = missing_extra(ModuleNotFoundError("No module named 'torch._C'", name="torch._C"), "export")
+    assert "whose import failed here (No module named 'torch._C')" in str(broken)
+    assert 'pip install "deploykit[data]"' in str(missing_extra(ModuleNotFoundError("x", name="sklearn.datasets")))
+    assert 'pip install "deploykit[plot]"' in str(missing_extra(ModuleNotFoundError("x", name="matplotlib"), "bench"))
+    assert missing_extra(ModuleNotFoundError("x", name="numpy")) is None
+    assert missing_extra(ImportError("libcudnn.so.9: cannot open shared object file")) is None

@@ -46,5 +46,7 @@ def missing_extra(exc: ImportError, command: str | None = None) -> MissingDepend
         return None
     extra, what = EXTRAS[name]
     jetson = " (on a Jetson: NVIDIA's PyTorch for JetPack)" if extra == "torch" else ""
-    return MissingDependencyError(f"{'deploykit ' + command if command else 'this'} needs {what}, which is not "
-                                  f'installed here: pip install "deploykit[{extra}]"{jetson}')
+    # `torch` itself missing, or an install broken inside (No module named 'torch._C'): say which
+    state = "which is not installed here" if exc.name == name else f"whose import failed here ({exc})"
+    return MissingDependencyError(f"{'deploykit ' + command if command else 'this'} needs {what}, {state}: "
+                                  f'pip install "deploykit[{extra}]"{jetson}')
