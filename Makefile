@@ -3,6 +3,7 @@
 #                  train LeNet, export FP32/FP16/INT8 ONNX (+ TensorRT engines where TensorRT is installed),
 #                  verify with accuracy on held-out digits, eval, bench, and demo/export/report.md
 #   make test   -- creates .venv, installs deploykit + pytest, runs the test suite
+# Both install deploykit[all] (torch, scikit-learn, matplotlib); a device needs only `pip install deploykit`.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ DEMO   ?= demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[all,dev]"
 	touch $@
 
 install: $(VENV)/.installed

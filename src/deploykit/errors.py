@@ -31,3 +31,22 @@ class MissingDependencyError(DeployKitError):
     """An optional dependency (TensorRT, a CUDA GPU, ...) is absent on this host."""
 
     exit_code = 3
+
+
+# Modules that come with an extra (pyproject.toml), and what that extra is for.
+EXTRAS = {"torch": ("torch", "PyTorch"), "torchvision": ("torch", "PyTorch"), "onnxscript": ("torch", "PyTorch"),
+          "safetensors": ("torch", "PyTorch"), "sklearn": ("data", "scikit-learn (the digits dataset)"),
+          "matplotlib": ("plot", "matplotlib (the --plot PNGs)")}
+
+
+def missing_extra(exc: ImportError, command: str | None = None) -> MissingDependencyError | None:
+    """The one-line MissingDependencyError for an ImportError of a module an extra provides, else None."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if name not in EXTRAS:
+        return None
+    extra, what = EXTRAS[name]
+    jetson = " (on a Jetson: NVIDIA's PyTorch for JetPack)" if extra == "torch" else ""
+    # `torch` itself missing, or an install broken inside (No module named 'torch._C'): say which
+    state = "which is not installed here" if exc.name == name else f"whose import failed here ({exc})"
+    return MissingDependencyError(f"{'deploykit ' + command if command else 'this'} needs {what}, {state}: "
+                                  f'pip install "deploykit[{extra}]"{jetson}')

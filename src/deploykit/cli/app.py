@@ -76,7 +76,27 @@ class DeployKitGroup(TyperGroup):
         ctx.exit(INTERNAL_ERROR_EXIT)
 
 
-app = typer.Typer(cls=DeployKitGroup, no_args_is_help=True, add_completion=False,
+class MissingExtras(TyperGroup):
+    """An ImportError of a module that an extra provides (torch, scikit-learn, matplotlib) becomes the
+    MissingDependencyError naming that extra (``pip install "deploykit[torch]"``, exit 3)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ImportError as exc:
+            from deploykit.errors import missing_extra
+
+            missing = missing_extra(exc, ctx.invoked_subcommand)
+            if missing is None:
+                raise
+            raise missing from exc
+
+
+class App(DeployKitGroup, MissingExtras):
+    """DeployKitGroup's one-line errors around MissingExtras (method order: App, DeployKitGroup, MissingExtras)."""
+
+
+app = typer.Typer(cls=App, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False, rich_markup_mode="rich",
                   help="PyTorch image classifiers to ONNX, FP16/INT8 and TensorRT -- every step proven with numbers.")
 
