@@ -12,6 +12,7 @@ from deploykit.files import parse_json
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
+from deploykit.text import class_names_from
 
 
 @dataclass
@@ -44,16 +45,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 MAX_METADATA_CHARS = 16 << 20
-
-
-def class_names_from(value: object, where: str) -> list[str] | None:
-    """Class names from a file (manifest, ONNX metadata, checkpoint): a list of printable strings, or None."""
-    if value is None:
-        return None
-    if not isinstance(value, list) or not 1 <= len(value) <= 1_000_000 or \
-            not all(isinstance(v, str) and len(v) <= 256 for v in value):
-        raise InputError(f"{where}: class names must be a list of strings of at most 256 characters")
-    return list(value)
 
 
 def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:

@@ -592,7 +592,7 @@ def check_program_archive(path: Path) -> None:
 
 def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
     """The fields of a deploykit checkpoint are data from a file: check their types before using them."""
-    from deploykit.predict import class_names_from
+    from deploykit.text import class_names_from
 
     arch = obj.get("arch")
     if arch is not None and (not isinstance(arch, str) or not 0 < len(arch) <= 128):
