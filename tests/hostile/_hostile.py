@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -68,12 +67,6 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _limit_memory(limit_bytes: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-    return apply
-
-
 def command(*args) -> list[str]:
     return [sys.executable, "-m", "deploykit", *[str(a) for a in args]]
 
@@ -82,9 +75,11 @@ def run(*args, cwd: Path, timeout: float = 120, memory_gb: float | None = None) 
     """In a subprocess, as a user runs it; ``memory_gb`` caps the address space (an unbounded allocation then
     fails instead of taking the machine down); a run past ``timeout`` is killed and reported as exit -9."""
     start = time.monotonic()
-    preexec = _limit_memory(int(memory_gb * (1 << 30))) if memory_gb else None
-    proc = subprocess.Popen(command(*args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=preexec, start_new_session=True)
+    argv = command(*args)
+    if memory_gb:  # `ulimit -v` (KiB) in a shell that then execs deploykit
+        argv = ["/bin/sh", "-c", f'ulimit -v {int(memory_gb * (1 << 20))} && exec "$0" "$@"', *argv]
+    proc = subprocess.Popen(argv, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -149,12 +144,12 @@ def sha256(path: Path) -> str:
 
 def assert_folder_consistent(folder: Path, *, allow_absent: bool = False) -> dict | None:
     """deploykit.json is strict JSON and every artifact it lists is inside the folder with the recorded sha256;
-    no temporary file or folder is left inside."""
+    no temporary file or folder is left inside (a lock file may stay after a SIGKILL)."""
     folder = Path(folder)
     if allow_absent and not folder.exists():
         return None
-    leftovers = [p.name for p in folder.iterdir()
-                 if p.name.endswith(".tmp") or p.is_dir() or p.name.startswith((".model", ".deploykit", "tmp"))]
+    leftovers = [p.name for p in folder.iterdir() if "lock" not in p.name.lower() and (
+        p.name.endswith(".tmp") or p.is_dir() or p.name.startswith((".model", "tmp")) or "stag" in p.name.lower())]
     assert not leftovers, f"temporary files/folders left in {folder}: {leftovers}"
     manifest_path = folder / "deploykit.json"
     if allow_absent and not manifest_path.exists() and not any(folder.iterdir()):

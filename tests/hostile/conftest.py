@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from _hostile import invoke
+from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

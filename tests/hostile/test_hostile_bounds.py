@@ -10,9 +10,8 @@ import json
 import shutil
 
 import pytest
-from PIL import Image
-
 from _hostile import assert_no_traceback, assert_refused, edit_manifest, invoke, run
+from PIL import Image
 
 LIMITS = {"timeout": 60, "memory_gb": 8}
 

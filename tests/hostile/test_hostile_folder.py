@@ -7,7 +7,6 @@ nothing; a manifest's artifact paths stay inside the folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -16,9 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from _hostile import (assert_folder_consistent, assert_no_traceback, assert_ok_or_refused, assert_refused,
-                      cli_env, command, edit_manifest, error_lines, invoke, sha256)
+from _hostile import (
+    assert_folder_consistent,
+    assert_ok_or_refused,
+    assert_refused,
+    cli_env,
+    command,
+    edit_manifest,
+    invoke,
+    sha256,
+)
 
 USER_FILES = {"model.x.onnx": b"user onnx, not deploykit's", "model.y.engine": b"user engine",
               "model.trt": b"user trt plan"}
@@ -53,7 +59,15 @@ def test_reexport_keeps_unrelated_files(export_copy, lenet_ckpt_b, digit_images,
 
 # -- kills and Ctrl-C during a re-export -------------------------------------------------------------------------
 def _snapshot(folder: Path) -> dict:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+    """Name -> (inode, size, mtime) of each entry; {} while the folder is absent (mid-swap)."""
+    out = {}
+    try:
+        for p in folder.iterdir():
+            st = p.lstat()
+            out[p.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def _start(ckpt, out, data, cwd):
@@ -82,7 +96,7 @@ def test_killed_reexport_leaves_whole_folder(sig, when, export_copy, lenet_ckpt_
         elif when == "first-change":  # a file written or replaced in the folder, or a staging folder beside it
             due = _snapshot(export_copy) != before or set(os.listdir(tmp_path)) - siblings
         else:  # model.onnx in the folder is no longer the old one
-            due = _snapshot(export_copy).get("model.onnx") != before["model.onnx"]
+            due = _snapshot(export_copy).get("model.onnx") != before["model.onnx"]  # swapped: kill right after
         if due:
             fired = elapsed
             os.killpg(proc.pid, getattr(signal, sig)) if sig == "SIGKILL" else proc.send_signal(signal.SIGINT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _hostile import assert_no_traceback, edit_manifest, invoke
 
 NAMES = {

@@ -4,7 +4,6 @@ writes is strict JSON (no NaN / Infinity), parsed here with a parse_constant tha
 from __future__ import annotations
 
 import pytest
-
 from _hostile import assert_no_traceback, assert_ok_or_refused, assert_refused, edit_manifest, invoke, strict_json
 
 BAD_FLOATS = [("--mean", "nan"), ("--mean", "inf"), ("--std", "nan"), ("--std", "inf"), ("--mean", "-inf")]

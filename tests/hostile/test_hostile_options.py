@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from _hostile import assert_ok_or_refused, assert_refused, invoke
 
 

@@ -10,7 +10,6 @@ import json
 import shutil
 
 import pytest
-
 from _hostile import assert_folder_consistent, assert_ok_or_refused, assert_refused, deep_list, invoke
 
 HUGE_INT = "9" * 5000

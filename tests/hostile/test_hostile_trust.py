@@ -12,11 +12,20 @@ import shutil
 import zipfile
 
 import pytest
-
-from _hostile import (assert_no_traceback, assert_ok_or_refused, assert_refused, edit_manifest, invoke,
-                      payload_bytes, rewrite_zip)
+from _hostile import (
+    assert_no_traceback,
+    assert_ok_or_refused,
+    assert_refused,
+    edit_manifest,
+    invoke,
+    payload_bytes,
+    rewrite_zip,
+)
 
 COMMANDS = ["export", "predict", "eval", "bench", "train-from"]
+# Commands that load any program they are given: a refusal there is the trust rule and names --allow-pickle.
+# (bench FILE and train --from refuse a clean .pt2 for reasons of their own: fixed batch, not fine-tunable.)
+LOADERS = ("export", "predict", "eval")
 
 
 def _run(command: str, model, tmp_path, image):
@@ -63,12 +72,13 @@ def _pickle_pth(tmp_path, marker):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_pt2_sample_inputs_payload(command, lenet_pt2, tmp_path, marker, image):
-    """A .pt2 whose sample inputs are a pickle payload: loads without unpickling, or one line naming --allow-pickle."""
+    """A .pt2 whose sample inputs are a pickle payload: loads without unpickling them, or one line naming
+    --allow-pickle."""
     model = _pt2_sample_inputs(lenet_pt2, tmp_path, marker)
     result = _run(command, model, tmp_path, image)
     assert not marker.exists(), f"the .pt2 sample-inputs payload ran on `{command}`"
     assert_ok_or_refused(result)
-    if result.code != 0:
+    if result.code != 0 and command in LOADERS:
         assert_refused(result, mention="--allow-pickle")
 
 
@@ -79,7 +89,7 @@ def test_pt2_pickled_weight_payload(command, lenet_pt2, tmp_path, marker, image)
     result = _run(command, model, tmp_path, image)
     assert not marker.exists(), f"the .pt2 pickled-weight payload ran on `{command}`"
     assert_ok_or_refused(result)
-    if result.code != 0:
+    if result.code != 0 and command in LOADERS:
         assert_refused(result, mention="--allow-pickle")
 
 
