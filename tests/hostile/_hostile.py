@@ -19,7 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+
+def _src() -> Path:
+    """The sources the in-process runs use (PYTHONPATH=src), so subprocess runs test the same deploykit."""
+    import deploykit
+
+    return Path(deploykit.__file__).resolve().parents[1]
+
+
+SRC = _src()
 REFUSAL_CODES = (1, 2, 3, 4)
 INTERNAL = 70
 

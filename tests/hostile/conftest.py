@@ -131,9 +131,28 @@ def other_export(hostile_root, lenet_ckpt_b, digit_images) -> Path:
 
 @pytest.fixture
 def export_copy(base_export, tmp_path) -> Path:
+    """A copy of base_export; a source path stored relative to the folder gets its checkpoint copied along."""
     dst = tmp_path / "exp"
     shutil.copytree(base_export, dst)
+    source = json.loads((base_export / "deploykit.json").read_text())["source"]["path"]
+    if not os.path.isabs(source):
+        (dst / source).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(base_export / source, dst / source)
     return dst
+
+
+@pytest.fixture
+def retrained(export_copy, lenet_ckpt, lenet_ckpt_b, tmp_path):
+    """export_copy made from tmp_path/model.pth (lenet_a), which is then retrained in place (now lenet_b): a
+    re-export of model.pth replaces model.onnx and the class names ("0".. -> "a..")."""
+    ckpt = tmp_path / "model.pth"
+    shutil.copy(lenet_ckpt, ckpt)
+    manifest = export_copy / "deploykit.json"
+    data = json.loads(manifest.read_text())
+    data["source"]["path"] = str(ckpt)
+    manifest.write_text(json.dumps(data, indent=2))
+    shutil.copy(lenet_ckpt_b, ckpt)
+    return export_copy, ckpt
 
 
 @pytest.fixture

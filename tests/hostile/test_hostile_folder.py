@@ -42,13 +42,14 @@ def test_user_files_in_plain_out_folder_kept(lenet_ckpt, tmp_path, digit_images)
         assert (out / name).is_file() and (out / name).read_bytes() == data, f"export deleted the user's {name}"
 
 
-def test_reexport_keeps_unrelated_files(export_copy, lenet_ckpt_b, digit_images, manifest_of):
+def test_reexport_keeps_unrelated_files(retrained, digit_images, manifest_of):
     """Re-exporting into an export folder removes only what the old deploykit.json listed."""
+    export_copy, ckpt = retrained
     keep = {"notes.txt": b"my notes", "bench.json": b'{"host": {}, "results": []}', "model.z.onnx": b"mine",
             "model.fp32.engine": b"my engine, not in the manifest"}
     for name, data in keep.items():
         (export_copy / name).write_bytes(data)
-    result = invoke("export", lenet_ckpt_b, "--out", export_copy, "--data", digit_images)
+    result = invoke("export", ckpt, "--out", export_copy, "--data", digit_images)
     assert result.code == 0, result.describe()
     for name, data in keep.items():
         assert (export_copy / name).is_file() and (export_copy / name).read_bytes() == data, \
@@ -80,13 +81,14 @@ KILLS = [("SIGKILL", "1.5s"), ("SIGINT", "3s"), ("SIGKILL", "first-change"), ("S
 
 
 @pytest.mark.parametrize("sig,when", KILLS, ids=[f"{s}-{w}" for s, w in KILLS])
-def test_killed_reexport_leaves_whole_folder(sig, when, export_copy, lenet_ckpt_b, digit_images, tmp_path):
+def test_killed_reexport_leaves_whole_folder(sig, when, retrained, digit_images, tmp_path):
     """Kill / Ctrl-C a re-export at a point; the folder is the old export or the new one, whole."""
+    export_copy, ckpt = retrained
     (export_copy / "notes.txt").write_text("mine")
     old_onnx = sha256(export_copy / "model.onnx")
     before = _snapshot(export_copy)
     siblings = set(os.listdir(tmp_path))
-    proc = _start(lenet_ckpt_b, export_copy, digit_images, tmp_path)
+    proc = _start(ckpt, export_copy, digit_images, tmp_path)
     start = time.monotonic()
     fired = None
     while proc.poll() is None and time.monotonic() - start < 120:
