@@ -134,6 +134,8 @@ def test_concurrent_exports_one_wins(lenet_ckpt, lenet_ckpt_b, digit_images, tmp
         if code != 0:
             lines = [line for line in text.splitlines() if line.startswith("error:")]
             assert code in (1, 2, 3, 4) and len(lines) == 1, f"exit {code}: {text[-2000:]}"
+            # refused because of the other export (its lock, or its finished export of another model)
+            assert any(w in lines[0].lower() for w in ("lock", "another", "in progress", "busy")), lines[0]
     assert_folder_consistent(out, allow_absent=True)
 
 
