@@ -79,13 +79,26 @@ def command(*args) -> list[str]:
     return [sys.executable, "-m", "deploykit", *[str(a) for a in args]]
 
 
-def run(*args, cwd: Path, timeout: float = 120, memory_gb: float | None = None) -> Outcome:
-    """In a subprocess, as a user runs it; ``memory_gb`` caps the address space (an unbounded allocation then
-    fails instead of taking the machine down); a run past ``timeout`` is killed and reported as exit -9."""
+_LAUNCH = """import os, resource, sys
+memory, fsize = int(sys.argv[1]), int(sys.argv[2])
+if memory:
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+if fsize:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))  # Python ignores SIGXFSZ: writes fail with EFBIG
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def run(*args, cwd: Path, timeout: float = 120, memory_gb: float | None = None,
+        max_file_bytes: int | None = None) -> Outcome:
+    """In a subprocess, as a user runs it. ``memory_gb`` caps the address space (an unbounded allocation then fails
+    instead of taking the machine down); ``max_file_bytes`` makes any larger write fail as a full disk would; a run
+    past ``timeout`` is killed and reported as exit -9."""
     start = time.monotonic()
     argv = command(*args)
-    if memory_gb:  # `ulimit -v` (KiB) in a shell that then execs deploykit
-        argv = ["/bin/sh", "-c", f'ulimit -v {int(memory_gb * (1 << 20))} && exec "$0" "$@"', *argv]
+    if memory_gb or max_file_bytes:
+        argv = [sys.executable, "-c", _LAUNCH, str(int((memory_gb or 0) * (1 << 30))), str(max_file_bytes or 0),
+                *argv]
     proc = subprocess.Popen(argv, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

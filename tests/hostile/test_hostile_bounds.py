@@ -126,3 +126,18 @@ def test_verify_huge_source_bounded(export_copy, digit_images, tmp_path):
     huge.unlink()
     assert_no_traceback(result)
     assert result.code in (0, 1, 4), result.describe()
+
+
+# -- a write that fails (disk full): one line, nothing half-written -------------------------------------------------
+def test_export_write_fails(lenet_ckpt, tmp_path):
+    """Every file over 100 KB fails to write (as on a full disk) while exporting --fp16."""
+    out = tmp_path / "out"
+    result = run("export", lenet_ckpt, "--out", out, "--fp16", "--no-verify", cwd=tmp_path, max_file_bytes=100_000)
+    assert_refused(result)
+    left = [p.name for p in tmp_path.iterdir() if "out" in p.name]  # the folder, or a staging folder beside it
+    assert not left, f"a failed export into a new --out left {left}"
+
+
+def test_data_write_fails(tmp_path):
+    result = run("data", "digits", "--out", tmp_path / "digits", cwd=tmp_path, max_file_bytes=100)
+    assert_refused(result)
