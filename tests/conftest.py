@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# deploykit's user cache (artifact hashes, compiled models) goes to a folder of this test session, not ~/.cache
+os.environ.setdefault("DEPLOYKIT_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="deploykit-test-cache-"))
 
 
 @pytest.fixture(autouse=True)
