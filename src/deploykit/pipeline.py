@@ -51,6 +51,12 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
         tell(msg)
+    if precision is not None and precision.int8 and loaded.kind == "deploykit":
+        from dataclasses import replace as _replace
+
+        from deploykit.train import trained_on_grayscale
+
+        precision = _replace(precision, grayscale_trained=trained_on_grayscale(loaded.extra))
     step("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)

@@ -94,6 +94,10 @@ def export(
         "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")] = None,
     calib_method: Annotated[Optional[CalibMethod], typer.Option(
         "--calib-method", help="How ranges are chosen \\[default: entropy].")] = None,
+    calib_grayscale: Annotated[bool, typer.Option(
+        "--calib-grayscale", help="Calibrate a colour model on grayscale images (converted to RGB) without a "
+                                  "warning: the model sees such images. Not needed for a `deploykit train` "
+                                  "checkpoint, which records it.")] = False,
     min_calib: Annotated[Optional[int], typer.Option(
         "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")] = None,
     int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
@@ -142,7 +146,7 @@ def export(
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
-                                 int8_accuracy_drop=int8_accuracy_drop)
+                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision)

@@ -55,6 +55,8 @@ class PrecisionRequest:
     # Judge each INT8 graph against its gate and rank its layers when it misses. Off for `export --no-verify`
     # (the user asked for speed, not checks) unless --accuracy-budget asks for the ranking.
     check: bool = True
+    calib_grayscale: bool = False  # --calib-grayscale: the model sees grayscale images converted to colour
+    grayscale_trained: bool = False  # the checkpoint says training converted grayscale images to colour
 
     @property
     def any(self) -> bool:
@@ -90,6 +92,7 @@ class PrecisionRequest:
                 ("--calib", self.calib), ("--calib-size", self.calib_size), ("--calib-method", self.calib_method),
                 ("--min-calib", self.min_calib), ("--accuracy-budget", self.accuracy_budget),
                 ("--int8-agreement", self.int8_agreement), ("--int8-accuracy-drop", self.int8_accuracy_drop),
+                ("--calib-grayscale", True if self.calib_grayscale else None),
             ) if value is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
@@ -160,7 +163,12 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 
     if request.int8:
         images = calib_images or prepare_calibration(request, warn=warn)
-        check_channels(images, preprocess.channels, request.calib or Path("calib"))
+        accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
+                    "--calib-grayscale says" if request.calib_grayscale else None)
+        gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
+                              warn=warn)
+        if gray:
+            result.notes.append(gray)
         tensors = list(plan.activation_tensors)
         if Int8Target.cpu in request.int8_for:
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
