@@ -18,7 +18,9 @@ def bench(
     target: Annotated[Optional[Path], typer.Argument(help="Export folder, one artifact in it (model.fp16.onnx, "
                                                           "model.fp16.engine: that one beside PyTorch FP32), or a "
                                                           "model file (exported on the fly into a temporary folder) "
-                                                          "\\[default: a bundled ResNet-18].")] = None,
+                                                          "\\[default: the most recently written export folder "
+                                                          "under ./exports/, else a bundled ResNet-18 with random "
+                                                          "weights].")] = None,
     backends: Annotated[str, typer.Option("--backends", help="Comma list of torch,ort,trt.")] = "torch,ort,trt",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu.")]
     = "fp32,fp16,int8,int8-cpu",
@@ -42,7 +44,7 @@ def bench(
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from deploykit.bench import (Backend, BenchOptions, bench_target, parse_batches, parse_list,
+    from deploykit.bench import (Backend, BenchOptions, bench_target, default_target, parse_batches, parse_list,
                                  render_table, skip_text, write_markdown, write_plot)
     from deploykit.errors import InputError
     from deploykit.verify import Precision
@@ -55,6 +57,10 @@ def bench(
     for path, flag in ((plot, "--plot"), (md, "--md")):
         if path is not None and path.is_dir():
             raise InputError(f"{flag} {path} is a folder; give a file name")
+
+    if target is None:  # say what is benched on the first line (stderr under --json: stdout is the JSON)
+        target, said = default_target()
+        (err_console if as_json else console).print(said, highlight=False, soft_wrap=True)
 
     # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
