@@ -14,16 +14,22 @@ from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 
 
+CHUNK = 64  # images preprocessed and run at a time
+
+
 @dataclass
 class Predictor:
     runner: Runner
     preprocess: Preprocess
     class_names: list[str] | None
+    artifact: str = ""  # what runs: "exports/x/model.onnx (fp32, ONNX Runtime)"
 
     def topk(self, paths: list[Path], k: int = 5) -> list[dict]:
         if k < 1:
             raise InputError("--topk must be >= 1")
-        logits = self.runner.infer(self.preprocess.batch(paths))
+        paths = expand_images(paths)
+        logits = np.concatenate([self.runner.infer(self.preprocess.batch(paths[i:i + CHUNK]))
+                                 for i in range(0, len(paths), CHUNK)])
         probs = softmax(logits)
         results = []
         for path, p in zip(paths, probs):
@@ -32,6 +38,23 @@ class Predictor:
                 {"index": int(i), "label": self.class_names[i] if self.class_names and i < len(self.class_names)
                  else str(int(i)), "probability": float(p[i])} for i in order]})
         return results
+
+
+def expand_images(paths: list[Path]) -> list[Path]:
+    """Image files as given; a folder becomes its readable images (subfolders too), sorted by path."""
+    from deploykit.data import scan_images
+
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(scan_images(path, what="IMAGE").paths)
+        elif not path.exists():
+            raise InputError(f"image not found: {path}")
+        else:
+            out.append(path)
+    if not out:
+        raise InputError("no images given")
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -53,9 +76,29 @@ def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
 def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Predictor:
     """``artifact``: an export folder, an ``.onnx`` file (manifest beside it, or metadata inside), a TensorRT
     ``.engine`` (manifest beside it), or a checkpoint."""
-    artifact = Path(artifact)
+    predictor = _load(Path(artifact), device=device, options=options)
+    names = getattr(options, "class_names", None)
+    if names:  # --labels: names for an artifact that has none, or other names for its outputs
+        predictor.class_names = list(names)
+    return predictor
+
+
+def _precision_of(path: Path) -> str:
+    folder = path.parent
+    if (folder / MANIFEST_NAME).is_file():
+        entry = Manifest.load(folder).artifact(path.name)
+        if entry and entry.get("precision"):
+            return entry["precision"]
+    return "fp32"
+
+
+def _load(artifact: Path, *, device: str, options) -> Predictor:
     if not artifact.exists():
         raise InputError(f"not found: {artifact}")
+    if (artifact.is_dir() or artifact.suffix == ".onnx" or artifact.suffix in (".engine", ".plan", ".trt")) and \
+            options is not None and (options.mean is not None or options.std is not None):
+        raise InputError("--mean/--std apply to a checkpoint; an export folder or artifact carries the "
+                         "preprocessing it was exported with")
     if artifact.is_dir():
         manifest = Manifest.load(artifact)
         fp32 = next((a for a in manifest.artifacts if a["path"].endswith(".onnx")), None)
@@ -71,22 +114,25 @@ def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Pred
         from deploykit.runners.trt import TensorRTRunner
 
         manifest = Manifest.load(artifact.parent)
-        return Predictor(TensorRTRunner(artifact), manifest.preprocessing, manifest.class_names)
+        return Predictor(TensorRTRunner(artifact), manifest.preprocessing, manifest.class_names,
+                         f"{artifact} ({_precision_of(artifact)}, TensorRT)")
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
         runner = OnnxRuntimeRunner(artifact, device=device)
         manifest_path = artifact.parent / MANIFEST_NAME
+        what = f"{artifact} ({_precision_of(artifact)}, ONNX Runtime {device.upper()})"
         if manifest_path.is_file():
             manifest = Manifest.load(artifact.parent)
-            return Predictor(runner, manifest.preprocessing, manifest.class_names)
+            return Predictor(runner, manifest.preprocessing, manifest.class_names, what)
         pre, names = _onnx_metadata(artifact)
         if pre is None:
             raise InputError(f"{artifact.name} has no {MANIFEST_NAME} beside it and no deploykit metadata; "
                              "predict on the export folder instead")
-        return Predictor(runner, pre, names)
+        return Predictor(runner, pre, names, what)
     from deploykit.models.loading import load_model
     from deploykit.runners.torch import TorchRunner
 
     loaded = load_model(artifact, options)
-    return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names)
+    return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names,
+                     f"{artifact} (PyTorch, {loaded.arch or loaded.kind})")
