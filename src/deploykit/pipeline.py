@@ -16,7 +16,7 @@ from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
 from deploykit.runners.torch import TorchRunner
-from deploykit.verify import ParityReport, evaluate, explain_fp16_failures, label_indices, record_parity
+from deploykit.verify import ParityReport, accuracy_labels, evaluate, explain_fp16_failures, record_parity
 
 
 @dataclass
@@ -106,7 +106,7 @@ def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, d
     reference = TorchRunner(loaded.module, loaded.preprocess.shape)
     candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
                   for a in manifest.artifacts if a["path"].endswith(".onnx")]
-    labels = label_indices(images, loaded.class_names, loaded.num_classes)
+    labels = accuracy_labels(images, loaded.class_names, loaded.num_classes, warn)
     report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, data_name=images.source)
     explain_fp16_failures(report, loaded.module, batch)
     record_parity(manifest, report)

@@ -23,6 +23,7 @@ class Predictor:
     preprocess: Preprocess
     class_names: list[str] | None
     artifact: str = ""  # what runs: "exports/x/model.onnx (fp32, ONNX Runtime)"
+    arch: str | None = None  # the architecture, where the manifest or checkpoint names it
 
     def topk(self, paths: list[Path], k: int = 5) -> list[dict]:
         if k < 1:
@@ -115,7 +116,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
 
         manifest = Manifest.load(artifact.parent)
         return Predictor(TensorRTRunner(artifact), manifest.preprocessing, manifest.class_names,
-                         f"{artifact} ({_precision_of(artifact)}, TensorRT)")
+                         f"{artifact} ({_precision_of(artifact)}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
@@ -124,7 +125,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         what = f"{artifact} ({_precision_of(artifact)}, ONNX Runtime {device.upper()})"
         if manifest_path.is_file():
             manifest = Manifest.load(artifact.parent)
-            return Predictor(runner, manifest.preprocessing, manifest.class_names, what)
+            return Predictor(runner, manifest.preprocessing, manifest.class_names, what, manifest.model.get("arch"))
         pre, names = _onnx_metadata(artifact)
         if pre is None:
             raise InputError(f"{artifact.name} has no {MANIFEST_NAME} beside it and no deploykit metadata; "
@@ -135,4 +136,4 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
 
     loaded = load_model(artifact, options)
     return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names,
-                     f"{artifact} (PyTorch, {loaded.arch or loaded.kind})")
+                     f"{artifact} (PyTorch, {loaded.arch or loaded.kind})", loaded.arch)

@@ -146,7 +146,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``."""
     import onnx
 
-    from deploykit.verify import label_indices
+    from deploykit.verify import accuracy_labels
 
     step = status or (lambda msg: None)
     folder = Path(folder)
@@ -198,7 +198,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         # Judging each INT8 graph (and ranking its layers when it misses) needs the FP32 logits: skipped for
         # `export --no-verify` unless --accuracy-budget asks for the ranking.
         judge_int8 = request.check or request.accuracy_budget is not None
-        labels = label_indices(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
+        labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
         targets = {
             Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
