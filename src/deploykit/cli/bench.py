@@ -42,7 +42,9 @@ def bench(
     = False,
 ) -> None:
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from deploykit.progress import progress_bar
 
     from deploykit.bench import (Backend, BenchOptions, bench_target, default_target, parse_batches, parse_list,
                                  render_table, skip_text, write_markdown, write_plot)
@@ -63,8 +65,8 @@ def bench(
         (err_console if as_json else console).print(said, highlight=False, soft_wrap=True)
 
     # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                  auto_refresh=False, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      auto_refresh=False, transient=True) as bar:
         task = bar.add_task("benchmarking", total=None)
 
         def progress(label: str, done: int, total: int) -> None:

@@ -36,7 +36,9 @@ def eval_(
     labels: LabelsOpt = None,
 ) -> None:
     """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from deploykit.progress import progress_bar
 
     from deploykit.errors import InputError
     from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
@@ -45,8 +47,8 @@ def eval_(
         raise InputError(f"--plot {plot} is a folder; give a file name such as {plot / 'confusion.png'}")
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, None,
                            labels)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                  transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True) as bar:
         report = evaluate_model(model, data, data_root=data_root, options=options, progress=bar, note=note)
     png = plot_confusion(report, plot or default_plot_path(model))
     if as_json:

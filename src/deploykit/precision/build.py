@@ -121,10 +121,12 @@ ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
 def rich_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar on stderr; yields ``advance(n)``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    from deploykit.progress import progress_bar  # plain lines where stderr is a log or a pipe
+
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
