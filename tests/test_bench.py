@@ -418,7 +418,7 @@ def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_f
     ok = Case(Backend.ort, Precision.FP32, Variant.session, 1,
               lambda batch: Prepared(step=lambda: None, clock=lambda step: (step(), 0.5)[1], clock_name="test"))
     bad = [Case(Backend.trt, Precision.FP16, v, 1, refused) for v in (Variant.end_to_end, Variant.compute)]
-    monkeypatch.setattr(bench, "plan_cases", lambda folder, manifest, options, only=None: ([*bad, ok], []))
+    monkeypatch.setattr(bench, "plan_cases", lambda folder, manifest, options, only=None, **_: ([*bad, ok], []))
     report = bench_folder(lenet_folder, BenchOptions(iters=2, warmup=0))
     assert [(m.backend, m.precision) for m in report.results] == [(Backend.ort, Precision.FP32)]
     assert [(s.backend, s.precision, s.batch, s.reason) for s in report.skipped] == [

@@ -1178,7 +1178,7 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     smallest = batches[0]
     at = [m for m in report.results if m.batch == smallest]
     two = len(batches) > 1
-    height = max(3.2, 0.55 * len(at) + 1.8)
+    height = max(4.0, 0.55 * len(at) + 1.8)
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13 if two else 8, height), squeeze=False)
     ax_lat = axes[0][0]
     y = np.arange(len(at))[::-1]  # first row on top

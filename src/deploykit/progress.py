@@ -71,7 +71,8 @@ class PlainProgress:
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
         task_id = len(self._tasks)
         self._tasks[task_id] = task = _Task(description, total, fields=dict(fields))
-        self._line(task)
+        if total is not None:  # a task without a size yet (bench before its cases are known) starts silently
+            self._line(task)
         return task_id
 
     def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
