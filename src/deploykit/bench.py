@@ -1101,18 +1101,32 @@ def rows(report: BenchReport) -> list[list[str]]:
 
 
 def render_table(report: BenchReport):
+    """The rich table; columns that carry nothing on this run (no GPU memory, only plain variants, one device,
+    named in the title instead) are left out."""
     from rich.table import Table
 
     target = report.target
-    title = f"{model_title(report)} {shape_text(target.get('input'))} -- {report.host_line}"
+    body = rows(report)
+    devices = sorted({m.device.value for m in report.results})
+    drop = set()
+    if all(r[COLUMNS.index("GPU MB")] == "-" for r in body):
+        drop.add("GPU MB")
+    if all(m.variant in (Variant.eager, Variant.session) for m in report.results):
+        drop.add("variant")
+    if len(devices) == 1:
+        drop.add("device")
+    keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
+    on = f" on {devices[0]}" if len(devices) == 1 else ""
+    title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
     table = Table(title=title, title_justify="left", caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, "
                   "vs torch = PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
                   "export/verify (vs PyTorch)", caption_justify="left")
-    for col in COLUMNS:
+    for i in keep:
+        col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
                                                          "parity") else "right", no_wrap=col != "parity")
-    for row in rows(report):
-        table.add_row(*row)
+    for row in body:
+        table.add_row(*[row[i] for i in keep])
     return table
 
 
