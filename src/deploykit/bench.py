@@ -658,6 +658,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
     """
     cases: list[Case] = []
     skips: list[Skip] = []
+    temporary = where is not None  # an export made on the fly for this bench: advice names no folder
     where = where or f"{folder.name}/"  # how skip reasons name the folder
     threads = options.thread_count
     cpu = options.device is Device.cpu
@@ -738,8 +739,9 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
             for precision in precisions[backend]:
                 entry = onnx_entry(precision)
                 if entry is None:
-                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {where} "
-                                                          f"({_how_to_make(precision)})"))
+                    how = (f"it is exported in FP32 only; bench an export folder made with `deploykit export MODEL "
+                           f"{_flags_for(precision)}`" if temporary else _how_to_make(precision))
+                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {where} ({how})"))
                     continue
                 note = None
                 if cpu and precision is Precision.FP16:
@@ -757,7 +759,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                                       artifact=entry["path"], parity=parity_summary(entry), note=note))
         elif backend is Backend.trt:
             if cpu:
-                skips.append(Skip(backend, None, _trt_on_cpu_advice(folder)))
+                skips.append(Skip(backend, None, _trt_on_cpu_advice(None if temporary else folder)))
                 continue
             runner_cls, reason = _trt_runner_class()
             host = None
@@ -811,10 +813,14 @@ def _gpu_here() -> bool:
     return not isinstance(gpu_info(), str)
 
 
-def _trt_on_cpu_advice(folder: Path) -> str:
-    """Why the TensorRT rows of a CPU bench are skipped, and the next step that fits this host."""
+def _trt_on_cpu_advice(folder: Path | None) -> str:
+    """Why the TensorRT rows of a CPU bench are skipped, and the next step that fits this host (``folder`` None:
+    an export made on the fly, which the user cannot copy)."""
     if _gpu_here():
         return "TensorRT runs on NVIDIA GPUs: add --device cuda"
+    if folder is None:
+        return ("no NVIDIA GPU here: on the device, export with `deploykit export MODEL --to trt` and bench that "
+                "folder with --device cuda")
     return (f"no NVIDIA GPU here: build and bench the engine on the device: deploykit build {folder} && "
             f"deploykit bench {folder} --device cuda")
 
@@ -837,6 +843,11 @@ def default_target(root: Path = EXPORTS_DIR) -> tuple[Path | None, str]:
                         "(pass TARGET to bench another)")
     return None, (f"benchmarking the bundled {DEFAULT_MODEL} (random weights, 1000 classes, 224x224): there is no "
                   f"export folder under ./{root}/; pass TARGET (an export folder or a model file) to bench yours")
+
+
+def _flags_for(precision: Precision) -> str:
+    return {Precision.FP32: "", Precision.FP16: "--fp16", Precision.INT8: "--int8",
+            Precision.INT8_CPU: "--int8-for cpu"}[precision]
 
 
 def _how_to_make(precision: Precision) -> str:
@@ -883,7 +894,9 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
     manifest = manifest or Manifest.load(folder)
     if options.device is Device.cuda:
         _require_cuda()
-    where = "the bundled model's temporary export" if (target or {}).get("bundled") else None
+    info = target or {}
+    where = ("the bundled model's temporary export" if info.get("bundled") else
+             f"the on-the-fly export of {Path(str(info.get('source'))).name}" if info.get("exported") else None)
     cases, skips = plan_cases(folder, manifest, options, only=only, where=where)
     host = host_info(options)
     results: list[Measurement] = []
