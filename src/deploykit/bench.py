@@ -1131,9 +1131,10 @@ def render_table(report: BenchReport):
     keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
     on = f" on {devices[0]}" if len(devices) == 1 else ""
     title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
-    table = Table(title=title, title_justify="left", caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, "
-                  "vs torch = PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
-                  "export/verify (vs PyTorch)", caption_justify="left")
+    table = Table(title=title, title_justify="left",
+                  caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
+                          "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
+                          "export/verify (vs PyTorch)", caption_justify="left")
     for i in keep:
         col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",

@@ -161,7 +161,8 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
     has_acc = any("accuracy" in ((a.get("parity") or {}).get("metrics") or {}) for a in manifest.artifacts)
     lines += ["## Artifacts", "",
               "Each artifact against its reference on the verification images (`deploykit verify`); "
-              + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""] + _artifact_rows(manifest)
+              + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
+    lines += _artifact_rows(manifest)
     int8 = _int8_lines(manifest)
     if int8:
         lines += ["", "INT8 calibration:", ""] + int8

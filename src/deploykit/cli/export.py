@@ -67,7 +67,8 @@ def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
                                                "TorchScript, torch.export .pt2, or a pickled module.")],
     to: Annotated[Target, typer.Option("--to", help="Final artifact.")] = Target.onnx,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")
+                   ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option(
@@ -105,7 +106,8 @@ def export(
     min_calib: Annotated[Optional[int], typer.Option(
         "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")] = None,
     int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
-        "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx (fastest for ONNX "
+        "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
+                           "(fastest for ONNX "
                            "Runtime CPU). Repeat for both \\[default: trt].")] = None,
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
