@@ -9,8 +9,8 @@ How a case is measured (the method trtexec and ``torch.utils.benchmark`` use):
 * PyTorch (``torch.set_num_threads``) and ONNX Runtime (``intra_op_num_threads``, one inter-op thread) get the
   same thread count, all cores by default;
 * denormals are flushed to zero in every backend (``torch.set_flush_denormal(True)``, ONNX Runtime's
-  ``session.set_denormal_as_zero``): random or badly scaled weights otherwise drive one backend into denormal
-  arithmetic (PyTorch eager ran mobilenet_v3_small 170x slower) and a "speed-up" measures that, not the graph;
+  ``session.set_denormal_as_zero``): random or badly scaled weights can otherwise drive one backend into
+  denormal arithmetic, orders of magnitude slower, and a "speed-up" would measure that, not the graph;
 * the step that is timed is the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under
   ``inference_mode`` -- so bench adds nothing a hand-written loop would not.
 
