@@ -78,7 +78,8 @@ def bench(
     busy = report.host.get("load_avg_1m")
     if busy is not None and busy >= report.host["cores_available"]:
         warn(f"this host was busy when timing started (1-min load {busy} on {report.host['cores_available']} "
-             "cores): timings are noisy, rerun when it is quieter")
+             "cores): timings are noisy, PyTorch's most (its threads wait on each other when cores are taken), "
+             "so its speed-ups overstate; rerun when it is quieter, or with --threads 1")
     if as_json:
         print(json.dumps(report.to_json()))
     else:
