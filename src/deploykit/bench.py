@@ -1223,7 +1223,8 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
         ax_lat.set_xscale("log")
     ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
     for yi, m in zip(y, at):
-        text = f" {m.latency.p50:.3g} ms"
+        p = m.latency.p50
+        text = f" {p:.3g} ms" if p < 1000 else f" {p:,.0f} ms"
         if m.speedup_vs_torch and not (m.backend is Backend.torch and m.precision is Precision.FP32
                                        and m.variant is Variant.eager):
             text += f"  {m.speedup_vs_torch:.2f}x vs torch"
