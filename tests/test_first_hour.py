@@ -92,6 +92,10 @@ def test_bare_bench_says_which_export_first(cli, lenet_export):
     first = result.output.splitlines()[0]
     assert first.startswith("benchmarking exports/lenet: the most recently written export folder"), first
     assert "denormals flushed to zero" in result.output
+    saved = json.loads(Path("exports/lenet/bench.json").read_text())  # kept for `deploykit report`
+    assert [r["backend"] for r in saved["results"]] == ["ort"] and Path("exports/lenet/bench.png").is_file()
+    assert "## Speed" in cli("report", "exports/lenet").output or "| ort |" in Path(
+        "exports/lenet/report.md").read_text()
 
 
 # -- item 4: one denormal policy, one statistic -----------------------------------------------------------------
