@@ -351,3 +351,34 @@ def test_report_mentions_accuracy_only_with_an_accuracy_column(tmp_path):
                             "passed": True, "metrics": {"max_abs_diff": 0.0}}}])
     manifest.save(tmp_path)
     assert "accuracy in percent" not in render_report(tmp_path)
+
+
+def test_version_keeps_the_apps_own_global_options():
+    """Typer keeps one callback per app: --version wraps the one app.py may declare instead of replacing it."""
+    from typing import Annotated
+
+    import typer
+
+    from deploykit import __version__
+    from deploykit.cli.command import add_version_option
+
+    app, seen = typer.Typer(), {}
+
+    @app.callback()
+    def _global(debug: Annotated[bool, typer.Option("--debug")] = False) -> None:
+        seen["debug"] = debug
+
+    @app.command()
+    def hello() -> None:
+        print("hello")
+
+    @app.command()
+    def bye() -> None:
+        print("bye")
+
+    add_version_option(app)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--debug", "hello"])
+    assert result.exit_code == 0 and result.output.strip() == "hello" and seen == {"debug": True}
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"deploykit {__version__}"

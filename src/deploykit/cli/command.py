@@ -7,6 +7,10 @@ does: ``deploykit export [OPTIONS] MODEL``, ``deploykit predict [OPTIONS] ARTIFA
 
 from __future__ import annotations
 
+import inspect
+from typing import Annotated
+
+import typer
 from typer.core import TyperCommand
 
 
@@ -42,3 +46,38 @@ def use_everywhere(app) -> None:
     group = app.info.cls
     if isinstance(group, type) and not issubclass(group, FlagsWithoutType):
         app.info.cls = type(group.__name__, (FlagsWithoutType, group), {"__doc__": group.__doc__})
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deploykit import __version__
+
+        print(f"deploykit {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, metavar="",
+                                          help="Print deploykit's version and exit.")]
+
+
+def add_version_option(app) -> None:
+    """``deploykit --version``, beside whatever global options the app's own callback declares: Typer keeps one
+    callback per app, so that callback (if any) is wrapped with one more parameter rather than replaced."""
+    info = app.registered_callback
+    base = info.callback if info is not None else None
+    if base is not None and "version" in inspect.signature(base).parameters:
+        return
+
+    def callback(**kwargs):
+        kwargs.pop("version", None)
+        return base(**kwargs) if base is not None else None
+
+    params = list(inspect.signature(base, eval_str=True).parameters.values()) if base is not None else []
+    params.append(inspect.Parameter("version", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VersionOpt))
+    callback.__signature__ = inspect.Signature(params)
+    callback.__annotations__ = {p.name: p.annotation for p in params}
+    callback.__doc__ = base.__doc__ if base is not None else None
+    if info is None:
+        app.callback()(callback)
+    else:
+        info.callback = callback
