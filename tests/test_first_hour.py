@@ -9,10 +9,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pytest
 import torch
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -355,10 +357,6 @@ def test_report_mentions_accuracy_only_with_an_accuracy_column(tmp_path):
 
 def test_version_keeps_the_apps_own_global_options():
     """Typer keeps one callback per app: --version wraps the one app.py may declare instead of replacing it."""
-    from typing import Annotated
-
-    import typer
-
     from deploykit import __version__
     from deploykit.cli.command import add_version_option
 
