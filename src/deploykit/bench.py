@@ -8,6 +8,9 @@ How a case is measured (the method trtexec and ``torch.utils.benchmark`` use):
   around each: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU;
 * PyTorch (``torch.set_num_threads``) and ONNX Runtime (``intra_op_num_threads``, one inter-op thread) get the
   same thread count, all cores by default;
+* denormals are flushed to zero in every backend (``torch.set_flush_denormal(True)``, ONNX Runtime's
+  ``session.set_denormal_as_zero``): random or badly scaled weights can otherwise drive one backend into
+  denormal arithmetic, orders of magnitude slower, and a "speed-up" would measure that, not the graph;
 * the step that is timed is the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under
   ``inference_mode`` -- so bench adds nothing a hand-written loop would not.
 
@@ -28,7 +31,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +51,9 @@ MIN_ITERS = 10  # ... but never fewer than this
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+EXPORTS_DIR = Path("exports")  # where `deploykit bench` with no TARGET looks for the latest export folder
+DENORMALS = "flush-to-zero"  # the one denormal policy every backend is timed under
+ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
 
 
 class Backend(str, Enum):
@@ -171,8 +177,9 @@ class Measurement:
 
     @property
     def throughput(self) -> float:
-        """Images per second: batch / mean latency (runs are back to back, one at a time)."""
-        return self.batch * 1000.0 / self.latency.mean
+        """Images per second: batch / p50 latency (runs are back to back, one at a time); the p50, like the
+        speed-up, so one table uses one statistic."""
+        return self.batch * 1000.0 / max(self.latency.p50, 1e-6)
 
     @property
     def label(self) -> str:
@@ -261,7 +268,7 @@ def host_info(options: BenchOptions) -> dict[str, Any]:
         "cores_available": available_cores(), "threads": options.thread_count,
         "isa": [f for f in ISA_FLAGS if f in flags], "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "device": options.device.value,
+        "device": options.device.value, "denormals": DENORMALS,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": _version("torch"),
                      "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
                      "tensorrt": _version("tensorrt"), "deploykit": _version("deploykit")},
@@ -293,7 +300,8 @@ def host_line(host: dict[str, Any]) -> str:
     load = f" | load {host['load_avg_1m']}" if host.get("load_avg_1m") is not None else ""
     return (f"{host['cpu']} | {host['cores_available']} cores, {host['threads']} threads | ISA {isa}{gpu} | "
             f"torch {v['torch']} | onnxruntime {v['onnxruntime']}"
-            + (f" | tensorrt {v['tensorrt']}" if v.get("tensorrt") else "") + load)
+            + (f" | tensorrt {v['tensorrt']}" if v.get("tensorrt") else "")
+            + (" | denormals flushed to zero" if host.get("denormals") == DENORMALS else "") + load)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -502,6 +510,7 @@ def _torch_prepare(load_module, device: Device, variant: Variant, threads: int) 
         import torch
 
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # DENORMALS; bench_folder restores the setting
         module = load_module()
         channels_last = variant in (Variant.channels_last, Variant.channels_last_autocast)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -545,7 +554,7 @@ def _ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarr
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
         before = _cuda_used_mb() if device is Device.cuda else None
-        runner = OnnxRuntimeRunner(path, device=device.value, threads=threads)
+        runner = OnnxRuntimeRunner(path, device=device.value, threads=threads, session_config=ORT_DENORMAL_CONFIG)
         session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
 
         def step():  # exactly what a hand-written loop calls
@@ -646,7 +655,7 @@ def _fixed_batch(manifest: Manifest) -> int | None:
 
 
 def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
-               only: str | None = None) -> tuple[list[Case], list[Skip]]:
+               only: str | None = None, where: str | None = None) -> tuple[list[Case], list[Skip]]:
     """Every (backend, precision, variant, batch) to measure, and every requested one that cannot run here.
 
     ``only``: one artifact of the folder (``model.fp16.onnx``, ``model.fp16.engine``): just its backend and
@@ -654,6 +663,8 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
     """
     cases: list[Case] = []
     skips: list[Skip] = []
+    temporary = where is not None  # an export made on the fly for this bench: advice names no folder
+    where = where or f"{folder.name}/"  # how skip reasons name the folder
     threads = options.thread_count
     cpu = options.device is Device.cpu
     fixed = _fixed_batch(manifest)
@@ -735,8 +746,9 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
             for precision in precisions[backend]:
                 entry = onnx_entry(precision)
                 if entry is None:
-                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {folder.name}/ "
-                                                          f"({_how_to_make(precision)})"))
+                    how = (f"it is exported in FP32 only; bench an export folder made with `deploykit export MODEL "
+                           f"{_flags_for(precision)}`" if temporary else _how_to_make(precision))
+                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {where} ({how})"))
                     continue
                 note = None
                 if cpu and precision is Precision.FP16:
@@ -754,7 +766,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                                       artifact=entry["path"], parity=parity_summary(entry), note=note))
         elif backend is Backend.trt:
             if cpu:
-                skips.append(Skip(backend, None, "TensorRT runs on NVIDIA GPUs: use --device cuda"))
+                skips.append(Skip(backend, None, _trt_on_cpu_advice(None if temporary else folder)))
                 continue
             runner_cls, reason = _trt_runner_class()
             host = None
@@ -766,7 +778,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
             for precision in precisions[backend]:
                 entry = artifact(precision, ENGINE_SUFFIXES)
                 if entry is None:
-                    skips.append(Skip(backend, precision, f"no {precision.value} TensorRT engine in {folder.name}/ "
+                    skips.append(Skip(backend, precision, f"no {precision.value} TensorRT engine in {where} "
                                                           "(deploykit export --to trt)"))
                     continue
                 unusable = _engine_unusable(entry, host, folder)
@@ -797,6 +809,52 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                                           artifact=entry["path"],
                                           parity=parity_summary(entry) or parity_summary(onnx_twin)))
     return cases, skips
+
+
+def _gpu_here() -> bool:
+    """Whether this host has a CUDA GPU (seen by PyTorch, else by cuda-python)."""
+    if _torch_cuda() is None:
+        return True
+    from deploykit.engine import gpu_info
+
+    return not isinstance(gpu_info(), str)
+
+
+def _trt_on_cpu_advice(folder: Path | None) -> str:
+    """Why the TensorRT rows of a CPU bench are skipped, and the next step that fits this host (``folder`` None:
+    an export made on the fly, which the user cannot copy)."""
+    if _gpu_here():
+        return "TensorRT runs on NVIDIA GPUs: add --device cuda"
+    if folder is None:
+        return ("no NVIDIA GPU here: on the device, export with `deploykit export MODEL --to trt` and bench that "
+                "folder with --device cuda")
+    return (f"no NVIDIA GPU here: build and bench the engine on the device: deploykit build {folder} && "
+            f"deploykit bench {folder} --device cuda")
+
+
+def latest_export(root: Path = EXPORTS_DIR) -> Path | None:
+    """The export folder under ``root`` whose deploykit.json was written last (None when there is none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = [d for d in root.iterdir() if d.is_dir() and (d / MANIFEST_NAME).is_file()]
+    return max(found, key=lambda d: (d / MANIFEST_NAME).stat().st_mtime_ns, default=None)
+
+
+def default_target(root: Path = EXPORTS_DIR) -> tuple[Path | None, str]:
+    """What ``deploykit bench`` with no TARGET measures, and the sentence that says so: the latest export folder
+    under ``./exports/``, else (None) the bundled model."""
+    latest = latest_export(root)
+    if latest is not None:
+        return latest, (f"benchmarking {latest}: the most recently written export folder under {root}/ "
+                        "(pass TARGET to bench another)")
+    return None, (f"benchmarking the bundled {DEFAULT_MODEL} (random weights, 1000 classes, 224x224): there is no "
+                  f"export folder under ./{root}/; pass TARGET (an export folder or a model file) to bench yours")
+
+
+def _flags_for(precision: Precision) -> str:
+    return {Precision.FP32: "", Precision.FP16: "--fp16", Precision.INT8: "--int8",
+            Precision.INT8_CPU: "--int8-for cpu"}[precision]
 
 
 def _how_to_make(precision: Precision) -> str:
@@ -843,7 +901,10 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
     manifest = manifest or Manifest.load(folder)
     if options.device is Device.cuda:
         _require_cuda()
-    cases, skips = plan_cases(folder, manifest, options, only=only)
+    info = target or {}
+    where = ("the bundled model's temporary export" if info.get("bundled") else
+             f"the on-the-fly export of {Path(str(info.get('source'))).name}" if info.get("exported") else None)
+    cases, skips = plan_cases(folder, manifest, options, only=only, where=where)
     host = host_info(options)
     results: list[Measurement] = []
     restore = None
@@ -868,6 +929,7 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
             import torch
 
             torch.set_num_threads(restore)
+            torch.set_flush_denormal(False)  # torch's default, as a library call found it
     if progress:
         progress("done", len(cases), len(cases))
     _speedups(results)
@@ -1000,7 +1062,8 @@ def bench_target(target: Path | None, options: BenchOptions, *, status=None, war
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         if target is None:
             model = default_model(Path(tmp))
-            origin = {"source": f"default model: {DEFAULT_MODEL}, seeded random weights (torch.manual_seed(0))"}
+            origin = {"source": f"default model: {DEFAULT_MODEL}, seeded random weights (torch.manual_seed(0))",
+                      "bundled": True}
         else:
             model = Path(target)
             origin = {"source": str(target)}
@@ -1041,8 +1104,8 @@ def parity_cell(parity: dict[str, Any] | None) -> str:
     return " ".join(bits + [verdict]).strip()
 
 
-COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
-           "vs torch", "RSS peak MB", "RSS +MB", "GPU MB", "parity")
+COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+           "img/s (p50)", "vs torch (p50)", "RSS peak MB", "RSS +MB", "GPU MB", "parity")
 
 
 def rows(report: BenchReport) -> list[list[str]]:
@@ -1058,17 +1121,33 @@ def rows(report: BenchReport) -> list[list[str]]:
 
 
 def render_table(report: BenchReport):
+    """The rich table; columns that carry nothing on this run (no GPU memory, only plain variants, one device,
+    named in the title instead) are left out."""
     from rich.table import Table
 
     target = report.target
-    title = f"{target.get('arch') or 'model'} {shape_text(target.get('input'))} -- {report.host_line}"
-    table = Table(title=title, title_justify="left", caption="parity: as recorded in deploykit.json by export/verify "
-                  "(vs PyTorch); vs torch: PyTorch eager FP32 p50 / this p50", caption_justify="left")
-    for col in COLUMNS:
+    body = rows(report)
+    devices = sorted({m.device.value for m in report.results})
+    drop = set()
+    if all(r[COLUMNS.index("GPU MB")] == "-" for r in body):
+        drop.add("GPU MB")
+    if all(m.variant in (Variant.eager, Variant.session) for m in report.results):
+        drop.add("variant")
+    if len(devices) == 1:
+        drop.add("device")
+    keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
+    on = f" on {devices[0]}" if len(devices) == 1 else ""
+    title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
+    table = Table(title=title, title_justify="left",
+                  caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
+                          "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
+                          "export/verify (vs PyTorch)", caption_justify="left")
+    for i in keep:
+        col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
                                                          "parity") else "right", no_wrap=col != "parity")
-    for row in rows(report):
-        table.add_row(*row)
+    for row in body:
+        table.add_row(*[row[i] for i in keep])
     return table
 
 
@@ -1081,8 +1160,8 @@ def write_markdown(report: BenchReport, dest: Path) -> Path:
              f"- model: {t.get('source', t.get('folder'))} (input {shape_text(t.get('input'))}, "
              f"{t.get('num_classes')} classes)",
              f"- iterations: {', '.join(sorted({str(m.iters) for m in report.results})) or '-'} timed per row after "
-             "warm-up; latency per batch, throughput = batch / mean latency; `vs torch` = PyTorch eager FP32 p50 / "
-             "this p50 (same device and batch)",
+             "warm-up; latency per batch; img/s and `vs torch` both come from the p50 latency: img/s = batch / p50, "
+             "`vs torch` = PyTorch eager FP32 p50 / this p50 (same device and batch)",
              "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
              "included); RSS +MB: that peak minus the resident memory before loading",
              "- parity: what export/verify recorded for the artifact in deploykit.json (top-1 agreement and lowest "
@@ -1107,9 +1186,20 @@ def skip_text(skip: Skip) -> str:
     return f"{what}: {skip.reason}"
 
 
+def model_title(report: BenchReport) -> str:
+    """The model a bench measured, as plot and table titles name it: architecture and where it came from."""
+    t = report.target
+    arch = t.get("arch") or "model"
+    if t.get("bundled"):
+        return f"{arch} (bundled, random weights)"
+    where = t.get("artifact") or Path(str(t.get("source") or t.get("folder") or "")).name
+    return f"{arch} ({where})" if where and where != arch else arch
+
+
 def write_plot(report: BenchReport, dest: Path) -> Path:
-    """Two panels: p50 latency per backend/precision (p90 and p99 as markers) at the smallest batch, and
-    throughput against batch size per backend/precision."""
+    """Latency per backend/precision at the smallest batch (bar: p50; whisker: p90 to p99, on a log axis when the
+    values span more than a decade, so one slow row or outlier cannot flatten the rest), and throughput against
+    batch size -- that panel only when more than one batch size was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1119,34 +1209,54 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
 
     if not report.results:
         raise InputError("nothing was measured, so there is nothing to plot (see the skipped list)")
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(13, 5.2))
-    smallest = min(m.batch for m in report.results)
+    batches = sorted({m.batch for m in report.results})
+    smallest = batches[0]
     at = [m for m in report.results if m.batch == smallest]
-    labels = [m.label for m in at]
-    x = np.arange(len(at))
-    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "trt": "#76b900"}[m.backend.value] for m in at]
-    ax_lat.bar(x, [m.latency.p50 for m in at], color=colors, label="p50")
-    ax_lat.scatter(x, [m.latency.p90 for m in at], marker="_", s=300, color="black", label="p90", zorder=3)
-    ax_lat.scatter(x, [m.latency.p99 for m in at], marker="x", color="black", label="p99", zorder=3)
-    labels = [f"{lab}\n{m.speedup_vs_torch:.2f}x vs torch" if m.speedup_vs_torch else lab for lab, m in zip(labels, at)]
-    ax_lat.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax_lat.set_ylabel("latency ms (bar p50)")
-    ax_lat.set_title(f"latency at batch {smallest} ({report.results[0].device.value})")
-    ax_lat.legend(fontsize=8)
-    for label in dict.fromkeys(m.label for m in report.results):
-        pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
-        ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    ax_thr.set_xscale("log", base=2)
-    ax_thr.set_xticks(sorted({m.batch for m in report.results}), [str(b) for b in sorted({m.batch for m in
-                                                                                          report.results})])
-    ax_thr.set_xlabel("batch")
-    ax_thr.set_ylabel("images / s")
-    ax_thr.set_title("throughput vs batch")
-    ax_thr.legend(fontsize=8)
-    ax_thr.grid(alpha=0.3)
-    arch = report.target.get("arch") or "model"
-    fig.suptitle(f"{arch}: {report.host_line}", fontsize=8)
-    fig.tight_layout()
+    two = len(batches) > 1
+    height = max(4.0, 0.55 * len(at) + 1.8)
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13 if two else 8, height), squeeze=False)
+    ax_lat = axes[0][0]
+    y = np.arange(len(at))[::-1]  # first row on top
+    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "trt": "#76b900"}.get(m.backend.value, "#7f7f7f") for m in at]
+    p50 = np.array([m.latency.p50 for m in at])
+    p90 = np.array([m.latency.p90 for m in at])
+    p99 = np.array([m.latency.p99 for m in at])
+    ax_lat.barh(y, p50, color=colors, height=0.6, label="p50")
+    ax_lat.errorbar(p50, y, xerr=[np.zeros_like(p50), np.maximum(p99 - p50, 0)], fmt="none", ecolor="black",
+                    elinewidth=1, capsize=3, label="p50 to p99")
+    ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
+    span = max(p99.max(), p50.max()) / max(p50.min(), 1e-6)
+    if span > 10:
+        ax_lat.set_xscale("log")
+    ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
+    for yi, m in zip(y, at):
+        p = m.latency.p50
+        text = f" {p:.3g} ms" if p < 1000 else f" {p:,.0f} ms"
+        if m.speedup_vs_torch and not (m.backend is Backend.torch and m.precision is Precision.FP32
+                                       and m.variant is Variant.eager):
+            text += f"  {m.speedup_vs_torch:.2f}x vs torch"
+        ax_lat.text(max(m.latency.p99, m.latency.p50), yi, text, va="center", fontsize=8)
+    ax_lat.set_yticks(y, [m.label for m in at], fontsize=9)
+    ax_lat.set_xlabel("latency per batch, ms" + (" (log scale)" if span > 10 else ""))
+    ax_lat.set_title(f"latency at batch {smallest} on {at[0].device.value}: bar p50, whisker to p99, | p90",
+                     fontsize=9)
+    ax_lat.grid(axis="x", alpha=0.3, which="both")
+    if two:
+        ax_thr = axes[0][1]
+        for label in dict.fromkeys(m.label for m in report.results):
+            pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
+            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax_thr.set_xscale("log", base=2)
+        ax_thr.set_xticks(batches, [str(b) for b in batches])
+        ax_thr.set_xlabel("batch")
+        ax_thr.set_ylabel("images / s (batch / p50)")
+        ax_thr.set_title("throughput vs batch", fontsize=9)
+        ax_thr.legend(fontsize=8)
+        ax_thr.grid(alpha=0.3)
+    fig.suptitle(f"{model_title(report)}, input {shape_text(report.target.get('input'))}: deploykit bench",
+                 fontsize=11, fontweight="bold")
+    fig.text(0.5, 0.005, report.host_line, ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -667,14 +667,16 @@ def is_jetson() -> bool:
 @contextlib.contextmanager
 def rich_build_progress(console=None) -> Iterator[ProgressCallback]:
     """A transient rich progress bar fed by TensorRT's IProgressMonitor phases (one row per phase)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from deploykit.progress import progress_bar  # plain lines where stderr is a log or a pipe
 
     if console is None:
         from rich.console import Console
 
         console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, done: int, total: int) -> None:

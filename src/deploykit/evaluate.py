@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import (Bundled, ImageSet, LabelledImages, Split, bundled, bundled_split, scan_images,
+from deploykit.data import (Bundled, LabelledImages, Split, bundled, bundled_split, scan_images,
                             val_folder)
 from deploykit.errors import InputError
 
@@ -29,6 +29,8 @@ class EvalReport:
     k: int
     confusion: np.ndarray  # [true, predicted] counts over the model's classes
     class_names: list[str]
+    title: str = ""  # the model as the plot names it: "resnet18 (runs/resnet18/best.pth)"
+    mapping: str = ""  # how the data's class folders were mapped onto the model's outputs
 
     def to_json(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "n": self.n}
@@ -53,17 +55,45 @@ class _Labelled:
     source: str
 
 
-def _map_labels(labels, data_names, model_names: list[str] | None, num_classes: int) -> np.ndarray:
-    from deploykit.verify import label_indices
+def map_classes(data_names, model_names: list[str] | None, num_classes: int) -> tuple[list[int], str]:
+    """The model output each class folder stands for, and a sentence saying how they were matched: by name when
+    the model has class names (names that exist and do not match are refused: accuracy against mismatched
+    names would be a silent 0%); without names, folders named 0..N-1 by number, else by sorted order."""
+    data_names = [str(n) for n in data_names]
+    if model_names:
+        index = {str(name): i for i, name in enumerate(model_names)}
+        missing = [n for n in data_names if n not in index]
+        if missing:
+            raise InputError(f"--data has class folders the model does not know: {', '.join(missing[:5])}"
+                             f"{' ...' if len(missing) > 5 else ''}; the model's classes are "
+                             f"{', '.join(map(str, model_names[:10]))}{' ...' if len(model_names) > 10 else ''}: "
+                             "rename the folders to those names, or pass --labels with the names of the model's "
+                             "outputs in order")
+        return [index[n] for n in data_names], (f"{len(data_names)} class folder(s) mapped by name onto the "
+                                                f"model's {len(model_names)} classes")
+    if len(data_names) > num_classes:
+        raise InputError(f"--data has {len(data_names)} class folders but the model has {num_classes} outputs "
+                         "and no class names; pass --labels with the names of its outputs in order")
+    if all(n.isdigit() and int(n) < num_classes for n in data_names):
+        return [int(n) for n in data_names], ("the model has no class names: folders named by number mapped to "
+                                              "those output indices")
+    shown = ", ".join(f"{n}->{i}" for i, n in enumerate(data_names[:6])) + (" ..." if len(data_names) > 6 else "")
+    return list(range(len(data_names))), ("the model has no class names: class folders mapped to outputs in "
+                                          f"sorted order ({shown}); pass --labels to map them by name")
 
-    return label_indices(ImageSet((), tuple(labels), tuple(data_names), ""), model_names, num_classes)
+
+def _map_labels(labels, data_names, model_names: list[str] | None, num_classes: int, note=None) -> np.ndarray:
+    index, how = map_classes(data_names, model_names, num_classes)
+    if note is not None:
+        note(how)
+    return np.array([index[label] for label in labels], dtype=np.int64)
 
 
 def _labelled(data: str | Path, data_root: Path | None, model_names, num_classes: int, note=None) -> _Labelled:
     name = bundled(data)
     if name is not None:
         items: LabelledImages = bundled_split(name, Split.val, data_root=data_root)
-        labels = _map_labels(items.labels, items.class_names, model_names, num_classes)
+        labels = _map_labels(items.labels, items.class_names, model_names, num_classes, note)
         return _Labelled(len(items), lambda a, b, pre: np.stack([pre.apply(items.image(i)) for i in range(a, b)]),
                          labels, items.source)
     if data_root is not None:
@@ -79,7 +109,7 @@ def _labelled(data: str | Path, data_root: Path | None, model_names, num_classes
     if images.labels is None:
         raise InputError(f"--data {folder} is not labelled: eval needs an ImageFolder, {folder}/<class name>/*.png "
                          "(`deploykit data digits --out DIR` writes one)")
-    labels = _map_labels(images.labels, images.class_names, model_names, num_classes)
+    labels = _map_labels(images.labels, images.class_names, model_names, num_classes, note)
     return _Labelled(len(images), lambda a, b, pre: pre.batch(images.paths[a:b]), labels, images.source)
 
 
@@ -108,8 +138,9 @@ def evaluate_model(model: Path, data: str | Path, *, data_root: Path | None = No
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labelled.labels, predicted), 1)
     n = labelled.count
+    title = f"{predictor.arch} ({model})" if predictor.arch else str(model)
     return EvalReport(str(model), labelled.source, n, 100.0 * float((predicted == labelled.labels).mean()),
-                      100.0 * topk_hits / n, k, confusion, names)
+                      100.0 * topk_hits / n, k, confusion, names, title=title)
 
 
 def _num_classes(predictor) -> int:
@@ -151,7 +182,7 @@ def plot_confusion(report: EvalReport, dest: Path) -> Path:
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{Path(report.model).name}: top-1 {report.top1:.2f}%  top-{report.k} {report.top5:.2f}%  "
+    ax.set_title(f"{report.title or report.model}: top-1 {report.top1:.2f}%  top-{report.k} {report.top5:.2f}%  "
                  f"(n={report.n})\n{report.data}", fontsize=9)
     fig.tight_layout()
     dest = Path(dest)

@@ -19,7 +19,7 @@ from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
 from deploykit.runners.torch import TorchRunner
-from deploykit.verify import ParityReport, evaluate, explain_fp16_failures, label_indices, record_parity
+from deploykit.verify import ParityReport, accuracy_labels, evaluate, explain_fp16_failures, record_parity
 
 
 @dataclass
@@ -75,6 +75,12 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
         tell(msg)
+    if precision is not None and precision.int8 and loaded.kind == "deploykit":
+        from dataclasses import replace as _replace
+
+        from deploykit.train import trained_on_grayscale
+
+        precision = _replace(precision, grayscale_trained=trained_on_grayscale(loaded.extra))
     source_sha = sha256_file(model_path)
     final = Path(out) if out else default_out(model_path, loaded.arch)
     with terminate_as_interrupt(), folder_lock(final), staged_export(final) as (folder, previous):
@@ -151,7 +157,7 @@ def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, d
     reference = TorchRunner(loaded.module, loaded.preprocess.shape)
     candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
                   for a in manifest.artifacts if a["path"].endswith(".onnx")]
-    labels = label_indices(images, loaded.class_names, loaded.num_classes)
+    labels = accuracy_labels(images, loaded.class_names, loaded.num_classes, warn)
     report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, data_name=images.source)
     explain_fp16_failures(report, loaded.module, batch)
     record_parity(manifest, report)

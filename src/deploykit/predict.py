@@ -14,17 +14,23 @@ from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
 
+CHUNK = 64  # images preprocessed and run at a time
+
 
 @dataclass
 class Predictor:
     runner: Runner
     preprocess: Preprocess
     class_names: list[str] | None
+    artifact: str = ""  # what runs: "exports/x/model.onnx (fp32, ONNX Runtime)"
+    arch: str | None = None  # the architecture, where the manifest or checkpoint names it
 
     def topk(self, paths: list[Path], k: int = 5) -> list[dict]:
         if k < 1:
             raise InputError("--topk must be >= 1")
-        logits = self.runner.infer(self.preprocess.batch(paths))
+        paths = expand_images(paths)
+        logits = np.concatenate([self.runner.infer(self.preprocess.batch(paths[i:i + CHUNK]))
+                                 for i in range(0, len(paths), CHUNK)])
         if self.class_names is not None and len(self.class_names) != logits.shape[1]:
             raise InputError(f"{len(self.class_names)} class names for a model with {logits.shape[1]} outputs; "
                              "re-export with matching --labels")
@@ -36,6 +42,23 @@ class Predictor:
                 {"index": int(i), "label": self.class_names[i] if self.class_names and i < len(self.class_names)
                  else str(int(i)), "probability": float(p[i])} for i in order]})
         return results
+
+
+def expand_images(paths: list[Path]) -> list[Path]:
+    """Image files as given; a folder becomes its readable images (subfolders too), sorted by path."""
+    from deploykit.data import scan_images
+
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(scan_images(path, what="IMAGE").paths)
+        elif not path.exists():
+            raise InputError(f"image not found: {path}")
+        else:
+            out.append(path)
+    if not out:
+        raise InputError("no images given")
+    return out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -89,18 +112,30 @@ def _listed_in_manifest(onnx_file: Path) -> Manifest | None:
 def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Predictor:
     """``artifact``: an export folder, an ``.onnx`` file (manifest beside it, or metadata inside), a TensorRT
     ``.engine`` (manifest beside it), or a checkpoint."""
-    artifact = Path(artifact)
+    predictor = _load(Path(artifact), device=device, options=options)
+    names = getattr(options, "class_names", None)
+    if names:  # --labels: names for an artifact that has none, or other names for its outputs
+        predictor.class_names = list(names)
+    return predictor
+
+
+def _load(artifact: Path, *, device: str, options) -> Predictor:
     if not artifact.exists():
         raise InputError(f"not found: {artifact}")
+    if (artifact.is_dir() or artifact.suffix == ".onnx" or artifact.suffix in (".engine", ".plan", ".trt")) and \
+            options is not None and (options.mean is not None or options.std is not None):
+        raise InputError("--mean/--std apply to a checkpoint; an export folder or artifact carries the "
+                         "preprocessing it was exported with")
     if artifact.is_dir():
         manifest = Manifest.load(artifact)
-        fp32 = manifest.find(precision="fp32", kind="onnx") or manifest.find(kind="onnx")
-        if fp32 is None:
+        entry = manifest.find(precision="fp32", kind="onnx") or manifest.find(kind="onnx")
+        if entry is None:
             raise InputError(f"{artifact} has no ONNX artifact")
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-        return Predictor(OnnxRuntimeRunner(manifest.file(fp32), device=device), manifest.preprocessing,
-                         manifest.class_names)
+        path = manifest.file(entry)
+        return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
+                         f"{path} ({entry['precision']}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
     from deploykit.engine import is_engine
 
     if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
@@ -110,22 +145,28 @@ def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Pred
                              "copy the whole folder")
         from deploykit.runners.trt import TensorRTRunner
 
-        return Predictor(TensorRTRunner(manifest.file(artifact.resolve().name)), manifest.preprocessing,
-                         manifest.class_names)
+        entry = manifest.artifact(artifact.resolve().name)
+        return Predictor(TensorRTRunner(manifest.file(entry)), manifest.preprocessing, manifest.class_names,
+                         f"{artifact} ({entry['precision']}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
         manifest = _listed_in_manifest(artifact)
         if manifest is not None:
-            runner = OnnxRuntimeRunner(manifest.file(artifact.resolve().name), device=device)
-            return Predictor(runner, manifest.preprocessing, manifest.class_names)
+            entry = manifest.artifact(artifact.resolve().name)
+            runner = OnnxRuntimeRunner(manifest.file(entry), device=device)
+            return Predictor(runner, manifest.preprocessing, manifest.class_names,
+                             f"{artifact} ({entry['precision']}, ONNX Runtime {device.upper()})",
+                             manifest.model.get("arch"))
         pre, names = _onnx_metadata(artifact)
         if pre is None:
             raise InputError(f"{artifact.name} is not listed in a {MANIFEST_NAME} beside it and has no deploykit "
                              "metadata; predict on its export folder instead")
-        return Predictor(OnnxRuntimeRunner(artifact, device=device), pre, names)
+        return Predictor(OnnxRuntimeRunner(artifact, device=device), pre, names,
+                         f"{artifact} (ONNX Runtime {device.upper()})")
     from deploykit.models.loading import load_model
     from deploykit.runners.torch import TorchRunner
 
     loaded = load_model(artifact, options)
-    return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names)
+    return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names,
+                     f"{artifact} (PyTorch, {loaded.arch or loaded.kind})", loaded.arch)

@@ -116,6 +116,25 @@ def _engine_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
+def _int8_lines(manifest: Manifest) -> list[str]:
+    """How each INT8 graph was calibrated and what stayed in higher precision, from the manifest."""
+    lines = []
+    for art in manifest.artifacts:
+        details = art.get("details") or {}
+        calib = details.get("calibration")
+        if not calib:
+            continue
+        target = {"tensorrt": "TensorRT (Q/DQ)", "cpu": "ONNX Runtime CPU"}.get(details.get("target"),
+                                                                              details.get("target") or "?")
+        kept = details.get("fp32_layers") or []
+        lines.append(f"- `{art['path']}` for {target}: calibrated on {calib.get('images', '?')} images "
+                     f"({calib.get('method', '?')})"
+                     + (f", cache `{calib['cache']}`" if calib.get("cache") else "")
+                     + (f"; {details['int8_layers']} layers in INT8" if details.get("int8_layers") is not None else "")
+                     + (f", kept in FP32: {', '.join(kept)}" if kept else "") + ".")
+    return lines
+
+
 def _bench_lines(bench: dict[str, Any]) -> list[str]:
     host = bench.get("host", {})
     results = bench.get("results", [])
@@ -124,7 +143,8 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
         from deploykit.bench import host_line
 
         lines += [f"Host: {host_line(host)}", ""]
-    head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "images/s", "vs torch"]
+    head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "img/s (p50)",
+            "vs torch (p50)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "--:" for i in range(len(head))) + "|"]
     for r in results:
         lat = r.get("latency_ms", {})
@@ -133,6 +153,9 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
                                         _num(lat.get("p99"), ".3f"), _num(r.get("throughput"), ".1f"),
                                         _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch")
                                                                                   else "")]) + " |")
+    notes = sorted({f"{r.get('backend')} {r.get('precision')}: {r['note']}" for r in results if r.get("note")})
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     skipped = host.get("skipped", [])
     if skipped:
         lines += ["", "Skipped:", ""]
@@ -164,15 +187,24 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
         lines += ["## Training", "", f"Best validation accuracy {best:.2f}%"
                   + (f" after {train.get('epochs')} epochs in {train.get('seconds', 0):.1f} s" if train else "")
                   + ".", ""]
+    has_acc = any("accuracy" in ((a.get("parity") or {}).get("metrics") or {}) for a in manifest.artifacts)
     lines += ["## Artifacts", "",
-              "Each artifact against its reference on the verification images (`deploykit verify`); accuracy in "
-              "percent, agreement as a fraction.", ""] + _artifact_rows(manifest)
+              "Each artifact against its reference on the verification images (`deploykit verify`); "
+              + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
+    lines += _artifact_rows(manifest)
+    int8 = _int8_lines(manifest)
+    if int8:
+        lines += ["", "INT8 calibration:", ""] + int8
     engines = _engine_lines(manifest)
     if engines:
         lines += ["", "TensorRT engines:", ""] + engines
     if bench is not None:
-        lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; `vs torch` = PyTorch eager FP32 p50 / "
-                  "this p50 on the same device and batch.", ""] + _bench_lines(bench)
+        lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; img/s = batch / p50 and `vs torch` = "
+                  "PyTorch eager FP32 p50 / this p50 on the same device and batch.", ""] + _bench_lines(bench)
+    else:
+        lines += ["", "## Speed", "", f"Not measured yet: the speed table comes from `{BENCH_NAME}` in this folder. "
+                  f"Write it with `deploykit bench {folder} --json > {folder / BENCH_NAME}` (add "
+                  f"`--plot {folder / 'bench.png'}` for the figure), then run `deploykit report {folder}` again."]
     pngs = sorted(p.name for p in folder.glob("*.png"))
     if pngs:
         lines += ["", "## Figures", ""] + [f"![{Path(n).stem}]({n})" for n in pngs]

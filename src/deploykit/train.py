@@ -161,6 +161,27 @@ class TrainData:
     preprocess: Preprocess
     source: str
     in_memory: bool
+    grayscale_to_rgb: bool = False  # grayscale images converted to colour for a 3-channel model
+
+
+GRAYSCALE_BUNDLED = ("digits", "mnist", "fashionmnist")
+
+
+def _mostly_grayscale(paths, limit: int = 64) -> bool:
+    from deploykit.preprocess import open_image
+
+    sample = list(paths)[:limit]
+    gray = sum(1 for p in sample if open_image(p).mode in {"1", "L", "LA", "I", "I;16", "F"})
+    return bool(sample) and gray * 2 > len(sample)
+
+
+def trained_on_grayscale(meta: dict[str, Any]) -> bool:
+    """Whether a deploykit checkpoint's model (3-channel) was trained on grayscale images converted to colour: its
+    ``grayscale_to_rgb`` record, or for checkpoints written before it, a bundled grayscale dataset as ``--data``."""
+    if "grayscale_to_rgb" in meta:
+        return bool(meta["grayscale_to_rgb"])
+    data = (meta.get("train_args") or {}).get("data")
+    return (meta.get("preprocess") or {}).get("channels") == 3 and str(data).lower() in GRAYSCALE_BUNDLED
 
 
 def preprocess_for(spec: ModelSpec, img_size: int | None, *, base: Preprocess | None = None,
@@ -273,14 +294,16 @@ def load_data(config: TrainConfig, spec: ModelSpec, base: Preprocess | None = No
             train = _Images(train_items, _Then(_Then(pre.apply, torch.as_tensor), _jitter(pre)))
             val = _Images(val_items, pre.apply)
         return TrainData(train, val, list(train_items.labels), list(train_items.class_names), pre,
-                         train_items.source.replace(" (train split)", ""), in_memory)
+                         train_items.source.replace(" (train split)", ""), in_memory,
+                         grayscale_to_rgb=pre.channels == 3 and name.value in GRAYSCALE_BUNDLED)
     if config.data_root is not None:
         raise InputError(f"--data-root is for bundled datasets ({', '.join(b.value for b in Bundled if b is not Bundled.digits)}); "
                          f"--data {config.data} is a folder")
     train_set, val_set = split_imagefolder(Path(config.data), val_split=config.val_split, seed=config.seed, warn=warn)
     pre = preprocess_for(spec, config.img_size, base=base, full_frame=False)
     return TrainData(_Images(train_set, _augment(pre)), _Images(val_set, pre.apply), list(train_set.labels),
-                     list(train_set.class_names), pre, str(config.data), False)
+                     list(train_set.class_names), pre, str(config.data), False,
+                     grayscale_to_rgb=pre.channels == 3 and _mostly_grayscale(train_set.paths))
 
 
 # -- models: the generic head replacement -------------------------------------------------------------------
@@ -690,7 +713,7 @@ def fit(config: TrainConfig, *, progress=None, log: Callable[[str], None] | None
                                         preprocess=data.preprocess, class_names=data.class_names,
                                         input_shape=list(data.preprocess.shape), best_val_acc=best_acc,
                                         epoch=best_epoch, train_args=config.to_json(), data_source=data.source,
-                                        head=head_name)
+                                        head=head_name, grayscale_to_rgb=data.grayscale_to_rgb)
                     _save_state(out / "last.pth", {
                         "format": STATE_FORMAT, "arch": spec.name, **loop.state(phase, epoch + 1),
                         "history": [asdict(h) for h in history], "best_val_acc": best_acc, "best_epoch": best_epoch,

@@ -148,6 +148,18 @@ def label_indices(images: ImageSet, class_names: Sequence[str] | None, num_class
     return np.array(images.labels)
 
 
+def accuracy_labels(images: ImageSet, class_names: Sequence[str] | None, num_classes: int,
+                    warn: Callable[[str], None] | None = None) -> np.ndarray | None:
+    """:func:`label_indices`, except that class folders that do not map onto the model's outputs skip the accuracy
+    columns with a warning instead of refusing: parity compares logits and needs no labels."""
+    try:
+        return label_indices(images, class_names, num_classes)
+    except InputError as exc:
+        if warn is not None:
+            warn(f"accuracy skipped, parity only: {exc}")
+        return None
+
+
 def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], batch: np.ndarray, *,
              labels: np.ndarray | None = None, overrides: dict[str, Tolerance] | None = None,
              reference_name: str = "pytorch", data_name: str = "") -> ParityReport:
@@ -202,7 +214,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
                 warn(f"skipping {a['path']}: {exc}")
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
-    labels = label_indices(images, manifest.class_names, int(manifest.model["num_classes"]))
+    labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), warn)
     report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
                       data_name=images.source)
     explain_fp16_failures(report, getattr(reference, "module", None), batch)

@@ -6,6 +6,11 @@ from deploykit.cli import data, eval, train  # noqa: F401  (deploykit train / ev
 from deploykit.cli import build  # noqa: F401,E402  (deploykit build)
 from deploykit.cli import report  # noqa: F401,E402  (deploykit report)
 from deploykit.cli.app import app
+from deploykit.cli.command import add_version_option, use_everywhere
+
+
+use_everywhere(app)
+add_version_option(app)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -105,14 +105,15 @@ app = typer.Typer(cls=App, no_args_is_help=True, add_completion=False,
 def _global_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an internal error "
                                                         "(also DEPLOYKIT_DEBUG=1).")] = False,
-    max_image_pixels: Annotated[int, typer.Option(
-        "--max-image-pixels", help="Refuse images larger than this many pixels before decoding them "
-                                   "(also DEPLOYKIT_MAX_IMAGE_PIXELS) \\[default: 100000000].")] = 0,
+    max_image_pixels: Annotated[Optional[int], typer.Option(
+        "--max-image-pixels", show_default=False,
+        help="Refuse images larger than this many pixels before decoding them (also DEPLOYKIT_MAX_IMAGE_PIXELS) "
+             "\\[default: 100000000].")] = None,
 ) -> None:
     """PyTorch image classifiers to ONNX, FP16/INT8 and TensorRT -- every step proven with numbers."""
     if debug:
         os.environ["DEPLOYKIT_DEBUG"] = "1"
-    if max_image_pixels:
+    if max_image_pixels is not None:
         from deploykit.preprocess import set_image_limits
 
         set_image_limits(max_pixels=max_image_pixels)

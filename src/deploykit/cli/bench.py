@@ -18,7 +18,10 @@ def bench(
     target: Annotated[Optional[Path], typer.Argument(help="Export folder, one artifact in it (model.fp16.onnx, "
                                                           "model.fp16.engine: that one beside PyTorch FP32), or a "
                                                           "model file (exported on the fly into a temporary folder) "
-                                                          "\\[default: a bundled ResNet-18].")] = None,
+                                                          "\\[default: the most recently written export folder "
+                                                          "under ./exports/, whose bench.json and bench.png are then "
+                                                          "written (for `deploykit report`); else a bundled "
+                                                          "ResNet-18 with random weights].")] = None,
     backends: Annotated[str, typer.Option("--backends", help="Comma list of torch,ort,trt.")] = "torch,ort,trt",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu.")]
     = "fp32,fp16,int8,int8-cpu",
@@ -40,9 +43,11 @@ def bench(
     = False,
 ) -> None:
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from deploykit.bench import (Backend, BenchOptions, bench_target, parse_batches, parse_list,
+    from deploykit.progress import progress_bar
+
+    from deploykit.bench import (Backend, BenchOptions, bench_target, default_target, parse_batches, parse_list,
                                  render_table, skip_text, write_markdown, write_plot)
     from deploykit.errors import InputError
     from deploykit.verify import Precision
@@ -56,9 +61,15 @@ def bench(
         if path is not None and path.is_dir():
             raise InputError(f"{flag} {path} is a folder; give a file name")
 
+    keep_in = None  # bare `deploykit bench` on your latest export: results kept beside it for `deploykit report`
+    if target is None:  # say what is benched on the first line (stderr under --json: stdout is the JSON)
+        target, said = default_target()
+        (err_console if as_json else console).print(said, highlight=False, soft_wrap=True)
+        keep_in = target
+
     # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                  auto_refresh=False, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      auto_refresh=False, transient=True) as bar:
         task = bar.add_task("benchmarking", total=None)
 
         def progress(label: str, done: int, total: int) -> None:
@@ -70,7 +81,8 @@ def bench(
     busy = report.host.get("load_avg_1m")
     if busy is not None and busy >= report.host["cores_available"]:
         warn(f"this host was busy when timing started (1-min load {busy} on {report.host['cores_available']} "
-             "cores): timings are noisy, rerun when it is quieter")
+             "cores): timings are noisy, PyTorch's most (its threads wait on each other when cores are taken), "
+             "so its speed-ups overstate; rerun when it is quieter, or with --threads 1")
     if as_json:
         print(dumps_strict(report.to_json()))
     else:
@@ -79,6 +91,14 @@ def bench(
             console.print(f"[dim]skipped[/] {skip_text(skip)}", highlight=False, soft_wrap=True)
         for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
             console.print(f"[dim]note[/] {line}", highlight=False, soft_wrap=True)
+    if keep_in is not None and report.results:
+        from deploykit.files import write_json_atomic
+        from deploykit.report import BENCH_NAME
+
+        write_json_atomic(keep_in / BENCH_NAME, report.to_json())
+        plot = plot or keep_in / "bench.png"
+        err_console.print(f"wrote {keep_in / BENCH_NAME} (`deploykit report {keep_in}` puts it in report.md)",
+                          highlight=False)
     if plot is not None:
         write_plot(report, plot)
         err_console.print(f"wrote {plot}", highlight=False)

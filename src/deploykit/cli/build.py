@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperCommand
 
 from deploykit.cli.app import app
+from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.render import console, err_console, note, parity_table, status, warn
 from deploykit.engine import EnginePrecision
 from deploykit.errors import InputError
@@ -57,7 +57,7 @@ def split_dynamic_batch(args: list[str]) -> list[str]:
     return options + ["--profile", ranges[0]] + out[len(options):]  # before a `--` separator, if any
 
 
-class DynamicBatchCommand(TyperCommand):
+class DynamicBatchCommand(DeployKitCommand):
     """A command whose ``--dynamic-batch`` flag may carry the engine's batch range: ``--dynamic-batch
     MIN:OPT:MAX`` is ``--dynamic-batch --profile MIN:OPT:MAX``."""
 
@@ -97,22 +97,32 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
     return result, report
 
 
-@app.command()
+@app.command(cls=DynamicBatchCommand)  # --dynamic-batch MIN:OPT:MAX, as export's; --profile is its alias
 def build(
     folder: Annotated[Path, typer.Argument(help="Export folder (deploykit.json + ONNX), copied to this device.")],
     precision: Annotated[EnginePrecision, typer.Option("--precision", help="Which ONNX to build from.")
                          ] = EnginePrecision.fp32,
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="--dynamic-batch MIN:OPT:MAX: the engine's batch optimization profile, for a "
+                                "dynamic-batch export \\[default: 1:8:32] (alias: --profile MIN:OPT:MAX).")
+                             ] = False,
     profile: ProfileOpt = None,
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images \\[default: bundled photos].")
+    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images: a folder, or digits "
+                                                                "\\[default: bundled photos].")
                     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verifying the engine.")] = False,
 ) -> None:
     """Build model.<precision>.engine from an export folder with this device's TensorRT, then verify it."""
     from deploykit.errors import VerificationError
 
+    if dynamic_batch and profile is None:
+        raise InputError("build --dynamic-batch takes the batch range: --dynamic-batch MIN:OPT:MAX, e.g. 1:8:32 (a "
+                         "dynamic batch dimension itself comes from `deploykit export --dynamic-batch`)")
     _, report = build_and_verify(folder, precision, profile=profile, workspace=workspace,
                                  timing_cache=timing_cache, data=data, verify=not no_verify)
+    if no_verify:
+        note(f"verification skipped (--no-verify): run `deploykit verify {folder}` to check the engine")
     if report is not None and not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
+from deploykit.cli.export import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
+                                  ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.files import dumps_strict
-from deploykit.cli.export import AllowPickleOpt, ArchOpt, InputShapeOpt, ModelDefOpt, ModelKwargsOpt, load_options
 from deploykit.cli.render import console, err_console, note
 
 
@@ -25,22 +26,29 @@ def eval_(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Where MNIST / FashionMNIST / CIFAR10 "
                                                                           "files are.")] = None,
     arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
     model_def: ModelDefOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     allow_pickle: AllowPickleOpt = False,
     input_shape: InputShapeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from deploykit.progress import progress_bar
 
     from deploykit.errors import InputError
     from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
 
     if plot is not None and plot.is_dir():
         raise InputError(f"--plot {plot} is a folder; give a file name such as {plot / 'confusion.png'}")
-    options = load_options(arch, None, model_def, model_kwargs, allow_pickle, input_shape, None, None, None, None)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                  transient=True) as bar:
+    options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, None,
+                           labels)
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True) as bar:
         report = evaluate_model(model, data, data_root=data_root, options=options, progress=bar, note=note)
     png = plot_confusion(report, plot or default_plot_path(model))
     if as_json:
@@ -51,8 +59,9 @@ def eval_(
         table.add_column(column, justify="right")
     table.add_row(str(report.n), f"{report.top1:.2f}", f"{report.top5:.2f}")
     console.print(table)
-    worst = sorted(report.per_class(), key=lambda row: row[2])[:5]
-    if worst and worst[0][2] < 100.0:
-        console.print("lowest recall: " + ", ".join(f"{name} {recall:.1f}% of {n}" for name, n, recall in worst),
-                      highlight=False)
+    worst = [row for row in sorted(report.per_class(), key=lambda row: row[2]) if row[2] < 100.0][:5]
+    if worst:
+        console.print("classes found least often (recall: share of a class's images predicted as that class): "
+                      + ", ".join(f"{name} {round(recall * n / 100)} of {n} ({recall:.1f}%)"
+                                  for name, n, recall in worst), highlight=False, soft_wrap=True)
     console.print(f"confusion matrix: {png}", highlight=False)

@@ -81,7 +81,8 @@ def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
                                                "TorchScript, torch.export .pt2, or a pickled module.")],
     to: Annotated[Target, typer.Option("--to", help="Final artifact.")] = Target.onnx,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder [default: exports/<model stem>/].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")
+                   ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
     dynamic_batch: Annotated[bool, typer.Option(
@@ -98,20 +99,29 @@ def export(
     std: StdOpt = None,
     resize: ResizeOpt = None,
     labels: LabelsOpt = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images [default: bundled photos].")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images: an ImageFolder (labelled: "
+                                                                 "accuracy too) or a flat folder, or digits (the "
+                                                                 "held-out digits) \\[default: bundled photos].")
+                    ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")] = False,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images (ImageFolder or flat) "
+    calib: Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images: a folder (ImageFolder "
+                                                                  "or flat) or digits (its training split) "
                                                                   "\\[default: ./calib].")] = None,
     calib_size: Annotated[Optional[int], typer.Option(
         "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")] = None,
     calib_method: Annotated[Optional[CalibMethod], typer.Option(
         "--calib-method", help="How ranges are chosen \\[default: entropy].")] = None,
+    calib_grayscale: Annotated[bool, typer.Option(
+        "--calib-grayscale", help="Calibrate a colour model on grayscale images (converted to RGB) without a "
+                                  "warning: the model sees such images. Not needed for a `deploykit train` "
+                                  "checkpoint, which records it.")] = False,
     min_calib: Annotated[Optional[int], typer.Option(
         "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")] = None,
     int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
-        "--int8-for", help="trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx (fastest for ONNX "
+        "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
+                           "(fastest for ONNX "
                            "Runtime CPU). Repeat for both \\[default: trt].")] = None,
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
@@ -149,7 +159,7 @@ def export(
     from deploykit.precision import PrecisionRequest
 
     if int8_for and not int8:
-        raise InputError("--int8-for only applies with --int8")
+        int8 = True  # --int8-for names which INT8 graph(s): it asks for INT8
     if to is Target.trt and int8 and int8_for and Int8Target.trt not in int8_for:
         raise InputError("--to trt --int8 builds the INT8 engine from model.int8.onnx, which --int8-for cpu alone "
                          "does not make: add --int8-for trt (keep --int8-for cpu for the CPU graph too), or drop "
@@ -157,7 +167,7 @@ def export(
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
-                                 int8_accuracy_drop=int8_accuracy_drop)
+                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision,
@@ -171,6 +181,9 @@ def export(
 
         for table in precision_tables(result.precision):
             console.print(table)
+    if no_verify:
+        note("verification skipped (--no-verify): the artifacts are not compared with PyTorch; run "
+             f"`deploykit verify {result.folder}` to check them")
     if result.report is not None:
         console.print(parity_table(result.report))
         if not result.report.passed:

@@ -28,5 +28,13 @@ def report(
     if show:
         from rich.markdown import Markdown
 
-        console.print(Markdown(dest.read_text()))
+        console.print(Markdown(terminal_text(dest.read_text())))
     console.print(f"wrote {dest}", highlight=False)
+
+
+def terminal_text(markdown: str) -> str:
+    """The report as a terminal shows it: an image cannot be drawn there (rich would print an emoji and the alt
+    text), so each figure becomes a line naming its file."""
+    import re
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"figure (\1): `\2`", markdown)

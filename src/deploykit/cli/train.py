@@ -52,7 +52,9 @@ def train(
     allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Train or fine-tune a classifier; the checkpoint goes straight to `deploykit export`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from deploykit.progress import progress_bar
 
     from deploykit.errors import InputError
     from deploykit.train import TrainConfig, fit
@@ -68,9 +70,9 @@ def train(
                          unfreeze_after=unfreeze_after, balanced=balanced, amp=amp, device=device, seed=seed, out=out,
                          resume=resume, data_root=data_root, allow_pickle=allow_pickle)
     config.validate()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
         result = fit(config, progress=bar, log=lambda line: bar.console.print(line, highlight=False), warn=warn,
                      note=note)
     if result.main:  # only rank 0 writes and reports under torchrun

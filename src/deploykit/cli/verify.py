@@ -18,7 +18,8 @@ from deploykit.files import dumps_strict
 def verify(
     target: Annotated[Path, typer.Argument(help="Export folder (holds deploykit.json), or one artifact in it: "
                                                 "model.onnx, model.fp16.onnx, model.fp16.engine, ...")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder or flat folder "
+    data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder (labelled: accuracy too) or flat "
+                                                              "folder, or digits (the held-out digits) "
                                                               "\\[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     int8_agreement: Annotated[Optional[float], typer.Option(

@@ -55,6 +55,8 @@ class PrecisionRequest:
     # Judge each INT8 graph against its gate and rank its layers when it misses. Off for `export --no-verify`
     # (the user asked for speed, not checks) unless --accuracy-budget asks for the ranking.
     check: bool = True
+    calib_grayscale: bool = False  # --calib-grayscale: the model sees grayscale images converted to colour
+    grayscale_trained: bool = False  # the checkpoint says training converted grayscale images to colour
 
     @property
     def any(self) -> bool:
@@ -90,6 +92,7 @@ class PrecisionRequest:
                 ("--calib", self.calib), ("--calib-size", self.calib_size), ("--calib-method", self.calib_method),
                 ("--min-calib", self.min_calib), ("--accuracy-budget", self.accuracy_budget),
                 ("--int8-agreement", self.int8_agreement), ("--int8-accuracy-drop", self.int8_accuracy_drop),
+                ("--calib-grayscale", True if self.calib_grayscale else None),
             ) if value is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
@@ -127,10 +130,12 @@ ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
 def rich_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A transient rich progress bar on stderr; yields ``advance(n)``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    from deploykit.progress import progress_bar  # plain lines where stderr is a log or a pipe
+
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -152,7 +157,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``."""
     import onnx
 
-    from deploykit.verify import label_indices
+    from deploykit.verify import accuracy_labels
 
     step = status or (lambda msg: None)
     folder = Path(folder)
@@ -169,7 +174,12 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 
     if request.int8:
         images = calib_images or prepare_calibration(request, warn=warn)
-        check_channels(images, preprocess.channels, request.calib or Path("calib"))
+        accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
+                    "--calib-grayscale says" if request.calib_grayscale else None)
+        gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
+                              warn=warn)
+        if gray:
+            result.notes.append(gray)
         tensors = list(plan.activation_tensors)
         if Int8Target.cpu in request.int8_for:
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
@@ -199,7 +209,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         # Judging each INT8 graph (and ranking its layers when it misses) needs the FP32 logits: skipped for
         # `export --no-verify` unless --accuracy-budget asks for the ranking.
         judge_int8 = request.check or request.accuracy_budget is not None
-        labels = label_indices(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
+        labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
         targets = {
             Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",

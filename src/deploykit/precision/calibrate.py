@@ -77,14 +77,25 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
     return images.sample(size, seed=seed)
 
 
-def check_channels(images: ImageSet, channels: int, where: Path) -> None:
-    """A grayscale set cannot calibrate a colour model: its ranges would describe images it never sees."""
+def check_channels(images: ImageSet, channels: int, where: Path, *, accepted: str | None = None,
+                   warn=None) -> str | None:
+    """A mostly grayscale set for a colour model. ``accepted`` (why: training converted grayscale images to
+    colour, or --calib-grayscale) makes it a note returned to the caller, as the images are converted to RGB the
+    way training did; otherwise it is a warning naming the flag (its ranges describe images the model may never
+    see)."""
     if channels != 3:
-        return
+        return None
     gray = sum(1 for p in images.paths if open_image(p).mode in {"1", "L", "LA", "I", "I;16", "F"})
-    if gray * 2 > len(images):
-        raise InputError(f"{gray} of {len(images)} calibration images in {where} are grayscale but the model "
-                         "takes 3-channel colour input; calibrate on colour images like the ones it will see")
+    if gray * 2 <= len(images):
+        return None
+    what = f"{gray} of {len(images)} calibration images in {where} are grayscale"
+    if accepted:
+        return f"{what}: converted to RGB, as {accepted}"
+    if warn is not None:
+        warn(f"{what} but the model takes colour input and its checkpoint does not say it was trained on "
+             "grayscale: they are converted to RGB; calibrate on colour images like the ones it will see, or pass "
+             "--calib-grayscale to say it sees grayscale ones")
+    return None
 
 
 def data_key(images: ImageSet, preprocess: Preprocess) -> str:

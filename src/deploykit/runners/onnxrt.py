@@ -23,7 +23,8 @@ def _ort():
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None,
+                 session_config: dict[str, str] | None = None) -> None:
         ort = _ort()
         path = Path(path)
         if not path.is_file():
@@ -32,6 +33,8 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        for key, value in (session_config or {}).items():  # e.g. bench's session.set_denormal_as_zero
+            opts.add_session_config_entry(key, value)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise MissingDependencyError("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")

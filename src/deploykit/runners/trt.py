@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.engine import (TRT_INSTALL_HINT, EngineBuildError, EngineMismatchError, Host, _logger,
+from deploykit.engine import (TRT_INSTALL_HINT, EngineBuildError, EngineMismatchError, _logger,
                               check_compatible, cuda_check, cudart, probe_host)
 from deploykit.errors import InputError, MissingDependencyError
 from deploykit.manifest import MANIFEST_NAME, Manifest
