@@ -10,6 +10,7 @@ with the numbers the commands printed.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from deploykit import schema as S
 from deploykit.errors import InputError
 from deploykit.files import atomic_path, read_json
 from deploykit.manifest import Manifest
+from deploykit.text import markdown_cell
 
 REPORT_NAME = "report.md"
 BENCH_NAME = "bench.json"
@@ -59,6 +61,15 @@ def check_bench(data: object, path: Path) -> None:
         raise InputError(f"{path} is not `deploykit bench --json` output: {exc}") from None
 
 
+def md(value: Any) -> str:
+    """A value from a file as literal Markdown text (no HTML, no table-breaking ``|``, no links)."""
+    return markdown_cell(value)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\.png", name))
+
+
 def training_metrics(manifest: Manifest) -> dict[str, Any] | None:
     """The run's metrics.json when the source checkpoint is a `deploykit train` output still in its run folder
     (only the numbers the report prints, and only when they are numbers)."""
@@ -93,8 +104,9 @@ def _artifact_rows(manifest: Manifest) -> list[str]:
                                         "FAIL " + "; ".join(parity.get("failures", [])))
         if parity.get("note"):
             result += f" ({parity['note']})"
-        row = [f"`{art['path']}`", art.get("precision", "-"), _num(art.get("bytes", 0) / 1e6, ".2f"),
-               parity.get("reference", "-"), str(parity.get("n_images", "-")), _num(m.get("max_abs_diff"), ".2e"),
+        result = md(result)
+        row = [md(art["path"]), md(art.get("precision", "-")), _num(art.get("bytes", 0) / 1e6, ".2f"),
+               md(parity.get("reference", "-")), md(parity.get("n_images", "-")), _num(m.get("max_abs_diff"), ".2e"),
                _num(m.get("cosine_min"), ".6f"), _num(m.get("top1_agreement"), ".3f"),
                _num(m.get("top5_agreement"), ".3f")]
         if has_acc:
@@ -110,9 +122,9 @@ def _engine_lines(manifest: Manifest) -> list[str]:
         if not facts:
             continue
         onnx = facts.get("onnx") or {}
-        lines.append(f"- `{art['path']}`: TensorRT {facts.get('tensorrt', '?')} on {facts.get('gpu', '?')} "
-                     f"(compute capability {facts.get('compute_capability', '?')}), built in "
-                     f"{_num(facts.get('build_seconds'), '.1f')} s from `{onnx.get('path', '?')}`")
+        lines.append(f"- {md(art['path'])}: TensorRT {md(facts.get('tensorrt', '?'))} on {md(facts.get('gpu', '?'))} "
+                     f"(compute capability {md(facts.get('compute_capability', '?'))}), built in "
+                     f"{_num(facts.get('build_seconds'), '.1f')} s from {md(onnx.get('path', '?'))}")
     return lines
 
 
@@ -127,11 +139,12 @@ def _int8_lines(manifest: Manifest) -> list[str]:
         target = {"tensorrt": "TensorRT (Q/DQ)", "cpu": "ONNX Runtime CPU"}.get(details.get("target"),
                                                                               details.get("target") or "?")
         kept = details.get("fp32_layers") or []
-        lines.append(f"- `{art['path']}` for {target}: calibrated on {calib.get('images', '?')} images "
-                     f"({calib.get('method', '?')})"
-                     + (f", cache `{calib['cache']}`" if calib.get("cache") else "")
-                     + (f"; {details['int8_layers']} layers in INT8" if details.get("int8_layers") is not None else "")
-                     + (f", kept in FP32: {', '.join(kept)}" if kept else "") + ".")
+        lines.append(f"- {md(art['path'])} for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
+                     f"({md(calib.get('method', '?'))})"
+                     + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
+                     + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
+                        else "")
+                     + (f", kept in FP32: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
     return lines
 
 
@@ -139,30 +152,34 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
     host = bench.get("host", {})
     results = bench.get("results", [])
     lines = []
-    if host.get("versions"):
+    if isinstance(host.get("versions"), dict):
         from deploykit.bench import host_line
 
-        lines += [f"Host: {host_line(host)}", ""]
+        try:
+            lines += [f"Host: {md(host_line(host))}", ""]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # a hand-written or older bench.json without every host field: the table still stands
     head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "img/s (p50)",
             "vs torch (p50)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "--:" for i in range(len(head))) + "|"]
     for r in results:
         lat = r.get("latency_ms", {})
-        lines.append("| " + " | ".join([r.get("backend", "-"), r.get("precision", "-"), r.get("variant") or "-",
-                                        r.get("device", "-"), str(r.get("batch", "-")), _num(lat.get("p50"), ".3f"),
+        lines.append("| " + " | ".join([md(r.get("backend", "-")), md(r.get("precision", "-")),
+                                        md(r.get("variant") or "-"), md(r.get("device", "-")),
+                                        md(r.get("batch", "-")), _num(lat.get("p50"), ".3f"),
                                         _num(lat.get("p99"), ".3f"), _num(r.get("throughput"), ".1f"),
                                         _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch")
                                                                                   else "")]) + " |")
     notes = sorted({f"{r.get('backend')} {r.get('precision')}: {r['note']}" for r in results if r.get("note")})
     if notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+        lines += ["", "Notes:", ""] + [f"- {md(n)}" for n in notes]
     skipped = host.get("skipped", [])
     if skipped:
         lines += ["", "Skipped:", ""]
     for skip in skipped:
         what = " ".join(str(v) for v in (skip.get("backend"), skip.get("precision"),
                                          f"batch {skip['batch']}" if skip.get("batch") is not None else None) if v)
-        lines.append(f"- {what}: {skip.get('reason', '')}")
+        lines.append(f"- {md(what)}: {md(skip.get('reason', ''))}")
     return lines
 
 
@@ -172,15 +189,16 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
     model, source, pre = manifest.model, manifest.source, manifest.preprocess
     arch = model.get("arch") or "model"
     classes = manifest.class_names
-    lines = [f"# {arch}: deploykit report", "",
-             f"- source: `{source.get('path')}` ({source.get('kind', '?')}, sha256 {str(source.get('sha256'))[:12]})",
-             f"- input: `{manifest.input.get('name')}` {_shape(manifest.input.get('shape'))} "
-             f"{manifest.input.get('dtype')} -> `{manifest.output.get('name')}` "
-             f"({model.get('num_classes')} classes{': ' + ', '.join(classes[:10]) if classes else ''}"
-             f"{', ...' if classes and len(classes) > 10 else ''})",
+    shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "") if classes else ""
+    lines = [f"# {md(arch)}: deploykit report", "",
+             f"- source: {md(source.get('name') or Path(str(source.get('path'))).name)} "
+             f"({md(source.get('kind', '?'))}, sha256 {md(str(source.get('sha256'))[:12])})",
+             f"- input: {md(manifest.input.get('name'))} {_shape(manifest.input.get('shape'))} "
+             f"{md(manifest.input.get('dtype'))} -> {md(manifest.output.get('name'))} "
+             f"({model.get('num_classes')} classes{': ' + md(shown) if shown else ''})",
              f"- preprocessing: {pre.get('channels')} channel(s), {pre.get('height')}x{pre.get('width')}, resize "
-             f"{pre.get('resize') or 'straight to size'}, mean {pre.get('mean')}, std {pre.get('std')}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v), ""]
+             f"{pre.get('resize') or 'straight to size'}, mean {md(pre.get('mean'))}, std {md(pre.get('std'))}",
+             "- versions: " + md(", ".join(f"{k} {v}" for k, v in manifest.versions.items() if v)), ""]
     train = training_metrics(manifest)
     if train is not None or model.get("best_val_acc") is not None:
         best = train["best_val_acc"] if train else model["best_val_acc"]
@@ -207,7 +225,7 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
                   f"`--plot {folder / 'bench.png'}` for the figure), then run `deploykit report {folder}` again."]
     pngs = sorted(p.name for p in folder.glob("*.png"))
     if pngs:
-        lines += ["", "## Figures", ""] + [f"![{Path(n).stem}]({n})" for n in pngs]
+        lines += ["", "## Figures", ""] + [f"![{md(Path(n).stem)}](<{n}>)" for n in pngs if _plain_name(n)]
     return "\n".join(lines) + "\n"
 
 
