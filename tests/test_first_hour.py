@@ -347,10 +347,15 @@ def test_report_mentions_accuracy_only_with_an_accuracy_column(tmp_path):
     from deploykit.manifest import Manifest
     from deploykit.report import render_report
 
-    manifest = Manifest(source={"path": "m.pth"}, model={"arch": "lenet", "num_classes": 2}, input={"shape": [1]},
-                        output={}, preprocess={}, opset=18,
-                        artifacts=[{"path": "model.onnx", "precision": "fp32", "parity": {
-                            "passed": True, "metrics": {"max_abs_diff": 0.0}}}])
+    (tmp_path / "model.onnx").write_bytes(b"a graph")
+    from deploykit.files import sha256_file
+
+    manifest = Manifest(source={"path": "m.pth"}, model={"arch": "lenet", "num_classes": 2},
+                        input={"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"},
+                        output={"name": "logits", "shape": [1, 2], "dtype": "float32"},
+                        preprocess={"channels": 1, "height": 28, "width": 28, "mean": [0.5], "std": [0.5]}, opset=18,
+                        artifacts=[{"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(
+                            tmp_path / "model.onnx"), "parity": {"passed": True, "metrics": {"max_abs_diff": 0.0}}}])
     manifest.save(tmp_path)
     assert "accuracy in percent" not in render_report(tmp_path)
 

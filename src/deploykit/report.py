@@ -57,6 +57,7 @@ def check_bench(data: object, path: Path) -> None:
         S.get(data, "results", "", S.items(S.record(_bench_row)))
         host = S.get(data, "host", "", S.any_object, optional=True) or {}
         S.get(host, "skipped", "host", S.items(S.record(_bench_skip)), optional=True)
+        S.get(host, "versions", "host", S.any_object, optional=True)
     except S.SchemaError as exc:
         raise InputError(f"{path} is not `deploykit bench --json` output: {exc}") from None
 
@@ -105,7 +106,8 @@ def _artifact_rows(manifest: Manifest) -> list[str]:
         if parity.get("note"):
             result += f" ({parity['note']})"
         result = md(result)
-        row = [md(art["path"]), md(art.get("precision", "-")), _num(art.get("bytes", 0) / 1e6, ".2f"),
+        row = [f"`{art['path']}`",  # a checked plain file name (manifest.ARTIFACT_NAME)
+ md(art.get("precision", "-")), _num(art.get("bytes", 0) / 1e6, ".2f"),
                md(parity.get("reference", "-")), md(parity.get("n_images", "-")), _num(m.get("max_abs_diff"), ".2e"),
                _num(m.get("cosine_min"), ".6f"), _num(m.get("top1_agreement"), ".3f"),
                _num(m.get("top5_agreement"), ".3f")]
@@ -122,7 +124,7 @@ def _engine_lines(manifest: Manifest) -> list[str]:
         if not facts:
             continue
         onnx = facts.get("onnx") or {}
-        lines.append(f"- {md(art['path'])}: TensorRT {md(facts.get('tensorrt', '?'))} on {md(facts.get('gpu', '?'))} "
+        lines.append(f"- `{art['path']}`: TensorRT {md(facts.get('tensorrt', '?'))} on {md(facts.get('gpu', '?'))} "
                      f"(compute capability {md(facts.get('compute_capability', '?'))}), built in "
                      f"{_num(facts.get('build_seconds'), '.1f')} s from {md(onnx.get('path', '?'))}")
     return lines
@@ -139,7 +141,7 @@ def _int8_lines(manifest: Manifest) -> list[str]:
         target = {"tensorrt": "TensorRT (Q/DQ)", "cpu": "ONNX Runtime CPU"}.get(details.get("target"),
                                                                               details.get("target") or "?")
         kept = details.get("fp32_layers") or []
-        lines.append(f"- {md(art['path'])} for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
+        lines.append(f"- `{art['path']}` for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
                      f"({md(calib.get('method', '?'))})"
                      + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
                      + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
@@ -225,7 +227,7 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
                   f"`--plot {folder / 'bench.png'}` for the figure), then run `deploykit report {folder}` again."]
     pngs = sorted(p.name for p in folder.glob("*.png"))
     if pngs:
-        lines += ["", "## Figures", ""] + [f"![{md(Path(n).stem)}](<{n}>)" for n in pngs if _plain_name(n)]
+        lines += ["", "## Figures", ""] + [f"![{Path(n).stem}]({n})" for n in pngs if _plain_name(n)]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,7 +165,8 @@ def _torch_load(path: Path, weights_only: bool):
                 "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
                 "model.state_dict() instead") from None
         raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
+            IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):
             raise CheckpointError(f"{path.name} needs Python code that is not importable here ({msg}); "
