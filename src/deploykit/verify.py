@@ -342,6 +342,17 @@ def runner_for(path: Path, *, device: str = "cpu", warn=None, backend: Runtime |
     return OnnxRuntimeRunner(path, device=device, threads=threads)
 
 
+def on_backend(runner: Runner, backend: Runtime | str, note=None) -> Runner:
+    """The same artifact as ``runner`` on ``backend`` (predict --backend); ``note`` hears what ran."""
+    path = getattr(runner, "path", None)
+    if path is None:
+        raise InputError("--backend applies to exported artifacts (ONNX, engines); a checkpoint runs on PyTorch")
+    runner = runner_for(path, backend=backend)
+    if note and runner.name == "openvino":
+        note(f"{path.name} on OpenVINO {runner.version}, computed in {runner.precision_text}")
+    return runner
+
+
 def record_parity(manifest: Manifest, report: ParityReport) -> None:
     """Store each artifact's parity result in its manifest entry (as the export does)."""
     for art in report.artifacts:
