@@ -205,12 +205,13 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
         if not entries:
             raise InputError(f"no PyTorch reference here and {ref_name} is the only artifact: nothing to compare")
     runs = [(a["path"], a["precision"], "f32") for a in entries]
-    if backend is Runtime.ov and any(p == Precision.FP32.value for _, p, _ in runs):
+    if backend is Runtime.ov:
         from deploykit.runners.openvino import native_bf16
 
-        if native_bf16():  # OpenVINO's own default on such CPUs: verified as what it is, bf16
-            path = next(p for p, prec, _ in runs if prec == Precision.FP32.value)
-            runs.append((path, Precision.BF16.value, "bf16"))
+        bf16 = native_bf16()  # without OpenVINO: MissingDependencyError (exit 3) here
+        fp32 = next((p for p, prec, _ in runs if prec == Precision.FP32.value), None)
+        if bf16 and fp32:  # OpenVINO's own default on such CPUs: verified as what it is, bf16
+            runs.append((fp32, Precision.BF16.value, "bf16"))
     candidates = []
     for path, precision, hint in runs:
         try:
