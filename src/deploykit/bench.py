@@ -990,7 +990,15 @@ def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement]
     try:
         images = verification_set(None)
         batch = images.load(manifest.preprocessing)
-        reference, ref_name = reference_runner(folder, manifest)
+        fp32 = next((a["path"] for a in manifest.artifacts if a.get("precision") == "fp32"), None)
+        if manifest.source.get("path"):
+            reference, ref_name = reference_runner(folder, manifest)
+        elif fp32 is not None:  # a bare ONNX file without its folder: the FP32 ONNX on ONNX Runtime is the reference
+            from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+            reference, ref_name = OnnxRuntimeRunner(folder / fp32, threads=threads), fp32
+        else:
+            raise InputError("no reference here (no deploykit.json beside the file)")
         runs = [(m.artifact, m.precision.value, OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value,
                                                               threads=threads)) for m in rows]
         report = evaluate(reference, runs, batch, reference_name=ref_name, data_name=images.source)
