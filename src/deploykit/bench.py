@@ -698,7 +698,8 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
     backends = options.backends
     precisions = {b: tuple(p for p in options.precisions if b is Backend.ov or p is not Precision.BF16)
                   for b in Backend}
-    if Precision.BF16 in options.precisions and Backend.ov not in backends and only is None:
+    if Precision.BF16 in options.precisions and Backend.ov not in backends and only is None and \
+            set(options.precisions) != set(Precision):  # asked for by name, not as part of "everything"
         skips.append(Skip(Backend.ov, Precision.BF16, "bf16 is model.onnx computed in bf16 by OpenVINO: add ov to "
                                                       "--backends"))
     if only is not None:
@@ -708,7 +709,8 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
         kinds = (Backend.trt,) if only.endswith(ENGINE_SUFFIXES) else (Backend.ort, Backend.ov)
         backends = tuple(b for b in options.backends if b is Backend.torch or b in kinds)
         if not any(k in backends for k in kinds):
-            raise InputError(f"{only} runs on {' or '.join(k.value for k in kinds)}, which --backends leaves out")
+            raise InputError(f"{only} runs on {kinds[0].value}, which --backends leaves out"
+                             + (f", as it does {kinds[1].value}" if len(kinds) > 1 else ""))
         precision = Precision(entry["precision"])
         if precision not in options.precisions:
             raise InputError(f"{only} is {precision.value}, which --precisions leaves out")
