@@ -193,7 +193,7 @@ def overhead(folder: Path, threads: int, iters: int, rounds: int) -> dict:
 
     from deploykit.bench import Backend, BenchOptions, bench_folder, bench_input
     from deploykit.manifest import Manifest
-    from deploykit.runners.openvino import model_cache_dir
+    from deploykit.runners.openvino import compile_config, model_cache_dir
     from deploykit.verify import Precision
 
     x = bench_input(Manifest.load(folder), 1)
@@ -206,9 +206,7 @@ def overhead(folder: Path, threads: int, iters: int, rounds: int) -> dict:
         return rows[0].latency.p50
 
     def bare_p50():  # what anyone would write: compile, one request, infer in a loop
-        compiled = ov.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(model_cache_dir(path))})
+        compiled = ov.Core().compile_model(str(path), "CPU", compile_config("f32", threads, model_cache_dir(path)))
         request = compiled.create_infer_request()
         return p50(lambda: request.infer({0: x}), iters)
 
@@ -228,7 +226,7 @@ t0 = time.perf_counter()
 import numpy as np, openvino as ov
 path, cache = sys.argv[1], sys.argv[2]
 cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(sys.argv[3]), "NUM_STREAMS": 1,
-       "PERFORMANCE_HINT": "LATENCY"}
+       "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
 if cache:
     cfg["CACHE_DIR"] = cache
 c = ov.Core().compile_model(path, "CPU", cfg)
