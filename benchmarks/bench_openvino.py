@@ -290,10 +290,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n-agree", type=int, default=300)
-    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true", help="skip the bench-overhead and IR measurements")
+    parser.add_argument("--json", type=Path, help="where to write the results [default: OUT/bench_openvino.json]")
     args = parser.parse_args()
 
     from deploykit.bench import BenchOptions, host_info, host_line
+
+    json_path = args.json or args.out / "bench_openvino.json"
 
     host = host_line(host_info(BenchOptions(threads=args.threads)))
     print(host, flush=True)
@@ -313,13 +316,12 @@ def main() -> None:
         best = min(ok, key=lambda f: speed[f]["median_p50_ms"]) if ok else None
         results["models"][name] = {"forms": speed, "agreement": agree, "fastest_verified": best}
         del loaded
-        if i == 0:
-            if not args.skip_overhead:
-                print("  bench overhead (ov int8):", flush=True)
-                results["models"][name]["overhead"] = overhead(folder, args.threads, args.iters, args.rounds)
+        if i == 0 and not args.skip_overhead:
+            print("  bench overhead (ov int8):", flush=True)
+            results["models"][name]["overhead"] = overhead(folder, args.threads, args.iters, args.rounds)
             print("  IR vs ONNX:", flush=True)
             results["models"][name]["ir"] = ir_vs_onnx(folder, args.threads)
-        (args.out / "bench_openvino.json").write_text(json.dumps(results, indent=1))
+        json_path.write_text(json.dumps(results, indent=1))
     print("\n" + host + "\n")
     print("| model | form | p50 ms (median of rounds) | vs ORT FP32 | parity |\n|---|---|--:|--:|---|")
     for name, res in results["models"].items():
@@ -335,7 +337,7 @@ def main() -> None:
             print(f"{name}: bench/bare ratio {res['overhead']['ratio']:.3f} ({res['overhead']['ratios']})")
         if "ir" in res:
             print(f"{name}: IR {json.dumps(res['ir'])}")
-    print(f"\nload after: {os.getloadavg()[0]:.2f}; wrote {args.out / 'bench_openvino.json'}")
+    print(f"\nload after: {os.getloadavg()[0]:.2f}; wrote {json_path}")
 
 
 if __name__ == "__main__":
