@@ -949,7 +949,7 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
             import torch
 
             torch.set_num_threads(restore)
-    _verify_ov_rows(folder, manifest, results, options.thread_count, skips, progress)
+    _verify_ov_rows(folder, manifest, results, options.thread_count, progress)
     if progress:
         progress("done", len(cases), len(cases))
     _speedups(results)
@@ -975,7 +975,7 @@ def _measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measuremen
                        rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note, ran=ran)
 
 
-def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement], threads: int, skips: list[Skip],
+def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement], threads: int,
                     progress=None) -> None:
     """The parity of what each OpenVINO row ran: its file, compiled again with the same settings (the compiled-model
     cache gives back the same program), against the folder's reference on the verification photos, judged by the
