@@ -42,6 +42,7 @@ def bench(
     = False,
 ) -> None:
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, parse_batches, parse_list,
@@ -79,7 +80,7 @@ def bench(
     else:
         console.print(render_table(report))
         for line in ship_lines(report):
-            console.print(f"[bold]{line}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:
             console.print(f"[dim]skipped[/] {skip_text(skip)}", highlight=False, soft_wrap=True)
         for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
