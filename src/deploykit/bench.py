@@ -31,7 +31,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +59,15 @@ ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
 class Backend(str, Enum):
     torch = "torch"
     ort = "ort"
+    ov = "ov"  # OpenVINO on the CPU
     trt = "trt"
+
+
+def default_backends() -> tuple[Backend, ...]:
+    """Every backend; OpenVINO only where it is installed (asked for by name without it: a skipped row)."""
+    from deploykit.runners.openvino import openvino_available
+
+    return tuple(b for b in Backend if b is not Backend.ov or openvino_available())
 
 
 class Device(str, Enum):
@@ -77,11 +85,16 @@ class Variant(str, Enum):
     session = "session"  # ONNX Runtime InferenceSession.run, host arrays in and out
     end_to_end = "end-to-end"  # TensorRT, host-to-device copy + compute + device-to-host copy
     compute = "compute"  # TensorRT, device buffers only (trtexec's "GPU Compute Time")
+    ov_f32 = "f32"  # OpenVINO, INFERENCE_PRECISION_HINT=f32 (what the compiled model reports it runs)
+    ov_bf16 = "bf16"  # OpenVINO, INFERENCE_PRECISION_HINT=bf16 (native bf16 CPUs; INT8 graphs: the non-INT8 rest)
+
+
+PLAIN_VARIANTS = (Variant.eager, Variant.session, Variant.ov_f32)  # labels leave these out
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    backends: tuple[Backend, ...] = (Backend.torch, Backend.ort, Backend.trt)
+    backends: tuple[Backend, ...] = field(default_factory=default_backends)
     precisions: tuple[Precision, ...] = tuple(Precision)
     batches: tuple[int, ...] = (1,)
     device: Device = Device.cpu
@@ -105,9 +118,9 @@ class BenchOptions:
         if not self.batches or any(b < 1 for b in self.batches):
             raise InputError(f"--batch sizes must be >= 1, got {','.join(map(str, self.batches)) or 'none'}")
         if not self.backends:
-            raise InputError("--backends is empty; choose from torch,ort,trt")
+            raise InputError("--backends is empty; choose from torch,ort,ov,trt")
         if not self.precisions:
-            raise InputError("--precisions is empty; choose from fp32,fp16,int8,int8-cpu")
+            raise InputError("--precisions is empty; choose from fp32,fp16,int8,int8-cpu,bf16")
 
     @property
     def thread_count(self) -> int:
@@ -174,6 +187,8 @@ class Measurement:
     gpu_mem_mb: float | None = None
     parity: dict[str, Any] | None = None
     note: str | None = None
+    ran: dict[str, Any] | None = None  # what the runtime reports it ran (OpenVINO: precision, layer precisions)
+    ship: bool = False  # the fastest verified row of its backend, device and batch
 
     @property
     def throughput(self) -> float:
@@ -183,7 +198,7 @@ class Measurement:
 
     @property
     def label(self) -> str:
-        plain = self.variant in (Variant.eager, Variant.session)
+        plain = self.variant in PLAIN_VARIANTS or self.variant.value == self.precision.value
         return f"{self.backend.value} {self.precision.value}" + ("" if plain else f" {self.variant.value}")
 
     def to_json(self) -> dict[str, Any]:
@@ -193,7 +208,7 @@ class Measurement:
                 # extras beside the contract's keys
                 "variant": self.variant.value, "iters": self.iters, "clock": self.clock, "artifact": self.artifact,
                 "rss_peak_mb": self.rss_peak_mb, "rss_delta_mb": self.rss_delta_mb, "gpu_mem_mb": self.gpu_mem_mb,
-                "parity": self.parity, "note": self.note}
+                "parity": self.parity, "note": self.note, "ran": self.ran, "ship": self.ship}
 
 
 @dataclass(frozen=True)
@@ -271,7 +286,8 @@ def host_info(options: BenchOptions) -> dict[str, Any]:
         "device": options.device.value, "denormals": DENORMALS,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": _version("torch"),
                      "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-                     "tensorrt": _version("tensorrt"), "deploykit": _version("deploykit")},
+                     "tensorrt": _version("tensorrt"), "openvino": _version("openvino"),
+                     "deploykit": _version("deploykit")},
     }
     if options.device is Device.cuda:
         info["gpu"] = _gpu_name()
@@ -301,7 +317,8 @@ def host_line(host: dict[str, Any]) -> str:
     return (f"{host['cpu']} | {host['cores_available']} cores, {host['threads']} threads | ISA {isa}{gpu} | "
             f"torch {v['torch']} | onnxruntime {v['onnxruntime']}"
             + (f" | tensorrt {v['tensorrt']}" if v.get("tensorrt") else "")
-            + (" | denormals flushed to zero" if host.get("denormals") == DENORMALS else "") + load)
+            + (" | denormals flushed to zero" if host.get("denormals") == DENORMALS else "")
+            + (f" | openvino {v['openvino']}" if v.get("openvino") else "") + load)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -416,6 +433,7 @@ class Prepared:
     clock_name: str
     close: Callable[[], None] = lambda: None
     gpu_mem_mb: Callable[[], float | None] = lambda: None
+    ran: dict[str, Any] | None = None
 
 
 class SelfTimed(Protocol):
@@ -457,7 +475,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        plain = self.variant in (Variant.eager, Variant.session)
+        plain = self.variant in PLAIN_VARIANTS or self.variant.value == self.precision.value
         return f"{self.backend.value} {self.precision.value}" + ("" if plain else f" {self.variant.value}") + \
             f" b{self.batch}"
 
@@ -566,6 +584,30 @@ def _ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarr
     return prepare
 
 
+def _ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        from deploykit.runners.openvino import OpenVINORunner
+
+        runner = OpenVINORunner(path, inference_precision=variant.value, threads=threads)
+        if runner.inference_precision != variant.value:
+            raise DeployKitError(f"OpenVINO was asked for {variant.value} but reports "
+                                 f"{runner.inference_precision}: not measured")
+        ran = {"runtime": f"openvino {runner.version}", "inference_precision": runner.inference_precision,
+               "layer_precisions": runner.layer_precisions, "compile_s": runner.compile_s,
+               "loaded_from_cache": runner.loaded_from_cache}
+        return Prepared(runner.bench_step(batch), _wall_ms, "perf_counter", ran=ran)
+
+    return prepare
+
+
+def _ov_unavailable(cpu: bool) -> str | None:
+    from deploykit.runners.openvino import OV_INSTALL_HINT, openvino_available
+
+    if not cpu:
+        return "deploykit runs OpenVINO on the CPU: use --device cpu"
+    return None if openvino_available() else f"OpenVINO is not installed: {OV_INSTALL_HINT}"
+
+
 def _cuda_used_mb() -> float | None:
     """Device-wide GPU memory in use (MiB): cuda-python's cudaMemGetInfo, else PyTorch's; None without either."""
     from deploykit.engine import cudart
@@ -668,20 +710,30 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
     threads = options.thread_count
     cpu = options.device is Device.cpu
     fixed = _fixed_batch(manifest)
-    backends, precisions = options.backends, {b: options.precisions for b in Backend}
+    # bf16 is OpenVINO's compute precision for model.onnx (no bf16 file): an ov row only
+    backends = options.backends
+    precisions = {b: tuple(p for p in options.precisions if b is Backend.ov or p is not Precision.BF16)
+                  for b in Backend}
+    if Precision.BF16 in options.precisions and Backend.ov not in backends and only is None and \
+            set(options.precisions) != set(Precision):  # asked for by name, not as part of "everything"
+        skips.append(Skip(Backend.ov, Precision.BF16, "bf16 is model.onnx computed in bf16 by OpenVINO: add ov to "
+                                                      "--backends"))
     if only is not None:
         entry = manifest.artifact(only)
         if entry is None:
             raise InputError(f"{only} is not listed in {folder / MANIFEST_NAME}")
-        kind = Backend.trt if only.endswith(ENGINE_SUFFIXES) else Backend.ort
-        backends = tuple(b for b in options.backends if b in (Backend.torch, kind))
-        if kind not in backends:
-            raise InputError(f"{only} runs on {kind.value}, which --backends leaves out")
+        kinds = (Backend.trt,) if only.endswith(ENGINE_SUFFIXES) else (Backend.ort, Backend.ov)
+        backends = tuple(b for b in options.backends if b is Backend.torch or b in kinds)
+        if not any(k in backends for k in kinds):
+            raise InputError(f"{only} runs on {kinds[0].value}, which --backends leaves out"
+                             + (f", as it does {kinds[1].value}" if len(kinds) > 1 else ""))
         precision = Precision(entry["precision"])
         if precision not in options.precisions:
             raise InputError(f"{only} is {precision.value}, which --precisions leaves out")
         precisions = {Backend.torch: tuple(p for p in options.precisions if p is Precision.FP32),
-                      kind: (precision,)}
+                      **{k: (precision,) for k in kinds}}
+        if precision is Precision.FP32 and Precision.BF16 in options.precisions:
+            precisions[Backend.ov] += (Precision.BF16,)
 
     present = [a for a in manifest.artifacts if (folder / a["path"]).is_file() and (only is None or a["path"] == only)]
     for entry in present:
@@ -755,7 +807,8 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                     note = ("ORT's CPU provider has few FP16 kernels and runs this graph through casts: "
                             "unrepresentative of FP16 on a GPU (use --device cuda or trt)")
                 elif cpu and precision is Precision.INT8:
-                    note = "Q/DQ graph made for TensorRT; on CPU the int8-cpu artifact is the one to ship"
+                    note = ("Q/DQ graph made for TensorRT, emulated by ORT's CPU provider; on a CPU ship int8-cpu "
+                            "with ORT, or this file with OpenVINO (the ov int8 row)")
                 for b in options.batches:
                     if fixed is not None and b != fixed:
                         skips.append(Skip(backend, precision, f"{entry['path']} has a fixed batch of {fixed}: "
@@ -764,6 +817,40 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions,
                     cases.append(Case(backend, precision, Variant.session, b,
                                       _ort_prepare(folder / entry["path"], options.device, threads),
                                       artifact=entry["path"], parity=parity_summary(entry), note=note))
+        elif backend is Backend.ov:
+            reason = _ov_unavailable(cpu)
+            if reason:
+                skips.append(Skip(backend, None, reason))
+                continue
+            from deploykit.runners.openvino import native_bf16
+
+            bf16 = native_bf16()
+            for precision in precisions[backend]:
+                if precision is Precision.FP16:
+                    skips.append(Skip(backend, precision, "OpenVINO's CPU plugin computes model.fp16.onnx in f32 "
+                                                          "(FP16 weights decompressed): see ov fp32 and ov bf16"))
+                    continue
+                if precision is Precision.BF16 and not bf16:
+                    skips.append(Skip(backend, precision, "this CPU has no native bf16 (OpenVINO's CPU capabilities "
+                                                          "lack BF16)"))
+                    continue
+                entry = onnx_entry(Precision.FP32 if precision is Precision.BF16 else precision)
+                if entry is None:
+                    skips.append(Skip(backend, precision, f"no {precision.value} ONNX artifact in {folder.name}/ "
+                                                          f"({_how_to_make(precision)})"))
+                    continue
+                variants = [Variant.ov_bf16] if precision is Precision.BF16 else [Variant.ov_f32]
+                if precision is Precision.INT8 and bf16:
+                    variants.append(Variant.ov_bf16)  # integer kernels, the non-INT8 rest in bf16
+                for b in options.batches:
+                    if fixed is not None and b != fixed:
+                        skips.append(Skip(backend, precision, f"{entry['path']} has a fixed batch of {fixed}: "
+                                                              "re-export with --dynamic-batch", batch=b))
+                        continue
+                    for variant in variants:  # parity: verified after timing, on what ran (_verify_ov_rows)
+                        cases.append(Case(backend, precision, variant, b,
+                                          _ov_prepare(folder / entry["path"], variant, threads),
+                                          artifact=entry["path"]))
         elif backend is Backend.trt:
             if cpu:
                 skips.append(Skip(backend, None, _trt_on_cpu_advice(None if temporary else folder)))
@@ -861,7 +948,8 @@ def _how_to_make(precision: Precision) -> str:
     return {Precision.FP32: "run deploykit export",
             Precision.FP16: "export with --fp16",
             Precision.INT8: "export with --int8",
-            Precision.INT8_CPU: "export with --int8 --int8-for cpu"}[precision]
+            Precision.INT8_CPU: "export with --int8 --int8-for cpu",
+            Precision.BF16: "run deploykit export: bf16 is model.onnx computed in bf16"}[precision]
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -930,9 +1018,11 @@ def bench_folder(folder: Path, options: BenchOptions, *, progress: Callable[[str
 
             torch.set_num_threads(restore)
             torch.set_flush_denormal(False)  # torch's default, as a library call found it
+    _verify_ov_rows(folder, manifest, results, options.thread_count, progress)
     if progress:
         progress("done", len(cases), len(cases))
     _speedups(results)
+    _mark_ship(results)
     info = {"folder": str(folder), "arch": manifest.model.get("arch"), "input": manifest.input.get("shape"),
             "num_classes": manifest.model.get("num_classes"), **(target or {})}
     return BenchReport(host, results, skips, info)
@@ -945,13 +1035,82 @@ def _measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measuremen
             samples = time_loop(prepared.step, warmup=options.warmup, iters=options.iters, seconds=options.seconds,
                                 clock=prepared.clock)
             gpu = prepared.gpu_mem_mb()
-            clock = prepared.clock_name
+            clock, ran = prepared.clock_name, prepared.ran
         finally:
             prepared.close()
             del prepared
     return Measurement(case.backend, case.precision, options.device, case.batch, case.variant, Latency.of(samples),
                        len(samples), clock=clock, artifact=case.artifact, rss_peak_mb=rss["peak"],
-                       rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note)
+                       rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note, ran=ran)
+
+
+def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement], threads: int,
+                    progress=None) -> None:
+    """The parity of what each OpenVINO row ran: its file, compiled again with the same settings (the compiled-model
+    cache gives back the same program), against the folder's reference on the verification photos, judged by the
+    tolerance of the precision that ran (bf16 rows: bf16). Not the manifest's ONNX Runtime parity."""
+    rows = [m for m in results if m.backend is Backend.ov]
+    if not rows:
+        return
+    from deploykit.data import verification_set
+    from deploykit.runners.openvino import OpenVINORunner
+    from deploykit.verify import evaluate, reference_runner
+
+    if progress:
+        progress(f"verifying {len(rows)} OpenVINO rows", len(results), len(results))
+    try:
+        images = verification_set(None)
+        batch = images.load(manifest.preprocessing)
+        fp32 = next((a["path"] for a in manifest.artifacts if a.get("precision") == "fp32"), None)
+        if manifest.source.get("path"):
+            reference, ref_name = reference_runner(folder, manifest)
+        elif fp32 is not None:  # a bare ONNX file without its folder: the FP32 ONNX on ONNX Runtime is the reference
+            from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+            reference, ref_name = OnnxRuntimeRunner(folder / fp32, threads=threads), fp32
+        else:
+            raise InputError("no reference here (no deploykit.json beside the file)")
+        runs = [(m.artifact, m.precision.value, OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value,
+                                                              threads=threads)) for m in rows]
+        report = evaluate(reference, runs, batch, reference_name=ref_name, data_name=images.source)
+    except DeployKitError as exc:
+        for m in rows:
+            m.note = "; ".join(filter(None, [m.note, f"not verified: {exc}"]))
+        return
+    for m, art in zip(rows, report.artifacts):
+        keep = ("max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement")
+        m.parity = {"passed": art.passed, "reference": report.reference, "n_images": report.n_images,
+                    "verified": f"this run (openvino {m.variant.value}, {report.data})",
+                    **{k: art.metrics[k] for k in keep}, **({"failures": art.failures} if art.failures else {})}
+
+
+def _mark_ship(results: list[Measurement]) -> None:
+    """Per backend, device and batch: the fastest row whose artifact passed its tolerance ("ship this")."""
+    best: dict[tuple, Measurement] = {}
+    for m in results:
+        if m.backend is Backend.torch or not (m.parity or {}).get("passed"):
+            continue
+        key = (m.backend, m.device, m.batch)
+        if key not in best or m.latency.p50 < best[key].latency.p50:
+            best[key] = m
+    for m in best.values():
+        m.ship = True
+
+
+def ship_lines(report: BenchReport) -> list[str]:
+    """One line per backend, device and batch: the fastest verified artifact, its p50 and its ratio to ORT FP32."""
+    ort_fp32 = {(m.device, m.batch): m.latency.p50 for m in report.results
+                if m.backend is Backend.ort and m.precision is Precision.FP32}
+    out = []
+    for m in report.results:
+        if not m.ship:
+            continue
+        ran = f", {m.ran['inference_precision']} hint" if m.ran and m.backend is Backend.ov else ""
+        ratio = ort_fp32.get((m.device, m.batch))
+        ratio = f", {m.latency.p50 / ratio:.3f}x ORT FP32" if ratio else ""
+        out.append(f"ship this on {m.backend.value} ({m.device.value}, batch {m.batch}): {m.artifact} "
+                   f"({m.precision.value}{ran}) -- p50 {m.latency.p50:.2f} ms{ratio}; {parity_cell(m.parity)}")
+    return out
 
 
 def _speedups(results: list[Measurement]) -> None:
@@ -1116,7 +1275,7 @@ def rows(report: BenchReport) -> list[list[str]]:
                     f"{lat.p50:.2f}", f"{lat.p90:.2f}", f"{lat.p99:.2f}", f"{lat.mean:.2f}", f"{m.throughput:.1f}",
                     _fmt(m.speedup_vs_torch, ".2f") + ("x" if m.speedup_vs_torch else ""),
                     _fmt(m.rss_peak_mb, ".0f"), _fmt(m.rss_delta_mb, ".0f"), _fmt(m.gpu_mem_mb, ".0f"),
-                    parity_cell(m.parity)])
+                    parity_cell(m.parity) + (" <- ship this" if m.ship else "")])
     return out
 
 
@@ -1141,7 +1300,7 @@ def render_table(report: BenchReport):
     table = Table(title=title, title_justify="left",
                   caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
                           "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
-                          "export/verify (vs PyTorch)", caption_justify="left")
+                          "export/verify (vs PyTorch), ov rows verified in this run", caption_justify="left")
     for i in keep:
         col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
@@ -1165,10 +1324,14 @@ def write_markdown(report: BenchReport, dest: Path) -> Path:
              "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
              "included); RSS +MB: that peak minus the resident memory before loading",
              "- parity: what export/verify recorded for the artifact in deploykit.json (top-1 agreement and lowest "
-             "cosine of the logits vs PyTorch, pass/FAIL against the precision's tolerance)", "",
+             "cosine of the logits vs PyTorch, pass/FAIL against the precision's tolerance); ov rows: verified in "
+             "this run, as they ran (variant = OpenVINO's inference precision)", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 4 or i == len(COLUMNS) - 1 else "--:"
                                                               for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    ship = ship_lines(report)
+    if ship:
+        lines += ["", "Ship this (fastest verified artifact per backend):", ""] + [f"- {line}" for line in ship]
     notes = sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note})
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
@@ -1217,7 +1380,7 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13 if two else 8, height), squeeze=False)
     ax_lat = axes[0][0]
     y = np.arange(len(at))[::-1]  # first row on top
-    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "trt": "#76b900"}.get(m.backend.value, "#7f7f7f") for m in at]
+    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "ov": "#9467bd", "trt": "#76b900"}.get(m.backend.value, "#7f7f7f") for m in at]
     p50 = np.array([m.latency.p50 for m in at])
     p90 = np.array([m.latency.p90 for m in at])
     p99 = np.array([m.latency.p99 for m in at])
@@ -1266,4 +1429,4 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
 
 __all__ = ["Backend", "BenchOptions", "BenchReport", "Device", "Latency", "Measurement", "Skip", "Variant",
            "bench_folder", "bench_target", "host_line", "parse_batches", "parse_list", "render_table", "time_loop",
-           "write_markdown", "write_plot", "TrtBenchSteps"]
+           "write_markdown", "write_plot", "TrtBenchSteps", "default_backends", "ship_lines"]

@@ -6,6 +6,7 @@ Validation collects every failing metric of every artifact and reports them toge
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.data import ImageSet, verification_set
-from deploykit.errors import InputError
+from deploykit.errors import DeployKitError, InputError
 from deploykit.manifest import Manifest
 from deploykit.runners.base import Runner
 
@@ -24,6 +25,7 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"
     INT8_CPU = "int8-cpu"
+    BF16 = "bf16"  # model.onnx computed in bf16 (OpenVINO on CPUs with native bf16)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ TOLERANCES: dict[Precision, Tolerance] = {
     Precision.FP16: Tolerance(cosine_min=0.9999, top1_agreement=0.99),
     Precision.INT8: Tolerance(top1_agreement=0.97, accuracy_drop=1.0),
     Precision.INT8_CPU: Tolerance(top1_agreement=0.97, accuracy_drop=1.0),
+    Precision.BF16: Tolerance(cosine_min=0.99, top1_agreement=0.97),
 }
 
 
@@ -100,9 +103,11 @@ class ArtifactReport:
     passed: bool
     failures: list[str] = field(default_factory=list)
     note: str | None = None  # what the metrics cannot say (e.g. ONNX Runtime cannot stand in for TensorRT)
+    extra: dict = field(default_factory=dict)  # keys beside the contract's (verify --backend ov: what ran)
 
     def to_json(self) -> dict:
-        out = {"path": self.path, "precision": self.precision, "metrics": self.metrics, "passed": self.passed}
+        out = {"path": self.path, "precision": self.precision, "metrics": self.metrics, "passed": self.passed,
+               **self.extra}
         if self.note:
             out["note"] = self.note
         return out
@@ -182,13 +187,21 @@ def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], b
 def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str], None] | None = None,
                   overrides: dict[str, Tolerance] | None = None, max_images: int = 256,
                   only: Sequence[str] | None = None, loaded=None, allow_pickle: bool = False,
-                  model_def: str | None = None) -> ParityReport:
+                  model_def: str | None = None, backend: Runtime | str | None = None,
+                  threads: int | None = None) -> ParityReport:
     """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference (or the
     FP32 ONNX). Engines are skipped with a warning where TensorRT or a GPU is missing, unless named in ``only``.
-    ``loaded``: the in-memory PyTorch model, when the caller has it (export), instead of reloading the source."""
+    ``loaded``: the in-memory PyTorch model, when the caller has it (export), instead of reloading the source.
+
+    ``backend``: run every artifact on that runtime instead of the one it is for (ONNX on ``ort``, engines on
+    ``trt``). ``ov``: the ONNX artifacts on OpenVINO (f32, and ``model.onnx`` also in bf16 where the CPU has native
+    bf16, judged as ``bf16``); each entry says what ran (``backend``, ``inference_precision``,
+    ``layer_precisions``), and an INT8 artifact is also run on ONNX Runtime, reported under ``"ort"`` with the
+    top-1 agreement of the two runtimes."""
     from deploykit.errors import MissingDependencyError
 
     folder = Path(folder)
+    backend = None if backend is None else Runtime(backend)
     manifest = Manifest.load(folder)
     pre = manifest.preprocessing
     images = verification_set(data, warn=warn, max_images=max_images)
@@ -198,27 +211,103 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
-    if ref_name in {a["path"] for a in entries}:  # the FP32 ONNX stands in as reference: not judged by itself
+    if backend is not None:
+        entries = _for_backend(entries, backend, folder, only)
+    if ref_name in {a["path"] for a in entries} and backend is not Runtime.ov:
+        # the FP32 ONNX stands in as reference: not judged by itself (on OpenVINO it is another run: judged)
         entries = [a for a in entries if a["path"] != ref_name]
         if not entries:
             raise InputError(f"no PyTorch reference ({getattr(reference, 'reason', 'see above')}) and {ref_name} is "
                              "the only artifact: nothing to compare")
+    runs = [(a["path"], a["precision"], "f32") for a in entries]
+    if backend is Runtime.ov:
+        from deploykit.runners.openvino import native_bf16
+
+        bf16 = native_bf16()  # without OpenVINO: MissingDependencyError (exit 3) here
+        fp32 = next((p for p, prec, _ in runs if prec == Precision.FP32.value), None)
+        if bf16 and fp32:  # OpenVINO's own default on such CPUs: verified as what it is, bf16
+            runs.append((fp32, Precision.BF16.value, "bf16"))
     candidates = []
-    for a in entries:
+    for path, precision, hint in runs:
         try:
-            candidates.append((a["path"], a["precision"], runner_for(manifest.file(a), warn=warn)))
-        except MissingDependencyError as exc:
-            if only is not None:
+            runner = runner_for(manifest.file(path), warn=warn, backend=backend, inference_precision=hint,
+                                threads=threads)
+        except (MissingDependencyError, InputError) as exc:
+            if only is not None or isinstance(exc, InputError) and backend is not Runtime.ov:
                 raise
             if warn:
-                warn(f"skipping {a['path']}: {exc}")
+                warn(f"skipping {path}{'' if hint == 'f32' else f' in {hint}'}: {exc}")
+            continue
+        runner = _Recorded(runner)
+        candidates.append((path, precision, runner))
+        if backend is Runtime.ov and precision == Precision.INT8.value:
+            with contextlib.suppress(DeployKitError):  # the ONNX Runtime twin: reported beside, not judged
+                candidates.append((path, precision, _Recorded(runner_for(manifest.file(path), threads=threads))))
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
     labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), warn)
     report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, reference_name=ref_name,
                       data_name=images.source)
+    if backend is Runtime.ov:
+        _describe_ov_runs(report, candidates)
     explain_fp16_failures(report, getattr(reference, "module", None), batch)
     return report
+
+
+class Runtime(str, Enum):
+    """Where an artifact runs: ONNX Runtime, OpenVINO (CPU) or TensorRT (engines)."""
+
+    ort = "ort"
+    ov = "ov"
+    trt = "trt"
+
+
+class _Recorded(Runner):
+    """A runner that keeps its last logits (to compare two runtimes on the same images afterwards)."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner, self.name, self.input_shape = inner, inner.name, inner.input_shape
+        self.logits: np.ndarray | None = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.logits = self.inner.infer(batch)
+        return self.logits
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - infer is overridden
+        return self.inner.infer(batch)
+
+
+def _for_backend(entries: list[dict], backend: Runtime, folder: Path, only: Sequence[str] | None) -> list[dict]:
+    """The artifacts ``backend`` runs: ONNX files on ort/ov, engines on trt; naming another kind is an error."""
+    from deploykit.engine import is_engine
+
+    wanted = [a for a in entries if is_engine(a["path"]) == (backend is Runtime.trt)]
+    if only is not None and len(wanted) < len(entries):
+        other = next(a["path"] for a in entries if a not in wanted)
+        raise InputError(f"{other} cannot run on --backend {backend.value}: " +
+                         ("TensorRT runs engines; build one with `deploykit build " + str(folder) + "`"
+                          if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
+    if not wanted:
+        raise InputError(f"{folder} has no TensorRT engine: `deploykit build {folder}` on the device" if backend is
+                         Runtime.trt else f"{folder} has no ONNX artifact: run `deploykit export` again")
+    return wanted
+
+
+def _describe_ov_runs(report: ParityReport, candidates: list[tuple[str, str, Runner]]) -> None:
+    """Say on each OpenVINO entry what ran; move each ONNX Runtime twin's result under its entry's ``"ort"``, with
+    the two runtimes' top-1 agreement with each other."""
+    ov_runs: dict[tuple[str, str], tuple[ArtifactReport, np.ndarray]] = {}
+    for art, (_, _, runner) in zip(report.artifacts, candidates):
+        inner = runner.inner
+        if inner.name == "openvino":
+            art.extra = {"backend": "ov", "inference_precision": inner.inference_precision,
+                         "layer_precisions": inner.layer_precisions, "openvino": inner.version}
+            ov_runs[(art.path, art.precision)] = (art, runner.logits)
+        else:  # the ONNX Runtime twin of the OpenVINO run before it
+            owner, ov_logits = ov_runs[(art.path, art.precision)]
+            owner.extra["ort"] = {"metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                                  "top1_agreement_with_ov": compare_logits(runner.logits, ov_logits)["top1_agreement"]}
+    report.artifacts[:] = [art for art, _ in ov_runs.values()]
 
 
 def explain_fp16_failures(report: ParityReport, module, batch: np.ndarray) -> None:
@@ -242,18 +331,43 @@ def _verifiable(path: str) -> bool:
     return path.endswith(".onnx") or is_engine(path)
 
 
-def runner_for(path: Path, *, device: str = "cpu", warn=None) -> Runner:
-    """The runner for an artifact file: ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports)."""
+def runner_for(path: Path, *, device: str = "cpu", warn=None, backend: Runtime | str | None = None,
+               inference_precision: str = "f32", threads: int | None = None) -> Runner:
+    """The runner for an artifact file: by default ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports);
+    ``backend="ov"``: OpenVINO on the CPU for ``.onnx`` in ``inference_precision`` (f32 or bf16)."""
     from deploykit.engine import is_engine
 
     path = Path(path)
-    if is_engine(path):
+    backend = None if backend is None else Runtime(backend)
+    engine = is_engine(path)
+    if backend is not None and engine != (backend is Runtime.trt):
+        raise InputError(f"{path.name} cannot run on --backend {backend.value}: " +
+                         ("TensorRT runs engines: `deploykit build " + str(path.parent) + "`, then pass the engine"
+                          if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
+    if engine:
         from deploykit.runners.trt import TensorRTRunner
 
         return TensorRTRunner(path, warn=warn)
+    if backend is Runtime.ov:
+        if device != "cpu":
+            raise InputError("deploykit runs OpenVINO on the CPU: use --device cpu")
+        from deploykit.runners.openvino import OpenVINORunner
+
+        return OpenVINORunner(path, inference_precision=inference_precision, threads=threads)
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, device=device)
+    return OnnxRuntimeRunner(path, device=device, threads=threads)
+
+
+def on_backend(runner: Runner, backend: Runtime | str, note=None) -> Runner:
+    """The same artifact as ``runner`` on ``backend`` (predict --backend); ``note`` hears what ran."""
+    path = getattr(runner, "path", None)
+    if path is None:
+        raise InputError("--backend applies to exported artifacts (ONNX, engines); a checkpoint runs on PyTorch")
+    runner = runner_for(path, backend=backend)
+    if note and runner.name == "openvino":
+        note(f"{path.name} on OpenVINO {runner.version}, computed in {runner.precision_text}")
+    return runner
 
 
 def record_parity(manifest: Manifest, report: ParityReport) -> None:

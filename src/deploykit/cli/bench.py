@@ -22,9 +22,11 @@ def bench(
                                                           "under ./exports/, whose bench.json and bench.png are then "
                                                           "written (for `deploykit report`); else a bundled "
                                                           "ResNet-18 with random weights].")] = None,
-    backends: Annotated[str, typer.Option("--backends", help="Comma list of torch,ort,trt.")] = "torch,ort,trt",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu.")]
-    = "fp32,fp16,int8,int8-cpu",
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Comma list of torch,ort,ov,trt \\[default: "
+                                                                      "all; ov where OpenVINO is installed].")] = None,
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32,fp16,int8,int8-cpu,bf16 (bf16: "
+                                                                 "model.onnx computed in bf16 by OpenVINO).")]
+    = "fp32,fp16,int8,int8-cpu,bf16",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32.")] = "1",
     device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.cpu,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Intra-op threads for PyTorch and ONNX "
@@ -43,16 +45,17 @@ def bench(
     = False,
 ) -> None:
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
+    from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
+                                 parse_list, render_table, ship_lines, skip_text, write_markdown, write_plot)
     from deploykit.progress import progress_bar
-
-    from deploykit.bench import (Backend, BenchOptions, bench_target, default_target, parse_batches, parse_list,
-                                 render_table, skip_text, write_markdown, write_plot)
     from deploykit.errors import InputError
     from deploykit.verify import Precision
 
-    options = BenchOptions(backends=parse_list(backends, Backend, "--backends"),
+    options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
+                                                                                           "--backends"),
                            precisions=parse_list(precisions, Precision, "--precisions"),
                            batches=parse_batches(batch), device=device, threads=threads, warmup=warmup,
                            iters=iters, seconds=seconds, torch_variants=torch_variants)
@@ -87,6 +90,8 @@ def bench(
         print(dumps_strict(report.to_json()))
     else:
         console.print(render_table(report))
+        for line in ship_lines(report):
+            console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:
             console.print(f"[dim]skipped[/] {skip_text(skip)}", highlight=False, soft_wrap=True)
         for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):

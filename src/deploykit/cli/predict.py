@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -11,8 +11,9 @@ from rich.table import Table
 from deploykit.cli.app import app
 from deploykit.cli.export import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
                                   ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
-from deploykit.cli.render import console, literal
+from deploykit.cli.render import console, literal, note
 from deploykit.files import dumps_strict
+from deploykit.verify import Runtime, on_backend
 
 COMPACT_FROM = 4  # this many images or more: one table, a row per image
 
@@ -32,6 +33,9 @@ def predict(
     mean: MeanOpt = None,
     std: StdOpt = None,
     labels: LabelsOpt = None,
+    backend: Annotated[Optional[Runtime], typer.Option(
+        "--backend", help="Run the artifact on ort, ov (OpenVINO, CPU, f32) or trt \\[default: what it is for: "
+        "ONNX on ort, engines on trt].")] = None,
 ) -> None:
     """Classify images with a checkpoint or an exported artifact (preprocessing from the manifest)."""
     from deploykit.predict import load_predictor
@@ -39,6 +43,9 @@ def predict(
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, None,
                            labels)
     predictor = load_predictor(artifact, options=options)
+    if backend is not None:
+        predictor.runner = on_backend(predictor.runner, backend, note=None if as_json else note)
+        predictor.artifact = f"{predictor.artifact.rsplit(' (', 1)[0]} ({predictor.runner.name})"
     results = predictor.topk(list(images), k=topk)
     if as_json:
         print(dumps_strict({"predictions": results, "artifact": predictor.artifact}))

@@ -12,6 +12,7 @@ from deploykit.cli.app import app
 from deploykit.cli.render import console, parity_table, warn
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
+from deploykit.verify import Runtime
 
 
 @app.command()
@@ -33,6 +34,10 @@ def verify(
     model_def: Annotated[Optional[str], typer.Option(
         "--model-def", help="Your model code (path/to/model.py:factory) to rebuild a --model-def source as the "
                             "reference.")] = None,
+    backend: Annotated[Optional[Runtime], typer.Option(
+        "--backend", help="Run the artifacts on ort (ONNX Runtime), ov (OpenVINO, CPU: the ONNX files, and "
+        "model.onnx also in bf16 where the CPU has it) or trt (the engines) \\[default: what each artifact is for: "
+        "ONNX on ort, engines on trt].")] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
     from deploykit.verify import verify_folder, with_overrides
@@ -46,13 +51,33 @@ def verify(
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
     report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only, allow_pickle=allow_pickle,
-                           model_def=model_def)
+                           model_def=model_def, backend=backend)
     if as_json:
         print(dumps_strict(report.to_json()))
     else:
         console.print(parity_table(report))
+        for line in ran_lines(report):
+            console.print(line, highlight=False, soft_wrap=True)
     if not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")
+
+
+def ran_lines(report) -> list[str]:
+    """What each OpenVINO run computed in, and how it compares with ONNX Runtime on the same file."""
+    out = []
+    for a in report.artifacts:
+        if a.extra.get("backend") != "ov":
+            continue
+        layers = ", ".join(f"{n} {p}" for p, n in sorted(a.extra["layer_precisions"].items()))
+        out.append(f"{a.path} ({a.precision}) ran on OpenVINO {a.extra['openvino']} in "
+                   f"{a.extra['inference_precision']} (conv/matmul layers: {layers or '-'})")
+        ort = a.extra.get("ort")
+        if ort:
+            m = ort["metrics"]
+            out.append(f"  ONNX Runtime on the same file: top-1 {m['top1_agreement']:.3f}, cos min "
+                       f"{m['cosine_min']:.4f} vs {report.reference} ({'pass' if ort['passed'] else 'FAIL'}); "
+                       f"top-1 agreement OpenVINO vs ONNX Runtime {ort['top1_agreement_with_ov']:.3f}")
+    return out
 
 
 def artifact_in_folder(target: Path) -> tuple[Path, list[str] | None]:
