@@ -116,7 +116,9 @@ def compile_config(inference_precision: str, threads: int, cache_dir: Path | Non
     either (pinned threads cannot move away from a core another process is busy on: measured 68 vs 51 ms p50 for
     the INT8 ResNet-50 on a loaded 2-core host)."""
     config: dict = {"INFERENCE_PRECISION_HINT": inference_precision, "INFERENCE_NUM_THREADS": threads,
-                    "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+                    "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                    # denormals flushed to zero, as bench does for PyTorch and ONNX Runtime (one policy per table)
+                    "CPU_DENORMALS_OPTIMIZATION": True}
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir)
     return config
