@@ -359,12 +359,15 @@ def _with_engines(folder: Path, tmp_path: Path, engines: dict[str, dict]) -> Pat
     """A copy of an export folder listing fake engine files with the given manifest facts."""
     import shutil
 
+    from deploykit.files import sha256_file
+
     copy = tmp_path / "with_engines"
     shutil.copytree(folder, copy)
     manifest = Manifest.load(copy)
     for name, facts in engines.items():
         (copy / name).write_bytes(b"plan")
-        manifest.set_artifact({"path": name, "precision": facts["precision"], "parity": None, "engine": facts})
+        manifest.set_artifact({"path": name, "precision": facts["precision"], "sha256": sha256_file(copy / name),
+                               "parity": None, "engine": facts})
     manifest.save(copy)
     return copy
 

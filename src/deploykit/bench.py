@@ -1200,7 +1200,7 @@ def _manifest_from_onnx(path: Path) -> Manifest:
     return Manifest(source={}, model={"arch": None, "num_classes": None, "class_names": names},
                     input={"name": inp.name, "shape": shape, "dynamic_batch": not isinstance(shape[0], int)},
                     output={}, preprocess=pre.to_dict(), opset=None,
-                    artifacts=[{"path": path.name, "precision": precision}])
+                    artifacts=[{"path": path.name, "precision": precision}], folder=path.parent)
 
 
 def bench_target(target: Path | None, options: BenchOptions, *, status=None, warn=None, note=None,

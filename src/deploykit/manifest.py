@@ -235,7 +235,8 @@ def _remember_hash(key: str, sha256: str) -> None:
 def checked_file(folder: Path, name: str, sha256: str | None, size: int | None = None) -> Path:
     """``folder/name`` after checking it is a plain file inside ``folder`` whose content has ``sha256``."""
     folder = Path(folder)
-    if not isinstance(name, str) or not re.fullmatch(ARTIFACT_NAME, name):
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
+            or "\x00" in name:
         raise InputError(f"{folder / MANIFEST_NAME} lists {name!r}, which is not a file name inside the folder; "
                          "re-run `deploykit export`")
     path = folder / name
