@@ -330,11 +330,22 @@ def test_build_refuses_a_changed_onnx(cli, fixed_folder, tmp_path):
     assert result.exit_code == 1 and "changed since export" in result.output
 
 
+def _list_fake_engine(folder: Path) -> None:
+    """A file named like an engine, listed in the manifest with its hash (as `deploykit build` records one)."""
+    from deploykit.files import sha256_file
+
+    (folder / "model.fp32.engine").write_bytes(b"not a plan")
+    manifest = Manifest.load(folder)
+    manifest.set_artifact({"path": "model.fp32.engine", "precision": "fp32", "parity": None,
+                           "sha256": sha256_file(folder / "model.fp32.engine")})
+    manifest.save(folder)
+
+
 @pytest.mark.skipif(TRT_HERE, reason="TensorRT and a GPU are here")
 def test_predict_on_an_engine_without_tensorrt_exits_3(cli, fixed_folder, photos, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(fixed_folder, folder)
-    (folder / "model.fp32.engine").write_bytes(b"not a plan")
+    _list_fake_engine(folder)
     result = cli("predict", folder / "model.fp32.engine", photos / "chelsea.png")
     assert result.exit_code == 3 and "cannot run model.fp32.engine" in result.output, result.output
 
@@ -349,10 +360,7 @@ def test_verify_one_artifact_of_a_folder(cli, fixed_folder, tmp_path):
 def test_verify_an_engine_file_without_tensorrt_exits_3(cli, fixed_folder, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(fixed_folder, folder)
-    (folder / "model.fp32.engine").write_bytes(b"not a plan")
-    manifest = Manifest.load(folder)
-    manifest.set_artifact({"path": "model.fp32.engine", "precision": "fp32", "parity": None})
-    manifest.save(folder)
+    _list_fake_engine(folder)
     result = cli("verify", folder / "model.fp32.engine")
     assert result.exit_code == 3 and "cannot run model.fp32.engine" in result.output, result.output
 

@@ -248,13 +248,13 @@ def checked_file(folder: Path, name: str, sha256: str | None, size: int | None =
     stat = path.stat()
     if size is not None and stat.st_size != size:
         raise InputError(f"{path} does not match {MANIFEST_NAME} ({stat.st_size} bytes, the manifest says {size}); "
-                         "it was changed after export: re-run `deploykit export`")
+                         "changed since export: re-run `deploykit export`")
     if sha256 is None:
         return path
     key = _identity(path, stat)
     if _known_hash(key) != sha256:
         if sha256_file(path) != sha256:
-            raise InputError(f"{path} does not match {MANIFEST_NAME} (sha256 differs): it was changed after export; "
+            raise InputError(f"{path} does not match {MANIFEST_NAME} (sha256 differs): changed since export; "
                              "re-run `deploykit export`")
         _remember_hash(key, sha256)
     return path
