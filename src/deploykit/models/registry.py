@@ -44,16 +44,16 @@ class ModelSpec:
     def build(self, num_classes: int, in_channels: int | None = None):
         return self.builder(num_classes=num_classes, in_channels=in_channels or self.channels)
 
-    def build_on_meta(self, num_classes: int = 1000):
+    def build_on_meta(self, num_classes: int = 1000, in_channels: int | None = None):
         """The model with every parameter and buffer on the meta device: shapes without memory or init time."""
         import torch
 
         try:
             with torch.device("meta"):
-                return self.build(num_classes=num_classes)
+                return self.build(num_classes=num_classes, in_channels=in_channels)
         except (NotImplementedError, RuntimeError):  # builders that compute with tensors (RegNet's widths)
             with _params_on_meta():
-                return self.build(num_classes=num_classes)
+                return self.build(num_classes=num_classes, in_channels=in_channels)
 
     def params(self) -> int:
         """Parameter count at 1000 classes: torchvision's figure where it has one, else counted on meta."""
