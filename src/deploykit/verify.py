@@ -87,7 +87,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
     max_diff = float(diff.max()) if finite else float("inf")
     return {
         "max_abs_diff": max_diff,
-        "max_rel_diff": max_diff / scale if scale > 0 else (0.0 if max_diff == 0 else float("inf")),
+        "max_rel_diff": max_diff / scale if 0 < scale < float("inf") else (0.0 if max_diff == 0 else float("inf")),
         "reference_max_abs": scale,
         "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
         "cosine_min": float(np.nan_to_num(cos, nan=0.0).min()) if finite else 0.0,
@@ -101,10 +101,11 @@ def judge(metrics: dict[str, float], tol: Tolerance) -> list[str]:
     failures = []
     if tol.cosine_min is not None and not metrics["cosine_min"] >= tol.cosine_min:
         failures.append(f"cosine_min {metrics['cosine_min']:.6f} < {tol.cosine_min}")
-    allowed = tol.max_diff_allowed(metrics.get("reference_max_abs", 0.0))
+    scale = metrics.get("reference_max_abs", 0.0)
+    allowed = tol.max_diff_allowed(scale if np.isfinite(scale) else 0.0)  # a non-finite reference: atol alone
     if allowed is not None and not metrics["max_abs_diff"] <= allowed:
         rel = f" + {tol.max_rel_diff:g} x {metrics['reference_max_abs']:.3g} (max |reference logit|)" \
-            if tol.max_rel_diff else ""
+            if tol.max_rel_diff and np.isfinite(scale) else ""
         failures.append(f"max_abs_diff {metrics['max_abs_diff']:.3g} > {tol.max_abs_diff or 0:g}{rel}")
     if tol.top1_agreement is not None and not metrics["top1_agreement"] >= tol.top1_agreement:
         failures.append(f"top1_agreement {metrics['top1_agreement']:.4f} < {tol.top1_agreement}")
