@@ -109,8 +109,7 @@ def test_no_two_entries_share_a_state_dict_layout():
 
 def test_a_true_tie_is_an_error_naming_the_entries(monkeypatch):
     """Two entries with one layout: the error names both and says --arch (a registered copy of resnet18)."""
-    import deploykit.models.loading as loading
-    from deploykit.models import registry
+    from deploykit.models import loading, registry
 
     spec = get_spec("resnet18")
     table = {**loading._zoo_signatures(), "resnet18_copy": loading._signature("resnet18")}

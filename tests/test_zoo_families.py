@@ -88,9 +88,8 @@ def _types(model) -> dict[str, int]:
 def test_family_fp16_and_int8_graphs(family, photos32, tmp_path):
     from deploykit.export import export_onnx
     from deploykit.precision.calibrate import collect_stats
-    from deploykit.precision.int8 import cpu_tensors
     from deploykit.precision.fp16 import convert_fp16
-    from deploykit.precision.int8 import plan_trt, quantize_trt
+    from deploykit.precision.int8 import cpu_tensors, plan_trt, quantize_trt
     from deploykit.runners.torch import TorchRunner
 
     pre, batch = photos32

@@ -22,7 +22,7 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,7 @@ def _zoo_signatures() -> dict[str, dict[str, tuple[int, ...]]]:
     return table
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
     table = _zoo_signatures() if num_classes == 1000 else {}
     return table[arch] if arch in table else _build_signature(arch, num_classes)
