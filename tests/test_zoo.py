@@ -56,6 +56,7 @@ def test_registry_is_torchvisions_plus_lenet():
     assert get_spec("googlenet").aux_prefixes == ("aux1.", "aux2.")
     assert (get_spec("swin_v2_t").size, get_spec("swin_v2_t").resize, get_spec("swin_v2_t").min_size) == (256, 260, 256)
     assert get_spec("efficientnet_v2_l").mean == (0.5, 0.5, 0.5) and get_spec("maxvit_t").min_size == 224
+    assert (get_spec("vit_h_14").size, get_spec("vit_h_14").min_size) == (224, 224)  # as built without weights
     assert get_spec("regnet_y_400mf").family == "regnet" and get_spec("vit_b_16").family == "vit"
     assert get_spec("convnext_tiny").params() == 28589128 and get_spec("lenet").params() == 61706
     assert {get_spec(n).origin for n in names} == {"torchvision", "deploykit"}

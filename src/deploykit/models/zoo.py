@@ -87,6 +87,12 @@ _FAMILY = {"mobilenetv2": "mobilenet", "mobilenetv3": "mobilenet", "shufflenetv2
 _FLOOR = 32
 
 
+# ViT fixes its input size when built: `get_model("vit_h_14", weights=None)` is a 224x224 model (257 position
+# embeddings) although its DEFAULT weights (SWAG, 518x518) build it at 518. Entries are built without weights,
+# so they take the size their builder makes; a 518 SWAG checkpoint needs --model-def with image_size=518.
+_BUILT_AT = {"vit_h_14": 224}
+
+
 def _family(name: str, module: str) -> str:
     short = module.rsplit(".", 1)[-1]
     if short == "resnet":
@@ -114,8 +120,11 @@ def register_torchvision() -> None:
             continue
         transforms = weights.transforms()
         size, resize = int(transforms.crop_size[0]), int(transforms.resize_size[0])
+        if name in _BUILT_AT:  # the weights-free model takes another size than the DEFAULT weights' recipe
+            size = resize = _BUILT_AT[name]
         register_model(ModelSpec(
             name, _family(name, builder.__module__), partial(_torchvision, name), size=size, resize=resize,
             mean=tuple(float(v) for v in transforms.mean), std=tuple(float(v) for v in transforms.std),
-            min_size=max(_FLOOR, *meta.get("min_size", (1, 1))), origin="torchvision", num_params=num_params))
+            min_size=_BUILT_AT.get(name) or max(_FLOOR, *meta.get("min_size", (1, 1))), origin="torchvision",
+            num_params=num_params))
 
