@@ -14,7 +14,8 @@ import torchvision
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
 
-METRIC_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement"}
+METRIC_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement", "max_rel_diff",
+               "reference_max_abs"}
 
 
 def _one_line_error(result, code=1, contains=""):

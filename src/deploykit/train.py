@@ -372,8 +372,7 @@ def build_model(config: TrainConfig, spec: ModelSpec, num_classes: int, channels
         raise InputError(f"--from {config.from_ckpt} is a {loaded.kind} archive, which cannot be fine-tuned; "
                          "give its weights as a state_dict or deploykit checkpoint")
     head = replace_head(module, num_classes)
-    with torch.device("meta"):
-        reference = spec.build(num_classes=num_classes, in_channels=loaded.preprocess.channels)
+    reference = spec.build_on_meta(num_classes, in_channels=loaded.preprocess.channels)
     if _state_shapes(module) != {k: tuple(v.shape) for k, v in reference.state_dict().items()}:
         raise CheckpointError(f"--from {config.from_ckpt} is not a {spec.name} (its layers differ), so the result "
                               f"could not be reloaded as {spec.name}; pass the matching ARCH")

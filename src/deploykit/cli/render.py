@@ -39,7 +39,9 @@ def _fmt(value, spec: str) -> str:
 
 def parity_table(report, title: str | None = None) -> Table:
     has_acc = any("accuracy" in a.metrics for a in report.artifacts)
-    table = Table(title=title or f"parity vs {report.reference} on {report.n_images} images ({report.data})")
+    table = Table(title=title or f"parity vs {report.reference} on {report.n_images} images ({report.data})",
+                  caption=f"note: {report.reference_note}" if getattr(report, "reference_note", None) else None,
+                  caption_justify="left")
     for col in ("artifact", "precision", "max |diff|", "mean |diff|", "cos min", "top-1", "top-5"):
         table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
     if has_acc:

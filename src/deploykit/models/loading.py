@@ -24,7 +24,7 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -181,50 +181,159 @@ def _is_tensor_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _find_state_dict(obj: Any) -> dict | None:
+def _find_state_dict(obj: Any) -> Mapping | None:
+    """The state_dict inside ``obj``, as it was saved: an ``OrderedDict`` keeps its ``_metadata`` (module
+    versions that MNASNet's and BatchNorm's ``_load_from_state_dict`` read)."""
     if _is_tensor_dict(obj):
-        return dict(obj)
+        return obj
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
             if key in obj and _is_tensor_dict(obj[key]):
-                return dict(obj[key])
+                return obj[key]
     return None
 
 
-def strip_prefixes(state: dict) -> dict:
-    """Remove wrapper prefixes shared by every key: DataParallel ``module.``, torch.compile ``_orig_mod.``..."""
+def _rekeyed(state: Mapping, items, metadata_key=lambda k: k) -> dict:
+    """A new ordered state_dict of ``items`` that carries ``state``'s ``_metadata``, its keys passed through
+    ``metadata_key`` (entries for which it returns None are dropped)."""
+    from collections import OrderedDict
+
+    out = OrderedDict(items)
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        out._metadata = OrderedDict((new, v) for k, v in meta.items() if (new := metadata_key(k)) is not None)
+    return out
+
+
+def _strip_module_prefix(key: str, prefix: str) -> str | None:
+    """A ``_metadata`` key (a module path, "" for the root) with a wrapper prefix removed."""
+    bare = prefix[:-1]
+    if key == bare:
+        return ""
+    return key[len(prefix):] if key.startswith(prefix) else None
+
+
+def strip_prefixes(state: Mapping) -> Mapping:
+    """Remove wrapper prefixes shared by every key: DataParallel ``module.``, torch.compile ``_orig_mod.``...
+    The ``_metadata`` of the state_dict follows the keys."""
     changed = True
     while changed:
         changed = False
         for prefix in _PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = _rekeyed(state, ((k[len(prefix):], v) for k, v in state.items()),
+                                 lambda key, p=prefix: _strip_module_prefix(key, p))
                 changed = True
     return state
 
 
 # -- architecture inference -----------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _signature(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
-    import torch
+# A bare state_dict is matched against every registry entry in two steps:
+#   1. fingerprint: the hash of the entry's key set (BatchNorm's num_batches_tracked left out, as old checkpoints
+#      lack it); only entries whose key set is the checkpoint's (less their auxiliary-head keys) go on. The
+#      fingerprints come from every entry's state_dict shapes built on the meta device (no memory, no init),
+#      cached on disk per torch/torchvision/deploykit version (built once: a few seconds for ~80 entries);
+#   2. exact shapes: of those few, the entries whose every shape is the checkpoint's for some class count.
+# Near-identical families share key sets and are told apart in step 2: RegNet and ShuffleNet widths,
+# EfficientNet B-sizes, ResNet-50 / ResNeXt / Wide ResNet (conv widths differ). Swin v1 and v2 differ in keys
+# (v2's cpb_mlp / logit_scale). Two entries matching exactly would be a tie: an error naming both and --arch.
+_SIGNATURE_CACHE_VERSION = 1
+_NBT = "num_batches_tracked"
 
-    spec = get_spec(arch)
-    with torch.device("meta"):
-        model = spec.build(num_classes=num_classes)
+
+def _cache_dir() -> Path:
+    import os
+
+    if os.environ.get("DEPLOYKIT_CACHE_DIR"):
+        return Path(os.environ["DEPLOYKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deploykit"
+
+
+def _fingerprint(keys) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(k for k in keys if not k.endswith(_NBT))).encode()).hexdigest()
+
+
+def _build_signature(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    model = get_spec(arch).build_on_meta(num_classes)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _drop_aux(spec: ModelSpec, state: dict) -> dict:
-    return {k: v for k, v in state.items() if not k.startswith(spec.aux_prefixes)} if spec.aux_prefixes else state
+@lru_cache(maxsize=1)
+def _zoo_signatures() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Every registry entry's state_dict shapes at 1000 classes, from the on-disk cache where it is current."""
+    import hashlib
+    import os
+    from importlib import metadata
+
+    import deploykit
+    from deploykit.models import zoo
+
+    names = list_models()
+    versions = []
+    for dist in ("torch", "torchvision"):
+        try:
+            versions.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            versions.append("-")
+    tag = hashlib.sha1(json.dumps([_SIGNATURE_CACHE_VERSION, deploykit.__version__, versions, names,
+                                   hashlib.sha1(Path(zoo.__file__).read_bytes()).hexdigest()]).encode()).hexdigest()
+    path = _cache_dir() / f"zoo-signatures-{tag[:16]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        table = {a: {k: tuple(v) for k, v in sig.items()} for a, sig in cached.items()}
+    except (OSError, ValueError, AttributeError):
+        table = {}
+    missing = [a for a in names if a not in table]
+    if not missing:
+        return table
+    for arch in missing:
+        table[arch] = _build_signature(arch, 1000)
+    try:  # a cache that cannot be written only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, separators=(",", ":")))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return table
 
 
-def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+@cache
+def _signature(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    table = _zoo_signatures() if num_classes == 1000 else {}
+    return table[arch] if arch in table else _build_signature(arch, num_classes)
+
+
+@lru_cache(maxsize=1)
+def _fingerprints() -> dict[str, list[str]]:
+    """key-set fingerprint -> the registry entries that have that key set."""
+    groups: dict[str, list[str]] = {}
+    for arch, sig in _zoo_signatures().items():
+        groups.setdefault(_fingerprint(sig), []).append(arch)
+    return groups
+
+
+def _drop_aux(spec: ModelSpec, state: Mapping) -> Mapping:
+    if not spec.aux_prefixes:
+        return state
+    return _rekeyed(state, ((k, v) for k, v in state.items() if not k.startswith(spec.aux_prefixes)),
+                    lambda key: None if key.startswith(tuple(p.rstrip(".") for p in spec.aux_prefixes)) else key)
+
+
+def _shapes(state: Mapping) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
+def _without_nbt(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in shapes.items() if not k.endswith(_NBT)}
+
+
 def _infer_num_classes(arch: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """The class count for which ``arch`` matches ``shapes`` exactly, or None."""
-    ref = _signature(arch)
+    """The class count for which ``arch`` matches ``shapes`` exactly, or None (num_batches_tracked may lack)."""
+    ref, shapes = _without_nbt(_signature(arch)), _without_nbt(shapes)
     if set(ref) != set(shapes):
         return None
     diffs = {k for k in ref if ref[k] != shapes[k]}
@@ -234,23 +343,33 @@ def _infer_num_classes(arch: str, shapes: dict[str, tuple[int, ...]]) -> int | N
     if len(candidates) != 1:
         return None
     n = candidates.pop()
-    return n if _signature(arch, n) == shapes else None
+    return n if _without_nbt(_signature(arch, n)) == shapes else None
 
 
-def infer_architecture(state: dict) -> tuple[str, int] | None:
-    for arch in list_models():
-        spec = get_spec(arch)
-        n = _infer_num_classes(arch, _shapes(_drop_aux(spec, state)))
+def infer_architecture(state: Mapping) -> tuple[str, int] | None:
+    """The one registry entry (and class count) whose state_dict has exactly these keys and shapes; None when
+    none has; an error naming the entries when several have."""
+    groups = _fingerprints()
+    variants = {spec.aux_prefixes for spec in map(get_spec, list_models())}
+    candidates: list[str] = []
+    for aux in sorted(variants):
+        keys = [k for k in state if not (aux and k.startswith(aux))]
+        candidates += [a for a in groups.get(_fingerprint(keys), []) if get_spec(a).aux_prefixes == aux]
+    found = []
+    for arch in candidates:
+        n = _infer_num_classes(arch, _shapes(_drop_aux(get_spec(arch), state)))
         if n is not None:
-            return arch, n
-    return None
+            found.append((arch, n))
+    if len(found) > 1:
+        raise CheckpointError(f"the state_dict fits {len(found)} architectures exactly ("
+                              f"{', '.join(f'{a} with {n} classes' for a, n in found)}); pass --arch NAME")
+    return found[0] if found else None
 
 
-def closest_architectures(state: dict, n: int = 3) -> list[str]:
+def closest_architectures(state: Mapping, n: int = 3) -> list[str]:
     keys = set(state)
     scored = []
-    for arch in list_models():
-        ref = _signature(arch)
+    for arch, ref in _zoo_signatures().items():
         overlap = len(keys & set(ref)) / max(1, len(keys | set(ref)))
         scored.append((overlap, arch))
     scored.sort(reverse=True)
@@ -300,12 +419,23 @@ def _resolve_preprocess(base: Preprocess | None, opts: LoadOptions, notes: list[
 
 
 # -- loaders --------------------------------------------------------------------------------------------
-def _load_into(model, state: dict, source: Path, arch_label: str) -> None:
-    expected = _shapes(model.state_dict())
+def _load_into(model, state: Mapping, source: Path, arch_label: str) -> None:
+    """Load ``state`` strictly, with the ``_metadata`` it was saved with (the model's own where it has none,
+    e.g. safetensors); a BatchNorm ``num_batches_tracked`` that old checkpoints lack is filled in (as 0)."""
+    import torch
+
+    own = model.state_dict()
+    expected = _shapes(own)
     got = _shapes(state)
+    missing_nbt = [k for k in expected if k not in got and k.endswith(_NBT)]
+    if missing_nbt:
+        got.update((k, expected[k]) for k in missing_nbt)
     if expected != got:
         raise CheckpointError(f"{source.name} does not fit {arch_label}: {describe_mismatch(expected, got)}")
-    model.load_state_dict(state, strict=True)
+    full = _rekeyed(state, [*state.items(), *((k, torch.zeros((), dtype=torch.long)) for k in missing_nbt)])
+    if getattr(full, "_metadata", None) is None:
+        full._metadata = getattr(own, "_metadata", None)
+    model.load_state_dict(full, strict=True)
 
 
 def _import_factory(model_def: str):

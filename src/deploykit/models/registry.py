@@ -1,14 +1,18 @@
-"""The model zoo: one registry of architectures, torchvision's builders where they exist.
+"""The model zoo: one registry of architectures, standing on torchvision's own registry.
 
 Modelled on torchvision's ``models/_api.py``: ``register_model`` rejects duplicates, ``get_spec`` /
 ``build_model`` / ``list_models``. Each entry knows its input size, channels and default normalisation.
+Every classifier torchvision registers is an entry (read from torchvision at run time, see ``zoo.py``); LeNet and
+anything torchvision lacks are deploykit's. torchvision's entries are registered on first need, so a LeNet-only
+run never imports torchvision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from deploykit.errors import InputError
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -30,6 +34,8 @@ class ModelSpec:
     # `deploykit train` defaults where --lr / --batch-size are not given (AdamW, warm-up then cosine)
     train_lr: float = 1e-3
     train_batch_size: int = 64
+    origin: str = "deploykit"  # who provides the builder: "torchvision" or "deploykit"
+    num_params: int | None = field(default=None, compare=False)  # at 1000 classes (torchvision's weights meta)
 
     def preprocess(self) -> Preprocess:
         return Preprocess(channels=self.channels, height=self.size, width=self.size, mean=self.mean,
@@ -37,6 +43,45 @@ class ModelSpec:
 
     def build(self, num_classes: int, in_channels: int | None = None):
         return self.builder(num_classes=num_classes, in_channels=in_channels or self.channels)
+
+    def build_on_meta(self, num_classes: int = 1000, in_channels: int | None = None):
+        """The model with every parameter and buffer on the meta device: shapes without memory or init time."""
+        import torch
+
+        try:
+            with torch.device("meta"):
+                return self.build(num_classes=num_classes, in_channels=in_channels)
+        except (NotImplementedError, RuntimeError):  # builders that compute with tensors (RegNet's widths)
+            with _params_on_meta():
+                return self.build(num_classes=num_classes, in_channels=in_channels)
+
+    def params(self) -> int:
+        """Parameter count at 1000 classes: torchvision's figure where it has one, else counted on meta."""
+        if self.num_params is None:
+            count = sum(p.numel() for p in self.build_on_meta(1000 if self.channels == 3 else 10).parameters())
+            object.__setattr__(self, "num_params", int(count))
+        return int(self.num_params)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Every parameter/buffer a module registers is moved to meta as it is registered (init then runs on meta)."""
+    import torch
+    from torch.nn.modules import module as nn_module
+
+    def to_meta(_module, _name, tensor):
+        if tensor is None:
+            return None
+        out = torch.empty_like(tensor, device="meta")
+        return torch.nn.Parameter(out, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else out
+
+    hooks = [nn_module.register_module_parameter_registration_hook(to_meta),
+             nn_module.register_module_buffer_registration_hook(to_meta)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -50,13 +95,15 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 def list_models() -> list[str]:
-    _load_builtin()
+    _load_builtin(everything=True)
     return sorted(_REGISTRY)
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_builtin()
     key = name.strip().lower().replace("-", "_")
+    _load_builtin(everything=False)
+    if key not in _REGISTRY:
+        _load_builtin(everything=True)
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `deploykit models` for the list"
@@ -68,11 +115,13 @@ def build_model(name: str, num_classes: int, in_channels: int | None = None):
     return get_spec(name).build(num_classes=num_classes, in_channels=in_channels)
 
 
-_LOADED = False
+_LOADED_TORCHVISION = False
 
 
-def _load_builtin() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        from deploykit.models import zoo  # noqa: F401  (registers on import)
+def _load_builtin(everything: bool) -> None:
+    global _LOADED_TORCHVISION
+    from deploykit.models import zoo  # registers LeNet on import
+
+    if everything and not _LOADED_TORCHVISION:
+        _LOADED_TORCHVISION = True
+        zoo.register_torchvision()

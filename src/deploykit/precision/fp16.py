@@ -101,6 +101,7 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
 
     model = onnx.load(str(src))
     _name_nodes(model)
+    _drop_initializer_value_info(model)
     keep = unsafe_nodes(model, absmax)
     for name in extra_fp32:
         keep.setdefault(name, "asked for")
@@ -110,12 +111,43 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                     node_block_list=sorted(keep))
     _drop_round_trips(fp16)
+    _drop_duplicate_casts(fp16)
     _toposort(fp16)  # the converter appends its Cast nodes at the end
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         onnx.save(fp16, str(tmp))
         onnx.checker.check_model(str(tmp))
     return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
+
+
+def _drop_initializer_value_info(model) -> None:
+    """Remove value_info entries that only repeat an initializer's type (torch's exporter writes them).
+
+    The converter retypes every float value_info to FP16, so a weight used only by FP32 nodes (LayerNorm's, kept
+    FP32) would be described as FP16 while stored as FP32, and each of its FP32 consumers would get a Cast of the
+    same name (a graph that fails the checker: seen on ViT, whose identical random-init LayerNorm weights the
+    exporter stores once)."""
+    inits = {i.name for i in model.graph.initializer}
+    for v in [v for v in model.graph.value_info if v.name in inits]:
+        model.graph.value_info.remove(v)
+
+
+def _drop_duplicate_casts(model) -> int:
+    """Keep one of several identical Cast nodes that write the same tensor (the converter adds one per FP32
+    consumer of an FP16 tensor, all with the same output name). Returns nodes removed."""
+    seen: dict[str, tuple] = {}
+    removed = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Cast":
+            continue
+        key = (tuple(node.input), tuple((a.name, a.i) for a in node.attribute))
+        out = node.output[0]
+        if out in seen and seen[out] == key:
+            model.graph.node.remove(node)
+            removed += 1
+        else:
+            seen.setdefault(out, key)
+    return removed
 
 
 def _drop_round_trips(model) -> int:

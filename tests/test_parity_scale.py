@@ -1,0 +1,117 @@
+"""Tolerances that scale with the reference's logits, and degenerate references called out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deploykit.verify import (TOLERANCES, Precision, Tolerance, compare_logits, degenerate_reference, judge,
+                              tolerance_for)
+
+OLD_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement"}
+
+
+def _logits(scale: float, n: int = 8, classes: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, classes)) * scale
+
+
+def test_fp32_gate_is_atol_plus_rtol_times_the_logit_scale():
+    fp32 = tolerance_for(Precision.FP32)
+    assert (fp32.max_abs_diff, fp32.max_rel_diff) == (1e-3, 1e-4)
+    ref = _logits(1e11)
+    ref[0, 0] = 2e12
+    # Inception v3 at random init: 1.18e6 off at logits of 2e12 is float32 rounding (6e-7 relative): a pass
+    cand = ref + np.where(np.arange(ref.size).reshape(ref.shape) == 0, 1.18e6, 0.0)
+    metrics = compare_logits(ref, cand)
+    assert OLD_KEYS <= set(metrics)  # keys are added, never renamed
+    assert metrics["max_abs_diff"] == pytest.approx(1.18e6) and metrics["reference_max_abs"] == pytest.approx(2e12)
+    assert metrics["max_rel_diff"] == pytest.approx(5.9e-7)
+    assert judge(metrics, fp32) == []
+    # at logits of ~5 the same rule allows 1.5e-3: 2e-3 fails, and the message states the rule
+    ref = _logits(1.0)
+    ref[0, 0] = 5.0
+    cand = ref.copy()
+    cand[1, 1] += 2e-3
+    failures = judge(compare_logits(ref, cand), fp32)
+    assert len(failures) == 1 and "max_abs_diff 0.002 > 0.001 + 0.0001 x 5 (max |reference logit|)" in failures[0]
+    cand[1, 1] = ref[1, 1] + 1.4e-3
+    assert judge(compare_logits(ref, cand), fp32) == []
+
+
+def test_absolute_only_tolerance_still_works_and_reduced_precisions_are_scale_free():
+    ref = _logits(1e6)
+    metrics = compare_logits(ref, ref + 1.0)
+    assert judge(metrics, Tolerance(max_abs_diff=1e-3))  # no rtol: absolute as before
+    for precision in (Precision.FP16, Precision.INT8, Precision.INT8_CPU):
+        tol = TOLERANCES[precision]
+        assert tol.max_abs_diff is None and tol.max_rel_diff is None  # cosine / top-1 / accuracy: no scale
+
+
+@pytest.mark.parametrize("case, words", [
+    ("nan", "not finite"), ("vanishing", "vanish"), ("constant", "barely depend on the input"),
+    ("tie", "near tie"),
+])
+def test_degenerate_references_are_named(case, words):
+    ref = _logits(3.0)
+    if case == "nan":
+        ref[2, 3] = np.nan
+    elif case == "vanishing":
+        ref = _logits(1e-9)  # random-init MobileNet/EfficientNet: 1e-8 to 1e-19
+    elif case == "constant":
+        ref = np.tile(_logits(0.03, n=1), (8, 1)) + _logits(1e-9)  # ShuffleNet/GoogLeNet at random init
+    else:
+        ref[:, 0] = 20.0 + _logits(1.0, classes=1)[:, 0]
+        ref[:, 1] = ref[:, 0] + 1e-6  # the top two classes 1e-6 apart on every image
+    note = degenerate_reference(ref)
+    assert note and words in note and "proves little" in note
+
+
+def test_healthy_and_single_image_references_are_not_flagged():
+    assert degenerate_reference(_logits(3.0)) is None
+    assert degenerate_reference(_logits(3.0, n=1)) is None  # one image: constancy cannot be judged
+
+
+@pytest.fixture(scope="module")
+def trained_lenet(tmp_path_factory):
+    from _digits import digits_arrays, train_lenet
+
+    images, labels = digits_arrays()
+    path = tmp_path_factory.mktemp("lenet") / "lenet.pt"
+    acc = train_lenet(path, images[:1200], labels[:1200], epochs=3)
+    assert acc > 0.8
+    return path
+
+
+@pytest.mark.parametrize("data", ["photos", "digits"])
+def test_a_trained_model_is_never_called_degenerate(trained_lenet, data, cli, tmp_path):
+    """Trained LeNet, verified on its own held-out digits and on out-of-domain photos: no note."""
+    out = tmp_path / "export"
+    args = ["--data", "digits"] if data == "digits" else []
+    result = cli("export", trained_lenet, "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(cli("verify", out, "--json", *args).stdout)
+    assert all("note" not in a for a in report["artifacts"]), report
+    assert "proves little" not in result.output
+
+
+def test_degenerate_reference_is_noted_in_the_verdict_and_json(cli, tmp_path):
+    """A LeNet whose convolutions are zero: its logits are the same for every image; said so, and still judged."""
+    from deploykit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet", num_classes=10)
+    with torch.no_grad():
+        for conv in (model.features[0], model.features[3]):
+            conv.weight.zero_()
+    torch.save(model.state_dict(), tmp_path / "flat.pth")
+    result = cli("export", tmp_path / "flat.pth", "--out", tmp_path / "export")
+    assert result.exit_code == 0, result.output  # parity itself holds: a note, not a failure
+    assert "barely depend on the input" in result.output
+    report = json.loads(cli("verify", tmp_path / "export", "--json").stdout)
+    (art,) = report["artifacts"]
+    assert art["passed"] and "barely depend on the input" in art["note"]
+    manifest = json.loads((tmp_path / "export" / "deploykit.json").read_text())
+    assert "barely depend" in manifest["artifacts"][0]["parity"]["note"]
