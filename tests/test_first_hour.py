@@ -385,3 +385,35 @@ def test_version_keeps_the_apps_own_global_options():
     assert result.exit_code == 0 and result.output.strip() == "hello" and seen == {"debug": True}
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"deploykit {__version__}"
+
+
+# -- item 1: export folders named after the model, never silently replaced by another one ---------------------
+@pytest.mark.parametrize("path, arch, expected", [
+    ("runs/resnet18/best.pth", "resnet18", "resnet18"),
+    ("demo/run/best.pth", "lenet", "lenet"),  # generic stem and generic run folder: the architecture
+    ("resnet34.pth", "resnet34", "resnet34"),
+    ("checkpoints/last.pt", None, "last"),  # nothing better known: the stem, as before
+])
+def test_default_export_folder_is_named_after_the_model(path, arch, expected):
+    from deploykit.pipeline import default_out
+
+    assert default_out(Path(path), arch) == Path("exports") / expected
+
+
+def test_two_runs_do_not_collide_and_another_model_needs_force(cli, tmp_path):
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+    _checkpoint(tmp_path / "runs" / "a" / "best.pth", "lenet", 28)
+    torch.manual_seed(1)
+    _checkpoint(tmp_path / "runs" / "b" / "best.pth", "lenet", 28, note="another run")
+    first = cli("export", tmp_path / "runs" / "a" / "best.pth", "--no-verify")
+    assert first.exit_code == 0 and Path("exports/a/model.onnx").is_file(), first.output
+    second = cli("export", tmp_path / "runs" / "b" / "best.pth", "--no-verify")
+    assert second.exit_code == 0 and Path("exports/b/model.onnx").is_file(), second.output
+    into_a = cli("export", tmp_path / "runs" / "b" / "best.pth", "--out", "exports/a", "--no-verify")
+    assert into_a.exit_code == 1 and "--force" in into_a.output and "--out" in into_a.output
+    assert json.loads(Path("exports/a/deploykit.json").read_text())["source"]["name"] == "best.pth"
+    same = cli("export", tmp_path / "runs" / "a" / "best.pth", "--no-verify")  # the same source: replaced
+    assert same.exit_code == 0, same.output
+    forced = cli("export", tmp_path / "runs" / "b" / "best.pth", "--out", "exports/a", "--force", "--no-verify")
+    assert forced.exit_code == 0, forced.output

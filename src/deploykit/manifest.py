@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
