@@ -1390,7 +1390,10 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
     span = max(p99.max(), p50.max()) / max(p50.min(), 1e-6)
     if span > 10:
+        from matplotlib.ticker import NullFormatter
+
         ax_lat.set_xscale("log")
+        ax_lat.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
     for yi, m in zip(y, at):
         p = m.latency.p50
