@@ -31,8 +31,16 @@ LOCK_TAG = ".deploykit-lock"
 CACHE_GLOB = "calib-*.json"  # calibration caches: reused by a re-export, validated when read
 
 
+def _real(folder: Path) -> Path:
+    """``folder`` as an absolute, normalised path (``.``, ``x/..`` and the like name the folder they mean)."""
+    path = Path(os.path.abspath(folder))
+    if not path.name:
+        raise InputError(f"--out {folder} is the file system root; choose a folder for the export")
+    return path
+
+
 def lock_path(folder: Path) -> Path:
-    folder = Path(folder)
+    folder = _real(folder)
     return folder.parent / f".{folder.name}{LOCK_TAG}"
 
 
@@ -119,8 +127,8 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
     of the new folder; every other file in ``out`` is carried over (hard-linked, or copied). Calibration caches are
     seeded into the staging folder so a re-export reuses them.
     """
-    out = Path(out)
-    previous = previous_export(out)
+    shown, out = Path(out), _real(out)
+    previous = previous_export(shown)
     for stale in _stale_staging(out):  # left by a killed export; we hold the lock, so no one else owns them
         shutil.rmtree(stale, ignore_errors=True)
     try:
@@ -169,13 +177,26 @@ def _swap_in(staging: Path, out: Path) -> None:
     if not out.exists():
         os.rename(staging, out)
         return
+    if not any(out.iterdir()):
+        # an empty folder (perhaps the current one: swapping it would strand a shell inside it): move the files in,
+        # the manifest last, so the folder is never a manifest over missing files
+        names = sorted(p.name for p in staging.iterdir())
+        for name in [n for n in names if n != MANIFEST_NAME] + [n for n in names if n == MANIFEST_NAME]:
+            os.rename(staging / name, out / name)
+        return
+    cwd = os.getcwd()
+    inside = cwd == str(out) or cwd.startswith(str(out) + os.sep)
     if _exchange(staging, out):
+        if inside:  # our own working folder was the old export: step into the new one at the same path
+            os.chdir(cwd if os.path.isdir(cwd) else out)
         return
     # no atomic exchange here: two renames; the window between them leaves the old folder intact beside
     aside = out.parent / f".{out.name}{STAGING_TAG}old-{os.getpid()}"
     os.rename(out, aside)
     os.rename(staging, out)
     os.rename(aside, staging)
+    if inside:
+        os.chdir(cwd if os.path.isdir(cwd) else out)
 
 
 _RENAME_EXCHANGE = 2

@@ -97,6 +97,10 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                      + ", ".join(dropped))
     result.manifest.folder = final
     result.folder = final
+    here = os.getcwd()
+    if previous is not None and (here == os.path.abspath(final) or here.startswith(os.path.abspath(final) + os.sep)):
+        tell(f"{final} was replaced as a whole folder; a shell that was inside it still sees the old one: "
+             f'cd "{here}"')
     return result
 
 
