@@ -15,7 +15,8 @@ from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
 
 METRIC_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement", "max_rel_diff",
-               "reference_max_abs"}
+               "reference_max_abs", "cosine_mean"}
+SAMPLE_KEYS = {"n", "top1_agreement_ci95"}  # the verdict's sample size and the 95% interval it allows
 
 
 def _one_line_error(result, code=1, contains=""):
@@ -55,7 +56,10 @@ def test_headline_resnet34_state_dict(cli, tmp_path):
     (art,) = report["artifacts"]
     assert set(art) == {"path", "precision", "metrics", "passed"}
     assert (art["path"], art["precision"], art["passed"]) == ("model.onnx", "fp32", True)
-    assert set(art["metrics"]) == METRIC_KEYS and all(isinstance(v, float) for v in art["metrics"].values())
+    floats = {k: v for k, v in art["metrics"].items() if k not in SAMPLE_KEYS}
+    assert set(floats) == METRIC_KEYS and all(isinstance(v, float) for v in floats.values())
+    n, (lo, hi) = art["metrics"]["n"], art["metrics"]["top1_agreement_ci95"]
+    assert isinstance(n, int) and n >= 1 and 0.0 <= lo <= art["metrics"]["top1_agreement"] <= hi <= 1.0
 
 
 def test_export_options_predict_and_labelled_verify(cli, resnet18_sd, photos, tmp_path):

@@ -115,3 +115,26 @@ def test_degenerate_reference_is_noted_in_the_verdict_and_json(cli, tmp_path):
     assert art["passed"] and "barely depend on the input" in art["note"]
     manifest = json.loads((tmp_path / "export" / "deploykit.json").read_text())
     assert "barely depend" in manifest["artifacts"][0]["parity"]["note"]
+
+
+@pytest.mark.parametrize("k, n, lo, hi", [(21, 21, 0.845, 1.0), (0, 10, 0.0, 0.278), (97, 100, 0.915, 0.990),
+                                          (1, 1, 0.207, 1.0)])
+def test_agreement_interval_is_wilsons(k, n, lo, hi):
+    from deploykit.verify import wilson_interval
+
+    got = wilson_interval(k, n)
+    assert got[0] == pytest.approx(lo, abs=1e-3) and got[1] == pytest.approx(hi, abs=1e-3)
+
+
+def test_metrics_carry_their_sample_size():
+    from deploykit.verify import compare_logits
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 10))
+    cand = ref.copy()
+    cand[:4] = -cand[:4]  # four images flip their top-1
+    m = compare_logits(ref, cand)
+    assert m["n"] == 40 and m["top1_agreement"] == pytest.approx(0.9)
+    lo, hi = m["top1_agreement_ci95"]
+    assert lo < 0.9 < hi and hi - lo > 0.15  # 40 images cannot pin 0.9 down to the second decimal
+    assert m["cosine_min"] <= m["cosine_mean"] <= 1.0

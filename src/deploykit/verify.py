@@ -7,6 +7,7 @@ Validation collects every failing metric of every artifact and reports them toge
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -96,7 +97,24 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
         "cosine_min": float(np.nan_to_num(cos, nan=0.0).min()) if finite else 0.0,
         "top1_agreement": float((top_ref[:, 0] == top_cand[:, 0]).mean()),
         "top5_agreement": float(np.mean(overlap)),
+        # the sample size and what it allows: a verdict on 21 images is not one on 2,000
+        "n": int(ref.shape[0]),
+        "cosine_mean": float(np.nan_to_num(cos, nan=0.0).mean()) if finite else 0.0,
+        "top1_agreement_ci95": wilson_interval(int((top_ref[:, 0] == top_cand[:, 0]).sum()), int(ref.shape[0])),
     }
+
+
+SMALL_SAMPLE = 100  # fewer verification images than this: the verdict says how little it can tell
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """95% Wilson score interval of a proportion (sound at 0 and 1 and for small n, unlike the normal one)."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def judge(metrics: dict[str, float], tol: Tolerance) -> list[str]:
@@ -237,6 +255,8 @@ def evaluate(reference: Runner, candidates: Sequence[tuple[str, str, Runner]], b
             metrics["accuracy"] = _accuracy(logits, labels)
             metrics["reference_accuracy"] = _accuracy(ref_logits, labels)
             metrics["accuracy_drop"] = metrics["reference_accuracy"] - metrics["accuracy"]
+            correct = int((logits.argmax(axis=1) == labels).sum())
+            metrics["accuracy_ci95"] = [100.0 * v for v in wilson_interval(correct, len(labels))]
         tol = (overrides or {}).get(precision) or tolerance_for(precision)
         failures = judge(metrics, tol)
         reports.append(ArtifactReport(path, precision, metrics, not failures, failures, note))

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploykit.text import printable
+from deploykit.verify import SMALL_SAMPLE
 
 # Logs and pipes get wide tables rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
@@ -37,12 +38,23 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _top1(m: dict) -> str:
+    ci = m.get("top1_agreement_ci95")
+    text = _fmt(m["top1_agreement"], ".3f")
+    return f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and text != "-" else text
+
+
 def parity_table(report, title: str | None = None) -> Table:
     has_acc = any("accuracy" in a.metrics for a in report.artifacts)
-    table = Table(title=title or f"parity vs {report.reference} on {report.n_images} images ({report.data})",
-                  caption=f"note: {report.reference_note}" if getattr(report, "reference_note", None) else None,
-                  caption_justify="left")
-    for col in ("artifact", "precision", "max |diff|", "mean |diff|", "cos min", "top-1", "top-5"):
+    notes = [f"note: {literal(report.reference_note)}"] if getattr(report, "reference_note", None) else []
+    if report.n_images < SMALL_SAMPLE:
+        notes.append(f"note: a verdict on {report.n_images} images: one image moves top-1 by "
+                     f"{100 / max(report.n_images, 1):.1f} points (95% interval in brackets); pass --data with "
+                     f"{SMALL_SAMPLE}+ of your own images for a firmer one")
+    table = Table(title=title or f"parity vs {literal(report.reference)} on {report.n_images} images "
+                                 f"({literal(report.data)})",
+                  caption="\n".join(notes) or None, caption_justify="left")
+    for col in ("artifact", "precision", "max |diff|", "mean |diff|", "cos min", "top-1 [95% CI]", "top-5"):
         table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")
     if has_acc:
         for col in ("acc %", "ref acc %", "drop pts"):
@@ -51,7 +63,7 @@ def parity_table(report, title: str | None = None) -> Table:
     for a in report.artifacts:
         m = a.metrics
         row = [literal(a.path), literal(a.precision), _fmt(m["max_abs_diff"], ".2e"), _fmt(m["mean_abs_diff"], ".2e"),
-               _fmt(m["cosine_min"], ".6f"), _fmt(m["top1_agreement"], ".3f"), _fmt(m["top5_agreement"], ".3f")]
+               _fmt(m["cosine_min"], ".6f"), _top1(m), _fmt(m["top5_agreement"], ".3f")]
         if has_acc:
             row += [_fmt(m.get("accuracy"), ".2f"), _fmt(m.get("reference_accuracy"), ".2f"),
                     _fmt(m.get("accuracy_drop"), "+.2f")]
