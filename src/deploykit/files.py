@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; give the result the mode any new file gets here (0666 minus the umask), so an
     # export folder copied to a device or served by another user is readable there.
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~umask())
     try:
         yield tmp
     except OSError as exc:
@@ -66,7 +67,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -138,12 +140,17 @@ def parse_json(text: str, where: str, what: str) -> object:
 
 
 def user_cache_dir() -> Path:
-    """deploykit's cache folder: ``$DEPLOYKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/deploykit``, else
-    ``~/.cache/deploykit`` (created on first write)."""
+    """deploykit's cache folder: ``$DEPLOYKIT_CACHE_DIR``, else the platform's user cache dir (``$XDG_CACHE_HOME``
+    or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows) + ``/deploykit``."""
     if os.environ.get("DEPLOYKIT_CACHE_DIR"):
         return Path(os.environ["DEPLOYKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deploykit"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "deploykit"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploykit.errors import InputError
-from deploykit.files import ensure_writable_dir
+from deploykit.files import ensure_writable_dir, umask
 from deploykit.manifest import MANIFEST_NAME, Manifest
 
 STAGING_TAG = ".deploykit-staging-"
@@ -136,7 +136,7 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
     except OSError as exc:
         raise InputError(f"cannot write next to {out}: {exc.strerror}; choose another --out") from None
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~umask())
         if previous is not None:
             for cache in out.glob(CACHE_GLOB):
                 if cache.is_file() and not cache.is_symlink():
@@ -217,9 +217,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False  # the filesystem cannot exchange: fall back to two renames
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

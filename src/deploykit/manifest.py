@@ -11,7 +11,7 @@ from typing import Any
 
 from deploykit import schema as S
 from deploykit.errors import InputError
-from deploykit.files import read_json, sha256_file, write_json_atomic
+from deploykit.files import read_json, sha256_file, user_cache_dir, write_json_atomic
 from deploykit.preprocess import Preprocess
 
 MANIFEST_NAME = "deploykit.json"
@@ -199,8 +199,6 @@ def _identity(path: Path, stat) -> str:
 
 
 def _hash_cache() -> Path:
-    from deploykit.files import user_cache_dir
-
     return user_cache_dir() / "verified-files.json"
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
-from deploykit.files import parse_json
+from deploykit.files import parse_json, user_cache_dir
 from deploykit.models.registry import ModelSpec, get_spec, list_models
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -241,15 +241,6 @@ _SIGNATURE_CACHE_VERSION = 1
 _NBT = "num_batches_tracked"
 
 
-def _cache_dir() -> Path:
-    import os
-
-    if os.environ.get("DEPLOYKIT_CACHE_DIR"):
-        return Path(os.environ["DEPLOYKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "deploykit"
-
-
 def _fingerprint(keys) -> str:
     import hashlib
 
@@ -280,7 +271,7 @@ def _zoo_signatures() -> dict[str, dict[str, tuple[int, ...]]]:
             versions.append("-")
     tag = hashlib.sha1(json.dumps([_SIGNATURE_CACHE_VERSION, deploykit.__version__, versions, names,
                                    hashlib.sha1(Path(zoo.__file__).read_bytes()).hexdigest()]).encode()).hexdigest()
-    path = _cache_dir() / f"zoo-signatures-{tag[:16]}.json"
+    path = user_cache_dir() / f"zoo-signatures-{tag[:16]}.json"
     try:
         cached = json.loads(path.read_text())
         table = {a: {k: tuple(v) for k, v in sig.items()} for a, sig in cached.items()}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import InputError, MissingDependencyError
+from deploykit.files import user_cache_dir
 from deploykit.runners.base import Runner
 
 OV_INSTALL_HINT = "pip install 'deploykit[openvino]'"
@@ -75,20 +75,6 @@ def core():
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` lists ``BF16``)."""
     return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def user_cache_dir() -> Path:
-    """deploykit's cache folder: ``$DEPLOYKIT_CACHE_DIR``, else the platform's user cache dir (``$XDG_CACHE_HOME``
-    or ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows) + ``/deploykit``."""
-    if os.environ.get("DEPLOYKIT_CACHE_DIR"):
-        return Path(os.environ["DEPLOYKIT_CACHE_DIR"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "deploykit"
 
 
 def model_cache_dir(path: Path, root: Path | None = None) -> Path | None:
