@@ -498,9 +498,7 @@ def _torch_module(folder: Path, manifest: Manifest):
     if not manifest.source.get("path"):
         return None, f"no {MANIFEST_NAME} beside the ONNX file, so its PyTorch source is unknown"
     source = manifest.source_path()
-    stored = manifest.source.get("options") or {}
-    if stored.get("model_def") or stored.get("allow_pickle") or manifest.source.get("kind") in ("model-def",
-                                                                                                  "pickled-module"):
+    if manifest.source_needs():
         return None, ("its source was exported with --allow-pickle/--model-def (code from a file), which a manifest "
                       "cannot grant")
     if source.is_symlink() or not source.is_file():

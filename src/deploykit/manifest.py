@@ -148,6 +148,17 @@ class Manifest:
             path = self.folder / path
         return path
 
+    def source_needs(self) -> str | None:
+        """The flag that reloading the source would need: ``--model-def`` or ``--allow-pickle`` (both run code, so
+        only this command line grants them, never the manifest), or None for a plain checkpoint."""
+        stored = self.source.get("options") if isinstance(self.source.get("options"), dict) else {}
+        kind = self.source.get("kind")
+        if stored.get("model_def") or kind == "model-def":
+            return "--model-def"
+        if stored.get("allow_pickle") or kind == "pickled-module":
+            return "--allow-pickle"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "created": self.created, "source": self.source, "model": self.model,
                 "input": self.input, "output": self.output, "preprocess": self.preprocess, "opset": self.opset,

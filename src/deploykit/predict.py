@@ -98,15 +98,12 @@ def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
 
 def _listed_in_manifest(onnx_file: Path) -> Manifest | None:
     """The manifest of the folder that really holds ``onnx_file`` (a symlink is followed to its folder), if it lists
-    the file; its bytes must then be the recorded ones."""
+    the file (the caller then opens it through ``manifest.file``, which checks its bytes)."""
     real = onnx_file.resolve()
     if not (real.parent / MANIFEST_NAME).is_file():
         return None
     manifest = Manifest.load(real.parent)
-    if manifest.artifact(real.name) is None:
-        return None
-    manifest.file(real.name)
-    return manifest
+    return manifest if manifest.artifact(real.name) is not None else None
 
 
 def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Predictor:

@@ -185,9 +185,9 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_report(folder: Path, bench: dict[str, Any] | None = None) -> str:
+def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: Manifest | None = None) -> str:
     folder = Path(folder)
-    manifest = Manifest.load(folder)
+    manifest = manifest or Manifest.load(folder)
     model, source, pre = manifest.model, manifest.source, manifest.preprocess
     arch = model.get("arch") or "model"
     classes = manifest.class_names
@@ -246,7 +246,7 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
     for entry in manifest.artifacts:  # the page vouches for these files: they must be the ones verified
         if (folder / entry["path"]).exists() or (folder / entry["path"]).is_symlink():
             manifest.file(entry)
-    text = render_report(folder, bench)
+    text = render_report(folder, bench, manifest)
     dest = Path(out) if out is not None else folder / REPORT_NAME
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

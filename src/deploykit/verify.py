@@ -483,11 +483,11 @@ def reference_runner(folder: Path, manifest: Manifest, warn=None, loaded=None, *
         import torch  # noqa: F401
     except ImportError:
         reason = "torch is not installed"
-    if reason is None and (stored.get("model_def") or manifest.source.get("kind") == "model-def") and not model_def:
+    needs = manifest.source_needs()
+    if reason is None and needs == "--model-def" and not model_def:
         reason = ("the source was exported with --model-def, which runs code; a manifest cannot ask for that -- "
                   "pass --model-def again to use the PyTorch reference")
-    if reason is None and (stored.get("allow_pickle") or manifest.source.get("kind") == "pickled-module") \
-            and not allow_pickle:
+    if reason is None and needs == "--allow-pickle" and not allow_pickle:
         reason = ("the source was exported with --allow-pickle, which runs code from the file; a manifest cannot "
                   "ask for that -- pass --allow-pickle again if you trust it")
     if reason is None and (source.is_symlink() or not source.is_file()):
