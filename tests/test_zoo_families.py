@@ -22,6 +22,7 @@ from deploykit.data import sample_images
 from deploykit.models.loading import LoadedModel
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from deploykit.verify import Precision, compare_logits, judge, tolerance_for
+from test_precision import _types  # the dtype of every tensor of a graph, as the precision tests read it
 
 
 def _convnext(num_classes):
@@ -74,14 +75,6 @@ def _ort(path, batch):
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {"input": batch[i:i + 1]})[0] for i in range(len(batch))])
-
-
-def _types(model) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {v.name: v.type.tensor_type.elem_type
-           for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    out.update({i.name: i.data_type for i in model.graph.initializer})
-    return out
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
