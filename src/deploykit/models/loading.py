@@ -64,40 +64,25 @@ class LoadOptions:
     def from_dict(cls, data: Mapping) -> LoadOptions:
         """The options a manifest recorded (data from a file: checked, and ``allow_pickle``/``model_def`` dropped --
         only the command line grants those)."""
-        if not isinstance(data, Mapping):
-            raise InputError("the manifest's source.options must be an object; re-run `deploykit export`")
+        from deploykit import schema as S
 
-        def whole(key: str, lo: int, hi: int):
-            value = data.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise InputError(f"the manifest's source.options.{key} must be a whole number in {lo}..{hi}; "
-                                 "re-run `deploykit export`")
-            return value
-
-        def numbers(key: str, n: int | None = None, kind=(int, float)):
-            value = data.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, list) or not 1 <= len(value) <= 4 or (n is not None and len(value) != n) or \
-                    any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
-                raise InputError(f"the manifest's source.options.{key} is malformed; re-run `deploykit export`")
-            return tuple(value)
-
-        arch = data.get("arch")
-        if arch is not None and (not isinstance(arch, str) or len(arch) > 128):
-            raise InputError("the manifest's source.options.arch must be a name; re-run `deploykit export`")
-        kwargs = data.get("model_kwargs") or {}
-        if not isinstance(kwargs, Mapping):
-            raise InputError("the manifest's source.options.model_kwargs must be an object; re-run `deploykit export`")
-        shape = numbers("input_shape", 3, int)
+        where = "source.options"
+        try:
+            S.obj(data, where)
+            arch = S.get(data, "arch", where, S.text(128), optional=True)
+            num_classes = S.get(data, "num_classes", where, S.whole(1, 1_000_000), optional=True)
+            kwargs = S.get(data, "model_kwargs", where, S.any_object, optional=True) or {}
+            shape = S.get(data, "input_shape", where, S.items(S.whole(1, 1 << 20), 3, 3), optional=True)
+            mean, std = (S.get(data, key, where, S.items(S.number(), 1, 4), optional=True) for key in ("mean", "std"))
+            resize = S.get(data, "resize", where, S.whole(0, 4096), optional=True)
+        except S.SchemaError as exc:
+            raise InputError(f"the manifest's {exc}; re-run `deploykit export`") from None
         if shape is not None:
             from deploykit.preprocess import parse_input_shape
 
             shape = parse_input_shape(",".join(map(str, shape)))
-        return cls(arch=arch, num_classes=whole("num_classes", 1, 1_000_000), model_kwargs=dict(kwargs),
-                   input_shape=shape, mean=numbers("mean"), std=numbers("std"), resize=whole("resize", 0, 4096))
+        return cls(arch=arch, num_classes=num_classes, model_kwargs=dict(kwargs), input_shape=shape,
+                   mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std), resize=resize)
 
 
 @dataclass
