@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deploykit.errors import DeployKitError, InputError, MissingDependencyError
-from deploykit.manifest import MANIFEST_NAME, Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
 from deploykit.verify import Precision
 
 DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
@@ -50,7 +50,6 @@ DEFAULT_BUDGET_S = 15.0  # without --iters/--seconds: 100 iterations, or fewer o
 MIN_ITERS = 10  # ... but never fewer than this
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 EXPORTS_DIR = Path("exports")  # where `deploykit bench` with no TARGET looks for the latest export folder
 DENORMALS = "flush-to-zero"  # the one denormal policy every backend is timed under
 ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}

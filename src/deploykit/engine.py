@@ -45,11 +45,10 @@ from typing import Any
 
 from deploykit.errors import DeployKitError, InputError, MissingDependencyError
 from deploykit.files import atomic_path, sha256_file
-from deploykit.manifest import Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, Manifest
 
 STRONG_TYPING_SINCE = (10, 12)  # NVIDIA: strong typing fully available from 10.12 (deprecates weak typing)
 MIN_TENSORRT = (10, 0)  # name-based I/O tensors, execute_async_v3, IProgressMonitor
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 TRT_INSTALL_HINT = ('pip install "deploykit[trt]" on a CUDA host ("deploykit[trt-cu12]" for CUDA 12 drivers); on '
                     "a Jetson use JetPack's TensorRT Python bindings (apt install python3-libnvinfer) plus a "
                     'cuda-python matching its CUDA (pip install "cuda-python>=12,<13" on JetPack 6)')

@@ -9,7 +9,7 @@ import numpy as np
 
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import MANIFEST_NAME, Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -119,7 +119,7 @@ def load_predictor(artifact: Path, *, device: str = "cpu", options=None) -> Pred
 def _load(artifact: Path, *, device: str, options) -> Predictor:
     if not artifact.exists():
         raise InputError(f"not found: {artifact}")
-    if (artifact.is_dir() or artifact.suffix == ".onnx" or artifact.suffix in (".engine", ".plan", ".trt")) and \
+    if (artifact.is_dir() or artifact.suffix == ".onnx" or artifact.suffix in ENGINE_SUFFIXES) and \
             options is not None and (options.mean is not None or options.std is not None):
         raise InputError("--mean/--std apply to a checkpoint; an export folder or artifact carries the "
                          "preprocessing it was exported with")
