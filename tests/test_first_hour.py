@@ -298,7 +298,7 @@ def test_class_mapping_without_names():
 def test_plain_progress_lines():
     import io
 
-    from deploykit.progress import PlainProgress
+    from deploykit.cli.progress import PlainProgress
 
     stream = io.StringIO()
     bar = PlainProgress(stream, interval=3600)

@@ -668,7 +668,7 @@ def rich_build_progress(console=None) -> Iterator[ProgressCallback]:
     """A transient rich progress bar fed by TensorRT's IProgressMonitor phases (one row per phase)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from deploykit.progress import progress_bar  # plain lines where stderr is a log or a pipe
+    from deploykit.cli.progress import progress_bar  # plain lines where stderr is a log or a pipe
 
     if console is None:
         from rich.console import Console

@@ -50,7 +50,7 @@ def bench(
 
     from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
                                  parse_list, render_table, ship_lines, skip_text, write_markdown, write_plot)
-    from deploykit.progress import progress_bar
+    from deploykit.cli.progress import progress_bar
     from deploykit.errors import InputError
     from deploykit.verify import Precision
 

@@ -38,7 +38,7 @@ def eval_(
     """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from deploykit.progress import progress_bar
+    from deploykit.cli.progress import progress_bar
 
     from deploykit.errors import InputError
     from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion

@@ -54,7 +54,7 @@ def train(
     """Train or fine-tune a classifier; the checkpoint goes straight to `deploykit export`."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from deploykit.progress import progress_bar
+    from deploykit.cli.progress import progress_bar
 
     from deploykit.errors import InputError
     from deploykit.train import TrainConfig, fit

@@ -132,7 +132,7 @@ def rich_progress(description: str, total: int) -> Iterator[Callable[[int], None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    from deploykit.progress import progress_bar  # plain lines where stderr is a log or a pipe
+    from deploykit.cli.progress import progress_bar  # plain lines where stderr is a log or a pipe
 
     with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=Console(stderr=True), transient=True) as bar:
