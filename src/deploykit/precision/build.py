@@ -66,7 +66,7 @@ class PrecisionRequest:
         """This request with every calibration setting not given set to its default."""
         return replace(self,
                        calib_size=DEFAULT_CALIB_SIZE if self.calib_size is None else self.calib_size,
-                       calib_method=CalibMethod.entropy if self.calib_method is None else self.calib_method,
+                       calib_method=CalibMethod.default() if self.calib_method is None else self.calib_method,
                        min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib)
 
     @property
@@ -213,10 +213,11 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
         targets = {
             Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
-                             lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude)),
+                             lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude,
+                                                                   bias=result.ranges.bias)),
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
                              lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
-                                                                   exclude=exclude)),
+                                                                   exclude=exclude, bias=result.ranges.bias)),
         }
         for target in request.int8_for:
             name, precision, runtime, message, quantize = targets[target]
@@ -238,6 +239,7 @@ def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionR
 
     details = {"target": runtime, "calibration": {"method": request.calib_method.value,
                                                   "images": result.ranges.n_images,
+                                                  "bias_corrected_layers": len(result.ranges.bias or {}),
                                                   "cache": result.ranges.path.name if result.ranges.path else None},
                "int8_layers": len(graph.layers), "fp32_layers": graph.excluded, "op_counts": graph.counts}
     if target is Int8Target.trt:

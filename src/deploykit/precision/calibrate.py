@@ -6,7 +6,12 @@ One pass of ONNX Runtime over the FP32 graph (with the tensors of interest added
 
 * ``entropy``    TensorRT's KL-divergence threshold (the method of its ``IInt8EntropyCalibrator2``);
 * ``minmax``     the largest ``|x|`` seen;
-* ``percentile`` the 99.99th percentile of ``|x|``.
+* ``percentile`` the 99.99th percentile of ``|x|``;
+* ``mse``        the threshold with the least quantization MSE on the histogram (:mod:`.ranges`).
+
+Whatever the method, a tensor the graph bounds (a ReLU6/Clip output, a sigmoid gate, and what padding or
+pooling passes on of them) keeps its observed range (:func:`.ranges.bounded_tensors`), and the quantized layers
+get bias corrections measured on the calibration images (:mod:`.bias_correction`), stored with the ranges.
 
 Ranges are cached beside the artifacts (``calib-<method>-<key>.json``) keyed by the graph, the image bytes,
 the preprocessing and the method, so a re-export does not recalibrate.
@@ -41,13 +46,21 @@ MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tenso
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/3"  # 3: histograms pooled per 16 images (ranges differ slightly from 2)
+CACHE_FORMAT = "deploykit-calib/4"  # 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
 
 
 class CalibMethod(str, Enum):
     entropy = "entropy"
     minmax = "minmax"
     percentile = "percentile"
+    mse = "mse"
+
+    @classmethod
+    def default(cls) -> CalibMethod:
+        return DEFAULT_METHOD
+
+
+DEFAULT_METHOD = CalibMethod.mse  # issue 11: measured against entropy/minmax/percentile in docs/precision.md
 
 
 # -- the images ----------------------------------------------------------------------------------------------
@@ -142,10 +155,14 @@ class TensorStats:
             self.edge *= 2
         self.hist += _abs_histogram(x, self.edge)
 
-    def threshold(self, method: CalibMethod) -> float:
-        """The ``|x|`` range the method keeps."""
-        if method is CalibMethod.minmax or self.exact or self.hist is None or self.hist.sum() == 0:
+    def threshold(self, method: CalibMethod, bounded: bool = False) -> float:
+        """The ``|x|`` range the method keeps (``bounded``: the graph bounds the tensor, keep what was seen)."""
+        if method is CalibMethod.minmax or self.exact or bounded or self.hist is None or self.hist.sum() == 0:
             return self.amax
+        if method is CalibMethod.mse:
+            from deploykit.precision.ranges import mse_threshold
+
+            return mse_threshold(self.hist, self.edge, self.amax)
         width = self.edge / NUM_BINS
         if method is CalibMethod.percentile:
             cdf = np.cumsum(self.hist) / self.hist.sum()
@@ -153,9 +170,9 @@ class TensorStats:
             return min(self.amax, (idx + 1) * width)
         return min(self.amax, entropy_threshold(self.hist) * width)
 
-    def to_json(self, method: CalibMethod) -> dict:
+    def to_json(self, method: CalibMethod, bounded: bool = False) -> dict:
         return {"min": self.lo if np.isfinite(self.lo) else 0.0, "max": self.hi if np.isfinite(self.hi) else 0.0,
-                "amax": self.threshold(method)}
+                "amax": self.threshold(method, bounded)}
 
 
 def _abs_histogram(x: np.ndarray, edge: float) -> np.ndarray:
@@ -301,6 +318,7 @@ class Ranges:
     cached: bool = False
     path: Path | None = None
     extra: dict = field(default_factory=dict)
+    bias: dict[str, np.ndarray] | None = None  # node name -> bias shift (bias_correction.py), None: not measured
 
     def amax(self, name: str) -> float:
         return float(self.tensors[name]["amax"])
@@ -310,8 +328,9 @@ def cache_path(folder: Path, method: CalibMethod, key: str) -> Path:
     return Path(folder) / f"calib-{method.value}-{key[:16]}.json"
 
 
-def cache_key(model_sha: str, data: str, method: CalibMethod, tensors: Sequence[str]) -> str:
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{model_sha}|{data}|{method.value}".encode())
+def cache_key(model_sha: str, data: str, method: CalibMethod, tensors: Sequence[str],
+              bias_correction: bool = True) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{model_sha}|{data}|{method.value}|bc={bias_correction}".encode())
     digest.update("|".join(sorted(tensors)).encode())
     return digest.hexdigest()
 
@@ -326,7 +345,9 @@ def load_cached(folder: Path, method: CalibMethod, key: str, tensors: Sequence[s
         return None  # a damaged cache is a miss: the ranges are measured again and the file rewritten
     if not _valid_cache(data, key, tensors):
         return None
-    return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path)
+    bias = data.get("bias")
+    bias = None if bias is None else {k: np.asarray(v, np.float32) for k, v in bias.items()}
+    return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path, bias=bias)
 
 
 def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
@@ -347,21 +368,41 @@ def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
             return False
         if values[2] < 0:
             return False
+    bias = data.get("bias")
+    if bias is not None:
+        if not isinstance(bias, dict):
+            return False
+        for shift in bias.values():
+            if not isinstance(shift, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) for v in shift):
+                return False
     return True
 
 
 def save_cache(folder: Path, ranges: Ranges) -> Path:
     path = cache_path(folder, ranges.method, ranges.key)
-    write_json_atomic(path, {"format": CACHE_FORMAT, "key": ranges.key, "method": ranges.method.value,
-                             "n_images": ranges.n_images, "tensors": ranges.tensors})
+    data = {"format": CACHE_FORMAT, "key": ranges.key, "method": ranges.method.value,
+            "n_images": ranges.n_images, "tensors": ranges.tensors}
+    if ranges.bias is not None:
+        data["bias"] = {k: [float(v) for v in np.ravel(s)] for k, s in ranges.bias.items()}
+    write_json_atomic(path, data)
     ranges.path = path
     return path
 
 
 def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
-              method: CalibMethod, *, cache_dir: Path, progress_factory=None) -> Ranges:
-    """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match."""
-    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors)
+              method: CalibMethod, *, cache_dir: Path, progress_factory=None, bias_correction: bool = True,
+              bias_images: int | None = None) -> Ranges:
+    """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match.
+
+    With ``bias_correction`` the TensorRT plan's layers also get their bias shifts (:mod:`.bias_correction`),
+    measured on the first ``bias_images`` calibration images with these ranges, in ``Ranges.bias``."""
+    import onnx
+
+    from deploykit.precision.bias_correction import DEFAULT_IMAGES, measure_shifts
+    from deploykit.precision.ranges import bounded_tensors
+
+    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction)
     cached = load_cached(cache_dir, method, key, tensors)
     if cached is not None:
         return cached
@@ -372,6 +413,23 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
                                   progress=advance)
     else:
         stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax)
-    ranges = Ranges(method, {n: s.to_json(method) for n, s in stats.items()}, len(images), key)
+    bounded = bounded_tensors(onnx.load(str(model_path))) if method is not CalibMethod.minmax else {}
+    ranges = Ranges(method, {n: s.to_json(method, n in bounded) for n, s in stats.items()}, len(images), key)
+    if bias_correction:
+        n = min(len(images), bias_images or DEFAULT_IMAGES)
+        paths = list(images.paths[:n])
+        amax = {name: r["amax"] for name, r in ranges.tensors.items()}
+        subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
+        if progress_factory is not None:
+            with progress_factory(f"bias correction ({n} images)", n) as advance:
+                ranges.bias = measure_shifts(model_path, amax, _counted(subset, advance))
+        else:
+            ranges.bias = measure_shifts(model_path, amax, subset)
     save_cache(cache_dir, ranges)
     return ranges
+
+
+def _counted(batches: Iterable[np.ndarray], advance: Callable[[int], None]) -> Iterable[np.ndarray]:
+    for batch in batches:
+        yield batch
+        advance(len(batch))
