@@ -122,6 +122,8 @@ def ranges_for(m: Model, parts: set[str]) -> dict[str, dict[str, float]]:
             amax = st.amax
         out[name] = {"min": st.lo if np.isfinite(st.lo) else 0.0, "max": st.hi if np.isfinite(st.hi) else 0.0,
                      "amax": amax}
+        if "u8" in parts and "mse" in parts:
+            out[name] = st.to_json(CalibMethod.mse, name in bounded)
     return out
 
 

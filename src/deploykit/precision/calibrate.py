@@ -171,8 +171,14 @@ class TensorStats:
         return min(self.amax, entropy_threshold(self.hist) * width)
 
     def to_json(self, method: CalibMethod, bounded: bool = False) -> dict:
-        return {"min": self.lo if np.isfinite(self.lo) else 0.0, "max": self.hi if np.isfinite(self.hi) else 0.0,
-                "amax": self.threshold(method, bounded)}
+        out = {"min": self.lo if np.isfinite(self.lo) else 0.0, "max": self.hi if np.isfinite(self.hi) else 0.0,
+               "amax": self.threshold(method, bounded)}
+        if method is CalibMethod.mse and not (bounded or self.exact) and self.lo >= 0 and self.hist is not None:
+            # ORT's CPU graph spends all 256 uint8 levels on a non-negative tensor: its MSE optimum clips less
+            from deploykit.precision.ranges import mse_threshold
+
+            out["amax_u8"] = mse_threshold(self.hist, self.edge, self.amax, levels=255)
+        return out
 
 
 def _abs_histogram(x: np.ndarray, edge: float) -> np.ndarray:

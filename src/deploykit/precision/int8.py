@@ -317,13 +317,13 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
         from deploykit.precision.bias_correction import apply_shifts
 
         apply_shifts(model, bias, {layer.node for layer in plan.layers} - set(skip))
+    act = QuantType.QUInt8 if fmt in (CpuFormat.qoperator_u8s8, CpuFormat.qdq_u8s8) else QuantType.QInt8
     data = {}
     for name, r in ranges.items():
-        amax = float(r["amax"])
+        amax = float(r.get("amax_u8", r["amax"])) if act is QuantType.QUInt8 else float(r["amax"])
         lo, hi = max(float(r["min"]), -amax), min(float(r["max"]), amax)
         data[name] = (np.array(min(lo, 0.0), np.float32), np.array(max(hi, 0.0), np.float32))
     tensors = TensorsData(CalibrationMethod.MinMax, data)
-    act = QuantType.QUInt8 if fmt in (CpuFormat.qoperator_u8s8, CpuFormat.qdq_u8s8) else QuantType.QInt8
     options = {"ActivationSymmetric": act is QuantType.QInt8, "WeightSymmetric": True}
     inferred = onnx.shape_inference.infer_shapes(model)
     if fmt is CpuFormat.qoperator_u8s8:

@@ -22,9 +22,10 @@ PASS_THROUGH = ("Pad", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", 
                 "GlobalAveragePool", "ReduceMean", "SpaceToDepth", "DepthToSpace")
 
 
-def quantization_mse(hist: np.ndarray, edge: float, thresholds: np.ndarray) -> np.ndarray:
+def quantization_mse(hist: np.ndarray, edge: float, thresholds: np.ndarray, levels: int = QUANT_LEVELS) -> np.ndarray:
     """Mean squared error of quantizing the ``|x|`` histogram (``len(hist)`` bins over ``[0, edge]``) with each
-    of ``thresholds``: values above a threshold clip to it, values below round to the nearest of 127 levels."""
+    of ``thresholds``: values above a threshold clip to it, values below round to the nearest of ``levels``
+    levels (127: symmetric int8; 255: uint8 over ``[0, t]`` for a non-negative tensor on ORT's CPU graph)."""
     hist = np.asarray(hist, np.float64)
     total = hist.sum()
     if total == 0:
@@ -33,7 +34,7 @@ def quantization_mse(hist: np.ndarray, edge: float, thresholds: np.ndarray) -> n
     centres = (np.arange(len(hist)) + 0.5) * width
     centres[0] = 0.0  # bin 0 holds ReLU's exact zeros (and values within a 2048th of the range: no error to speak of)
     t = np.asarray(thresholds, np.float64)[:, None]
-    step = t / QUANT_LEVELS
+    step = t / levels
     clipped = np.minimum(centres[None, :], t)
     rounded = np.round(clipped / step) * step
     err = (centres[None, :] - rounded) ** 2
@@ -42,7 +43,8 @@ def quantization_mse(hist: np.ndarray, edge: float, thresholds: np.ndarray) -> n
     return (err * hist[None, :]).sum(axis=1) / total
 
 
-def mse_threshold(hist: np.ndarray, edge: float, amax: float, *, candidates: int = 256) -> float:
+def mse_threshold(hist: np.ndarray, edge: float, amax: float, *, candidates: int = 256,
+                  levels: int = QUANT_LEVELS) -> float:
     """The threshold in ``(0, amax]`` with the least :func:`quantization_mse`; never above the observed ``amax``,
     and ``amax`` itself is always a candidate (so the search can only lower the error of plain min/max)."""
     if hist is None or amax <= 0 or np.asarray(hist).sum() == 0:
@@ -50,7 +52,7 @@ def mse_threshold(hist: np.ndarray, edge: float, amax: float, *, candidates: int
     hist = np.asarray(hist)
     lo = max(amax / 64.0, edge / len(hist))
     grid = np.unique(np.concatenate([np.geomspace(lo, amax, candidates), [amax]]))
-    err = quantization_mse(hist, edge, grid)
+    err = quantization_mse(hist, edge, grid, levels)
     best = int(np.argmin(err))
     if err[best] >= err[-1]:  # ties go to the observed range
         return float(amax)
