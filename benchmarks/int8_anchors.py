@@ -81,13 +81,17 @@ def deploykit_graphs(folder: Path, calib_paths, pre, out: Path, *, before: bool)
     images = ImageSet(tuple(calib_paths), None, None, "calib")
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    if before:
-        ranges = calibrate(src, tensors, images, pre, CalibMethod.entropy, cache_dir=out, bias_correction=False)
+    if before:  # the code before issue 11: entropy on every tensor, no graph bounds, no bias correction
+        from deploykit.precision.calibrate import collect_stats, image_batches
+
+        stats = collect_stats(src, tensors, image_batches(images, pre), histogram=True)
+        tensors_json, bias = {n: s.to_json(CalibMethod.entropy) for n, s in stats.items()}, None
     else:
         ranges = calibrate(src, tensors, images, pre, CalibMethod.default(), cache_dir=out)
-    amax = {n: r["amax"] for n, r in ranges.tensors.items()}
-    quantize_trt(src, out / "model.int8.onnx", amax, plan=plan, bias=ranges.bias)
-    quantize_cpu(src, out / "model.int8-cpu.onnx", ranges.tensors, plan=plan, bias=ranges.bias)
+        tensors_json, bias = ranges.tensors, ranges.bias
+    amax = {n: r["amax"] for n, r in tensors_json.items()}
+    quantize_trt(src, out / "model.int8.onnx", amax, plan=plan, bias=bias)
+    quantize_cpu(src, out / "model.int8-cpu.onnx", tensors_json, plan=plan, bias=bias)
     print(f"  deploykit {'before' if before else 'default'} {folder.name}: {time.perf_counter() - t:.1f}s",
           file=sys.stderr)
     return {"model.int8.onnx": out / "model.int8.onnx", "model.int8-cpu.onnx": out / "model.int8-cpu.onnx"}

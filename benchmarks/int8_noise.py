@@ -102,7 +102,9 @@ class Model:
             np.savez(ref_cache, ref=self.ref)
 
     def calib_batches(self, n: int):
-        paths = self.calib_paths[:n]
+        from deploykit.precision.calibrate import spread
+
+        paths = spread(self.calib_paths, n)
         return (self.pre.batch(paths[i:i + 16]) for i in range(0, len(paths), 16))
 
 
@@ -122,7 +124,7 @@ def ranges_for(m: Model, parts: set[str]) -> dict[str, dict[str, float]]:
             amax = st.amax
         out[name] = {"min": st.lo if np.isfinite(st.lo) else 0.0, "max": st.hi if np.isfinite(st.hi) else 0.0,
                      "amax": amax}
-        if "u8" in parts and "mse" in parts:
+        if "cpumax" in parts and "mse" in parts:
             out[name] = st.to_json(CalibMethod.mse, name in bounded)
     return out
 
@@ -159,11 +161,13 @@ def main() -> int:
     parser.add_argument("--n-calib", type=int, default=200)
     parser.add_argument("--bc-images", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("/tmp/i8/q"))
+    parser.add_argument("--calib", type=Path, help="calibration folder (default: int8_images' crops)")
+    parser.add_argument("--eval", type=Path, help="evaluation folder (default: int8_images' held-out crops)")
     parser.add_argument("--jsonl", type=Path, default=Path("/tmp/i8/results.jsonl"))
     args = parser.parse_args()
     from int8_images import ensure
 
-    calib, evals = ensure(args.images)
+    calib, evals = (args.calib, args.eval) if args.calib and args.eval else ensure(args.images)
     for folder in args.folders:
         m = Model(folder, calib, evals, args.n_calib)
         for recipe in args.recipes.split(","):
