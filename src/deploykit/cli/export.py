@@ -112,7 +112,7 @@ def export(
     calib_size: Annotated[Optional[int], typer.Option(
         "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")] = None,
     calib_method: Annotated[Optional[CalibMethod], typer.Option(
-        "--calib-method", help="How ranges are chosen \\[default: entropy].")] = None,
+        "--calib-method", help="How ranges are chosen \\[default: mse; ReLU6/Clip outputs keep their range; bias correction].")] = None,
     calib_grayscale: Annotated[bool, typer.Option(
         "--calib-grayscale", help="Calibrate a colour model on grayscale images (converted to RGB) without a "
                                   "warning: the model sees such images. Not needed for a `deploykit train` "
