@@ -14,7 +14,7 @@ import pytest
 from deploykit.bench import (Backend, BenchOptions, Case, Device, Latency, Prepared, Variant, _measure, bench_folder,
                              plan_cases, time_loop)
 from deploykit.manifest import Manifest
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 FAST = ("--iters", "3", "--warmup", "1")
 

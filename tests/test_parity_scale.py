@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploykit.verify import (TOLERANCES, Precision, Tolerance, compare_logits, degenerate_reference, judge,
+from deploykit.parity import (TOLERANCES, Precision, Tolerance, compare_logits, degenerate_reference, judge,
                               tolerance_for)
 
 OLD_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement"}
@@ -120,14 +120,14 @@ def test_degenerate_reference_is_noted_in_the_verdict_and_json(cli, tmp_path):
 @pytest.mark.parametrize("k, n, lo, hi", [(21, 21, 0.845, 1.0), (0, 10, 0.0, 0.278), (97, 100, 0.915, 0.990),
                                           (1, 1, 0.207, 1.0)])
 def test_agreement_interval_is_wilsons(k, n, lo, hi):
-    from deploykit.verify import wilson_interval
+    from deploykit.parity import wilson_interval
 
     got = wilson_interval(k, n)
     assert got[0] == pytest.approx(lo, abs=1e-3) and got[1] == pytest.approx(hi, abs=1e-3)
 
 
 def test_metrics_carry_their_sample_size():
-    from deploykit.verify import compare_logits
+    from deploykit.parity import compare_logits
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(40, 10))

@@ -41,7 +41,7 @@ import numpy as np
 
 from deploykit.errors import DeployKitError, InputError, MissingDependencyError
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
 DEFAULT_WARMUP = 5
@@ -1051,7 +1051,7 @@ def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement]
         return
     from deploykit.data import verification_set
     from deploykit.runners.openvino import OpenVINORunner
-    from deploykit.verify import evaluate, reference_runner
+    from deploykit.verify import compare_runners, reference_runner
 
     if progress:
         progress(f"verifying {len(rows)} OpenVINO rows", len(results), len(results))
@@ -1069,7 +1069,7 @@ def _verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement]
             raise InputError("no reference here (no deploykit.json beside the file)")
         runs = [(m.artifact, m.precision.value, OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value,
                                                               threads=threads)) for m in rows]
-        report = evaluate(reference, runs, batch, reference_name=ref_name, data_name=images.source)
+        report = compare_runners(reference, runs, batch, reference_name=ref_name, data_name=images.source)
     except DeployKitError as exc:
         for m in rows:
             m.note = "; ".join(filter(None, [m.note, f"not verified: {exc}"]))

@@ -52,7 +52,7 @@ def bench(
                                  parse_list, render_table, ship_lines, skip_text, write_markdown, write_plot)
     from deploykit.cli.progress import progress_bar
     from deploykit.errors import InputError
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
                                                                                            "--backends"),

@@ -89,7 +89,9 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
         from deploykit.verify import record_parity, verify_folder
 
         status(f"verifying {result.path.name}")
-        report = verify_folder(folder, data=data, warn=warn, only=[result.path.name], loaded=loaded)
+        from deploykit.cli.reporter import ConsoleReporter
+
+        report = verify_folder(folder, data=data, reporter=ConsoleReporter(), only=[result.path.name], loaded=loaded)
         manifest = Manifest.load(folder)
         record_parity(manifest, report)
         manifest.save(folder)
