@@ -76,6 +76,11 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
     cand = np.asarray(candidate, np.float64)
     if ref.shape != cand.shape:
         raise InputError(f"output shapes differ: reference {ref.shape}, artifact {cand.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf logits: judged below, not warned about
+        return _compare(ref, cand, k)
+
+
+def _compare(ref: np.ndarray, cand: np.ndarray, k: int) -> dict[str, float]:
     diff = np.abs(ref - cand)
     finite = np.isfinite(cand).all()
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
@@ -84,7 +89,10 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
     k = min(k, ref.shape[1])
     top_ref = np.argsort(-ref, axis=1)[:, :k]
     top_cand = np.argsort(-cand, axis=1)[:, :k]
-    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)]
+    # a row with NaN/inf names no class (argsort would still pick one): it agrees with nothing
+    ok = np.isfinite(cand).all(axis=1) & np.isfinite(ref).all(axis=1)
+    overlap = [len(set(a) & set(b)) / k if good else 0.0 for a, b, good in zip(top_ref, top_cand, ok)]
+    agree = (top_ref[:, 0] == top_cand[:, 0]) & ok
     scale = float(np.abs(ref).max()) if np.isfinite(ref).all() else float("inf")
     max_diff = float(diff.max()) if finite else float("inf")
     return {
@@ -93,12 +101,12 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, k: int = 5) -> 
         "reference_max_abs": scale,
         "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
         "cosine_min": float(np.nan_to_num(cos, nan=0.0).min()) if finite else 0.0,
-        "top1_agreement": float((top_ref[:, 0] == top_cand[:, 0]).mean()),
+        "top1_agreement": float(agree.mean()),
         "top5_agreement": float(np.mean(overlap)),
         # the sample size and what it allows: a verdict on 21 images is not one on 2,000
         "n": int(ref.shape[0]),
         "cosine_mean": float(np.nan_to_num(cos, nan=0.0).mean()) if finite else 0.0,
-        "top1_agreement_ci95": wilson_interval(int((top_ref[:, 0] == top_cand[:, 0]).sum()), int(ref.shape[0])),
+        "top1_agreement_ci95": wilson_interval(int(agree.sum()), int(ref.shape[0])),
     }
 
 
@@ -112,7 +120,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes >= n else min(1.0, centre + half)]
 
 
 def judge(metrics: dict[str, float], tol: Tolerance) -> list[str]:
