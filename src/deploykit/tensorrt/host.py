@@ -218,14 +218,14 @@ def check_compatible(facts: dict[str, Any], here: Host, *, engine: str, folder: 
 # ------------------------------------------------------------------------------------ the TensorRT logger
 
 
-_LOGGER = None
+_LOGGERS: dict[Any, Any] = {}  # tensorrt module -> its logger
 
 
 def trt_logger(trt):
     """The one TensorRT logger of the process (TensorRT keeps the first one it is given): it collects errors and
     warnings (``.errors``, ``.warnings``; ``.reset()`` before each build or load) for the one-line messages."""
-    global _LOGGER
-    if _LOGGER is None:
+    logger = _LOGGERS.get(trt)
+    if logger is None:
         class CollectingLogger(trt.ILogger):  # Python API "ILogger": subclass, call the base __init__
             def __init__(self):
                 trt.ILogger.__init__(self)
@@ -242,8 +242,8 @@ def trt_logger(trt):
                 self.errors.clear()
                 self.warnings.clear()
 
-        _LOGGER = CollectingLogger()
-    return _LOGGER
+        logger = _LOGGERS[trt] = CollectingLogger()
+    return logger
 
 
 # ------------------------------------------------------------------------------------------ cache dir
