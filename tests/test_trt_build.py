@@ -348,3 +348,15 @@ def test_run_time_failures_have_their_own_error_with_the_same_exit_code():
 
 def test_a_library_build_is_silent_by_default():
     assert build_engine.__kwdefaults__["reporter"] is SILENT
+
+
+def test_the_package_imports_no_framework_and_no_rich():
+    """`deploykit.tensorrt` is lazy, and none of its modules imports tensorrt, cuda-python or rich when imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deploykit.tensorrt as t; before = 'deploykit.tensorrt.build' in sys.modules; "
+            "import deploykit.tensorrt.host, deploykit.tensorrt.build, deploykit.tensorrt.runner; "
+            "print(before, sorted(m for m in ('tensorrt', 'cuda', 'rich', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False []"
