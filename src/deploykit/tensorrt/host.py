@@ -222,8 +222,9 @@ _LOGGERS: dict[Any, Any] = {}  # tensorrt module -> its logger
 
 
 def trt_logger(trt):
-    """The one TensorRT logger of the process (TensorRT keeps the first one it is given): it collects errors and
-    warnings (``.errors``, ``.warnings``; ``.reset()`` before each build or load) for the one-line messages."""
+    """The process's TensorRT logger, one per ``tensorrt`` module (TensorRT keeps the first one it is given): it
+    collects errors and warnings (``.errors``, ``.warnings``; ``.reset()`` before each build or load) for the
+    one-line messages. Public, so that the builder and the runner share it."""
     logger = _LOGGERS.get(trt)
     if logger is None:
         class CollectingLogger(trt.ILogger):  # Python API "ILogger": subclass, call the base __init__
