@@ -129,7 +129,7 @@ class _Recorded(Runner):
 
 def _for_backend(entries: list[dict], backend: Runtime, folder: Path, only: Sequence[str] | None) -> list[dict]:
     """The artifacts ``backend`` runs: ONNX files on ort/ov, engines on trt; naming another kind is an error."""
-    from deploykit.engine import is_engine
+    from deploykit.tensorrt.profile import is_engine
 
     wanted = [a for a in entries if is_engine(a["path"]) == (backend is Runtime.trt)]
     if only is not None and len(wanted) < len(entries):
@@ -207,7 +207,7 @@ def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference
 
 
 def _verifiable(path: str) -> bool:
-    from deploykit.engine import is_engine
+    from deploykit.tensorrt.profile import is_engine
 
     return path.endswith(".onnx") or is_engine(path)
 
@@ -216,7 +216,7 @@ def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, 
                inference_precision: str = "f32", threads: int | None = None) -> Runner:
     """The runner for an artifact file: by default ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports);
     ``backend="ov"``: OpenVINO on the CPU for ``.onnx`` in ``inference_precision`` (f32 or bf16)."""
-    from deploykit.engine import is_engine
+    from deploykit.tensorrt.profile import is_engine
 
     path = Path(path)
     backend = None if backend is None else Runtime(backend)
@@ -226,7 +226,7 @@ def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, 
                          ("TensorRT runs engines: `deploykit build " + str(path.parent) + "`, then pass the engine"
                           if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
     if engine:
-        from deploykit.runners.trt import TensorRTRunner
+        from deploykit.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner(path, warn=reporter.warn)
     if backend is Runtime.ov:

@@ -150,7 +150,7 @@ def export(
             raise InputError(f"{', '.join(given)} only apply with --to trt")
     engine_profile = None
     if profile is not None:
-        from deploykit.engine import BatchProfile
+        from deploykit.tensorrt.profile import BatchProfile
 
         engine_profile = BatchProfile.parse(profile)  # a bad --profile fails before minutes of export work
         if not engine_profile.is_fixed:
@@ -198,7 +198,8 @@ def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing
     """--to trt: one engine per precision asked for (FP32 when neither --fp16 nor --int8), each verified.
     Without TensorRT or a GPU here: exit 3 naming what is missing and the `deploykit build` command(s)."""
     from deploykit.cli.build import build_and_verify
-    from deploykit.engine import BatchProfile, EnginePrecision, require_host
+    from deploykit.tensorrt.host import require_host
+    from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
 
     precisions = [p for p, on in ((EnginePrecision.fp16, fp16), (EnginePrecision.int8, int8)) if on] or \
         [EnginePrecision.fp32]
