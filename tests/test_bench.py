@@ -384,7 +384,7 @@ class _FakeTrtRunner:
 
 def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path, monkeypatch):
     from deploykit import bench
-    from deploykit.engine import Host
+    from deploykit.tensorrt.host import Host
 
     folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32"),
                                                     "model.fp16.engine": _facts("fp16", tensorrt="10.0.1")})
@@ -402,12 +402,13 @@ def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path
 
 
 def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):
-    from deploykit import bench, engine
+    from deploykit import bench
+    from deploykit.tensorrt import host
 
     folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
     monkeypatch.setattr(bench, "_trt_runner_class", lambda: (_FakeTrtRunner, None))
-    monkeypatch.setattr(engine, "_trt", lambda: object())
-    monkeypatch.setattr(engine, "cudart", lambda: None)
+    real = host.probe_host
+    monkeypatch.setattr(host, "probe_host", lambda: real(load_tensorrt=lambda: object(), load_cudart=lambda: None))
     cases, skips = plan_cases(folder, Manifest.load(folder), BenchOptions(backends=(Backend.trt,), device=Device.cuda))
     assert cases == [] and len(skips) == 1
     assert "cuda-python" in skips[0].reason and "deploykit[trt]" in skips[0].reason
@@ -415,7 +416,7 @@ def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_pa
 
 def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_folder, monkeypatch):
     from deploykit import bench
-    from deploykit.engine import EngineMismatchError
+    from deploykit.errors import EngineMismatchError
 
     def refused(batch):
         raise EngineMismatchError("TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")

@@ -295,7 +295,7 @@ def host_info(options: BenchOptions) -> dict[str, Any]:
 
 def _gpu_name() -> str | None:
     """The GPU's name from cuda-python (no torch needed, as on a Jetson), else from PyTorch."""
-    from deploykit.engine import gpu_info
+    from deploykit.tensorrt.host import gpu_info
 
     found = gpu_info()
     if not isinstance(found, str):
@@ -607,7 +607,7 @@ def _ov_unavailable(cpu: bool) -> str | None:
 
 def _cuda_used_mb() -> float | None:
     """Device-wide GPU memory in use (MiB): cuda-python's cudaMemGetInfo, else PyTorch's; None without either."""
-    from deploykit.engine import cudart
+    from deploykit.tensorrt.host import cudart
 
     rt = cudart()
     if rt is not None:
@@ -631,7 +631,7 @@ def _trt_runner_class():
     except ImportError:
         return None, "TensorRT is not installed: pip install 'deploykit[trt]' (needs an NVIDIA GPU)"
     try:
-        from deploykit.runners import trt as trt_runners
+        from deploykit.tensorrt import runner as trt_runners
     except ImportError as exc:
         return None, f"deploykit's TensorRT runner is not available ({exc})"
     cls = next((getattr(trt_runners, n) for n in ("TensorRTRunner", "TrtRunner") if hasattr(trt_runners, n)), None)
@@ -642,7 +642,7 @@ def _trt_runner_class():
 
 def _trt_host():
     """``(Host, None)`` where TensorRT engines can run (cuda-python and a GPU), else ``(None, why not)``."""
-    from deploykit.engine import TRT_INSTALL_HINT, probe_host
+    from deploykit.tensorrt.host import TRT_INSTALL_HINT, probe_host
 
     probed = probe_host()
     if isinstance(probed, list):
@@ -652,7 +652,8 @@ def _trt_host():
 
 def _engine_unusable(entry: dict[str, Any], host, folder: Path) -> str | None:
     """Why an engine cannot load here (built by another TensorRT or for another GPU), from its manifest facts."""
-    from deploykit.engine import EngineMismatchError, check_compatible
+    from deploykit.errors import EngineMismatchError
+    from deploykit.tensorrt.host import check_compatible
 
     facts = entry.get("engine")
     if not facts:
@@ -899,7 +900,7 @@ def _gpu_here() -> bool:
     """Whether this host has a CUDA GPU (seen by PyTorch, else by cuda-python)."""
     if _torch_cuda() is None:
         return True
-    from deploykit.engine import gpu_info
+    from deploykit.tensorrt.host import gpu_info
 
     return not isinstance(gpu_info(), str)
 
@@ -1133,7 +1134,7 @@ def _torch_cuda() -> str | None:
 def _require_cuda() -> None:
     """--device cuda needs a CUDA GPU, seen by PyTorch or, without it (a Jetson image), by cuda-python: only the
     PyTorch rows need torch; ONNX Runtime and TensorRT rows do not."""
-    from deploykit.engine import gpu_info
+    from deploykit.tensorrt.host import gpu_info
 
     torch_why = _torch_cuda()
     if torch_why is None:
@@ -1224,8 +1225,14 @@ def bench_target(target: Path | None, options: BenchOptions, *, status=None, war
             model = Path(target)
             origin = {"source": str(target)}
         (status or (lambda m: None))(f"exporting {model.name} to a temporary folder (dynamic batch)")
-        result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True, warn=warn,
-                               status=status, note=note)
+        from types import SimpleNamespace
+
+        from deploykit.reporter import SILENT
+
+        quiet = SILENT.status
+        reporter = SimpleNamespace(status=status or quiet, warn=warn or quiet, note=note or quiet, log=quiet,
+                                   progress=SILENT.progress)
+        result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True, reporter=reporter)
         if result.report is not None and not result.report.passed and warn:
             warn(f"out of tolerance: {result.report.failure_summary()}")
         folder = result.folder

@@ -10,7 +10,7 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
-from deploykit.cli.render import console, err_console, note, parity_table, status, warn
+from deploykit.cli.render import console, err_console, note, parity_table, status
 from deploykit.errors import InputError
 from deploykit.tensorrt.profile import EnginePrecision
 
