@@ -24,15 +24,9 @@ DIGITS = [str(i) for i in range(10)]
 
 
 def _checkpoint(path: Path, arch: str, size: int, **extra) -> Path:
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
+    from conftest import make_checkpoint
 
-    torch.manual_seed(0)
-    spec = get_spec(arch)
-    pre = spec.preprocess().replace(height=size, width=size, resize=None)
-    save_checkpoint(path, build_model(arch, num_classes=10), arch=arch, num_classes=10, preprocess=pre,
-                    class_names=DIGITS, input_shape=list(pre.shape), **extra)
-    return path
+    return make_checkpoint(path, arch, 10, size, class_names=DIGITS, **extra)
 
 
 def _run(*args):

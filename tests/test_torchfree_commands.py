@@ -46,20 +46,13 @@ def no_torch_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lenet_export(tmp_path_factory) -> Path:
+def lenet_export(tmp_path_factory, checkpoint) -> Path:
     """A LeNet export folder (dynamic batch) with model.onnx and model.fp16.onnx, made with torch in this process."""
-    import torch
-
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
     from deploykit.pipeline import export_folder
     from deploykit.precision import PrecisionRequest
 
     root = tmp_path_factory.mktemp("lenet_torchfree")
-    torch.manual_seed(0)
-    ckpt = root / "lenet.pt"
-    save_checkpoint(ckpt, build_model("lenet", num_classes=10), arch="lenet", num_classes=10,
-                    preprocess=get_spec("lenet").preprocess(), class_names=[f"digit{i}" for i in range(10)])
+    ckpt = checkpoint(root / "lenet.pt", "lenet", class_names=[f"digit{i}" for i in range(10)])
     return export_folder(ckpt, out=root / "exp", dynamic_batch=True, precision=PrecisionRequest(fp16=True)).folder
 
 

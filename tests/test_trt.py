@@ -226,20 +226,6 @@ def test_calibration_hash_comes_from_the_calibration_cache(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def lenet_ckpt(tmp_path_factory) -> Path:
-    import torch
-
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("lenet_trt") / "lenet.pt"
-    save_checkpoint(path, build_model("lenet", num_classes=10), arch="lenet", num_classes=10,
-                    preprocess=get_spec("lenet").preprocess())
-    return path
-
-
 @pytest.mark.skipif(TRT_HERE, reason="TensorRT and a GPU are here: the engine is built instead (see the trt tests)")
 def test_export_to_trt_writes_and_verifies_onnx_then_exits_3(cli, lenet_ckpt, tmp_path):
     out = tmp_path / "exp"
