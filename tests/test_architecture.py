@@ -13,7 +13,7 @@ spec.loader.exec_module(module_graph)
 
 # known cycles through lazy imports (docs/architecture.md); they may disappear, no other may appear
 KNOWN_LAZY_CYCLES = [{"deploykit.models.registry", "deploykit.models.zoo"},
-                     {"deploykit.precision.build", "deploykit.verify"}]
+                     ]
 OPTIONAL = {"[torch]", "[torchvision]", "[tensorrt]", "[cuda]", "[sklearn]", "[matplotlib]"}
 
 

@@ -15,8 +15,8 @@ from deploykit.bench import (Backend, BenchOptions, Capabilities, Case, Device, 
                              bench_folder, measure, plan_cases, probe, time_loop)
 from deploykit.errors import MissingDependencyError
 from deploykit.manifest import Manifest
+from deploykit.parity import Precision
 from deploykit.reporter import Recorder
-from deploykit.verify import Precision
 
 FAST = ("--iters", "3", "--warmup", "1")
 
@@ -416,7 +416,7 @@ def _facts(precision: str, tensorrt: str = "10.3.0.30", lo: int = 1, hi: int = 8
 
 def _orin(compute: bool = True) -> Capabilities:
     """A Jetson Orin with TensorRT 10.3, as the planner sees it."""
-    from deploykit.engine import Host
+    from deploykit.tensorrt.host import Host
 
     return Capabilities(cuda=True, trt=True, trt_host=Host("10.3.0.30", "Orin", "8.7"), trt_compute=compute)
 
@@ -445,13 +445,16 @@ def test_trt_runner_without_bench_steps_times_end_to_end_only(lenet_folder, tmp_
 
 def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):
     """The probe's sentence (TensorRT importable, cuda-python missing) is the skip reason, word for word."""
+    import functools
     import sys
     import types
 
-    from deploykit import engine
+    from deploykit.tensorrt import host
 
-    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # bindings present ...
-    monkeypatch.setattr(engine, "cudart", lambda: None)  # ... cuda-python not
+    fake = types.ModuleType("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # bindings present ...
+    monkeypatch.setattr(host, "probe_host", functools.partial(host.probe_host, load_tensorrt=lambda: fake,
+                                                              load_cudart=lambda: None))  # ... cuda-python not
     caps = probe((Backend.trt,), Device.cuda)
     assert not caps.trt and "cuda-python" in caps.trt_missing and "deploykit[trt]" in caps.trt_missing
     folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
@@ -462,7 +465,7 @@ def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_pa
 
 def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_folder, monkeypatch):
     from deploykit.bench import run
-    from deploykit.engine import EngineMismatchError
+    from deploykit.errors import EngineMismatchError
 
     def refused(batch):
         raise EngineMismatchError("TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")

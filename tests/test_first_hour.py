@@ -131,7 +131,7 @@ def _measurement(backend, precision, batch, p50, p99):
 
 def test_plot_panels_and_title(tmp_path):
     from deploykit.bench import Backend, BenchReport, write_plot
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     host = {"cpu": "cpu", "cores_available": 2, "threads": 2, "isa": [], "denormals": "flush-to-zero",
             "versions": {"torch": "x", "onnxruntime": "y"}}

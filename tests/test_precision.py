@@ -361,7 +361,7 @@ def test_sensitivity_and_budget_on_badly_calibrated_int8(digits, tmp_path):
 def _clip_calibration(monkeypatch, layer: str | None = None, factor: float = 20.0) -> None:
     """Shrink calibrated ranges ``factor``x (only the activation input of ``layer``, else every tensor): the
     clipping makes INT8 miss its gate for sure (as in the test above)."""
-    import deploykit.precision.build as build
+    import deploykit.precision.variants as build
     from deploykit.precision.int8 import plan_trt
 
     real = build.calibrate

@@ -156,10 +156,9 @@ def deploykit_uses() -> Uses:
 
 def plan_flags(version: str) -> tuple[set[str], set[str], set[str]]:
     """(builder flags set -- required, network flags, builder flags cleared) over every engine precision."""
-    try:
-        from deploykit.tensorrt.build import EnginePrecision, plan_build
-    except ImportError:
-        from deploykit.engine import EnginePrecision, plan_build
+    from deploykit.tensorrt.build import plan_build
+    from deploykit.tensorrt.profile import EnginePrecision
+
     set_, network, clear = set(), set(), set()
     for precision in EnginePrecision:
         plan = plan_build(version, precision)

@@ -52,7 +52,7 @@ class Capabilities:
     cuda_missing: str = NOT_PROBED
     trt: bool = False  # TensorRT, deploykit's TensorRT runner, cuda-python and a GPU
     trt_missing: str = NOT_PROBED
-    trt_host: Any = None  # the TensorRT and GPU engines load on (deploykit.engine.Host), checked against their facts
+    trt_host: Any = None  # the TensorRT and GPU engines load on (deploykit.tensorrt.host.Host), checked against their facts
     trt_compute: bool = False  # the runner has bench_steps(): compute-only timing besides end-to-end
 
     def require_cuda(self) -> None:
@@ -109,10 +109,10 @@ def _probe_trt() -> tuple[str, Any, bool]:
     except ImportError:
         return TRT_MISSING, None, False
     try:
-        from deploykit.runners.trt import TensorRTRunner
+        from deploykit.tensorrt.runner import TensorRTRunner
     except ImportError as exc:
         return f"deploykit's TensorRT runner is not available ({exc})", None, False
-    from deploykit.engine import TRT_INSTALL_HINT, probe_host
+    from deploykit.tensorrt.host import TRT_INSTALL_HINT, probe_host
 
     probed = probe_host()
     if isinstance(probed, list):
@@ -122,14 +122,15 @@ def _probe_trt() -> tuple[str, Any, bool]:
 
 def _gpu_info() -> tuple[str, str] | str:
     """``(name, compute capability)`` from cuda-python, or why there is none."""
-    from deploykit.engine import gpu_info
+    from deploykit.tensorrt.host import gpu_info
 
     return gpu_info()
 
 
 def engine_unusable(entry: dict[str, Any], host: Any, folder: Path) -> str | None:
     """Why an engine cannot load here (built by another TensorRT or for another GPU), from its manifest facts."""
-    from deploykit.engine import EngineMismatchError, check_compatible
+    from deploykit.errors import EngineMismatchError
+    from deploykit.tensorrt.host import check_compatible
 
     facts = entry.get("engine")
     if not facts:
@@ -143,7 +144,7 @@ def engine_unusable(entry: dict[str, Any], host: Any, folder: Path) -> str | Non
 
 def cuda_used_mb() -> float | None:
     """Device-wide GPU memory in use (MiB): cuda-python's cudaMemGetInfo, else PyTorch's; None without either."""
-    from deploykit.engine import cudart
+    from deploykit.tensorrt.host import cudart
 
     rt = cudart()
     if rt is not None:

@@ -27,7 +27,7 @@ from deploykit.bench.results import Latency, Measurement
 from deploykit.errors import DeployKitError
 from deploykit.manifest import Manifest
 from deploykit.runners.base import Device
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
 
@@ -157,7 +157,7 @@ class SelfTimed(Protocol):
 
 
 class TrtBenchSteps(Protocol):
-    """What ``deploykit.runners.trt``'s runner hands bench through ``bench_steps(batch)``: the TensorRT hook.
+    """What ``deploykit.tensorrt.runner``'s runner hands bench through ``bench_steps(batch)``: the TensorRT hook.
 
     ``end_to_end()``: copy the batch from pinned host memory to the device, execute, copy the logits back;
     ``compute()``: execute on device buffers only. Each runs one iteration on the runner's stream, waits for
@@ -300,7 +300,7 @@ def ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarr
 
 def trt_prepare(path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit.runners.trt import TensorRTRunner  # the one place bench loads TensorRT's runner
+        from deploykit.tensorrt.runner import TensorRTRunner  # the one place bench loads TensorRT's runner
 
         before = cuda_used_mb()
         runner = TensorRTRunner(path)

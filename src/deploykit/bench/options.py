@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deploykit.errors import InputError
 from deploykit.runners.base import Device
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
 DEFAULT_WARMUP = 5

@@ -12,7 +12,7 @@ import numpy as np
 from deploykit.bench.options import Backend, Variant
 from deploykit.bench.results import BenchReport, Skip
 from deploykit.errors import InputError
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 
 def _fmt(value: float | None, spec: str, none: str = "-") -> str:

@@ -18,7 +18,8 @@ from deploykit.bench.results import Skip, parity_summary
 from deploykit.errors import InputError
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
 from deploykit.runners.base import Device
-from deploykit.verify import Precision, source_unusable
+from deploykit.parity import Precision
+from deploykit.verify import source_unusable
 
 Planned = Iterator["Case | Skip"]
 

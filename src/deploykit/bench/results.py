@@ -11,7 +11,7 @@ import numpy as np
 from deploykit.bench.host import host_line
 from deploykit.bench.options import Backend, Variant, label
 from deploykit.runners.base import Device
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 
 @dataclass(frozen=True)

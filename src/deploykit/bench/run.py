@@ -19,7 +19,7 @@ from deploykit.errors import DeployKitError, InputError
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
 from deploykit.reporter import Reporter, Task, reporter_or_silent
 from deploykit.runners.base import Device
-from deploykit.verify import Precision
+from deploykit.parity import Precision
 
 
 def bench_input(manifest: Manifest, batch: int) -> np.ndarray:
@@ -107,7 +107,7 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
         return
     from deploykit.data import verification_set
     from deploykit.runners.openvino import OpenVINORunner
-    from deploykit.verify import evaluate, reference_runner
+    from deploykit.verify import compare_runners, reference_runner
 
     if task is not None:
         task.update(description=f"bench verifying {len(rows)} OpenVINO rows")
@@ -125,7 +125,7 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
             raise InputError("no reference here (no deploykit.json beside the file)")
         runs = [(m.artifact, m.precision.value, OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value,
                                                               threads=threads)) for m in rows]
-        report = evaluate(reference, runs, batch, reference_name=ref_name, data_name=images.source)
+        report = compare_runners(reference, runs, batch, reference_name=ref_name, data_name=images.source)
     except DeployKitError as exc:
         for m in rows:
             m.note = "; ".join(filter(None, [m.note, f"not verified: {exc}"]))
@@ -240,8 +240,8 @@ def bench_target(target: Path | None, options: BenchOptions, *, reporter: Report
             model = Path(target)
             origin = {"source": str(target)}
         reporter.status(f"exporting {model.name} to a temporary folder (dynamic batch)")
-        result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True, warn=reporter.warn,
-                               status=reporter.status, note=reporter.note)
+        result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True,
+                               reporter=reporter)
         if result.report is not None and not result.report.passed:
             reporter.warn(f"out of tolerance: {result.report.failure_summary()}")
         folder = result.folder

@@ -53,7 +53,7 @@ def bench(
     from deploykit.cli.render_bench import bench_table
     from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
                                                                                            "--backends"),

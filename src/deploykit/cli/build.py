@@ -11,8 +11,8 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.render import console, err_console, note, parity_table, status, warn
-from deploykit.engine import EnginePrecision
 from deploykit.errors import InputError
+from deploykit.tensorrt.profile import EnginePrecision
 
 ProfileOpt = Annotated[Optional[str], typer.Option(
     "--profile", help="Batch optimization profile MIN:OPT:MAX for a dynamic-batch export \\[default: 1:8:32].")]
@@ -69,12 +69,18 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
                      timing_cache: Path | None, data: Path | None, verify: bool, done: str | None = None,
                      loaded=None):
     """Build the engine with a progress bar, then verify it (PyTorch reference, else the FP32 ONNX)."""
-    from deploykit.engine import BatchProfile, build_engine, rich_build_progress
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from deploykit.cli.reporter import ConsoleReporter
+    from deploykit.tensorrt.build import build_engine
+    from deploykit.tensorrt.profile import BatchProfile
 
     requested = BatchProfile.parse(profile) if profile is not None else None
-    with rich_build_progress(err_console) as progress:
-        result = build_engine(folder, precision, profile=requested, workspace_gib=workspace,
-                              timing_cache=timing_cache, progress=progress, status=status, warn=warn, done=done)
+    # one row per TensorRT build phase: phases have no reliable time left, so the elapsed time instead
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn())
+    result = build_engine(folder, precision, profile=requested, workspace_gib=workspace, timing_cache=timing_cache,
+                          reporter=reporter, done=done)
     for msg in result.notes:
         note(msg)
     facts = result.facts
@@ -89,7 +95,9 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
         from deploykit.verify import record_parity, verify_folder
 
         status(f"verifying {result.path.name}")
-        report = verify_folder(folder, data=data, warn=warn, only=[result.path.name], loaded=loaded)
+        from deploykit.cli.reporter import ConsoleReporter
+
+        report = verify_folder(folder, data=data, reporter=ConsoleReporter(), only=[result.path.name], loaded=loaded)
         manifest = Manifest.load(folder)
         record_parity(manifest, report)
         manifest.save(folder)

@@ -11,11 +11,12 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.build import DynamicBatchCommand, ProfileOpt, TimingCacheOpt, WorkspaceOpt
-from deploykit.cli.render import console, note, parity_table, status, warn
+from deploykit.cli.render import console, note, parity_table
+from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
 from deploykit.models.loading import LoadOptions
-from deploykit.precision.build import Int8Target
+from deploykit.precision.variants import Int8Target
 from deploykit.precision.calibrate import DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod
 from deploykit.preprocess import parse_floats, parse_input_shape
 
@@ -149,7 +150,7 @@ def export(
             raise InputError(f"{', '.join(given)} only apply with --to trt")
     engine_profile = None
     if profile is not None:
-        from deploykit.engine import BatchProfile
+        from deploykit.tensorrt.profile import BatchProfile
 
         engine_profile = BatchProfile.parse(profile)  # a bad --profile fails before minutes of export work
         if not engine_profile.is_fixed:
@@ -170,7 +171,7 @@ def export(
                                  int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                           verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision,
+                           verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
                            force=force)
     pre = result.loaded.preprocess
     console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
@@ -197,7 +198,8 @@ def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing
     """--to trt: one engine per precision asked for (FP32 when neither --fp16 nor --int8), each verified.
     Without TensorRT or a GPU here: exit 3 naming what is missing and the `deploykit build` command(s)."""
     from deploykit.cli.build import build_and_verify
-    from deploykit.engine import BatchProfile, EnginePrecision, require_host
+    from deploykit.tensorrt.host import require_host
+    from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
 
     precisions = [p for p, on in ((EnginePrecision.fp16, fp16), (EnginePrecision.int8, int8)) if on] or \
         [EnginePrecision.fp32]

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console, parity_table, warn
+from deploykit.cli.render import console, parity_table
+from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
 from deploykit.verify import Runtime
@@ -40,7 +41,8 @@ def verify(
         "ONNX on ort, engines on trt].")] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
-    from deploykit.verify import verify_folder, with_overrides
+    from deploykit.parity import with_overrides
+    from deploykit.verify import verify_folder
 
     folder, only = artifact_in_folder(target)
     overrides = {}
@@ -50,7 +52,7 @@ def verify(
             raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only, allow_pickle=allow_pickle,
+    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only, allow_pickle=allow_pickle,
                            model_def=model_def, backend=backend)
     if as_json:
         print(dumps_strict(report.to_json()))

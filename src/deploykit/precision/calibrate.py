@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.reporter import SILENT, Reporter
 from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
 from deploykit.files import read_json, sha256_file, write_json_atomic
@@ -359,19 +360,16 @@ def save_cache(folder: Path, ranges: Ranges) -> Path:
 
 
 def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
-              method: CalibMethod, *, cache_dir: Path, progress_factory=None) -> Ranges:
+              method: CalibMethod, *, cache_dir: Path, reporter: Reporter = SILENT) -> Ranges:
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match."""
     key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors)
     cached = load_cached(cache_dir, method, key, tensors)
     if cached is not None:
         return cached
     batches = image_batches(images, preprocess)
-    if progress_factory is not None:
-        with progress_factory(f"calibrating ({method.value}, {len(images)} images)", len(images)) as advance:
-            stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
-                                  progress=advance)
-    else:
-        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax)
+    with reporter.progress(f"calibrating ({method.value}, {len(images)} images)", len(images)) as task:
+        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
+                              progress=task.advance)
     ranges = Ranges(method, {n: s.to_json(method) for n, s in stats.items()}, len(images), key)
     save_cache(cache_dir, ranges)
     return ranges

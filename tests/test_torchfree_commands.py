@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.engine import gpu_info
+from deploykit.tensorrt.host import gpu_info, probe_host
 
 BLOCKER = textwrap.dedent('''
     import sys
@@ -74,8 +74,9 @@ def test_blocker_really_blocks_torch(no_torch_env):
 
 
 def test_cli_import_pulls_in_no_heavy_framework():
-    code = ("import sys, deploykit.cli, deploykit.engine, deploykit.runners.trt, deploykit.predict, deploykit.verify; "
-            "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'onnxruntime') if m in sys.modules))")
+    code = ("import sys, deploykit.cli, deploykit.tensorrt, deploykit.tensorrt.host, deploykit.tensorrt.build, "
+            "deploykit.tensorrt.runner, deploykit.predict, deploykit.verify; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'cuda', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -159,6 +160,4 @@ def test_build_without_torch_or_tensorrt_exits_3_with_the_way_forward(no_torch_e
 
 
 def _trt_here() -> bool:
-    from deploykit.engine import probe_host
-
     return not isinstance(probe_host(), list)

@@ -1,4 +1,4 @@
-"""The precision stage of an export: FP16 and INT8 artifacts beside ``model.onnx``, recorded in the manifest.
+"""The precision stage of an export (the reduced-precision variants of ``model.onnx``): FP16 and INT8 artifacts beside ``model.onnx``, recorded in the manifest.
 
 Called by :func:`deploykit.pipeline.export_folder` before verification; parity of every artifact is then
 measured against PyTorch by the verification stage like any other artifact.
@@ -6,9 +6,8 @@ measured against PyTorch by the verification stage like any other artifact.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -19,12 +18,14 @@ from deploykit.data import ImageSet, verification_set
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
+from deploykit.parity import accuracy_labels, compare_logits, judge, tolerance_for, with_overrides
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
 from deploykit.precision.sensitivity import BudgetResult, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
+from deploykit.reporter import SILENT, Reporter
 
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -72,8 +73,6 @@ class PrecisionRequest:
     @property
     def overrides(self) -> dict:
         """INT8 gates the user moved. Without --int8-accuracy-drop, an accuracy budget is the accuracy_drop gate."""
-        from deploykit.verify import with_overrides
-
         drop = self.int8_accuracy_drop if self.int8_accuracy_drop is not None else self.accuracy_budget
         out = {}
         for precision in ("int8", "int8-cpu"):
@@ -81,9 +80,7 @@ class PrecisionRequest:
         return out
 
     def gate(self, precision: str):
-        """The :class:`~deploykit.verify.Tolerance` an INT8 artifact of ``precision`` is judged by."""
-        from deploykit.verify import tolerance_for
-
+        """The :class:`~deploykit.parity.Tolerance` an INT8 artifact of ``precision`` is judged by."""
         return self.overrides.get(precision) or tolerance_for(precision)
 
     def validate(self) -> None:
@@ -123,43 +120,24 @@ class PrecisionResult:
         return self.budgets.get(Int8Target.trt) or self.budgets.get(Int8Target.cpu)
 
 
-ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
-
-
-@contextlib.contextmanager
-def rich_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress bar on stderr; yields ``advance(n)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from deploykit.cli.progress import progress_bar  # plain lines where stderr is a log or a pipe
-
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
-def prepare_calibration(request: PrecisionRequest, *, warn=None) -> ImageSet | None:
+def prepare_calibration(request: PrecisionRequest, *, reporter: Reporter = SILENT) -> ImageSet | None:
     """Check the calibration images before any export work (a bad --calib fails in a second, not a minute)."""
     request.validate()
     if not request.int8:
         return None
     request = request.resolved()
-    return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib, warn=warn)
+    return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
+                              warn=reporter.warn)
 
 
 def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Preprocess, request: PrecisionRequest, *,
                             calib_images: ImageSet | None = None, data: Path | None = None,
-                            class_names=None, num_classes: int | None = None, warn=None, status=None,
-                            progress: ProgressFactory | None = rich_progress,
+                            class_names=None, num_classes: int | None = None, reporter: Reporter = SILENT,
                             max_images: int = 256) -> PrecisionResult:
     """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``."""
     import onnx
 
-    from deploykit.verify import accuracy_labels
-
-    step = status or (lambda msg: None)
+    step = reporter.status
     folder = Path(folder)
     fp32 = folder / "model.onnx"
     result = PrecisionResult()
@@ -169,15 +147,15 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = verification_set(data, warn=warn, max_images=max_images)
+    verify_set = verification_set(data, warn=reporter.warn, max_images=max_images)
     verify_batch = verify_set.load(preprocess)
 
     if request.int8:
-        images = calib_images or prepare_calibration(request, warn=warn)
+        images = calib_images or prepare_calibration(request, reporter=reporter)
         accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
                     "--calib-grayscale says" if request.calib_grayscale else None)
         gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
-                              warn=warn)
+                              warn=reporter.warn)
         if gray:
             result.notes.append(gray)
         tensors = list(plan.activation_tensors)
@@ -185,7 +163,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
         step(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
         result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=folder,
-                                  progress_factory=progress)
+                                  reporter=reporter)
         if result.ranges.cached:
             result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
                                 "(same model, images and method)")
@@ -223,8 +201,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             step(message)
             graph = quantize(folder / name)
             excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
-                                                            folder / name, verify_batch, reference, labels, step,
-                                                            progress)
+                                                            folder / name, verify_batch, reference, labels, reporter)
             if excluded:
                 graph = quantize(folder / name, excluded)
             result.int8[target] = graph
@@ -258,15 +235,13 @@ def _register(manifest: Manifest, folder: Path, name: str, precision: str, detai
 
 
 def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Target, precision: str, plan: TrtPlan,
-            quantize: Callable, int8_path: Path, batch: np.ndarray, reference: np.ndarray, labels, step,
-            progress) -> list[str]:
+            quantize: Callable, int8_path: Path, batch: np.ndarray, reference: np.ndarray, labels,
+            reporter: Reporter) -> list[str]:
     """Sensitivity when the INT8 graph at ``int8_path`` misses its gate (top-1 agreement, and accuracy_drop
     with labels) or the budget; with --accuracy-budget, the layers to keep in FP32.
 
     ``quantize(dest, exclude)`` writes this target's INT8 graph with the ``exclude`` layers left in FP32.
     """
-    from deploykit.verify import compare_logits, judge
-
     int8_logits = logits_of(int8_path, batch)
     metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
@@ -277,6 +252,7 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         missed.append(f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
     if not missed:
         return []
+    step = reporter.status
     step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
     sub = slice(0, min(len(batch), SENSITIVITY_IMAGES))
     sub_ref, sub_labels = reference[sub], None if labels is None else labels[sub]
@@ -290,11 +266,8 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             return run
 
         names = [layer.name for layer in plan.layers]
-        if progress is not None:
-            with progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as advance:
-                _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels, advance=advance)
-        else:
-            _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels)
+        with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as task:
+            _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels, advance=task.advance)
         if request.accuracy_budget is not None:
             step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name}")
         budget = fit_budget(base, ranking, request.accuracy_budget, evaluate_on(batch), reference, labels)
@@ -303,37 +276,3 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met even with "
                             f"{len(budget.kept_fp32)} layer(s) in FP32")
     return budget.kept_fp32
-
-
-def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference: np.ndarray | None = None) -> str | None:
-    """When the FP16 graph fails on ONNX Runtime CPU, ask PyTorch's own FP16 whether the model is FP16-safe.
-
-    ONNX Runtime's CPU provider has FP16 kernels for few ops and casts around the rest; on some graphs its
-    FP16 result is wrong where FP16 itself is fine (seen on this project). If PyTorch in half precision agrees
-    with FP32 while ORT does not, ORT cannot stand in for TensorRT on this graph: say so. Returns the sentence,
-    or None when PyTorch FP16 is just as far off (the model itself is not FP16-safe).
-    """
-    try:
-        import copy
-
-        import torch
-    except ImportError:
-        return None
-    if not isinstance(module, torch.nn.Module):
-        return None
-    from deploykit.verify import TOLERANCES, Precision, compare_logits, judge
-
-    x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-    with torch.no_grad():
-        ref = torch.from_numpy(reference) if reference is not None else module(x).float()
-        try:
-            half = copy.deepcopy(module).half()(x.half()).float()
-        except Exception:  # noqa: BLE001 -- an op without a CPU half kernel, a module that cannot be copied:
-            return None  # a diagnostic that cannot run says nothing
-    metrics = compare_logits(ref.numpy(), half.numpy())
-    if judge(metrics, TOLERANCES[Precision.FP16]):
-        return None
-    return (f"ONNX Runtime CPU cannot stand in for TensorRT on this FP16 graph: PyTorch FP16 matches FP32 "
-            f"(cos min {metrics['cosine_min']:.6f}, top-1 {metrics['top1_agreement']:.3f}) but ORT's FP16 run "
-            f"does not (cos min {ort_metrics['cosine_min']:.6f}); the FP16 artifact is unproven here, verify it "
-            "with TensorRT on the device")
