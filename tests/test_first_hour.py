@@ -150,10 +150,12 @@ def test_plot_panels_and_title(tmp_path):
 
 
 def test_trt_skip_advice_fits_the_host(tmp_path):
-    from deploykit.bench import _gpu_here, _trt_on_cpu_advice
+    from deploykit.bench import Backend, probe
+    from deploykit.bench.plan import trt_on_cpu_advice
 
-    advice = _trt_on_cpu_advice(tmp_path / "exports" / "m")
-    if _gpu_here():
+    gpu = probe((Backend.trt,)).cuda
+    advice = trt_on_cpu_advice(tmp_path / "exports" / "m", gpu=gpu)
+    if gpu:
         assert "--device cuda" in advice
     else:
         assert advice.startswith("no NVIDIA GPU here") and "deploykit build" in advice

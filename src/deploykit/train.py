@@ -32,16 +32,12 @@ from deploykit.errors import CheckpointError, InputError, MissingDependencyError
 from deploykit.files import atomic_path, ensure_writable_dir, write_json_atomic
 from deploykit.models.registry import ModelSpec, get_spec
 from deploykit.preprocess import Preprocess
+from deploykit.runners.base import Device
 
 STATE_FORMAT = "deploykit-train-state/1"
 UNFREEZE_LR_FACTOR = 0.1  # --unfreeze-after: every layer trains on at this fraction of --lr
 WEIGHT_DECAY = 1e-4
 IN_MEMORY_BYTES = 512 << 20  # bundled datasets are preprocessed once when they fit in this much memory
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,21 @@ def record_parity(manifest: Manifest, report: ParityReport) -> None:
 MAX_SOURCE_HASH_BYTES = 8 << 30  # hashing runs at ~1 GB/s; a checkpoint beyond this is not a classifier we reload
 
 
+def source_unusable(manifest: Manifest) -> str | None:
+    """Why the manifest's source checkpoint cannot stand as the reference (not here, too large to check, changed
+    since export), or None when it is the file that was exported."""
+    source = manifest.source_path()
+    if source.is_symlink() or not source.is_file():
+        return f"the source checkpoint {source} is not here"
+    if source.stat().st_size > MAX_SOURCE_HASH_BYTES:
+        return f"the source checkpoint {source} is too large to check against the manifest"
+    from deploykit.files import sha256_file
+
+    if sha256_file(source) != manifest.source.get("sha256"):
+        return f"{source} changed since export (sha256 differs)"
+    return None
+
+
 def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = SILENT, loaded=None, allow_pickle: bool = False,
                      model_def: str | None = None) -> tuple[Runner, str]:
     """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing.
@@ -291,15 +306,8 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     if reason is None and needs == "--allow-pickle" and not allow_pickle:
         reason = ("the source was exported with --allow-pickle, which runs code from the file; a manifest cannot "
                   "ask for that -- pass --allow-pickle again if you trust it")
-    if reason is None and (source.is_symlink() or not source.is_file()):
-        reason = f"the source checkpoint {source} is not here"
-    if reason is None and source.stat().st_size > MAX_SOURCE_HASH_BYTES:
-        reason = f"the source checkpoint {source} is too large to check against the manifest"
     if reason is None:
-        from deploykit.files import sha256_file
-
-        if sha256_file(source) != manifest.source.get("sha256"):
-            reason = f"{source} changed since export (sha256 differs)"
+        reason = source_unusable(manifest)
     if reason is None:
         from deploykit.models.loading import LoadOptions, load_model
         from deploykit.runners.torch import TorchRunner
