@@ -390,12 +390,17 @@ def test_export_accuracy_budget_records_fp32_layers(target, digits, tmp_path, mo
     budget = result.precision.budgets[Int8Target(target)]
     assert budget.base.loss > 1.0, "clipped ranges should cost accuracy"
     assert budget.met and budget.final.loss <= 1.0 and "classifier.3" in budget.kept_fp32
+    # chosen on one half of the 200 held-out digits, its loss reported on the other half
+    assert (budget.n_search, budget.n_confirm) == (100, 100) and budget.confirm.loss <= 1.0
+    assert budget.loss == budget.confirm.loss
     assert len(budget.kept_fp32) <= 2 and (target == "cpu" or budget.kept_fp32 == ["classifier.3"])
     assert len(budget.ranking) == 5
     entry = result.manifest.artifact(name)
     details = entry["details"]
     assert details["accuracy_budget"]["budget_pts"] == 1.0 and details["accuracy_budget"]["met"] is True
-    assert details["fp32_layers"] == budget.kept_fp32 == result.precision.int8[Int8Target(target)].excluded
+    assert details["accuracy_budget"]["confirm_images"] == 100 and details["accuracy_budget"]["confirm"]["loss_pts"] <= 1
+    assert sorted(details["fp32_layers"]) == sorted(budget.kept_fp32)
+    assert sorted(budget.kept_fp32) == sorted(result.precision.int8[Int8Target(target)].excluded)
     assert len(details["accuracy_budget"]["sensitivity"]) == 5
     model = onnx.load(str(tmp_path / "b" / name))
     inits = {i.name: i for i in model.graph.initializer}
@@ -416,6 +421,15 @@ def test_accuracy_drop_gate_triggers_sensitivity(digits, tmp_path, monkeypatch):
     budget = result.precision.budgets[Int8Target.trt]
     assert budget.base.loss > 1.0 and len(budget.ranking) == 5 and budget.met is None
     assert "sensitivity" in result.manifest.artifact("model.int8.onnx")["details"]["accuracy_budget"]
+
+
+def test_budget_split_is_disjoint_seeded_and_covers_every_image():
+    from deploykit.precision.sensitivity import budget_split
+
+    search, confirm = budget_split(21)
+    assert len(search) == 11 and len(confirm) == 10 and not set(search) & set(confirm)
+    assert sorted([*search, *confirm]) == list(range(21))
+    assert [a.tolist() for a in budget_split(21)] == [search.tolist(), confirm.tolist()]  # same images every run
 
 
 def test_fit_budget_moves_redundant_layers_back_to_int8():

@@ -50,7 +50,13 @@ def precision_tables(result) -> list[Table]:
             for step in budget.steps:
                 s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else "to FP32",
                           f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
-            s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
-                         f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in FP32")
+            if budget.confirm is not None:
+                s.title += f" (chosen on {budget.n_search} images)"
+                s.caption = (f"budget {'met' if budget.met else 'NOT met'} on {budget.n_confirm} other images: loss "
+                             f"{budget.confirm.loss:.2f} pts ({budget.final.loss:.2f} on the {budget.n_search} it "
+                             f"was chosen on) with {len(budget.kept_fp32)} layer(s) in FP32")
+            else:
+                s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
+                             f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in FP32")
             tables.append(s)
     return tables

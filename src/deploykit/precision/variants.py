@@ -23,7 +23,7 @@ from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
-from deploykit.precision.sensitivity import BudgetResult, fit_budget, logits_of, rank_layers, score
+from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
 
@@ -254,8 +254,12 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         return []
     step = reporter.status
     step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
-    sub = slice(0, min(len(batch), SENSITIVITY_IMAGES))
-    sub_ref, sub_labels = reference[sub], None if labels is None else labels[sub]
+    search, confirm = budget_split(len(batch))
+    if request.accuracy_budget is None or len(confirm) == 0:
+        search, confirm = np.arange(len(batch)), None  # ranking alone: all images
+    part = (lambda x: None if x is None else x[search])
+    s_batch, s_ref, s_labels = batch[search], reference[search], part(labels)
+    sub = slice(0, min(len(s_batch), SENSITIVITY_IMAGES))
 
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
         def evaluate_on(images: np.ndarray):
@@ -267,12 +271,24 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
 
         names = [layer.name for layer in plan.layers]
         with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as task:
-            _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels, advance=task.advance)
+            _, ranking = rank_layers(names, evaluate_on(s_batch[sub]), s_ref[sub],
+                                     None if s_labels is None else s_labels[sub], advance=task.advance)
         if request.accuracy_budget is not None:
-            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name}")
-        budget = fit_budget(base, ranking, request.accuracy_budget, evaluate_on(batch), reference, labels)
+            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
+                 f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
+        s_base = score(s_ref, evaluate_on(s_batch)(()), s_labels)
+        budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels)
+        budget.n_search = len(search)
+        if request.accuracy_budget is not None and confirm is not None:
+            c_labels = None if labels is None else labels[confirm]
+            budget.confirm = score(reference[confirm], evaluate_on(batch[confirm])(tuple(budget.kept_fp32)),
+                                   c_labels)
+            budget.n_confirm = len(confirm)
+            budget.met = budget.confirm.loss <= request.accuracy_budget
     result.budgets[target] = budget
     if budget.met is False:
-        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met even with "
-                            f"{len(budget.kept_fp32)} layer(s) in FP32")
+        where = (f"on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
+                 f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met {where}"
+                            f" with {len(budget.kept_fp32)} layer(s) in FP32".replace("  ", " "))
     return budget.kept_fp32
