@@ -33,7 +33,7 @@ def train_lenet(path: Path, images: np.ndarray, labels: np.ndarray, epochs: int 
     """Train deploykit's registered LeNet on digits (preprocessed exactly like inference); return train acc."""
     import torch
 
-    from deploykit.models.loading import save_checkpoint
+    from deploykit.models.checkpoint import save_checkpoint
     from deploykit.models.registry import build_model, get_spec
     from deploykit.preprocess import Preprocess
 
