@@ -17,6 +17,7 @@ from deploykit.files import sha256_file
 from deploykit.folder import folder_lock, staged_export, terminate_as_interrupt
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
+from deploykit.reporter import Callbacks
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
 from deploykit.runners.torch import TorchRunner
 from deploykit.verify import ParityReport, accuracy_labels, evaluate, explain_fp16_failures, record_parity
@@ -65,7 +66,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     step = status or (lambda msg: None)
     tell = note or warn or (lambda msg: None)
     if verify and data is not None:
-        resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
+        resolve_images(data, reporter=Callbacks(on_warn=warn))  # a bad --data fails before minutes of export work
     calib_images = None
     if precision is not None and precision.any:
         from deploykit.precision import prepare_calibration
@@ -156,7 +157,7 @@ def _relative_to(path: Path, folder: Path) -> str:
 def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,
                      warn=None, max_images: int = 256, overrides=None) -> ParityReport:
     """Verify the manifest's ONNX artifacts against the in-memory PyTorch model; record parity in the manifest."""
-    images = verification_set(data, warn=warn, max_images=max_images)
+    images = verification_set(data, reporter=Callbacks(on_warn=warn), max_images=max_images)
     batch = images.load(loaded.preprocess)
     reference = TorchRunner(loaded.module, loaded.preprocess.shape)
     candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))

@@ -13,7 +13,7 @@ terminal, plain timestamped lines in a log). A library call from Python gets :da
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Protocol
 
@@ -116,3 +116,33 @@ class Recorder:
 
 def reporter_or_silent(reporter: Reporter | None) -> Reporter:
     return SILENT if reporter is None else reporter
+
+
+@dataclass
+class Callbacks:
+    """A Reporter over loose ``status`` / ``warn`` / ``note`` / ``log`` functions (each may be None: silent), for
+    callers that still hold such functions rather than a Reporter."""
+
+    on_status: Callable[[str], None] | None = None
+    on_warn: Callable[[str], None] | None = None
+    on_note: Callable[[str], None] | None = None
+    on_log: Callable[[str], None] | None = None
+
+    def status(self, message: str) -> None:
+        if self.on_status is not None:
+            self.on_status(message)
+
+    def warn(self, message: str) -> None:
+        if self.on_warn is not None:
+            self.on_warn(message)
+
+    def note(self, message: str) -> None:
+        if self.on_note is not None:
+            self.on_note(message)
+
+    def log(self, line: str) -> None:
+        if self.on_log is not None:
+            self.on_log(line)
+
+    def progress(self, description: str, total: float | None = None, **fields: Any) -> ContextManager[Task]:
+        return contextlib.nullcontext(_NoTask())

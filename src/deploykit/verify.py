@@ -18,6 +18,7 @@ import numpy as np
 from deploykit.data import ImageSet, verification_set
 from deploykit.errors import DeployKitError, InputError
 from deploykit.manifest import Manifest
+from deploykit.reporter import Callbacks
 from deploykit.runners.base import Runner
 
 
@@ -283,7 +284,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, warn: Callable[[str
     backend = None if backend is None else Runtime(backend)
     manifest = Manifest.load(folder)
     pre = manifest.preprocessing
-    images = verification_set(data, warn=warn, max_images=max_images)
+    images = verification_set(data, reporter=Callbacks(on_warn=warn), max_images=max_images)
     batch = images.load(pre)
     reference, ref_name = reference_runner(folder, manifest, warn=warn, loaded=loaded, allow_pickle=allow_pickle,
                                            model_def=model_def)

@@ -25,6 +25,7 @@ from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
 from deploykit.precision.sensitivity import BudgetResult, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
+from deploykit.reporter import Callbacks
 
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -169,7 +170,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = verification_set(data, warn=warn, max_images=max_images)
+    verify_set = verification_set(data, reporter=Callbacks(on_warn=warn), max_images=max_images)
     verify_batch = verify_set.load(preprocess)
 
     if request.int8:

@@ -33,6 +33,7 @@ from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
 from deploykit.files import read_json, sha256_file, write_json_atomic
 from deploykit.preprocess import Preprocess, open_image
+from deploykit.reporter import Callbacks
 
 DEFAULT_CALIB_DIR = Path("calib")
 DEFAULT_CALIB_SIZE = 512
@@ -67,7 +68,7 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
             raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
                              "the model will see) or create ./calib")
         calib = DEFAULT_CALIB_DIR
-    images = resolve_images(calib, what="--calib", split="train", warn=warn)  # a folder, or digits
+    images = resolve_images(calib, what="--calib", split="train", reporter=Callbacks(on_warn=warn))  # folder or digits
     if len(images) < min_images:
         raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
                          f"{min_images}: add images, or lower the bar with --min-calib")

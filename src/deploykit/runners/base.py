@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from enum import Enum
 
 import numpy as np
 
 from deploykit.errors import InputError
+
+
+class Device(str, Enum):
+    """Where PyTorch runs (``--device`` of train and bench)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class Runner(ABC):
