@@ -180,13 +180,15 @@ def test_own_grayscale_folder_warns_and_the_flag_accepts(digit_images):
     from deploykit.precision.calibrate import check_channels
     from deploykit.train import trained_on_grayscale
 
+    from deploykit.reporter import Recorder
+
     images = scan_images(digit_images)
-    warnings: list[str] = []
-    assert check_channels(images, 3, digit_images, warn=warnings.append) is None
-    assert len(warnings) == 1 and "--calib-grayscale" in warnings[0]
-    accepted = check_channels(images, 3, digit_images, accepted="--calib-grayscale says", warn=warnings.append)
-    assert "converted to RGB" in accepted and len(warnings) == 1
-    assert check_channels(images, 1, digit_images, warn=warnings.append) is None and len(warnings) == 1
+    seen = Recorder()
+    assert check_channels(images, 3, digit_images, reporter=seen) is None
+    assert len(seen.of("warn")) == 1 and "--calib-grayscale" in seen.of("warn")[0]
+    accepted = check_channels(images, 3, digit_images, accepted="--calib-grayscale says", reporter=seen)
+    assert "converted to RGB" in accepted and len(seen.of("warn")) == 1
+    assert check_channels(images, 1, digit_images, reporter=seen) is None and len(seen.of("warn")) == 1
     assert trained_on_grayscale({"grayscale_to_rgb": True})
     assert not trained_on_grayscale({"grayscale_to_rgb": False, "train_args": {"data": "digits"}})
     assert trained_on_grayscale({"preprocess": {"channels": 3}, "train_args": {"data": "digits"}})

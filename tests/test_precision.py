@@ -23,16 +23,14 @@ REPO_CALIB = Path(__file__).resolve().parents[1] / "calib"  # the starter calibr
 def digits(tmp_path_factory):
     """Trained LeNet checkpoint, a labelled held-out ImageFolder, and a calibration folder (train images)."""
     root = tmp_path_factory.mktemp("digits")
-    images, labels = digits_arrays()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(images))
-    train, test = order[:1400], order[1400:]
-    acc = train_lenet(root / "lenet.pt", images[train], labels[train])
+    images, labels = digits_arrays("train")
+    acc = train_lenet(root / "lenet.pt", images, labels)
     assert acc > 0.9, f"LeNet should fit digits, got {acc:.3f}"
-    write_imagefolder(root / "test", images[test][:200], labels[test][:200])
+    held_out, held_out_labels = digits_arrays("val")
+    write_imagefolder(root / "test", held_out[:200], held_out_labels[:200])
     calib = root / "calib"
     calib.mkdir()
-    for i in train[:64]:
+    for i in range(64):
         Image.fromarray(images[i], "L").save(calib / f"{i:04d}.png")
     return {"ckpt": root / "lenet.pt", "test": root / "test", "calib": calib}
 

@@ -18,9 +18,10 @@ def digits_export(tmp_path_factory) -> Path:
     from deploykit.cli import app
 
     root = tmp_path_factory.mktemp("report")
-    images, labels = digits_arrays()
+    images, labels = digits_arrays("train")
     train_lenet(root / "lenet.pth", images[:1000], labels[:1000], epochs=3)
-    val = write_imagefolder(root / "val", images[1500:1600], labels[1500:1600])
+    held_out, held_out_labels = digits_arrays("val")
+    val = write_imagefolder(root / "val", held_out[:100], held_out_labels[:100])
     out = root / "export"
     result = CliRunner().invoke(app, ["export", str(root / "lenet.pth"), "--out", str(out), "--fp16",
                                       "--dynamic-batch", "--data", str(val)])

@@ -63,7 +63,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     options = options or LoadOptions()
     model_path = Path(model_path)
     if verify and data is not None:
-        resolve_images(data, warn=reporter.warn)  # a bad --data fails before minutes of export work
+        resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
     calib_images = None
     if precision is not None and precision.any:
         from deploykit.precision import prepare_calibration

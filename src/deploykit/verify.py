@@ -55,7 +55,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
     folder = Path(folder)
     backend = None if backend is None else Runtime(backend)
     manifest = manifest if manifest is not None else Manifest.load(folder)
-    images = verification_set(data, warn=reporter.warn, max_images=max_images)
+    images = verification_set(data, reporter=reporter, max_images=max_images)
     batch = images.load(manifest.preprocessing)
     reference, ref_name = reference_runner(folder, manifest, reporter=reporter, loaded=loaded,
                                            allow_pickle=allow_pickle, model_def=model_def)

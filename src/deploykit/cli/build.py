@@ -10,19 +10,10 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
+from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
 from deploykit.cli.render import console, err_console, note, parity_table, status
 from deploykit.errors import InputError
 from deploykit.tensorrt.profile import EnginePrecision
-
-ProfileOpt = Annotated[Optional[str], typer.Option(
-    "--profile", help="Batch optimization profile MIN:OPT:MAX for a dynamic-batch export \\[default: 1:8:32].")]
-WorkspaceOpt = Annotated[Optional[float], typer.Option(
-    "--workspace", help="TensorRT builder workspace in GiB \\[default: TensorRT's, all free GPU memory]; "
-                        "lower it when a Jetson build runs out of memory.")]
-TimingCacheOpt = Annotated[Optional[Path], typer.Option(
-    "--timing-cache", help="Timing cache file, reused across builds \\[default: one per TensorRT version and "
-                           "GPU under the user cache dir].")]
-
 
 # The value `--dynamic-batch` may take: MIN:OPT:MAX or N; malformed ranges too, so that they fail with the
 # profile's own message rather than as a stray MODEL argument.

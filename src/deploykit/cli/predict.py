@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
-from deploykit.cli.export import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
-                                  ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
+                                   ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.cli.render import console, literal
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.reporter import SILENT

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
+from deploykit.cli.options import Int8AgreementOpt
 from deploykit.cli.render import console, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
@@ -24,8 +25,7 @@ def verify(
                                                               "folder, or digits (the held-out digits) "
                                                               "\\[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    int8_agreement: Annotated[Optional[float], typer.Option(
-        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")] = None,
+    int8_agreement: Int8AgreementOpt = None,
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,

@@ -53,7 +53,7 @@ class CalibMethod(str, Enum):
 
 # -- the images ----------------------------------------------------------------------------------------------
 def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, min_images: int = DEFAULT_MIN_CALIB,
-                       seed: int = 0, warn=None) -> ImageSet:
+                       seed: int = 0, reporter: Reporter = SILENT) -> ImageSet:
     """The seeded sample of usable images INT8 calibrates on.
 
     ``calib`` None means ``./calib`` when it exists. Unreadable files are skipped with a warning; fewer than
@@ -68,7 +68,7 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
             raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
                              "the model will see) or create ./calib")
         calib = DEFAULT_CALIB_DIR
-    images = resolve_images(calib, what="--calib", split="train", warn=warn)  # a folder, or digits
+    images = resolve_images(calib, what="--calib", split="train", reporter=reporter)  # folder or digits
     if len(images) < min_images:
         raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
                          f"{min_images}: add images, or lower the bar with --min-calib")
@@ -79,7 +79,7 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
 
 
 def check_channels(images: ImageSet, channels: int, where: Path, *, accepted: str | None = None,
-                   warn=None) -> str | None:
+                   reporter: Reporter = SILENT) -> str | None:
     """A mostly grayscale set for a colour model. ``accepted`` (why: training converted grayscale images to
     colour, or --calib-grayscale) makes it a note returned to the caller, as the images are converted to RGB the
     way training did; otherwise it is a warning naming the flag (its ranges describe images the model may never
@@ -92,10 +92,9 @@ def check_channels(images: ImageSet, channels: int, where: Path, *, accepted: st
     what = f"{gray} of {len(images)} calibration images in {where} are grayscale"
     if accepted:
         return f"{what}: converted to RGB, as {accepted}"
-    if warn is not None:
-        warn(f"{what} but the model takes colour input and its checkpoint does not say it was trained on "
-             "grayscale: they are converted to RGB; calibrate on colour images like the ones it will see, or pass "
-             "--calib-grayscale to say it sees grayscale ones")
+    reporter.warn(f"{what} but the model takes colour input and its checkpoint does not say it was trained on "
+                  "grayscale: they are converted to RGB; calibrate on colour images like the ones it will see, or "
+                  "pass --calib-grayscale to say it sees grayscale ones")
     return None
 
 

@@ -127,7 +127,7 @@ def prepare_calibration(request: PrecisionRequest, *, reporter: Reporter = SILEN
         return None
     request = request.resolved()
     return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
-                              warn=reporter.warn)
+                              reporter=reporter)
 
 
 def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Preprocess, request: PrecisionRequest, *,
@@ -147,7 +147,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = verification_set(data, warn=reporter.warn, max_images=max_images)
+    verify_set = verification_set(data, reporter=reporter, max_images=max_images)
     verify_batch = verify_set.load(preprocess)
 
     if request.int8:
@@ -155,7 +155,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
                     "--calib-grayscale says" if request.calib_grayscale else None)
         gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
-                              warn=reporter.warn)
+                              reporter=reporter)
         if gray:
             result.notes.append(gray)
         tensors = list(plan.activation_tensors)
