@@ -18,7 +18,7 @@ from deploykit.errors import InputError
 from deploykit.manifest import Manifest
 from deploykit.models.loading import load_model
 from deploykit.models.registry import get_spec, list_models
-from deploykit.reporter import Callbacks
+from deploykit.reporter import Recorder
 from deploykit.train import TrainConfig, find_head, fit, load_data, replace_head
 
 
@@ -151,13 +151,13 @@ def test_resume_continues_exactly(one_thread):
     class Interrupted(Exception):
         pass
 
-    def stop_after_two(line: str) -> None:
-        if line.startswith("epoch 2/3"):
-            raise Interrupted
+    class StopAfterTwo(Recorder):  # a reporter that is killed mid-run, like Ctrl-C after epoch 2
+        def log(self, line: str) -> None:
+            if line.startswith("epoch 2/3"):
+                raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut")),
-            reporter=Callbacks(on_log=stop_after_two))
+        fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut")), reporter=StopAfterTwo())
     assert json.loads(Path("cut/metrics.json").read_text())["epochs"] == 2
     resumed = fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut"), resume=True))
     assert resumed.epochs == 3 and [h.epoch for h in resumed.history] == [1, 2, 3]
