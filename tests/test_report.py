@@ -43,6 +43,9 @@ def test_report_lists_every_artifact_with_the_manifest_numbers(cli, digits_expor
         assert cells[1] == art["precision"]
         assert cells[6] == f"{m['cosine_min']:.6f}" and cells[7] == f"{m['top1_agreement']:.3f}"
         assert cells[9] == f"{m['accuracy']:.2f}" and cells[-1] == "pass"
+    ship = text.split("## Which file to ship", 1)[1].split("##", 1)[0]  # from the manifest's parity alone
+    assert "| NVIDIA Jetson / GPU | TensorRT | an engine built on the device from `model.fp16.onnx`" in ship
+    assert "| other CPU (ARM, AMD) | ONNX Runtime | `model.onnx` |" in ship and "Intel" not in ship  # no INT8 file
     speed = text.split("## Speed", 1)[1]  # no bench.json yet: nothing invented, the way to get it said
     assert "Not measured yet" in speed and "deploykit bench" in speed and "| backend |" not in speed
 
@@ -64,6 +67,10 @@ def test_report_picks_up_bench_json_and_pngs(cli, digits_export, tmp_path):
         assert any(f"| {r['precision']} |" in line and f"| {r['batch']} |" in line
                    and f"{r['latency_ms']['p50']:.3f}" in line for line in speed)
     assert "Host: " in text and "![confusion](confusion.png)" in text
+    shipped = [r for r in bench["results"] if r["ship"]]
+    assert len(shipped) == 2  # one per batch on the one backend
+    for r in shipped:
+        assert f"- ort (cpu, batch {r['batch']}): {r['artifact']} in {r['precision']}" in text
     assert "Speed" in result.output  # --print renders it on the terminal too
 
 

@@ -217,6 +217,8 @@ def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionR
                                                   "images": result.ranges.n_images,
                                                   "cache": result.ranges.path.name if result.ranges.path else None},
                "int8_layers": len(graph.layers), "fp32_layers": graph.excluded, "op_counts": graph.counts}
+    # where the file is deployed as it is: the Q/DQ graph is TensorRT's input and OpenVINO's fastest CPU form
+    details["deploy_on"] = ["tensorrt", "openvino"] if target is Int8Target.trt else ["onnxruntime-cpu"]
     if target is Int8Target.trt:
         details.update(scheme="symmetric int8, zero point 0, per-channel weights, per-tensor activations",
                        other_layers="float32")
