@@ -97,10 +97,10 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from deploykit.precision.int8 import _name_nodes, _toposort
+    from deploykit.precision.graph import name_nodes, toposort
 
     model = onnx.load(str(src))
-    _name_nodes(model)
+    name_nodes(model)
     _drop_initializer_value_info(model)
     keep = unsafe_nodes(model, absmax)
     for name in extra_fp32:
@@ -112,7 +112,7 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
                                     node_block_list=sorted(keep))
     _drop_round_trips(fp16)
     _drop_duplicate_casts(fp16)
-    _toposort(fp16)  # the converter appends its Cast nodes at the end
+    toposort(fp16)  # the converter appends its Cast nodes at the end
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         onnx.save(fp16, str(tmp))
