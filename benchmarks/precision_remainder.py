@@ -30,7 +30,11 @@ def latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3
+    from deploykit.runners.onnxrt import DISABLED_OPTIMIZERS
+
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))  # as deploykit's runner
     name = sess.get_inputs()[0].name
     for _ in range(20):
         sess.run(None, {name: x})

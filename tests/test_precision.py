@@ -254,6 +254,19 @@ def test_int8_trt_fp16_remainder(resnet_export):
     assert details["remainder"] == "fp16" and details["other_layers"] == "float16" and details["opset"] == 19
     assert details["kept_fp32"] == {} and details["target"] == "tensorrt" and "scheme" in details
     assert entry["parity"]["passed"], entry["parity"]
+    # deploykit's ORT runner runs the graph as written (ORT's WeightBiasQuantization would quantize the float16
+    # bias with a float16 subnormal scale): same logits as ORT with every graph optimization off
+    import onnxruntime as ort
+
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(folder / "model.int8.onnx"), opts, providers=["CPUExecutionProvider"])
+    expected = np.concatenate([plain.run(None, {plain.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(4)])
+    got = OnnxRuntimeRunner(folder / "model.int8.onnx", threads=2).infer(x)
+    assert np.allclose(got, expected, atol=1e-3 * np.abs(expected).max()), np.abs(got - expected).max()
     cpu = onnx.load(str(folder / "model.int8-cpu.onnx"))  # the CPU graph is not touched by the remainder
     assert "remainder" not in resnet_export.manifest.artifact("model.int8-cpu.onnx")["details"]
     assert not [i for i in cpu.graph.initializer if i.data_type == TensorProto.FLOAT16]
