@@ -170,11 +170,23 @@ def test_weakly_typed_10_3_sets_the_precision_flag_on_the_config(precision, flag
     assert config.pools == {"workspace": 1 << 29}
 
 
+def test_weakly_typed_int8_with_an_fp16_remainder_sets_int8_and_fp16():
+    """model.int8.onnx whose non-INT8 part is FP16 (--int8-remainder fp16): `trtexec --int8 --fp16`."""
+    trt = fake_tensorrt("10.3.0")
+    plan = plan_build("10.3.0", "int8", fp16_remainder=True)
+    assert plan.to_dict()["builder_flags"] == ["INT8", "FP16"]
+    config = create_config(trt, trt.Builder(None), plan)
+    assert config.flags == {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16} and config.cleared == set()
+    assert plan_build("10.3.0", "int8", fp16_remainder=False).set_flags == (BuilderFlag.INT8,)
+    assert plan_build("10.3.0", "fp16", fp16_remainder=True).set_flags == (BuilderFlag.FP16,)
+
+
 @pytest.mark.parametrize("version", ["10.12.0", "10.16.1.11", "11.4.0.106"])
 @pytest.mark.parametrize("precision", list(EnginePrecision))
-def test_strongly_typed_sets_no_precision_flag(version, precision):
+@pytest.mark.parametrize("fp16_remainder", [False, True])
+def test_strongly_typed_sets_no_precision_flag(version, precision, fp16_remainder):
     trt = fake_tensorrt(version, precision_flags=not version.startswith("11."))
-    plan = plan_build(version, precision)
+    plan = plan_build(version, precision, fp16_remainder=fp16_remainder)
     assert network_creation_flags(trt, plan) == 1 << 5
     config = create_config(trt, trt.Builder(None), plan)
     assert config.flags == set() and config.pools == {}
@@ -265,6 +277,20 @@ def test_int8_engine_records_the_calibration_set(folder):
     result = build_engine(folder, "int8", probe=probe_with(fake_tensorrt("10.3.0")))
     assert result.facts["builder_flags"] == ["INT8"]
     assert result.facts["calibration_sha256"].startswith("e0367c1ac4d6e886")
+
+
+@pytest.mark.parametrize("remainder, version, flags", [("fp16", "10.3.0", ["INT8", "FP16"]),
+                                                       ("fp32", "10.3.0", ["INT8"]), ("fp16", "10.13.3", [])])
+def test_int8_engine_flags_follow_the_recorded_remainder(folder, remainder, version, flags):
+    """The manifest's model.int8.onnx entry says its remainder; an export from before it was recorded (the
+    fixture folder) is FP32 remainder: INT8 alone (test above)."""
+    manifest = Manifest.load(folder)
+    entry = manifest.artifact("model.int8.onnx")
+    entry["details"]["remainder"] = remainder
+    manifest.set_artifact(entry)
+    manifest.save(folder)
+    result = build_engine(folder, "int8", probe=probe_with(fake_tensorrt(version)))
+    assert result.facts["builder_flags"] == flags
 
 
 def test_a_timing_cache_tensorrt_rejects_is_replaced_with_a_warning(folder, tmp_path):

@@ -142,12 +142,14 @@ def _int8_lines(manifest: Manifest) -> list[str]:
                   "onnxruntime-cpu": "ONNX Runtime CPU"}.get(details.get("target"),
                                                                               details.get("target") or "?")
         kept = details.get("fp32_layers") or []
+        other = {"fp16": "FP16", "fp32": "FP32"}.get(details.get("remainder"), "FP32")  # model.int8.onnx's remainder
         lines.append(f"- `{art['path']}` for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
                      f"({md(calib.get('method', '?'))})"
                      + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
                      + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
                         else "")
-                     + (f", kept in FP32: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
+                     + (f", the rest in {other}" if details.get("remainder") else "")
+                     + (f", kept in {other}: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
     return lines
 
 

@@ -19,6 +19,7 @@ from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
 from deploykit.precision.variants import Int8Target
 from deploykit.precision.calibrate import DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod
+from deploykit.precision.remainder import Remainder
 
 
 class Target(str, Enum):
@@ -73,6 +74,10 @@ def export(
         "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
                            "(fastest for ONNX "
                            "Runtime CPU). Repeat for both \\[default: trt].")] = None,
+    int8_remainder: Annotated[Optional[Remainder], typer.Option(
+        "--int8-remainder", help="Precision of what model.int8.onnx (TensorRT) does not run in INT8: fp16 (in the "
+                                 "graph; TensorRT < 10.12 builds it with INT8 + FP16) or fp32 \\[default: fp16].")
+                              ] = None,
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
                                   "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
@@ -116,7 +121,8 @@ def export(
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
-                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale)
+                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale,
+                                 int8_remainder=int8_remainder)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,

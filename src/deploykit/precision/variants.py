@@ -23,6 +23,7 @@ from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
+from deploykit.precision.remainder import Remainder, RemainderGraph, fp16_remainder
 from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
@@ -53,6 +54,7 @@ class PrecisionRequest:
     accuracy_budget: float | None = None
     int8_agreement: float | None = None  # INT8 gate: least top-1 agreement (as `deploykit verify`)
     int8_accuracy_drop: float | None = None  # INT8 gate with labels: most points lost (as `deploykit verify`)
+    int8_remainder: Remainder | None = None  # None: fp16. What model.int8.onnx does not run in INT8
     # Judge each INT8 graph against its gate and rank its layers when it misses. Off for `export --no-verify`
     # (the user asked for speed, not checks) unless --accuracy-budget asks for the ranking.
     check: bool = True
@@ -68,7 +70,9 @@ class PrecisionRequest:
         return replace(self,
                        calib_size=DEFAULT_CALIB_SIZE if self.calib_size is None else self.calib_size,
                        calib_method=CalibMethod.entropy if self.calib_method is None else self.calib_method,
-                       min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib)
+                       min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib,
+                       int8_remainder=Remainder.fp16 if self.int8_remainder is None else
+                       Remainder(self.int8_remainder))
 
     @property
     def overrides(self) -> dict:
@@ -90,6 +94,7 @@ class PrecisionRequest:
                 ("--min-calib", self.min_calib), ("--accuracy-budget", self.accuracy_budget),
                 ("--int8-agreement", self.int8_agreement), ("--int8-accuracy-drop", self.int8_accuracy_drop),
                 ("--calib-grayscale", True if self.calib_grayscale else None),
+                ("--int8-remainder", self.int8_remainder),
             ) if value is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
@@ -112,7 +117,12 @@ class PrecisionResult:
     int8: dict[Int8Target, Int8Graph] = field(default_factory=dict)
     ranges: Ranges | None = None
     budgets: dict[Int8Target, BudgetResult] = field(default_factory=dict)  # targets whose INT8 missed its gate
+    remainder: RemainderGraph | None = None  # model.int8.onnx's FP16 remainder, when it has one
     notes: list[str] = field(default_factory=list)
+
+    def other_precision(self, target: Int8Target) -> str:
+        """What ``target``'s INT8 graph runs outside INT8: "FP16" (model.int8.onnx's FP16 remainder) or "FP32"."""
+        return "FP16" if target is Int8Target.trt and self.remainder is not None else "FP32"
 
     @property
     def budget(self) -> BudgetResult | None:
@@ -168,15 +178,11 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
                                 "(same model, images and method)")
 
+    fp16_remainder_asked = (request.int8 and Int8Target.trt in request.int8_for
+                            and request.int8_remainder is Remainder.fp16)
+    absmax = _absmax(fp32, model, verify_batch, result.ranges) if request.fp16 or fp16_remainder_asked else {}
     if request.fp16:
         step("converting to FP16")
-        names = sorted(cpu_tensors(model))
-        # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
-        stats = collect_stats(fp32, names, [verify_batch], histogram=False)
-        absmax = {n: s.amax for n, s in stats.items()}
-        if result.ranges is not None:
-            for n, r in result.ranges.tensors.items():
-                absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
         result.fp16 = convert_fp16(fp32, folder / FP16_NAME, absmax)
         _register(manifest, folder, FP16_NAME, "fp16", {
             "io": "float32", "compute": "float16",
@@ -189,9 +195,19 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         judge_int8 = request.check or request.accuracy_budget is not None
         labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
+        def quantize_for_trt(dest: Path, exclude=()) -> Int8Graph:
+            graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude)
+            if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
+                rewritten = fp16_remainder(dest, dest, absmax)
+                graph.counts = _qdq_counts(dest)
+                if Path(dest) == folder / INT8_NAME:  # not a sensitivity probe
+                    result.remainder = rewritten
+            return graph
+
         targets = {
-            Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
-                             lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude)),
+            Int8Target.trt: (INT8_NAME, "int8", "tensorrt",
+                             f"quantizing for TensorRT (Q/DQ, {request.int8_remainder.value.upper()} remainder)",
+                             quantize_for_trt),
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
                              lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
                                                                    exclude=exclude)),
@@ -209,6 +225,25 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     return result
 
 
+def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict[str, float]:
+    """The largest ``|x|`` per float tensor of the FP32 graph on the verification images and, with INT8, the
+    calibration ranges (the FP16 rules keep nodes whose output goes beyond FP16's safe range in FP32)."""
+    # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
+    stats = collect_stats(fp32, sorted(cpu_tensors(model)), [batch], histogram=False)
+    absmax = {n: s.amax for n, s in stats.items()}
+    if ranges is not None:
+        for n, r in ranges.tensors.items():
+            absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
+    return absmax
+
+
+def _qdq_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return {op: sum(1 for n in nodes if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
+
+
 def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
                   runtime: str) -> dict:
     from deploykit.precision.int8 import CPU_FORMAT
@@ -220,8 +255,11 @@ def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionR
     # where the file is deployed as it is: the Q/DQ graph is TensorRT's input and OpenVINO's fastest CPU form
     details["deploy_on"] = ["tensorrt", "openvino"] if target is Int8Target.trt else ["onnxruntime-cpu"]
     if target is Int8Target.trt:
+        remainder = request.int8_remainder
         details.update(scheme="symmetric int8, zero point 0, per-channel weights, per-tensor activations",
-                       other_layers="float32")
+                       other_layers=remainder.dtype, remainder=remainder.value)
+        if remainder is Remainder.fp16 and result.remainder is not None:
+            details.update(opset=result.remainder.opset, kept_fp32=result.remainder.kept_fp32)
     else:
         details.update(format=CPU_FORMAT.value)
     budget = result.budgets.get(target)
@@ -292,5 +330,5 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         where = (f"on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
                  f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
         result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met {where}"
-                            f" with {len(budget.kept_fp32)} layer(s) in FP32".replace("  ", " "))
+                            f" with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}".replace("  ", " "))
     return budget.kept_fp32

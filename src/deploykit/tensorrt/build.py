@@ -16,7 +16,9 @@ the ``tensorrt`` module as an argument, so they run against a fake one too. What
   "Removed Python APIs" table lists ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` as removed). Older 10.x
   (JetPack 6 ships 10.3; NVIDIA calls strong typing fully available from 10.12) parse the *same* ONNX weakly
   typed (``create_network(0)``) with ``BuilderFlag.FP16`` or ``BuilderFlag.INT8`` -- the "Before (TensorRT
-  10.x)" half of that migration page. Never both: :func:`plan_build` decides.
+  10.x)" half of that migration page -- and ``INT8`` + ``FP16`` for a ``model.int8.onnx`` whose manifest entry
+  says ``"remainder": "fp16"`` (its non-INT8 part is FP16 in the graph; ``trtexec --int8 --fp16``). Never
+  strong typing and precision flags together: :func:`plan_build` decides.
 * **Batch profile.** A dynamic batch dimension gets one ``IOptimizationProfile`` (:func:`add_batch_profile`).
 * **Workspace.** ``config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, bytes)`` (Python API
   "IBuilderConfig"); a build that runs out of memory says to lower ``--workspace`` (:func:`build_failure`).
@@ -95,12 +97,15 @@ class BuildPlan:
                 "cleared_flags": [f.value for f in self.clear_flags]}
 
 
-def plan_build(tensorrt_version: str | tuple[int, ...], precision: EnginePrecision) -> BuildPlan:
+def plan_build(tensorrt_version: str | tuple[int, ...], precision: EnginePrecision, *,
+               fp16_remainder: bool = False) -> BuildPlan:
     """Strongly typed on TensorRT >= 10.12 (and 11.x, where it is the only mode); weakly typed with the
     FP16 / INT8 builder flag before that. Never both: a strongly typed network rejects precision flags.
 
     FP32 engines clear TF32 (on by default) so that "fp32" is FP32 and meets the FP32 parity tolerance.
-    The INT8 graph keeps its non-quantized layers in FP32, so the weakly typed INT8 build sets INT8 alone.
+    A weakly typed INT8 build sets INT8 and, when ``fp16_remainder`` (the graph's non-INT8 part is FP16: the
+    manifest's ``"remainder": "fp16"``), FP16 too, so TensorRT may pick FP16 kernels for it; an FP32 remainder
+    (or an export from before the remainder was recorded) gets INT8 alone.
     """
     version = check_tensorrt_version(as_version(tensorrt_version))
     precision = EnginePrecision(precision)
@@ -108,7 +113,8 @@ def plan_build(tensorrt_version: str | tuple[int, ...], precision: EnginePrecisi
     if version[:2] >= STRONG_TYPING_SINCE:
         return BuildPlan(Typing.strong, (NetworkFlag.STRONGLY_TYPED,), (), clear)
     flags = {EnginePrecision.fp32: (), EnginePrecision.fp16: (BuilderFlag.FP16,),
-             EnginePrecision.int8: (BuilderFlag.INT8,)}[precision]
+             EnginePrecision.int8: (BuilderFlag.INT8, BuilderFlag.FP16) if fp16_remainder else (BuilderFlag.INT8,),
+             }[precision]
     return BuildPlan(Typing.weak, (), flags, clear)
 
 
@@ -357,6 +363,14 @@ def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> 
     return entry
 
 
+def onnx_remainder(entry: dict[str, Any]) -> str | None:
+    """The precision of the non-INT8 part of an INT8 ONNX, as the precision stage recorded it ("fp16" /
+    "fp32"); None for other precisions and for exports from before it was recorded (their remainder is FP32)."""
+    if entry.get("precision") != "int8":
+        return None
+    return (entry.get("details") or {}).get("remainder")
+
+
 def calibration_hash(manifest: Manifest, folder: Path) -> str | None:
     """The INT8 calibration set's hash: the key of the calibration cache (image bytes, preprocessing, method
     and model), as the precision stage recorded it."""
@@ -443,7 +457,7 @@ def _build_locked(folder: Path, precision: EnginePrecision, *, profile: BatchPro
     profile = resolve_profile(manifest, profile)
     trt, host = require_host(folder, precision, done=done, profile=profile, workspace_gib=workspace_gib,
                              probe=probe)
-    plan = plan_build(host.tensorrt, precision)
+    plan = plan_build(host.tensorrt, precision, fp16_remainder=onnx_remainder(entry) == "fp16")
     logger = trt_logger(trt)
     logger.reset()
     name = engine_name(precision)
