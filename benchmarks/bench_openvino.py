@@ -106,7 +106,7 @@ def export(name: str, out: Path, threads: int) -> Path:
 def verified_forms(folder: Path, threads: int) -> dict[str, dict]:
     """``{form: {"parity": ..., "ran": ..., "bench_p50": ...}}`` from one bench_folder run (ort and ov rows)."""
     from deploykit.bench import Backend, BenchOptions, bench_folder
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     options = BenchOptions(backends=(Backend.ort, Backend.ov), precisions=tuple(p for p in Precision
                                                                               if p is not Precision.FP16),
@@ -207,7 +207,7 @@ def overhead(folder: Path, threads: int, iters: int, rounds: int) -> dict:
     from deploykit.bench import Backend, BenchOptions, bench_folder, bench_input
     from deploykit.manifest import Manifest
     from deploykit.runners.openvino import compile_config, model_cache_dir
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     x = bench_input(Manifest.load(folder), 1)
     path = folder / "model.int8.onnx"

@@ -93,7 +93,7 @@ def bare_loop_p50(path: Path, batch: np.ndarray, threads: int, warmup: int, iter
 def overhead(folder: Path, threads: int, iters: int, rounds: int) -> dict:
     from deploykit.bench import Backend, BenchOptions, bench_folder, bench_input
     from deploykit.manifest import Manifest
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     batch = bench_input(Manifest.load(folder), 1)  # the very input bench times
     options = BenchOptions(backends=(Backend.ort,), precisions=(Precision.FP32,), threads=threads, warmup=10,

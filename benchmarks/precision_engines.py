@@ -130,7 +130,7 @@ def run_model(name: str, args, results: list) -> None:
     from deploykit.precision.fp16 import convert_fp16
     from deploykit.precision.int8 import CpuFormat, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
-    from deploykit.verify import label_indices
+    from deploykit.parity import label_indices
 
     work = args.out / name
     work.mkdir(parents=True, exist_ok=True)

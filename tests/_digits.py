@@ -13,12 +13,13 @@ from PIL import Image
 CLASSES = [str(i) for i in range(10)]
 
 
-def digits_arrays():
-    from sklearn.datasets import load_digits
+def digits_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as deploykit bundles them (``deploykit.data.digits_split``): the 8x8 uint8 images and
+    labels of the fixed ``train`` split or the held-out ``val`` split."""
+    from deploykit.data import Split, digits_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0 * 255).round().astype(np.uint8)  # 8x8, 0..255
-    return images, digits.target
+    data = digits_split(Split(split))
+    return np.asarray(data.images), np.asarray(data.labels)
 
 
 def write_imagefolder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
@@ -33,7 +34,7 @@ def train_lenet(path: Path, images: np.ndarray, labels: np.ndarray, epochs: int 
     """Train deploykit's registered LeNet on digits (preprocessed exactly like inference); return train acc."""
     import torch
 
-    from deploykit.models.loading import save_checkpoint
+    from deploykit.models.checkpoint import save_checkpoint
     from deploykit.models.registry import build_model, get_spec
     from deploykit.preprocess import Preprocess
 

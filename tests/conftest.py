@@ -14,6 +14,46 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("DEPLOYKIT_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="deploykit-test-cache-"))
 
 
+def pytest_runtest_setup(item):
+    """``@pytest.mark.gpu`` tests run where PyTorch sees a CUDA GPU and skip with the reason elsewhere."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU: PyTorch sees none here")
+
+
+def make_checkpoint(path: Path, arch: str, num_classes: int = 10, size: int | None = None, **extra) -> Path:
+    """A deploykit checkpoint of a registry architecture at seeded random init (``size``: square input, no
+    resize), with the registry's preprocessing recorded."""
+    import torch
+
+    from deploykit.models import build_model, get_spec
+    from deploykit.models.loading import save_checkpoint
+
+    torch.manual_seed(0)
+    pre = get_spec(arch).preprocess()
+    if size is not None:
+        pre = pre.replace(height=size, width=size, resize=None)
+        extra.setdefault("input_shape", list(pre.shape))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, build_model(arch, num_classes=num_classes), arch=arch, num_classes=num_classes,
+                    preprocess=pre, **extra)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def checkpoint():
+    """:func:`make_checkpoint` for tests and fixtures of any scope."""
+    return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def lenet_ckpt(tmp_path_factory) -> Path:
+    """A LeNet (10 classes, 1x28x28) deploykit checkpoint at seeded random init."""
+    return make_checkpoint(tmp_path_factory.mktemp("lenet") / "lenet.pt", "lenet")
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp_cwd(tmp_path, monkeypatch):
     """Every test runs in its own folder, so default `exports/` paths never touch the repository."""

@@ -11,9 +11,8 @@ spec = importlib.util.spec_from_file_location("module_graph", TOOL)
 module_graph = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module_graph)
 
-# known cycles through lazy imports (docs/architecture.md); they may disappear, no other may appear
-KNOWN_LAZY_CYCLES = [{"deploykit.models.registry", "deploykit.models.zoo"},
-                     {"deploykit.precision.build", "deploykit.verify"}]
+# no cycle, not even through lazy imports (the last two went with the issue-14 redesign)
+KNOWN_LAZY_CYCLES: list[set[str]] = []
 OPTIONAL = {"[torch]", "[torchvision]", "[tensorrt]", "[cuda]", "[sklearn]", "[matplotlib]"}
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.bench import (Backend, BenchOptions, Case, Device, Latency, Prepared, Variant, _measure, bench_folder,
-                             plan_cases, time_loop)
+from deploykit.bench import (Backend, BenchOptions, Capabilities, Case, Device, Latency, Prepared, Variant,
+                             bench_folder, measure, plan_cases, probe, time_loop)
+from deploykit.errors import MissingDependencyError
 from deploykit.manifest import Manifest
-from deploykit.verify import Precision
+from deploykit.parity import Precision
+from deploykit.reporter import Recorder
 
 FAST = ("--iters", "3", "--warmup", "1")
 
@@ -230,40 +232,75 @@ def test_cuda_without_gpu_says_so(cli, lenet_folder):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_trt_on_cuda_without_tensorrt_is_skipped_with_reason(lenet_folder):
     options = BenchOptions(backends=(Backend.trt,), device=Device.cuda)
-    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options)
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options,
+                              probe(options.backends, options.device))
     assert cases == [] and len(skips) == 1
     assert "TensorRT is not installed" in skips[0].reason and "deploykit[trt]" in skips[0].reason
 
 
-def test_torch_variants_planned_per_device(lenet_folder, monkeypatch):
-    from deploykit import bench
+# A host as the planners see it; each test states the one it plans for instead of probing this machine.
+CPU_HOST = Capabilities(torch=True, onnxruntime=True)
+CUDA_HOST = Capabilities(torch=True, torch_cuda=True, onnxruntime=True, ort_cuda=True, cuda=True)
 
-    monkeypatch.setattr(bench, "_torch_cuda", lambda: None)  # plan as on a host where PyTorch has CUDA
+
+def test_torch_variants_planned_per_device(lenet_folder):
     manifest = Manifest.load(lenet_folder)
     for device, expected in ((Device.cpu, {(Precision.FP32, Variant.eager), (Precision.FP32, Variant.channels_last),
                                            (Precision.FP32, Variant.compiled)}),
                              (Device.cuda, {(Precision.FP32, Variant.eager), (Precision.FP32, Variant.compiled),
                                             (Precision.FP16, Variant.channels_last_autocast)})):
         cases, _ = plan_cases(lenet_folder, manifest, BenchOptions(backends=(Backend.torch,), device=device,
-                                                                   torch_variants=True))
+                                                                   torch_variants=True), CUDA_HOST)
         assert {(c.precision, c.variant) for c in cases} == expected
 
 
-def test_pytorch_without_cuda_is_skipped_on_cuda(lenet_folder, monkeypatch):
-    from deploykit import bench
+def test_pytorch_without_cuda_is_skipped_on_cuda(lenet_folder):
+    from deploykit.bench.host import TORCH_NO_CUDA
 
-    monkeypatch.setattr(bench, "_torch_cuda", lambda: "this PyTorch sees no CUDA GPU")
     cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder),
-                              BenchOptions(backends=(Backend.torch,), device=Device.cuda))
-    assert cases == [] and [(s.backend, s.reason) for s in skips] == [(Backend.torch, "this PyTorch sees no CUDA GPU")]
+                              BenchOptions(backends=(Backend.torch,), device=Device.cuda),
+                              Capabilities(torch=True, cuda=True))  # a GPU, but a CPU-only PyTorch
+    assert cases == [] and [(s.backend, s.reason) for s in skips] == [(Backend.torch, TORCH_NO_CUDA)]
+    assert "torch.cuda.is_available() is False" in TORCH_NO_CUDA
+
+
+def test_every_backend_planned_from_the_capabilities_alone(lenet_folder):
+    """Nothing installed, as the planners see it: one skip per backend, each saying what is missing."""
+    options = BenchOptions(backends=tuple(Backend), precisions=(Precision.FP32,))
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options, Capabilities())
+    reasons = {s.backend: s.reason for s in skips}
+    assert cases == [] and set(reasons) == set(Backend)
+    assert reasons[Backend.torch] == "PyTorch is not installed"
+    assert "pip install onnxruntime" in reasons[Backend.ort]
+    assert "OpenVINO is not installed" in reasons[Backend.ov]
+    assert reasons[Backend.trt].startswith("no NVIDIA GPU here") and "deploykit build" in reasons[Backend.trt]
+    _, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), BenchOptions(backends=(Backend.trt,)),
+                          Capabilities(cuda=True))
+    assert [s.reason for s in skips] == ["TensorRT runs on NVIDIA GPUs: add --device cuda"]
+
+
+def test_ort_without_its_cuda_provider_is_skipped_on_cuda(lenet_folder):
+    options = BenchOptions(backends=(Backend.ort,), precisions=(Precision.FP32,), device=Device.cuda)
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options, CPU_HOST)
+    assert cases == [] and "onnxruntime-gpu" in skips[0].reason
+    cases, skips = plan_cases(lenet_folder, Manifest.load(lenet_folder), options, CUDA_HOST)
+    assert [(c.backend, c.precision) for c in cases] == [(Backend.ort, Precision.FP32)] and skips == []
+
+
+def test_probe_asks_only_what_a_plan_can_read():
+    caps = probe((Backend.ort,), Device.cpu)
+    assert caps.onnxruntime and not caps.ort_cuda  # the CUDA provider is not a question on the CPU
+    assert not caps.openvino and not caps.trt and caps.trt_missing == "not probed"
+    with pytest.raises(MissingDependencyError, match="--device cuda: no CUDA GPU"):
+        Capabilities(cuda=False, cuda_missing="no GPU").require_cuda()
 
 
 def test_channels_last_variant_runs_on_cpu(lenet_folder):
     options = BenchOptions(backends=(Backend.torch,), precisions=(Precision.FP32,), iters=2, warmup=1,
                            torch_variants=True)
-    cases, _ = plan_cases(lenet_folder, Manifest.load(lenet_folder), options)
+    cases, _ = plan_cases(lenet_folder, Manifest.load(lenet_folder), options, CPU_HOST)
     case = next(c for c in cases if c.variant is Variant.channels_last)
-    m = _measure(case, np.zeros((1, 1, 28, 28), np.float32), options)
+    m = measure(case, np.zeros((1, 1, 28, 28), np.float32), options)
     assert m.variant is Variant.channels_last and m.batch == 1 and m.iters == 2 and m.latency.p50 > 0
 
 
@@ -292,7 +329,7 @@ def test_rss_delta_sees_what_a_case_allocates():
                         close=held.clear)
 
     case = Case(Backend.ort, Precision.FP32, Variant.session, 1, prepare)
-    m = _measure(case, np.zeros((1, 1), np.float32), BenchOptions(iters=2, warmup=0))
+    m = measure(case, np.zeros((1, 1), np.float32), BenchOptions(iters=2, warmup=0))
     assert 190 <= m.rss_delta_mb <= 260
     assert m.rss_peak_mb >= m.rss_delta_mb
     assert held == []  # closed after measuring
@@ -377,22 +414,19 @@ def _facts(precision: str, tensorrt: str = "10.3.0.30", lo: int = 1, hi: int = 8
             "profile": {"input": "input", "min": [lo, 1, 28, 28], "opt": [lo, 1, 28, 28], "max": [hi, 1, 28, 28]}}
 
 
-class _FakeTrtRunner:
-    def bench_steps(self, batch):  # pragma: no cover - never run: plan_cases only plans
-        raise AssertionError
+def _orin(compute: bool = True) -> Capabilities:
+    """A Jetson Orin with TensorRT 10.3, as the planner sees it."""
+    from deploykit.tensorrt.host import Host
+
+    return Capabilities(cuda=True, trt=True, trt_host=Host("10.3.0.30", "Orin", "8.7"), trt_compute=compute)
 
 
-def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path, monkeypatch):
-    from deploykit import bench
-    from deploykit.engine import Host
-
+def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path):
     folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32"),
                                                     "model.fp16.engine": _facts("fp16", tensorrt="10.0.1")})
-    monkeypatch.setattr(bench, "_trt_runner_class", lambda: (_FakeTrtRunner, None))
-    monkeypatch.setattr(bench, "_trt_host", lambda: (Host("10.3.0.30", "Orin", "8.7"), None))
     options = BenchOptions(backends=(Backend.trt,), precisions=(Precision.FP32, Precision.FP16), batches=(1, 16),
                            device=Device.cuda)
-    cases, skips = plan_cases(folder, Manifest.load(folder), options)
+    cases, skips = plan_cases(folder, Manifest.load(folder), options, _orin())
     assert {(c.precision, c.batch, c.variant) for c in cases} == {(Precision.FP32, 1, Variant.end_to_end),
                                                                   (Precision.FP32, 1, Variant.compute)}
     reasons = {(s.precision, s.batch): s.reason for s in skips}
@@ -401,21 +435,37 @@ def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path
     assert "deploykit build" in reasons[(Precision.FP16, None)]
 
 
-def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):
-    from deploykit import bench, engine
-
+def test_trt_runner_without_bench_steps_times_end_to_end_only(lenet_folder, tmp_path):
     folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
-    monkeypatch.setattr(bench, "_trt_runner_class", lambda: (_FakeTrtRunner, None))
-    monkeypatch.setattr(engine, "_trt", lambda: object())
-    monkeypatch.setattr(engine, "cudart", lambda: None)
-    cases, skips = plan_cases(folder, Manifest.load(folder), BenchOptions(backends=(Backend.trt,), device=Device.cuda))
-    assert cases == [] and len(skips) == 1
-    assert "cuda-python" in skips[0].reason and "deploykit[trt]" in skips[0].reason
+    options = BenchOptions(backends=(Backend.trt,), precisions=(Precision.FP32,), device=Device.cuda)
+    cases, skips = plan_cases(folder, Manifest.load(folder), options, _orin(compute=False))
+    assert [c.variant for c in cases] == [Variant.end_to_end]
+    assert len(skips) == 1 and "bench_steps() hook" in skips[0].reason
+
+
+def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):
+    """The probe's sentence (TensorRT importable, cuda-python missing) is the skip reason, word for word."""
+    import functools
+    import sys
+    import types
+
+    from deploykit.tensorrt import host
+
+    fake = types.ModuleType("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # bindings present ...
+    monkeypatch.setattr(host, "probe_host", functools.partial(host.probe_host, load_tensorrt=lambda: fake,
+                                                              load_cudart=lambda: None))  # ... cuda-python not
+    caps = probe((Backend.trt,), Device.cuda)
+    assert not caps.trt and "cuda-python" in caps.trt_missing and "deploykit[trt]" in caps.trt_missing
+    folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
+    cases, skips = plan_cases(folder, Manifest.load(folder), BenchOptions(backends=(Backend.trt,), device=Device.cuda),
+                              caps)
+    assert cases == [] and [s.reason for s in skips] == [caps.trt_missing]
 
 
 def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_folder, monkeypatch):
-    from deploykit import bench
-    from deploykit.engine import EngineMismatchError
+    from deploykit.bench import run
+    from deploykit.errors import EngineMismatchError
 
     def refused(batch):
         raise EngineMismatchError("TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")
@@ -423,9 +473,12 @@ def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_f
     ok = Case(Backend.ort, Precision.FP32, Variant.session, 1,
               lambda batch: Prepared(step=lambda: None, clock=lambda step: (step(), 0.5)[1], clock_name="test"))
     bad = [Case(Backend.trt, Precision.FP16, v, 1, refused) for v in (Variant.end_to_end, Variant.compute)]
-    monkeypatch.setattr(bench, "plan_cases", lambda folder, manifest, options, only=None, **_: ([*bad, ok], []))
-    report = bench_folder(lenet_folder, BenchOptions(iters=2, warmup=0))
+    monkeypatch.setattr(run, "plan_cases", lambda folder, manifest, options, caps, **_: ([*bad, ok], []))
+    recorder = Recorder()
+    report = bench_folder(lenet_folder, BenchOptions(iters=2, warmup=0), reporter=recorder, caps=CPU_HOST)
     assert [(m.backend, m.precision) for m in report.results] == [(Backend.ort, Precision.FP32)]
     assert [(s.backend, s.precision, s.batch, s.reason) for s in report.skipped] == [
         (Backend.trt, Precision.FP16, 1, "TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")]
     assert report.results[0].speedup_vs_torch is None  # no PyTorch row: null, as documented
+    task, = recorder.tasks  # progress through the reporter: one bar, every case counted
+    assert (task.description, task.completed, task.total) == ("bench done", 3, 3)

@@ -266,31 +266,3 @@ def test_reexport_removes_stale_artifacts(cli, resnet18_sd):
         "calib-entropy-0123456789abcdef.json", "deploykit.json", "model.fp16.engine", "model.onnx", "notes.txt"]
     assert not list(Path(".").glob(".ex.deploykit-*"))  # no staging folder or lock left beside it
     assert [a["path"] for a in Manifest.load(Path("ex")).artifacts] == ["model.onnx"]
-
-
-def test_unwritable_destination_names_the_path_not_a_flag():
-    from deploykit.errors import InputError
-    from deploykit.files import atomic_path, ensure_writable_dir
-
-    if not Path("/proc/self").is_dir():
-        pytest.skip("needs Linux /proc (a folder no file can be created in, even as root)")
-    with pytest.raises(InputError, match=r"^cannot write /proc/x\.png: ") as err:
-        with atomic_path(Path("/proc/x.png")) as tmp:
-            tmp.write_bytes(b"never")
-    assert "--" not in str(err.value)
-    with pytest.raises(InputError, match=r"^cannot create output folder /proc/sub: .*; choose another --plot$"):
-        ensure_writable_dir(Path("/proc/sub"), flag="--plot")
-
-
-def test_outputs_get_the_usual_file_mode_not_mkstemps_0600(tmp_path):
-    import os
-    import stat
-
-    from deploykit.files import write_json_atomic
-
-    old = os.umask(0o022)
-    try:
-        write_json_atomic(tmp_path / "m.json", {"a": 1})
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

@@ -24,15 +24,9 @@ DIGITS = [str(i) for i in range(10)]
 
 
 def _checkpoint(path: Path, arch: str, size: int, **extra) -> Path:
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
+    from conftest import make_checkpoint
 
-    torch.manual_seed(0)
-    spec = get_spec(arch)
-    pre = spec.preprocess().replace(height=size, width=size, resize=None)
-    save_checkpoint(path, build_model(arch, num_classes=10), arch=arch, num_classes=10, preprocess=pre,
-                    class_names=DIGITS, input_shape=list(pre.shape), **extra)
-    return path
+    return make_checkpoint(path, arch, 10, size, class_names=DIGITS, **extra)
 
 
 def _run(*args):
@@ -131,7 +125,7 @@ def _measurement(backend, precision, batch, p50, p99):
 
 def test_plot_panels_and_title(tmp_path):
     from deploykit.bench import Backend, BenchReport, write_plot
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     host = {"cpu": "cpu", "cores_available": 2, "threads": 2, "isa": [], "denormals": "flush-to-zero",
             "versions": {"torch": "x", "onnxruntime": "y"}}
@@ -156,10 +150,12 @@ def test_plot_panels_and_title(tmp_path):
 
 
 def test_trt_skip_advice_fits_the_host(tmp_path):
-    from deploykit.bench import _gpu_here, _trt_on_cpu_advice
+    from deploykit.bench import Backend, probe
+    from deploykit.bench.plan import trt_on_cpu_advice
 
-    advice = _trt_on_cpu_advice(tmp_path / "exports" / "m")
-    if _gpu_here():
+    gpu = probe((Backend.trt,)).cuda
+    advice = trt_on_cpu_advice(tmp_path / "exports" / "m", gpu=gpu)
+    if gpu:
         assert "--device cuda" in advice
     else:
         assert advice.startswith("no NVIDIA GPU here") and "deploykit build" in advice
@@ -184,13 +180,15 @@ def test_own_grayscale_folder_warns_and_the_flag_accepts(digit_images):
     from deploykit.precision.calibrate import check_channels
     from deploykit.train import trained_on_grayscale
 
+    from deploykit.reporter import Recorder
+
     images = scan_images(digit_images)
-    warnings: list[str] = []
-    assert check_channels(images, 3, digit_images, warn=warnings.append) is None
-    assert len(warnings) == 1 and "--calib-grayscale" in warnings[0]
-    accepted = check_channels(images, 3, digit_images, accepted="--calib-grayscale says", warn=warnings.append)
-    assert "converted to RGB" in accepted and len(warnings) == 1
-    assert check_channels(images, 1, digit_images, warn=warnings.append) is None and len(warnings) == 1
+    seen = Recorder()
+    assert check_channels(images, 3, digit_images, reporter=seen) is None
+    assert len(seen.of("warn")) == 1 and "--calib-grayscale" in seen.of("warn")[0]
+    accepted = check_channels(images, 3, digit_images, accepted="--calib-grayscale says", reporter=seen)
+    assert "converted to RGB" in accepted and len(seen.of("warn")) == 1
+    assert check_channels(images, 1, digit_images, reporter=seen) is None and len(seen.of("warn")) == 1
     assert trained_on_grayscale({"grayscale_to_rgb": True})
     assert not trained_on_grayscale({"grayscale_to_rgb": False, "train_args": {"data": "digits"}})
     assert trained_on_grayscale({"preprocess": {"channels": 3}, "train_args": {"data": "digits"}})

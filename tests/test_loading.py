@@ -11,7 +11,8 @@ import torchvision
 
 from deploykit.errors import CheckpointError, InputError
 from deploykit.models import get_spec
-from deploykit.models.loading import LoadOptions, detect_kind, load_model, save_checkpoint
+from deploykit.models.checkpoint import detect_kind, save_checkpoint
+from deploykit.models.loading import LoadOptions, load_model
 
 
 def _same_outputs(a, b, shape=(3, 32, 32)) -> None:

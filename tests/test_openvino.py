@@ -92,7 +92,7 @@ def test_fp32_runs_in_f32_and_matches_onnxruntime(export, photos_batch):
 def test_qdq_int8_runs_with_integer_kernels_and_agrees_with_onnxruntime(export, photos_batch):
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
     from deploykit.runners.openvino import OpenVINORunner
-    from deploykit.verify import compare_logits
+    from deploykit.parity import compare_logits
 
     runner = OpenVINORunner(export / "model.int8.onnx", threads=2)
     layers = runner.layer_precisions
@@ -106,7 +106,7 @@ def test_qdq_int8_runs_with_integer_kernels_and_agrees_with_onnxruntime(export, 
 @needs_ov
 def test_bf16_is_asked_for_and_judged_as_bf16(export, photos_batch):
     from deploykit.runners.openvino import OpenVINORunner, native_bf16
-    from deploykit.verify import compare_logits, judge, tolerance_for
+    from deploykit.parity import compare_logits, judge, tolerance_for
 
     if not native_bf16():
         with pytest.raises(MissingDependencyError, match="no native bf16"):
@@ -219,7 +219,7 @@ def test_predict_backend_ov_matches_onnxruntime(export, cli, photos):
 def test_bench_ov_rows_carry_the_parity_of_what_ran_and_name_what_to_ship(export, tmp_path):
     from deploykit.bench import Backend, BenchOptions, bench_folder, default_backends, ship_lines, write_markdown
     from deploykit.runners.openvino import native_bf16
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     assert Backend.ov in default_backends()
     options = BenchOptions(backends=(Backend.ort, Backend.ov), threads=1, warmup=1, iters=3)
@@ -252,7 +252,7 @@ def test_bench_ov_rows_carry_the_parity_of_what_ran_and_name_what_to_ship(export
 @needs_ov
 def test_bench_bf16_without_ov_says_where_it_runs(export):
     from deploykit.bench import Backend, BenchOptions, bench_folder
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     report = bench_folder(export, BenchOptions(backends=(Backend.ort,), precisions=(Precision.BF16,), iters=1,
                                                warmup=0))

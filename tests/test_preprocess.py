@@ -7,6 +7,7 @@ from PIL import Image
 from deploykit.data import sample_images, scan_images
 from deploykit.errors import InputError
 from deploykit.preprocess import Preprocess, parse_floats, parse_input_shape
+from deploykit.reporter import Recorder
 
 
 def test_every_mode_becomes_the_requested_tensor(photos: Path):
@@ -41,8 +42,9 @@ def test_imagefolder_labels_and_warning(tmp_path, photos):
         for n in names:
             (tmp_path / cls / n).write_bytes((photos / n).read_bytes())
     (tmp_path / "other" / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    warnings = []
-    images = scan_images(tmp_path, warn=warnings.append)
+    recorder = Recorder()
+    images = scan_images(tmp_path, reporter=recorder)
+    warnings = recorder.of("warn")
     assert images.class_names == ("cat", "other")
     assert sorted(images.labels) == [0, 1, 1]
     assert warnings and "broken.jpg" in warnings[0]

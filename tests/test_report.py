@@ -18,9 +18,10 @@ def digits_export(tmp_path_factory) -> Path:
     from deploykit.cli import app
 
     root = tmp_path_factory.mktemp("report")
-    images, labels = digits_arrays()
+    images, labels = digits_arrays("train")
     train_lenet(root / "lenet.pth", images[:1000], labels[:1000], epochs=3)
-    val = write_imagefolder(root / "val", images[1500:1600], labels[1500:1600])
+    held_out, held_out_labels = digits_arrays("val")
+    val = write_imagefolder(root / "val", held_out[:100], held_out_labels[:100])
     out = root / "export"
     result = CliRunner().invoke(app, ["export", str(root / "lenet.pth"), "--out", str(out), "--fp16",
                                       "--dynamic-batch", "--data", str(val)])
@@ -42,6 +43,9 @@ def test_report_lists_every_artifact_with_the_manifest_numbers(cli, digits_expor
         assert cells[1] == art["precision"]
         assert cells[6] == f"{m['cosine_min']:.6f}" and cells[7] == f"{m['top1_agreement']:.3f}"
         assert cells[9] == f"{m['accuracy']:.2f}" and cells[-1] == "pass"
+    ship = text.split("## Which file to ship", 1)[1].split("##", 1)[0]  # from the manifest's parity alone
+    assert "| NVIDIA Jetson / GPU | TensorRT | an engine built on the device from `model.fp16.onnx`" in ship
+    assert "| other CPU (ARM, AMD) | ONNX Runtime | `model.onnx` |" in ship and "Intel" not in ship  # no INT8 file
     speed = text.split("## Speed", 1)[1]  # no bench.json yet: nothing invented, the way to get it said
     assert "Not measured yet" in speed and "deploykit bench" in speed and "| backend |" not in speed
 
@@ -63,6 +67,10 @@ def test_report_picks_up_bench_json_and_pngs(cli, digits_export, tmp_path):
         assert any(f"| {r['precision']} |" in line and f"| {r['batch']} |" in line
                    and f"{r['latency_ms']['p50']:.3f}" in line for line in speed)
     assert "Host: " in text and "![confusion](confusion.png)" in text
+    shipped = [r for r in bench["results"] if r["ship"]]
+    assert len(shipped) == 2  # one per batch on the one backend
+    for r in shipped:
+        assert f"- ort (cpu, batch {r['batch']}): {r['artifact']} in {r['precision']}" in text
     assert "Speed" in result.output  # --print renders it on the terminal too
 
 

@@ -50,10 +50,10 @@ def test_mnasnet_loads_with_its_metadata(mnasnet, tmp_path, wrap):
 
 
 def test_metadata_follows_stripped_prefixes(mnasnet):
-    from deploykit.models.loading import _find_state_dict, strip_prefixes
+    from deploykit.models.checkpoint import find_state_dict, strip_prefixes
 
     state = torch.nn.DataParallel(mnasnet).state_dict()
-    stripped = strip_prefixes(_find_state_dict({"model": state}))
+    stripped = strip_prefixes(find_state_dict({"model": state}))
     assert list(stripped) == list(mnasnet.state_dict())
     assert stripped._metadata == mnasnet.state_dict()._metadata
 

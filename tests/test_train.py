@@ -18,6 +18,7 @@ from deploykit.errors import InputError
 from deploykit.manifest import Manifest
 from deploykit.models.loading import load_model
 from deploykit.models.registry import get_spec, list_models
+from deploykit.reporter import Recorder
 from deploykit.train import TrainConfig, find_head, fit, load_data, replace_head
 
 
@@ -150,12 +151,13 @@ def test_resume_continues_exactly(one_thread):
     class Interrupted(Exception):
         pass
 
-    def stop_after_two(line: str) -> None:
-        if line.startswith("epoch 2/3"):
-            raise Interrupted
+    class StopAfterTwo(Recorder):  # a reporter that is killed mid-run, like Ctrl-C after epoch 2
+        def log(self, line: str) -> None:
+            if line.startswith("epoch 2/3"):
+                raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut")), log=stop_after_two)
+        fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut")), reporter=StopAfterTwo())
     assert json.loads(Path("cut/metrics.json").read_text())["epochs"] == 2
     resumed = fit(TrainConfig("lenet", "digits", epochs=3, seed=1, out=Path("cut"), resume=True))
     assert resumed.epochs == 3 and [h.epoch for h in resumed.history] == [1, 2, 3]
@@ -230,7 +232,7 @@ def test_train_and_val_subfolders_are_used_as_given(tmp_path, three_digits):
 
 
 def test_balanced_sampler_draws_classes_evenly(tmp_path, three_digits):
-    from deploykit.train import _Dist, _epoch_sampler
+    from deploykit.train.loop import Dist, epoch_sampler
 
     root = tmp_path / "skewed"
     for name, keep in (("d0", 100), ("d1", 10), ("d2", 10)):
@@ -241,7 +243,7 @@ def test_balanced_sampler_draws_classes_evenly(tmp_path, three_digits):
         config = TrainConfig("lenet", str(root), val_split=0.1, balanced=balanced)
         data = load_data(config, get_spec("lenet"))
         labels = np.asarray(data.train_labels)
-        drawn = np.concatenate([labels[list(_epoch_sampler(data, config, _Dist(), e))] for e in range(5)])
+        drawn = np.concatenate([labels[list(epoch_sampler(data, config, Dist(), e))] for e in range(5)])
         share = np.bincount(drawn, minlength=3) / len(drawn)
         assert check(share), (balanced, share)
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.engine import (DEFAULT_PROFILE, BatchProfile, BuilderFlag, EngineMismatchError, EnginePrecision, Host,
-                              NetworkFlag, Typing, build_command, calibration_hash, check_compatible,
-                              default_timing_cache, engine_name, is_out_of_memory, missing_message, oom_message,
-                              plan_build, probe_host, resolve_profile)
-from deploykit.errors import InputError, MissingDependencyError
+from deploykit.errors import EngineMismatchError, InputError, MissingDependencyError
+from deploykit.tensorrt.build import (BuilderFlag, NetworkFlag, Typing, calibration_hash, is_out_of_memory,
+                                      oom_message, plan_build)
+from deploykit.tensorrt.host import (Host, check_compatible, default_timing_cache, missing_message, probe_host)
+from deploykit.tensorrt.profile import (DEFAULT_PROFILE, BatchProfile, EnginePrecision, build_command, engine_name,
+                                        resolve_profile)
 from deploykit.manifest import Manifest
 
 _PROBE = probe_host()
@@ -225,20 +226,6 @@ def test_calibration_hash_comes_from_the_calibration_cache(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(scope="module")
-def lenet_ckpt(tmp_path_factory) -> Path:
-    import torch
-
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("lenet_trt") / "lenet.pt"
-    save_checkpoint(path, build_model("lenet", num_classes=10), arch="lenet", num_classes=10,
-                    preprocess=get_spec("lenet").preprocess())
-    return path
-
-
 @pytest.mark.skipif(TRT_HERE, reason="TensorRT and a GPU are here: the engine is built instead (see the trt tests)")
 def test_export_to_trt_writes_and_verifies_onnx_then_exits_3(cli, lenet_ckpt, tmp_path):
     out = tmp_path / "exp"
@@ -414,7 +401,7 @@ def test_build_verify_and_run_engines(cli, trt_folder, precision, photos, monkey
     import tensorrt as trt
 
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
-    from deploykit.runners.trt import TensorRTRunner
+    from deploykit.tensorrt.runner import TensorRTRunner
 
     monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", str(tmp_path / "cache"))
     result = cli("build", trt_folder, "--precision", precision, "--profile", "1:4:8", "--workspace", "1")

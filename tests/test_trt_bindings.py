@@ -156,16 +156,16 @@ def deploykit_uses() -> Uses:
 
 def plan_flags(version: str) -> tuple[set[str], set[str], set[str]]:
     """(builder flags set -- required, network flags, builder flags cleared) over every engine precision."""
-    try:
-        from deploykit.tensorrt.build import EnginePrecision, plan_build
-    except ImportError:
-        from deploykit.engine import EnginePrecision, plan_build
+    from deploykit.tensorrt.build import plan_build
+    from deploykit.tensorrt.profile import EnginePrecision
+
     set_, network, clear = set(), set(), set()
     for precision in EnginePrecision:
-        plan = plan_build(version, precision)
-        set_ |= {f.value for f in plan.set_flags}
-        network |= {f.value for f in plan.network_flags}
-        clear |= {f.value for f in plan.clear_flags}
+        for fp16_remainder in (False, True):
+            plan = plan_build(version, precision, fp16_remainder=fp16_remainder)
+            set_ |= {f.value for f in plan.set_flags}
+            network |= {f.value for f in plan.network_flags}
+            clear |= {f.value for f in plan.clear_flags}
     return set_, network, clear
 
 

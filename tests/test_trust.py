@@ -237,12 +237,13 @@ def test_extreme_images_are_refused_before_decoding(tmp_path):
 
 def test_a_bomb_in_a_folder_is_skipped_with_the_rest_used(tmp_path):
     from deploykit.data import scan_images
+    from deploykit.reporter import Recorder
 
     Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.png")
-    warnings = []
-    images = scan_images(tmp_path, warn=warnings.append)
-    assert [p.name for p in images.paths] == ["ok.png"] and "bomb.png" in warnings[0]
+    recorder = Recorder()
+    images = scan_images(tmp_path, reporter=recorder)
+    assert [p.name for p in images.paths] == ["ok.png"] and "bomb.png" in recorder.of("warn")[0]
 
 
 @pytest.mark.parametrize("changes", [dict(height=100000), dict(resize=100000), dict(mean=(float("nan"),) * 3),

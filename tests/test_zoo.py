@@ -100,7 +100,7 @@ def test_models_command_lists_every_entry_by_family(cli):
 def test_no_two_entries_share_a_state_dict_layout():
     """Inference cannot tie: at 1000 classes every entry's keys+shapes differ (RegNet/ShuffleNet widths, ResNet-50
     vs ResNeXt-50 vs Wide ResNet-50 share key sets and differ in shapes; Swin v1/v2 differ in keys)."""
-    from deploykit.models.loading import _fingerprints, _signature
+    from deploykit.models.identify import _fingerprints, _signature
 
     layouts = {}
     for name in list_models():
@@ -114,19 +114,19 @@ def test_no_two_entries_share_a_state_dict_layout():
 
 def test_a_true_tie_is_an_error_naming_the_entries(monkeypatch):
     """Two entries with one layout: the error names both and says --arch (a registered copy of resnet18)."""
-    from deploykit.models import loading, registry
+    from deploykit.models import identify, registry
 
     spec = get_spec("resnet18")
-    table = {**loading._zoo_signatures(), "resnet18_copy": loading._signature("resnet18")}
-    caches = (loading._fingerprints, loading._signature)
+    table = {**identify._zoo_signatures(), "resnet18_copy": identify._signature("resnet18")}
+    caches = (identify._fingerprints, identify._signature)
     monkeypatch.setitem(registry._REGISTRY, "resnet18_copy", ModelSpec("resnet18_copy", "resnet", spec.builder))
-    monkeypatch.setattr(loading, "_zoo_signatures", lambda: table)
+    monkeypatch.setattr(identify, "_zoo_signatures", lambda: table)
     for cached in caches:
         cached.cache_clear()
     try:
         state = spec.build_on_meta(7).state_dict()
         with pytest.raises(CheckpointError, match=r"resnet18 with 7 classes, resnet18_copy with 7 classes.*--arch"):
-            loading.infer_architecture(state)
+            identify.infer_architecture(state)
     finally:
         monkeypatch.undo()
         for cached in caches:
@@ -141,7 +141,7 @@ def _params(names, quick):
                          [pytest.param("all", marks=SLOW)])
 def test_every_entry_is_inferred_from_its_state_dict(name):
     """Each entry's 7-class state_dict (shapes on the meta device) is inferred as that entry and 7 classes."""
-    from deploykit.models.loading import infer_architecture
+    from deploykit.models.identify import infer_architecture
 
     names = list_models() if name == "all" else [name]
     for arch in names:

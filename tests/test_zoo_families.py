@@ -21,7 +21,7 @@ from onnx import TensorProto
 from deploykit.data import sample_images
 from deploykit.models.loading import LoadedModel
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from deploykit.verify import Precision, compare_logits, judge, tolerance_for
+from deploykit.parity import Precision, compare_logits, judge, tolerance_for
 from test_precision import _types  # the dtype of every tensor of a graph, as the precision tests read it
 
 

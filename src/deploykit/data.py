@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from deploykit.errors import InputError
 from deploykit.preprocess import Preprocess, open_image
+from deploykit.reporter import SILENT, Reporter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
                   ".pnm", ".jp2", ".tga", ".ico"}
@@ -76,10 +77,11 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def scan_images(folder: Path, *, what: str = "--data", check: bool = True, warn=None) -> ImageSet:
+def scan_images(folder: Path, *, what: str = "--data", check: bool = True,
+                reporter: Reporter = SILENT) -> ImageSet:
     """Read an ImageFolder (``folder/<class>/*.jpg``) or a flat folder of images.
 
-    Non-image files and unreadable images are skipped and reported through ``warn``.
+    Non-image files and unreadable images are skipped and reported as a warning on ``reporter``.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -112,9 +114,9 @@ def scan_images(folder: Path, *, what: str = "--data", check: bool = True, warn=
     else:
         paths = flat + [p for files in class_files.values() for p in files]
         result = ImageSet(tuple(paths), None, None, str(folder), tuple(skipped))
-    if warn is not None and skipped:
+    if skipped:
         shown = ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        warn(f"skipped {len(skipped)} file(s) that are not readable images in {folder}: {shown}")
+        reporter.warn(f"skipped {len(skipped)} file(s) that are not readable images in {folder}: {shown}")
     if not result.paths:
         raise InputError(f"no readable images in {what} folder {folder}; put .jpg/.png files in it "
                          "(flat, or one subfolder per class)")
@@ -135,23 +137,68 @@ def sample_images() -> ImageSet:
     return ImageSet(paths, None, None, "scikit-image sample photos")
 
 
-def resolve_images(data: Path | str | None, *, warn=None, split: str = "val", what: str = "--data") -> ImageSet:
+# The default verification set: deterministic views of the sample photos -- whole, flipped, corner and centre
+# crops at three scales -- so a verdict without --data rests on 200+ images, not 22. (scale, x, y, mirrored): the
+# crop is ``scale`` of each side, its top-left at ``x``/``y`` of the room left.
+PHOTO_VIEWS = ((1.0, .5, .5, False), (1.0, .5, .5, True), (.6, 0., 0., False), (.6, 1., 0., False),
+               (.6, 0., 1., False), (.6, 1., 1., False), (.6, .5, .5, False), (.8, .5, .5, True),
+               (.45, .5, .5, False), (.45, .3, .6, True))
+VIEW_MAX_SIDE = 384  # views are stored at most this large: every model resizes them anyway
+
+
+def photo_views() -> ImageSet:
+    """The default verification images: :data:`PHOTO_VIEWS` of each scikit-image sample photo, written once per
+    process as PNG files into a temporary folder removed at exit (a user's own images are better: --data)."""
+    return _photo_views(sample_images().paths)
+
+
+@lru_cache(maxsize=None)
+def _photo_views(photos: tuple[Path, ...]) -> ImageSet:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="deploykit-photo-views-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    paths = []
+    for photo in photos:
+        with Image.open(photo) as img:
+            img.load()
+            if img.mode not in ("L", "RGB"):
+                img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+            w, h = img.size
+            for k, (scale, fx, fy, mirror) in enumerate(PHOTO_VIEWS):
+                cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+                left, top = round((w - cw) * fx), round((h - ch) * fy)
+                view = img.crop((left, top, left + cw, top + ch))
+                if mirror:
+                    view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                view.thumbnail((VIEW_MAX_SIDE, VIEW_MAX_SIDE), Image.Resampling.BILINEAR)
+                path = folder / f"{photo.stem}-{k}.png"
+                view.save(path, compress_level=1)
+                paths.append(path)
+    return ImageSet(tuple(paths), None, None,
+                    f"{len(paths)} views (crops, flips) of the {len(photos)} scikit-image sample photos")
+
+
+def resolve_images(data: Path | str | None, *, reporter: Reporter = SILENT, split: str = "val",
+                   what: str = "--data") -> ImageSet:
     """Images for verification or calibration: the bundled sample photos when ``data`` is None, a bundled dataset
     by name (``digits``: its ``split``, labelled; ``train`` for calibration, ``val`` -- the held-out images train
     and eval use -- for verification), or a folder. An existing folder wins over a bundled name."""
     if data is None:
-        return sample_images()
+        return photo_views()
     name = _bundled_name(data)
     if name is not None:
         return bundled_images(name, Split(split), what=what)
-    return scan_images(Path(data), what=what, warn=warn)
+    return scan_images(Path(data), what=what, reporter=reporter)
 
 
-def verification_set(data: Path | str | None, *, warn=None, max_images: int = 256) -> ImageSet:
+def verification_set(data: Path | str | None, *, reporter: Reporter = SILENT, max_images: int = 256) -> ImageSet:
     """The images verification runs on: a seeded sample of at most ``max_images``, except that a bundled
     held-out split of up to ``WHOLE_SPLIT_MAX`` images (digits: 360) is used whole, so its accuracy is the one
     ``train`` and ``eval`` report."""
-    images = resolve_images(data, warn=warn)
+    images = resolve_images(data, reporter=reporter)
     if _bundled_name(data) is not None and len(images) <= WHOLE_SPLIT_MAX:
         return images
     return images.sample(max_images)
@@ -297,7 +344,8 @@ def val_folder(folder: Path) -> Path | None:
     return None
 
 
-def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=None) -> tuple[ImageSet, ImageSet]:
+def split_imagefolder(folder: Path, *, val_split: float | None, seed: int,
+                      reporter: Reporter = SILENT) -> tuple[ImageSet, ImageSet]:
     """``folder/train`` + ``folder/val`` (or valid/validation/test), or one ImageFolder split per class.
 
     The split is stratified and depends only on ``seed`` and the file list, so a run can be repeated.
@@ -310,8 +358,8 @@ def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=
     if (folder / "train").is_dir() and val_dir is not None:
         if val_split is not None:
             raise InputError(f"--val-split does not apply: {folder} already has train/ and {val_dir.name}/ folders")
-        train = _labelled(scan_images(folder / "train", warn=warn), folder / "train")
-        val = _labelled(scan_images(val_dir, warn=warn), val_dir, min_classes=1)
+        train = _labelled(scan_images(folder / "train", reporter=reporter), folder / "train")
+        val = _labelled(scan_images(val_dir, reporter=reporter), val_dir, min_classes=1)
         unknown = sorted(set(val.class_names) - set(train.class_names))
         if unknown:
             raise InputError(f"{val_dir} has classes that {folder / 'train'} lacks: {', '.join(unknown[:5])}")
@@ -320,7 +368,7 @@ def split_imagefolder(folder: Path, *, val_split: float | None, seed: int, warn=
             val = ImageSet(val.paths, tuple(index[val.class_names[label]] for label in val.labels),
                            train.class_names, val.source, val.skipped)
         return train, val
-    whole = _labelled(scan_images(folder, warn=warn), folder)
+    whole = _labelled(scan_images(folder, reporter=reporter), folder)
     fraction = 0.2 if val_split is None else val_split
     if not 0.0 < fraction < 1.0:
         raise InputError(f"--val-split must be between 0 and 1 (exclusive), got {fraction}")

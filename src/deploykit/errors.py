@@ -33,6 +33,18 @@ class MissingDependencyError(DeployKitError):
     exit_code = 3
 
 
+class EngineBuildError(DeployKitError):
+    """TensorRT could not parse the ONNX or build the engine."""
+
+
+class EngineMismatchError(DeployKitError):
+    """An engine was built by another TensorRT version or for another GPU than the one here."""
+
+
+class EngineRuntimeError(DeployKitError):
+    """A loaded TensorRT engine could not run: no execution context, a rejected buffer, a failed CUDA call."""
+
+
 # Modules that come with an extra (pyproject.toml), and what that extra is for.
 EXTRAS = {"torch": ("torch", "PyTorch"), "torchvision": ("torch", "PyTorch"), "onnxscript": ("torch", "PyTorch"),
           "safetensors": ("torch", "PyTorch"), "sklearn": ("data", "scikit-learn (the digits dataset)"),

@@ -15,6 +15,7 @@ import numpy as np
 from deploykit.data import (Bundled, LabelledImages, Split, bundled, bundled_split, scan_images,
                             val_folder)
 from deploykit.errors import InputError
+from deploykit.reporter import SILENT, Reporter
 
 CHUNK = 64  # images preprocessed and run per step
 
@@ -82,18 +83,19 @@ def map_classes(data_names, model_names: list[str] | None, num_classes: int) -> 
                                           f"sorted order ({shown}); pass --labels to map them by name")
 
 
-def _map_labels(labels, data_names, model_names: list[str] | None, num_classes: int, note=None) -> np.ndarray:
+def _map_labels(labels, data_names, model_names: list[str] | None, num_classes: int,
+                reporter: Reporter) -> np.ndarray:
     index, how = map_classes(data_names, model_names, num_classes)
-    if note is not None:
-        note(how)
+    reporter.note(how)
     return np.array([index[label] for label in labels], dtype=np.int64)
 
 
-def _labelled(data: str | Path, data_root: Path | None, model_names, num_classes: int, note=None) -> _Labelled:
+def _labelled(data: str | Path, data_root: Path | None, model_names, num_classes: int,
+              reporter: Reporter) -> _Labelled:
     name = bundled(data)
     if name is not None:
         items: LabelledImages = bundled_split(name, Split.val, data_root=data_root)
-        labels = _map_labels(items.labels, items.class_names, model_names, num_classes, note)
+        labels = _map_labels(items.labels, items.class_names, model_names, num_classes, reporter)
         return _Labelled(len(items), lambda a, b, pre: np.stack([pre.apply(items.image(i)) for i in range(a, b)]),
                          labels, items.source)
     if data_root is not None:
@@ -102,38 +104,37 @@ def _labelled(data: str | Path, data_root: Path | None, model_names, num_classes
     folder = Path(data)
     val = val_folder(folder) if folder.is_dir() and (folder / "train").is_dir() else None
     if val is not None:  # a dataset root with train/ and val/: evaluate the held-out part
-        if note is not None:
-            note(f"{folder} has train/ and {val.name}/: evaluating on {val}")
+        reporter.note(f"{folder} has train/ and {val.name}/: evaluating on {val}")
         folder = val
     images = scan_images(folder)
     if images.labels is None:
         raise InputError(f"--data {folder} is not labelled: eval needs an ImageFolder, {folder}/<class name>/*.png "
                          "(`deploykit data digits --out DIR` writes one)")
-    labels = _map_labels(images.labels, images.class_names, model_names, num_classes, note)
+    labels = _map_labels(images.labels, images.class_names, model_names, num_classes, reporter)
     return _Labelled(len(images), lambda a, b, pre: pre.batch(images.paths[a:b]), labels, images.source)
 
 
 def evaluate_model(model: Path, data: str | Path, *, data_root: Path | None = None, options=None,
-                   progress=None, note=None) -> EvalReport:
-    """Run ``model`` on every labelled image of ``data`` (a folder or a bundled dataset's held-out split)."""
+                   reporter: Reporter = SILENT) -> EvalReport:
+    """Run ``model`` on every labelled image of ``data`` (a folder or a bundled dataset's held-out split); a bar
+    and notes (how class folders map onto the model's outputs) on ``reporter``."""
     from deploykit.predict import load_predictor
 
     predictor = load_predictor(Path(model), options=options)
     num_classes = _num_classes(predictor)
     names = list(predictor.class_names) if predictor.class_names else [str(i) for i in range(num_classes)]
-    labelled = _labelled(data, data_root, predictor.class_names, num_classes, note=note)
-    task = progress.add_task("evaluating", total=labelled.count) if progress is not None else None
+    labelled = _labelled(data, data_root, predictor.class_names, num_classes, reporter)
     predictions, topk_hits = [], 0
     k = min(5, num_classes)
-    for start in range(0, labelled.count, CHUNK):
-        stop = min(start + CHUNK, labelled.count)
-        logits = predictor.runner.infer(labelled.load(start, stop, predictor.preprocess))
-        truth = labelled.labels[start:stop]
-        predictions.append(logits.argmax(axis=1))
-        top = np.argsort(-logits, axis=1)[:, :k]
-        topk_hits += int((top == truth[:, None]).any(axis=1).sum())
-        if task is not None:
-            progress.update(task, advance=stop - start)
+    with reporter.progress("evaluating", total=labelled.count) as task:
+        for start in range(0, labelled.count, CHUNK):
+            stop = min(start + CHUNK, labelled.count)
+            logits = predictor.runner.infer(labelled.load(start, stop, predictor.preprocess))
+            truth = labelled.labels[start:stop]
+            predictions.append(logits.argmax(axis=1))
+            top = np.argsort(-logits, axis=1)[:, :k]
+            topk_hits += int((top == truth[:, None]).any(axis=1).sum())
+            task.advance(stop - start)
     predicted = np.concatenate(predictions)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labelled.labels, predicted), 1)

@@ -46,7 +46,10 @@ def export_onnx(loaded: LoadedModel, dest: Path, *, opset: int = DEFAULT_OPSET, 
                          "or drop --dynamic-batch")
     example_batch = max(2, batch) if dynamic_batch and not is_script else batch
     if is_program:
-        example_batch = _program_batch(module) or batch
+        from deploykit.models.program import program_input
+
+        traced = program_input(module)  # the batch it was traced with (a dynamic one: its example's)
+        example_batch = int(traced.shape[0]) if traced is not None and len(traced.shape) else batch
     example = torch.zeros(example_batch, *loaded.preprocess.shape)
     dest = Path(dest)
     log = io.StringIO()
@@ -105,14 +108,6 @@ def _name_io(model) -> None:
             node.input[i] = renames.get(name, name)
         for i, name in enumerate(node.output):
             node.output[i] = renames.get(name, name)
-
-
-def _program_batch(program) -> int | None:
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            return int(node.meta["val"].shape[0])
-    return None
 
 
 def onnx_io(path: Path) -> dict:

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit import __version__
-from deploykit.data import resolve_images, verification_set
+from deploykit.data import resolve_images
 from deploykit.errors import InputError
 from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io
 from deploykit.files import sha256_file
 from deploykit.folder import folder_lock, staged_export, terminate_as_interrupt
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
-from deploykit.runners.onnxrt import OnnxRuntimeRunner
-from deploykit.runners.torch import TorchRunner
-from deploykit.verify import ParityReport, accuracy_labels, evaluate, explain_fp16_failures, record_parity
+from deploykit.parity import ParityReport
+from deploykit.reporter import SILENT, Reporter
+from deploykit.verify import record_parity, verify_folder
 
 
 @dataclass
@@ -56,25 +56,23 @@ def _same_source(previous: Manifest, model_path: Path, sha256: str) -> bool:
 
 def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
                   opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
-                  data: Path | None = None, warn=None, status=None, note=None, precision=None,
+                  data: Path | None = None, reporter: Reporter = SILENT, precision=None,
                   force: bool = False) -> ExportResult:
     """Export ``model_path`` into an export folder, as one transaction (see :mod:`deploykit.folder`): the folder
     appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export."""
     options = options or LoadOptions()
     model_path = Path(model_path)
-    step = status or (lambda msg: None)
-    tell = note or warn or (lambda msg: None)
     if verify and data is not None:
-        resolve_images(data, warn=warn)  # a bad --data fails before minutes of export work
+        resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
     calib_images = None
     if precision is not None and precision.any:
         from deploykit.precision import prepare_calibration
 
-        calib_images = prepare_calibration(precision, warn=warn)  # likewise a bad --calib
-    step(f"loading {model_path}")
+        calib_images = prepare_calibration(precision, reporter=reporter)  # likewise a bad --calib
+    reporter.status(f"loading {model_path}")
     loaded = load_model(model_path, options)
     for msg in loaded.notes:
-        tell(msg)
+        reporter.note(msg)
     if precision is not None and precision.int8 and loaded.kind == "deploykit":
         from dataclasses import replace as _replace
 
@@ -88,26 +86,26 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
             raise InputError(f"{final} holds the export of another model ({Path(previous.source['path']).name}); "
                              "choose another --out, or pass --force to replace it")
         result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
-                              dynamic_batch=dynamic_batch, verify=verify, data=data, warn=warn, step=step,
-                              tell=tell, precision=precision, calib_images=calib_images)
+                              dynamic_batch=dynamic_batch, verify=verify, data=data, reporter=reporter,
+                              precision=precision, calib_images=calib_images)
         if previous is not None:
             dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
             if dropped:
-                tell("replaced the earlier export; its artifacts the new one does not make are gone: "
+                reporter.note("replaced the earlier export; its artifacts the new one does not make are gone: "
                      + ", ".join(dropped))
     result.manifest.folder = final
     result.folder = final
     here = os.getcwd()
     if previous is not None and (here == os.path.abspath(final) or here.startswith(os.path.abspath(final) + os.sep)):
-        tell(f"{final} was replaced as a whole folder; a shell that was inside it still sees the old one: "
+        reporter.note(f"{final} was replaced as a whole folder; a shell that was inside it still sees the old one: "
              f'cd "{here}"')
     return result
 
 
 def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
-                 options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, warn, step, tell, precision,
+                 options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, reporter: Reporter, precision,
                  calib_images) -> ExportResult:
-    step("exporting ONNX")
+    reporter.status("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)
     manifest = Manifest(
@@ -119,6 +117,7 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         output=io["output"],
         preprocess=loaded.preprocess.to_dict(),
         opset=io["opset"],
+        folder=folder,  # the staging folder while the export is being written (artifacts are checked in it)
     )
     manifest.versions["deploykit"] = __version__
     manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
@@ -132,14 +131,15 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         precision = precision if verify else replace(precision, check=False)
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
-            class_names=loaded.class_names, num_classes=loaded.num_classes, warn=warn, status=step)
+            class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter)
         for msg in precision_result.notes:
-            tell(msg)
+            reporter.note(msg)
     report = None
     if verify:
-        step("verifying against PyTorch")
-        report = verify_artifacts(folder, manifest, loaded, data=data, warn=warn,
-                                  overrides=getattr(precision, "overrides", None))
+        reporter.status("verifying against PyTorch")
+        report = verify_folder(folder, manifest=manifest, loaded=loaded, data=data, reporter=reporter,
+                               overrides=getattr(precision, "overrides", None))
+        record_parity(manifest, report)
     manifest.save(folder)
     return ExportResult(folder, manifest, loaded, report, precision_result)
 
@@ -151,18 +151,3 @@ def _relative_to(path: Path, folder: Path) -> str:
         return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
     except ValueError:
         return str(Path(path).resolve())
-
-
-def verify_artifacts(folder: Path, manifest: Manifest, loaded: LoadedModel, *, data: Path | None = None,
-                     warn=None, max_images: int = 256, overrides=None) -> ParityReport:
-    """Verify the manifest's ONNX artifacts against the in-memory PyTorch model; record parity in the manifest."""
-    images = verification_set(data, warn=warn, max_images=max_images)
-    batch = images.load(loaded.preprocess)
-    reference = TorchRunner(loaded.module, loaded.preprocess.shape)
-    candidates = [(a["path"], a["precision"], OnnxRuntimeRunner(folder / a["path"]))
-                  for a in manifest.artifacts if a["path"].endswith(".onnx")]
-    labels = accuracy_labels(images, loaded.class_names, loaded.num_classes, warn)
-    report = evaluate(reference, candidates, batch, labels=labels, overrides=overrides, data_name=images.source)
-    explain_fp16_failures(report, loaded.module, batch)
-    record_parity(manifest, report)
-    return report

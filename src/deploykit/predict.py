@@ -133,14 +133,14 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         path = manifest.file(entry)
         return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
                          f"{path} ({entry['precision']}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
-    from deploykit.engine import is_engine
+    from deploykit.tensorrt.profile import is_engine
 
     if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
         manifest = _listed_in_manifest(artifact)
         if manifest is None:
             raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it, listing it; "
                              "copy the whole folder")
-        from deploykit.runners.trt import TensorRTRunner
+        from deploykit.tensorrt.runner import TensorRTRunner
 
         entry = manifest.artifact(artifact.resolve().name)
         return Predictor(TensorRTRunner(manifest.file(entry)), manifest.preprocessing, manifest.class_names,

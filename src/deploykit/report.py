@@ -138,15 +138,18 @@ def _int8_lines(manifest: Manifest) -> list[str]:
         calib = details.get("calibration")
         if not calib:
             continue
-        target = {"tensorrt": "TensorRT (Q/DQ)", "cpu": "ONNX Runtime CPU"}.get(details.get("target"),
+        target = {"tensorrt": "TensorRT (Q/DQ) and OpenVINO on Intel CPUs", "cpu": "ONNX Runtime CPU",
+                  "onnxruntime-cpu": "ONNX Runtime CPU"}.get(details.get("target"),
                                                                               details.get("target") or "?")
         kept = details.get("fp32_layers") or []
+        other = {"fp16": "FP16", "fp32": "FP32"}.get(details.get("remainder"), "FP32")  # model.int8.onnx's remainder
         lines.append(f"- `{art['path']}` for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
                      f"({md(calib.get('method', '?'))})"
                      + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
                      + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
                         else "")
-                     + (f", kept in FP32: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
+                     + (f", the rest in {other}" if details.get("remainder") else "")
+                     + (f", kept in {other}: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
     return lines
 
 
@@ -185,6 +188,35 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Which runtime runs which artifact on which device (README "Which artifact to ship"); a row is shown when the
+# folder holds the file and its parity passed.
+SHIP = (("NVIDIA Jetson / GPU", "TensorRT", ("int8", "fp16", "fp32"),
+         "an engine built on the device from `{path}`: `deploykit build {folder} --precision {precision}`"),
+        ("Intel CPU", "OpenVINO", ("int8",), "`{path}` as it is (the file TensorRT builds from; integer kernels)"),
+        ("other CPU (ARM, AMD)", "ONNX Runtime", ("int8-cpu", "fp32"), "`{path}`"))
+
+
+def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) -> list[str]:
+    """Per device: the verified artifact to ship (from the manifest's parity), then what bench measured fastest."""
+    passed = {a.get("precision"): a["path"] for a in manifest.artifacts
+              if a["path"].endswith(".onnx") and (a.get("parity") or {}).get("passed")}
+    lines = ["| device | runtime | ship |", "|---|---|---|"]
+    for device, runtime, order, text in SHIP:
+        precision = next((p for p in order if p in passed), None)
+        if precision is not None:
+            lines.append(f"| {device} | {runtime} | " + text.format(path=passed[precision], folder=md(str(folder)),
+                                                                      precision=precision) + " |")
+    if len(lines) == 2:
+        return ["No artifact of this folder has passed verification yet: `deploykit verify " + md(str(folder)) + "`."]
+    fastest = [r for r in (bench or {}).get("results", []) if r.get("ship")]
+    if fastest:
+        lines += ["", "Fastest verified on the bench host (`deploykit bench`):", ""]
+        lines += [f"- {md(r.get('backend'))} ({md(r.get('device'))}, batch {md(r.get('batch'))}): "
+                  f"{md(r.get('artifact', r.get('precision')))} in {md(r.get('precision'))}, p50 "
+                  f"{_num((r.get('latency_ms') or {}).get('p50'), '.3f')} ms" for r in fastest]
+    return lines
+
+
 def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: Manifest | None = None) -> str:
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
@@ -218,6 +250,7 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
     engines = _engine_lines(manifest)
     if engines:
         lines += ["", "TensorRT engines:", ""] + engines
+    lines += ["", "## Which file to ship", ""] + _ship_lines(manifest, folder, bench)
     if bench is not None:
         lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; img/s = batch / p50 and `vs torch` = "
                   "PyTorch eager FP32 p50 / this p50 on the same device and batch.", ""] + _bench_lines(bench)

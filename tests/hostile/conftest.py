@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 def _lenet_checkpoint(path: Path, seed: int, class_names: list[str]) -> Path:
     import torch
 
-    from deploykit.models.loading import save_checkpoint
+    from deploykit.models.checkpoint import save_checkpoint
     from deploykit.models.registry import build_model, get_spec
     from deploykit.preprocess import Preprocess
 

@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from deploykit.bench import Device
 from deploykit.cli.app import app
+from deploykit.cli.render import console, err_console, warn
 from deploykit.files import dumps_strict
-from deploykit.cli.render import console, err_console, note, status, warn
+from deploykit.runners.base import Device
 
 
 @app.command()
@@ -49,10 +49,11 @@ def bench(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
-                                 parse_list, render_table, ship_lines, skip_text, write_markdown, write_plot)
-    from deploykit.cli.progress import progress_bar
+                                 parse_list, ship_lines, skip_text, write_markdown, write_plot)
+    from deploykit.cli.render_bench import bench_table
+    from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
-    from deploykit.verify import Precision
+    from deploykit.parity import Precision
 
     options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
                                                                                            "--backends"),
@@ -71,15 +72,9 @@ def bench(
         keep_in = target
 
     # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                      auto_refresh=False, transient=True) as bar:
-        task = bar.add_task("benchmarking", total=None)
-
-        def progress(label: str, done: int, total: int) -> None:
-            bar.update(task, description=f"bench {label}", completed=done, total=total)
-            bar.refresh()
-
-        report = bench_target(target, options, status=status, warn=warn, note=note, progress=progress)
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               auto_refresh=False)
+    report = bench_target(target, options, reporter=reporter)
 
     busy = report.host.get("load_avg_1m")
     if busy is not None and busy >= report.host["cores_available"]:
@@ -89,7 +84,7 @@ def bench(
     if as_json:
         print(dumps_strict(report.to_json()))
     else:
-        console.print(render_table(report))
+        console.print(bench_table(report))
         for line in ship_lines(report):
             console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:

@@ -10,19 +10,10 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
-from deploykit.cli.render import console, err_console, note, parity_table, status, warn
-from deploykit.engine import EnginePrecision
+from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
+from deploykit.cli.render import console, err_console, note, parity_table, status
 from deploykit.errors import InputError
-
-ProfileOpt = Annotated[Optional[str], typer.Option(
-    "--profile", help="Batch optimization profile MIN:OPT:MAX for a dynamic-batch export \\[default: 1:8:32].")]
-WorkspaceOpt = Annotated[Optional[float], typer.Option(
-    "--workspace", help="TensorRT builder workspace in GiB \\[default: TensorRT's, all free GPU memory]; "
-                        "lower it when a Jetson build runs out of memory.")]
-TimingCacheOpt = Annotated[Optional[Path], typer.Option(
-    "--timing-cache", help="Timing cache file, reused across builds \\[default: one per TensorRT version and "
-                           "GPU under the user cache dir].")]
-
+from deploykit.tensorrt.profile import EnginePrecision
 
 # The value `--dynamic-batch` may take: MIN:OPT:MAX or N; malformed ranges too, so that they fail with the
 # profile's own message rather than as a stray MODEL argument.
@@ -69,12 +60,18 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
                      timing_cache: Path | None, data: Path | None, verify: bool, done: str | None = None,
                      loaded=None):
     """Build the engine with a progress bar, then verify it (PyTorch reference, else the FP32 ONNX)."""
-    from deploykit.engine import BatchProfile, build_engine, rich_build_progress
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from deploykit.cli.reporter import ConsoleReporter
+    from deploykit.tensorrt.build import build_engine
+    from deploykit.tensorrt.profile import BatchProfile
 
     requested = BatchProfile.parse(profile) if profile is not None else None
-    with rich_build_progress(err_console) as progress:
-        result = build_engine(folder, precision, profile=requested, workspace_gib=workspace,
-                              timing_cache=timing_cache, progress=progress, status=status, warn=warn, done=done)
+    # one row per TensorRT build phase: phases have no reliable time left, so the elapsed time instead
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn())
+    result = build_engine(folder, precision, profile=requested, workspace_gib=workspace, timing_cache=timing_cache,
+                          reporter=reporter, done=done)
     for msg in result.notes:
         note(msg)
     facts = result.facts
@@ -89,7 +86,9 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
         from deploykit.verify import record_parity, verify_folder
 
         status(f"verifying {result.path.name}")
-        report = verify_folder(folder, data=data, warn=warn, only=[result.path.name], loaded=loaded)
+        from deploykit.cli.reporter import ConsoleReporter
+
+        report = verify_folder(folder, data=data, reporter=ConsoleReporter(), only=[result.path.name], loaded=loaded)
         manifest = Manifest.load(folder)
         record_parity(manifest, report)
         manifest.save(folder)

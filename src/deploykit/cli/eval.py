@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
-from deploykit.cli.export import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
-                                  ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
+                                   ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.files import dumps_strict
-from deploykit.cli.render import console, err_console, note
+from deploykit.cli.render import console, err_console
 
 
 @app.command("eval")
@@ -38,8 +38,7 @@ def eval_(
     """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from deploykit.cli.progress import progress_bar
-
+    from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
     from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
 
@@ -47,9 +46,8 @@ def eval_(
         raise InputError(f"--plot {plot} is a folder; give a file name such as {plot / 'confusion.png'}")
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, None,
                            labels)
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                      transient=True) as bar:
-        report = evaluate_model(model, data, data_root=data_root, options=options, progress=bar, note=note)
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    report = evaluate_model(model, data, data_root=data_root, options=options, reporter=reporter)
     png = plot_confusion(report, plot or default_plot_path(model))
     if as_json:
         print(dumps_strict(report.to_json()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,70 +9,22 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.build import DynamicBatchCommand, ProfileOpt, TimingCacheOpt, WorkspaceOpt
-from deploykit.cli.render import console, note, parity_table, status, warn
+from deploykit.cli.build import DynamicBatchCommand
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt, MeanOpt,
+                                   ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt, ResizeOpt, StdOpt,
+                                   TimingCacheOpt, WorkspaceOpt, load_options)
+from deploykit.cli.render import console, note, parity_table
+from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
-from deploykit.models.loading import LoadOptions
-from deploykit.precision.build import Int8Target
+from deploykit.precision.variants import Int8Target
 from deploykit.precision.calibrate import DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod
-from deploykit.preprocess import parse_floats, parse_input_shape
+from deploykit.precision.remainder import Remainder
 
 
 class Target(str, Enum):
     onnx = "onnx"
     trt = "trt"
-
-
-def load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, resize,
-                 labels) -> LoadOptions:
-    kwargs = {}
-    if model_kwargs:
-        try:
-            kwargs = json.loads(model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--model-kwargs must be a JSON object, e.g. '{{\"num_classes\": 5}}' ({exc.msg})") from None
-        if not isinstance(kwargs, dict):
-            raise InputError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 5}'")
-    if num_classes is not None and not 1 <= num_classes <= 1_000_000:
-        raise InputError("--num-classes must be between 1 and 1000000")
-    if resize is not None and not 0 <= resize <= 4096:
-        raise InputError(f"--resize is the shorter side in pixels before the center crop: 1..4096, or 0 for none; "
-                         f"got {resize}")
-    class_names = None
-    if labels is not None:
-        path = Path(labels)
-        if path.is_file():
-            if path.stat().st_size > 64 << 20:
-                raise InputError(f"--labels {path} is too large for a list of class names")
-            try:
-                text = path.read_bytes().decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise InputError(f"--labels {path} is not a UTF-8 text file (one class name per line)") from None
-            class_names = [line.strip() for line in text.splitlines() if line.strip()]
-        else:
-            class_names = [n.strip() for n in labels.split(",") if n.strip()]
-        bad = next((n for n in class_names if len(n) > 256), None)
-        if bad is not None:
-            raise InputError(f"--labels: class name {bad[:40]!r}... is over 256 characters")
-        if not class_names:
-            raise InputError("--labels holds no class names")
-    return LoadOptions(arch=arch, num_classes=num_classes, model_def=model_def, model_kwargs=kwargs,
-                       allow_pickle=allow_pickle, input_shape=parse_input_shape(input_shape),
-                       mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
-                       class_names=class_names)
-
-
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registry architecture (see `deploykit models`).")]
-NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the checkpoint's head.")]
-ModelDefOpt = Annotated[Optional[str], typer.Option("--model-def", help="Your model code: path/to/model.py:factory.")]
-ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON kwargs for the factory.")]
-AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Unpickle whole modules (runs code from the file).")]
-InputShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W, e.g. 1,28,28.")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean, e.g. 0.5,0.5,0.5.")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std, e.g. 0.5,0.5,0.5.")]
-ResizeOpt = Annotated[Optional[int], typer.Option("--resize", help="Shorter side before the center crop (0: none).")]
-LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Class names: a text file (one per line) or a,b,c.")]
 
 
 @app.command(cls=DynamicBatchCommand)  # --dynamic-batch [MIN:OPT:MAX]
@@ -123,11 +74,14 @@ def export(
         "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
                            "(fastest for ONNX "
                            "Runtime CPU). Repeat for both \\[default: trt].")] = None,
+    int8_remainder: Annotated[Optional[Remainder], typer.Option(
+        "--int8-remainder", help="Precision of what model.int8.onnx (TensorRT) does not run in INT8: fp16 (in the "
+                                 "graph; TensorRT < 10.12 builds it with INT8 + FP16) or fp32 \\[default: fp16].")
+                              ] = None,
     accuracy_budget: Annotated[Optional[float], typer.Option(
         "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
                                   "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
-    int8_agreement: Annotated[Optional[float], typer.Option(
-        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")] = None,
+    int8_agreement: Int8AgreementOpt = None,
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0, "
                                      "or --accuracy-budget].")] = None,
@@ -149,7 +103,7 @@ def export(
             raise InputError(f"{', '.join(given)} only apply with --to trt")
     engine_profile = None
     if profile is not None:
-        from deploykit.engine import BatchProfile
+        from deploykit.tensorrt.profile import BatchProfile
 
         engine_profile = BatchProfile.parse(profile)  # a bad --profile fails before minutes of export work
         if not engine_profile.is_fixed:
@@ -167,10 +121,11 @@ def export(
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
-                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale)
+                                 int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale,
+                                 int8_remainder=int8_remainder)
     precision.validate()
     result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                           verify=not no_verify, data=data, warn=warn, status=status, note=note, precision=precision,
+                           verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
                            force=force)
     pre = result.loaded.preprocess
     console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
@@ -197,7 +152,8 @@ def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing
     """--to trt: one engine per precision asked for (FP32 when neither --fp16 nor --int8), each verified.
     Without TensorRT or a GPU here: exit 3 naming what is missing and the `deploykit build` command(s)."""
     from deploykit.cli.build import build_and_verify
-    from deploykit.engine import BatchProfile, EnginePrecision, require_host
+    from deploykit.tensorrt.host import require_host
+    from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
 
     precisions = [p for p, on in ((EnginePrecision.fp16, fp16), (EnginePrecision.int8, int8)) if on] or \
         [EnginePrecision.fp32]

@@ -9,9 +9,11 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
-from deploykit.cli.export import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
-                                  ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
-from deploykit.cli.render import console, literal, note
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
+                                   ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
+from deploykit.cli.render import console, literal
+from deploykit.cli.reporter import ConsoleReporter
+from deploykit.reporter import SILENT
 from deploykit.files import dumps_strict
 from deploykit.verify import Runtime, on_backend
 
@@ -44,7 +46,7 @@ def predict(
                            labels)
     predictor = load_predictor(artifact, options=options)
     if backend is not None:
-        predictor.runner = on_backend(predictor.runner, backend, note=None if as_json else note)
+        predictor.runner = on_backend(predictor.runner, backend, reporter=SILENT if as_json else ConsoleReporter())
         predictor.artifact = f"{predictor.artifact.rsplit(' (', 1)[0]} ({predictor.runner.name})"
     results = predictor.topk(list(images), k=topk)
     if as_json:

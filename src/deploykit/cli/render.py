@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from deploykit.text import printable
-from deploykit.verify import SMALL_SAMPLE
+from deploykit.parity import SMALL_SAMPLE
 
 # Logs and pipes get wide tables rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)

@@ -19,9 +19,10 @@ def precision_tables(result) -> list[Table]:
             t.add_row("(none)", "every node is FP16-safe on the images seen")
         tables.append(t)
     for target, graph in result.int8.items():
-        t = Table(title=f"{graph.path.name}: INT8 for {target.value}")
+        other = result.other_precision(target)
+        t = Table(title=f"{graph.path.name}: INT8 for {target.value}, the rest {other}")
         t.add_column("layers in INT8", justify="right")
-        t.add_column("layers in FP32")
+        t.add_column(f"layers in {other}")
         t.add_column("ops")
         t.add_column("calibration")
         r = result.ranges
@@ -31,9 +32,10 @@ def precision_tables(result) -> list[Table]:
         tables.append(t)
     for target, budget in result.budgets.items():
         name = result.int8[target].path.name if target in result.int8 else target.value
+        other = result.other_precision(target)
         t = Table(title=f"{name} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
                         f"(mse {budget.base.mse:.3g}); most sensitive layers first")
-        for col in ("layer", "loss pts if FP32", "mse if FP32", "mse gain", "kept FP32"):
+        for col in ("layer", f"loss pts if {other}", f"mse if {other}", "mse gain", f"kept {other}"):
             t.add_column(col, justify="left" if col == "layer" else "right")
         kept = set(budget.kept_fp32)
         for cost in budget.ranking[:max(SHOWN_LAYERS, len(kept))]:
@@ -41,16 +43,22 @@ def precision_tables(result) -> list[Table]:
                       "yes" if cost.layer in kept else "")
         tables.append(t)
         if budget.met is not None:
-            s = Table(title=f"{name} accuracy budget: layers moved to FP32 in order, then back to INT8 where not "
-                            "needed")
+            s = Table(title=f"{name} accuracy budget: layers moved to {other} in order, then back to INT8 where "
+                            "not needed")
             for col in ("layer", "move", "loss pts after", "mse after"):
                 s.add_column(col, justify="left" if col in ("layer", "move") else "right")
             if not budget.steps:
                 s.add_row("(none)", "-", f"{budget.base.loss:.2f}", f"{budget.base.mse:.3g}")
             for step in budget.steps:
-                s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else "to FP32",
+                s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else f"to {other}",
                           f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
-            s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
-                         f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in FP32")
+            if budget.confirm is not None:
+                s.title += f" (chosen on {budget.n_search} images)"
+                s.caption = (f"budget {'met' if budget.met else 'NOT met'} on {budget.n_confirm} other images: loss "
+                             f"{budget.confirm.loss:.2f} pts ({budget.final.loss:.2f} on the {budget.n_search} it "
+                             f"was chosen on) with {len(budget.kept_fp32)} layer(s) in {other}")
+            else:
+                s.caption = (f"budget {'met' if budget.met else 'NOT met'}: final loss "
+                             f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in {other}")
             tables.append(s)
     return tables

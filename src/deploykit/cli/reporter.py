@@ -17,11 +17,13 @@ from deploykit.cli.render import err_console, literal
 
 
 class _BarTask:
-    def __init__(self, bar, task_id) -> None:
-        self._bar, self._id = bar, task_id
+    def __init__(self, bar, task_id, redraw: bool = False) -> None:
+        self._bar, self._id, self._redraw = bar, task_id, redraw
 
     def advance(self, n: float = 1) -> None:
         self._bar.advance(self._id, n)
+        if self._redraw:
+            self._bar.refresh()
 
     def update(self, *, completed: float | None = None, total: float | None = None,
                description: str | None = None, **fields: Any) -> None:
@@ -33,16 +35,22 @@ class _BarTask:
         if description is not None:
             kwargs["description"] = description
         self._bar.update(self._id, **kwargs)
+        if self._redraw:
+            self._bar.refresh()
 
 
 class ConsoleReporter:
     """Status, warnings and notes on stderr; counted work as a transient bar (plain lines where stderr is not a
-    terminal). ``columns`` are rich progress columns; the default shows description, bar, M/N and time left."""
+    terminal). ``columns`` are rich progress columns; the default shows description, bar, M/N and time left.
+    ``auto_refresh=False``: no redraw thread (it would take CPU from work being timed); the bar is redrawn on each
+    update instead."""
 
-    def __init__(self, console: Console | None = None, *columns: Any, transient: bool = True) -> None:
+    def __init__(self, console: Console | None = None, *columns: Any, transient: bool = True,
+                 auto_refresh: bool = True) -> None:
         self.console = console or err_console
         self.columns = columns
         self.transient = transient
+        self.auto_refresh = auto_refresh
         self._bar = None
 
     def _print(self, text: str, **kwargs: Any) -> None:
@@ -71,12 +79,13 @@ class ConsoleReporter:
     def progress(self, description: str, total: float | None = None, **fields: Any) -> Iterator[_BarTask]:
         owner = self._bar is None
         if owner:
-            self._bar = progress_bar(*self._columns(), console=self.console, transient=self.transient)
+            extra = {} if self.auto_refresh else {"auto_refresh": False}
+            self._bar = progress_bar(*self._columns(), console=self.console, transient=self.transient, **extra)
             self._bar.__enter__()
         bar = self._bar
         task_id = bar.add_task(literal(description), total=total, **fields)
         try:
-            yield _BarTask(bar, task_id)
+            yield _BarTask(bar, task_id, redraw=not self.auto_refresh)
         finally:
             bar.remove_task(task_id)
             if owner:

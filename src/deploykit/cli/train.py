@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.export import AllowPickleOpt
-from deploykit.cli.render import console, err_console, note, warn
-from deploykit.train import Device
+from deploykit.cli.options import AllowPickleOpt
+from deploykit.cli.render import console, err_console
+from deploykit.runners.base import Device
 
 
 @app.command()
@@ -54,8 +54,7 @@ def train(
     """Train or fine-tune a classifier; the checkpoint goes straight to `deploykit export`."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from deploykit.cli.progress import progress_bar
-
+    from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
     from deploykit.train import TrainConfig, fit
 
@@ -70,11 +69,10 @@ def train(
                          unfreeze_after=unfreeze_after, balanced=balanced, amp=amp, device=device, seed=seed, out=out,
                          resume=resume, data_root=data_root, allow_pickle=allow_pickle)
     config.validate()
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
-        result = fit(config, progress=bar, log=lambda line: bar.console.print(line, highlight=False), warn=warn,
-                     note=note)
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1f}%"),
+                               TimeElapsedColumn())
+    result = fit(config, reporter=reporter)
     if result.main:  # only rank 0 writes and reports under torchrun
         pre = result.preprocess
         console.print(f"[bold]{result.best_path}[/]  {arch}  classes={len(result.class_names)}  "

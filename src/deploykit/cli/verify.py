@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console, parity_table, warn
+from deploykit.cli.options import Int8AgreementOpt
+from deploykit.cli.render import console, parity_table
+from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
 from deploykit.verify import Runtime
@@ -23,8 +25,7 @@ def verify(
                                                               "folder, or digits (the held-out digits) "
                                                               "\\[default: bundled photos].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    int8_agreement: Annotated[Optional[float], typer.Option(
-        "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")] = None,
+    int8_agreement: Int8AgreementOpt = None,
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,
@@ -40,7 +41,8 @@ def verify(
         "ONNX on ort, engines on trt].")] = None,
 ) -> None:
     """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
-    from deploykit.verify import verify_folder, with_overrides
+    from deploykit.parity import with_overrides
+    from deploykit.verify import verify_folder
 
     folder, only = artifact_in_folder(target)
     overrides = {}
@@ -50,7 +52,7 @@ def verify(
             raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, warn=warn, overrides=overrides, only=only, allow_pickle=allow_pickle,
+    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only, allow_pickle=allow_pickle,
                            model_def=model_def, backend=backend)
     if as_json:
         print(dumps_strict(report.to_json()))

@@ -13,7 +13,7 @@ from functools import partial
 from torch import nn
 
 from deploykit.errors import InputError
-from deploykit.models.registry import ModelSpec, register_model
+from deploykit.models.spec import ModelSpec, register_model
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 

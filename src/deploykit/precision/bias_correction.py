@@ -87,10 +87,11 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     import onnx
     import onnxruntime as ort
 
-    from deploykit.precision.int8 import _name_nodes, plan_trt, quantize_trt
+    from deploykit.precision.graph import name_nodes
+    from deploykit.precision.int8 import plan_trt, quantize_trt
 
     fp32 = onnx.load(str(fp32_path))
-    _name_nodes(fp32)
+    name_nodes(fp32)
     plan = plan or plan_trt(fp32)
     layers = [layer for layer in plan.layers if layer.op_type in CORRECTED_OPS and layer.weight is not None]
     if skip_depthwise:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.reporter import SILENT, Reporter
 from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
 from deploykit.files import read_json, sha256_file, write_json_atomic
@@ -65,7 +66,7 @@ DEFAULT_METHOD = CalibMethod.mse  # issue 11: measured against entropy/minmax/pe
 
 # -- the images ----------------------------------------------------------------------------------------------
 def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, min_images: int = DEFAULT_MIN_CALIB,
-                       seed: int = 0, warn=None) -> ImageSet:
+                       seed: int = 0, reporter: Reporter = SILENT) -> ImageSet:
     """The seeded sample of usable images INT8 calibrates on.
 
     ``calib`` None means ``./calib`` when it exists. Unreadable files are skipped with a warning; fewer than
@@ -80,7 +81,7 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
             raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
                              "the model will see) or create ./calib")
         calib = DEFAULT_CALIB_DIR
-    images = resolve_images(calib, what="--calib", split="train", warn=warn)  # a folder, or digits
+    images = resolve_images(calib, what="--calib", split="train", reporter=reporter)  # folder or digits
     if len(images) < min_images:
         raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
                          f"{min_images}: add images, or lower the bar with --min-calib")
@@ -91,7 +92,7 @@ def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, mi
 
 
 def check_channels(images: ImageSet, channels: int, where: Path, *, accepted: str | None = None,
-                   warn=None) -> str | None:
+                   reporter: Reporter = SILENT) -> str | None:
     """A mostly grayscale set for a colour model. ``accepted`` (why: training converted grayscale images to
     colour, or --calib-grayscale) makes it a note returned to the caller, as the images are converted to RGB the
     way training did; otherwise it is a warning naming the flag (its ranges describe images the model may never
@@ -104,10 +105,9 @@ def check_channels(images: ImageSet, channels: int, where: Path, *, accepted: st
     what = f"{gray} of {len(images)} calibration images in {where} are grayscale"
     if accepted:
         return f"{what}: converted to RGB, as {accepted}"
-    if warn is not None:
-        warn(f"{what} but the model takes colour input and its checkpoint does not say it was trained on "
-             "grayscale: they are converted to RGB; calibrate on colour images like the ones it will see, or pass "
-             "--calib-grayscale to say it sees grayscale ones")
+    reporter.warn(f"{what} but the model takes colour input and its checkpoint does not say it was trained on "
+                  "grayscale: they are converted to RGB; calibrate on colour images like the ones it will see, or "
+                  "pass --calib-grayscale to say it sees grayscale ones")
     return None
 
 
@@ -397,12 +397,12 @@ def save_cache(folder: Path, ranges: Ranges) -> Path:
 
 
 def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
-              method: CalibMethod, *, cache_dir: Path, progress_factory=None, bias_correction: bool = True,
+              method: CalibMethod, *, cache_dir: Path, reporter: Reporter = SILENT, bias_correction: bool = True,
               bias_images: int | None = None) -> Ranges:
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match.
 
     With ``bias_correction`` the TensorRT plan's layers also get their bias shifts (:mod:`.bias_correction`),
-    measured on the first ``bias_images`` calibration images with these ranges, in ``Ranges.bias``."""
+    measured on ``bias_images`` calibration images spread over the sample with these ranges, in ``Ranges.bias``."""
     import onnx
 
     from deploykit.precision.bias_correction import DEFAULT_IMAGES, measure_shifts
@@ -413,12 +413,9 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
     if cached is not None:
         return cached
     batches = image_batches(images, preprocess)
-    if progress_factory is not None:
-        with progress_factory(f"calibrating ({method.value}, {len(images)} images)", len(images)) as advance:
-            stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
-                                  progress=advance)
-    else:
-        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax)
+    with reporter.progress(f"calibrating ({method.value}, {len(images)} images)", len(images)) as task:
+        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
+                              progress=task.advance)
     bounded = bounded_tensors(onnx.load(str(model_path))) if method is not CalibMethod.minmax else {}
     ranges = Ranges(method, {n: s.to_json(method, n in bounded) for n, s in stats.items()}, len(images), key)
     if bias_correction:
@@ -426,11 +423,8 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
         paths = spread(images.paths, n)
         amax = {name: r["amax"] for name, r in ranges.tensors.items()}
         subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
-        if progress_factory is not None:
-            with progress_factory(f"bias correction ({n} images)", n) as advance:
-                ranges.bias = measure_shifts(model_path, amax, _counted(subset, advance))
-        else:
-            ranges.bias = measure_shifts(model_path, amax, subset)
+        with reporter.progress(f"bias correction ({n} images)", n) as task:
+            ranges.bias = measure_shifts(model_path, amax, _counted(subset, task.advance))
     save_cache(cache_dir, ranges)
     return ranges
 

@@ -95,12 +95,25 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
                  extra_fp32: Sequence[str] = ()) -> Fp16Graph:
     """Write the FP16 graph of ``src`` to ``dest``; ``absmax`` is the largest ``|x|`` seen per tensor."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    from deploykit.precision.int8 import _name_nodes, _toposort
+    from deploykit.precision.graph import name_nodes
 
     model = onnx.load(str(src))
-    _name_nodes(model)
+    name_nodes(model)
+    keep = fp32_nodes(model, absmax, extra_fp32=extra_fp32)
+    fp16 = to_fp16(model, keep)
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        onnx.save(fp16, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
+
+
+def fp32_nodes(model, absmax: dict[str, float], *, extra_fp32: Sequence[str] = ()) -> dict[str, str]:
+    """Every node the FP16 conversion keeps in FP32, with the reason: our rules (:func:`unsafe_nodes`),
+    ``extra_fp32``, and the converter's own block list. ``model``'s nodes must be named."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
     _drop_initializer_value_info(model)
     keep = unsafe_nodes(model, absmax)
     for name in extra_fp32:
@@ -108,16 +121,22 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
     for node in model.graph.node:
         if node.op_type in DEFAULT_OP_BLOCK_LIST:
             keep.setdefault(node.name, f"{node.op_type} is on ONNX Runtime's FP16 block list (converter keeps it FP32)")
+    return keep
+
+
+def to_fp16(model, keep: Sequence[str] | dict[str, str]):
+    """``model`` converted to FP16 with FP32 input/output, the ``keep`` nodes in FP32 (round trips removed)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    from deploykit.precision.graph import toposort
+
+    _drop_initializer_value_info(model)
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                     node_block_list=sorted(keep))
     _drop_round_trips(fp16)
     _drop_duplicate_casts(fp16)
-    _toposort(fp16)  # the converter appends its Cast nodes at the end
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        onnx.save(fp16, str(tmp))
-        onnx.checker.check_model(str(tmp))
-    return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
+    toposort(fp16)  # the converter appends its Cast nodes at the end
+    return fp16
 
 
 def _drop_initializer_value_info(model) -> None:

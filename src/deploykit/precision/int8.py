@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.files import atomic_path
+from deploykit.precision.graph import name_nodes, toposort
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QMAX = 127.0
@@ -71,14 +72,6 @@ class Int8Graph:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _name_nodes(model) -> None:
-    seen = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-
-
 def _layer_name(node, weight: str | None) -> str:
     if weight:
         return weight[:-len(".weight")] if weight.endswith(".weight") else weight
@@ -87,7 +80,7 @@ def _layer_name(node, weight: str | None) -> str:
 
 def plan_trt(model) -> TrtPlan:
     """Where the Q/DQ pairs go (see the module docstring). ``model`` is an onnx.ModelProto (names fixed)."""
-    _name_nodes(model)
+    name_nodes(model)
     inits = {i.name: i for i in model.graph.initializer}
     graph_outputs = {o.name for o in model.graph.output}
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -151,28 +144,6 @@ def _depths(model) -> dict[str, int]:
     return depth
 
 
-def _toposort(model) -> None:
-    import onnx  # noqa: F401
-
-    graph = model.graph
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise RuntimeError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iterable[str] = (),
                  plan: TrtPlan | None = None, bias: dict[str, np.ndarray] | None = None) -> Int8Graph:
     """Write the TensorRT-style Q/DQ graph of ``src`` to ``dest`` (atomically).
@@ -186,7 +157,7 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
 
     model = onnx.load(str(src))
     plan = plan or plan_trt(model)
-    _name_nodes(model)
+    name_nodes(model)
     exclude = set(exclude)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -266,7 +237,7 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
     for name in set(replaced_weights):
         if name not in still_used:
             graph.initializer.remove(inits[name])
-    _toposort(model)
+    toposort(model)
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         onnx.save(model, str(tmp))
@@ -309,7 +280,7 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     model = onnx.load(str(src))
-    _name_nodes(model)
+    name_nodes(model)
     plan = plan or plan_trt(model)
     exclude = set(exclude)
     skip = [layer.node for layer in plan.layers if layer.name in exclude or layer.node in exclude]

@@ -7,7 +7,8 @@ dozen images); the budget is then met greedily: keep the most sensitive layer in
 until the loss is within the budget, going on past layers that gain nothing alone (two layers can matter together
 where neither does by itself). Greedy can keep a layer that later ones made unnecessary, so a pruning pass
 follows: each kept layer, most recently added first, goes back to INT8 if the budget still holds without it.
-The loss is the accuracy drop in points when the images carry labels,
+The layers are chosen on one half of the verification images and the loss reported is the other half's
+(:func:`budget_split`). The loss is the accuracy drop in points when the images carry labels,
 otherwise the top-1 disagreement with FP32 in points (an upper bound on the accuracy drop).
 """
 
@@ -56,13 +57,33 @@ class BudgetResult:
     ranking: list[LayerCost]
     kept_fp32: list[str] = field(default_factory=list)  # layers moved out of INT8, in order
     steps: list[dict] = field(default_factory=list)  # loss after each move
-    final: Score | None = None
-    met: bool | None = None  # None: no budget was asked
+    final: Score | None = None  # on the search split, where the layers were chosen
+    met: bool | None = None  # None: no budget was asked; else judged on the confirmation split when there is one
+    confirm: Score | None = None  # the chosen graph on the confirmation split: the loss that is reported
+    n_search: int | None = None
+    n_confirm: int | None = None
+
+    @property
+    def loss(self) -> float | None:
+        """The reported loss: the confirmation split's, else the search split's."""
+        chosen = self.confirm or self.final
+        return None if chosen is None else chosen.loss
 
     def to_json(self) -> dict:
         return {"all_int8": self.base.to_json(), "sensitivity": [c.to_json() for c in self.ranking],
                 "kept_fp32": self.kept_fp32, "steps": self.steps,
-                "final": self.final.to_json() if self.final else None, "met": self.met}
+                "final": self.final.to_json() if self.final else None, "met": self.met,
+                "search_images": self.n_search, "confirm_images": self.n_confirm,
+                "confirm": self.confirm.to_json() if self.confirm else None}
+
+
+def budget_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the search and confirmation halves of ``n`` verification images (seeded, disjoint): the budget
+    chooses its layers on one and reports the loss of that choice on the other, so a choice fitted to a few
+    images is not its own proof."""
+    order = np.random.default_rng(seed).permutation(n)
+    half = (n + 1) // 2
+    return np.sort(order[:half]), np.sort(order[half:])
 
 
 def rank_layers(layers: Sequence[str], evaluate: Callable[[Sequence[str]], np.ndarray], reference: np.ndarray,
@@ -116,6 +137,6 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
 
 
 def logits_of(path: Path, batch: np.ndarray) -> np.ndarray:
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+    from deploykit.runners.onnxrt import QDQ_FOLDING, OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path).infer(batch)
+    return OnnxRuntimeRunner(path, session_config=QDQ_FOLDING).infer(batch)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from enum import Enum
 
 import numpy as np
 
 from deploykit.errors import InputError
+
+
+class Device(str, Enum):
+    """Where a model runs, trains or is benched: the CPU or the first CUDA GPU (``--device``)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class Runner(ABC):

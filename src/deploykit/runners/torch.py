@@ -14,7 +14,9 @@ class TorchRunner(Runner):
         import torch
 
         if isinstance(module, torch.export.ExportedProgram):
-            self.fixed_batch = _static_batch(module)
+            from deploykit.models.program import program_batch
+
+            self.fixed_batch = program_batch(module)  # traced at batch 1: the base class splits and pads
             module = module.module()
         self.module = module.to(device)
         if hasattr(self.module, "eval") and not isinstance(self.module, torch.fx.GraphModule):
@@ -31,16 +33,3 @@ class TorchRunner(Runner):
             out = out[0]
         return out.float().cpu().numpy()
 
-
-def _static_batch(program) -> int | None:
-    """The batch size a ``torch.export`` program was traced with, or None when its batch dimension is dynamic.
-
-    A program traced at batch 1 guards ``x.size()[0] == 1``; the base class then splits and pads for it.
-    """
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            val = node.meta.get("val")
-            dim = val.shape[0] if val is not None and len(val.shape) > 0 else None
-            return dim if isinstance(dim, int) else None
-    return None

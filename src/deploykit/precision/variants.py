@@ -1,4 +1,4 @@
-"""The precision stage of an export: FP16 and INT8 artifacts beside ``model.onnx``, recorded in the manifest.
+"""The precision stage of an export (the reduced-precision variants of ``model.onnx``): FP16 and INT8 artifacts beside ``model.onnx``, recorded in the manifest.
 
 Called by :func:`deploykit.pipeline.export_folder` before verification; parity of every artifact is then
 measured against PyTorch by the verification stage like any other artifact.
@@ -6,9 +6,8 @@ measured against PyTorch by the verification stage like any other artifact.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -19,12 +18,15 @@ from deploykit.data import ImageSet, verification_set
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
+from deploykit.parity import accuracy_labels, compare_logits, judge, tolerance_for, with_overrides
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
-from deploykit.precision.sensitivity import BudgetResult, fit_budget, logits_of, rank_layers, score
+from deploykit.precision.remainder import Remainder, RemainderGraph, fp16_remainder
+from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
+from deploykit.reporter import SILENT, Reporter
 
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -52,6 +54,7 @@ class PrecisionRequest:
     accuracy_budget: float | None = None
     int8_agreement: float | None = None  # INT8 gate: least top-1 agreement (as `deploykit verify`)
     int8_accuracy_drop: float | None = None  # INT8 gate with labels: most points lost (as `deploykit verify`)
+    int8_remainder: Remainder | None = None  # None: fp16. What model.int8.onnx does not run in INT8
     # Judge each INT8 graph against its gate and rank its layers when it misses. Off for `export --no-verify`
     # (the user asked for speed, not checks) unless --accuracy-budget asks for the ranking.
     check: bool = True
@@ -67,13 +70,13 @@ class PrecisionRequest:
         return replace(self,
                        calib_size=DEFAULT_CALIB_SIZE if self.calib_size is None else self.calib_size,
                        calib_method=CalibMethod.default() if self.calib_method is None else self.calib_method,
-                       min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib)
+                       min_calib=DEFAULT_MIN_CALIB if self.min_calib is None else self.min_calib,
+                       int8_remainder=Remainder.fp16 if self.int8_remainder is None else
+                       Remainder(self.int8_remainder))
 
     @property
     def overrides(self) -> dict:
         """INT8 gates the user moved. Without --int8-accuracy-drop, an accuracy budget is the accuracy_drop gate."""
-        from deploykit.verify import with_overrides
-
         drop = self.int8_accuracy_drop if self.int8_accuracy_drop is not None else self.accuracy_budget
         out = {}
         for precision in ("int8", "int8-cpu"):
@@ -81,9 +84,7 @@ class PrecisionRequest:
         return out
 
     def gate(self, precision: str):
-        """The :class:`~deploykit.verify.Tolerance` an INT8 artifact of ``precision`` is judged by."""
-        from deploykit.verify import tolerance_for
-
+        """The :class:`~deploykit.parity.Tolerance` an INT8 artifact of ``precision`` is judged by."""
         return self.overrides.get(precision) or tolerance_for(precision)
 
     def validate(self) -> None:
@@ -93,6 +94,7 @@ class PrecisionRequest:
                 ("--min-calib", self.min_calib), ("--accuracy-budget", self.accuracy_budget),
                 ("--int8-agreement", self.int8_agreement), ("--int8-accuracy-drop", self.int8_accuracy_drop),
                 ("--calib-grayscale", True if self.calib_grayscale else None),
+                ("--int8-remainder", self.int8_remainder),
             ) if value is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --int8")
@@ -115,7 +117,12 @@ class PrecisionResult:
     int8: dict[Int8Target, Int8Graph] = field(default_factory=dict)
     ranges: Ranges | None = None
     budgets: dict[Int8Target, BudgetResult] = field(default_factory=dict)  # targets whose INT8 missed its gate
+    remainder: RemainderGraph | None = None  # model.int8.onnx's FP16 remainder, when it has one
     notes: list[str] = field(default_factory=list)
+
+    def other_precision(self, target: Int8Target) -> str:
+        """What ``target``'s INT8 graph runs outside INT8: "FP16" (model.int8.onnx's FP16 remainder) or "FP32"."""
+        return "FP16" if target is Int8Target.trt and self.remainder is not None else "FP32"
 
     @property
     def budget(self) -> BudgetResult | None:
@@ -123,43 +130,24 @@ class PrecisionResult:
         return self.budgets.get(Int8Target.trt) or self.budgets.get(Int8Target.cpu)
 
 
-ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
-
-
-@contextlib.contextmanager
-def rich_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress bar on stderr; yields ``advance(n)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from deploykit.cli.progress import progress_bar  # plain lines where stderr is a log or a pipe
-
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
-
-
-def prepare_calibration(request: PrecisionRequest, *, warn=None) -> ImageSet | None:
+def prepare_calibration(request: PrecisionRequest, *, reporter: Reporter = SILENT) -> ImageSet | None:
     """Check the calibration images before any export work (a bad --calib fails in a second, not a minute)."""
     request.validate()
     if not request.int8:
         return None
     request = request.resolved()
-    return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib, warn=warn)
+    return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
+                              reporter=reporter)
 
 
 def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Preprocess, request: PrecisionRequest, *,
                             calib_images: ImageSet | None = None, data: Path | None = None,
-                            class_names=None, num_classes: int | None = None, warn=None, status=None,
-                            progress: ProgressFactory | None = rich_progress,
+                            class_names=None, num_classes: int | None = None, reporter: Reporter = SILENT,
                             max_images: int = 256) -> PrecisionResult:
     """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``."""
     import onnx
 
-    from deploykit.verify import accuracy_labels
-
-    step = status or (lambda msg: None)
+    step = reporter.status
     folder = Path(folder)
     fp32 = folder / "model.onnx"
     result = PrecisionResult()
@@ -169,15 +157,15 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = verification_set(data, warn=warn, max_images=max_images)
+    verify_set = verification_set(data, reporter=reporter, max_images=max_images)
     verify_batch = verify_set.load(preprocess)
 
     if request.int8:
-        images = calib_images or prepare_calibration(request, warn=warn)
+        images = calib_images or prepare_calibration(request, reporter=reporter)
         accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
                     "--calib-grayscale says" if request.calib_grayscale else None)
         gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
-                              warn=warn)
+                              reporter=reporter)
         if gray:
             result.notes.append(gray)
         tensors = list(plan.activation_tensors)
@@ -185,20 +173,16 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
         step(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
         result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=folder,
-                                  progress_factory=progress)
+                                  reporter=reporter)
         if result.ranges.cached:
             result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
                                 "(same model, images and method)")
 
+    fp16_remainder_asked = (request.int8 and Int8Target.trt in request.int8_for
+                            and request.int8_remainder is Remainder.fp16)
+    absmax = _absmax(fp32, model, verify_batch, result.ranges) if request.fp16 or fp16_remainder_asked else {}
     if request.fp16:
         step("converting to FP16")
-        names = sorted(cpu_tensors(model))
-        # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
-        stats = collect_stats(fp32, names, [verify_batch], histogram=False)
-        absmax = {n: s.amax for n, s in stats.items()}
-        if result.ranges is not None:
-            for n, r in result.ranges.tensors.items():
-                absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
         result.fp16 = convert_fp16(fp32, folder / FP16_NAME, absmax)
         _register(manifest, folder, FP16_NAME, "fp16", {
             "io": "float32", "compute": "float16",
@@ -211,10 +195,19 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         judge_int8 = request.check or request.accuracy_budget is not None
         labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
+        def quantize_for_trt(dest: Path, exclude=()) -> Int8Graph:
+            graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude, bias=result.ranges.bias)
+            if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
+                rewritten = fp16_remainder(dest, dest, absmax)
+                graph.counts = _qdq_counts(dest)
+                if Path(dest) == folder / INT8_NAME:  # not a sensitivity probe
+                    result.remainder = rewritten
+            return graph
+
         targets = {
-            Int8Target.trt: (INT8_NAME, "int8", "tensorrt", "quantizing for TensorRT (Q/DQ)",
-                             lambda dest, exclude=(): quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude,
-                                                                   bias=result.ranges.bias)),
+            Int8Target.trt: (INT8_NAME, "int8", "tensorrt",
+                             f"quantizing for TensorRT (Q/DQ, {request.int8_remainder.value.upper()} remainder)",
+                             quantize_for_trt),
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
                              lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
                                                                    exclude=exclude, bias=result.ranges.bias)),
@@ -224,13 +217,31 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             step(message)
             graph = quantize(folder / name)
             excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
-                                                            folder / name, verify_batch, reference, labels, step,
-                                                            progress)
+                                                            folder / name, verify_batch, reference, labels, reporter)
             if excluded:
                 graph = quantize(folder / name, excluded)
             result.int8[target] = graph
             _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))
     return result
+
+
+def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict[str, float]:
+    """The largest ``|x|`` per float tensor of the FP32 graph on the verification images and, with INT8, the
+    calibration ranges (the FP16 rules keep nodes whose output goes beyond FP16's safe range in FP32)."""
+    # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
+    stats = collect_stats(fp32, sorted(cpu_tensors(model)), [batch], histogram=False)
+    absmax = {n: s.amax for n, s in stats.items()}
+    if ranges is not None:
+        for n, r in ranges.tensors.items():
+            absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
+    return absmax
+
+
+def _qdq_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return {op: sum(1 for n in nodes if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
 
 
 def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
@@ -242,9 +253,14 @@ def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionR
                                                   "bias_corrected_layers": len(result.ranges.bias or {}),
                                                   "cache": result.ranges.path.name if result.ranges.path else None},
                "int8_layers": len(graph.layers), "fp32_layers": graph.excluded, "op_counts": graph.counts}
+    # where the file is deployed as it is: the Q/DQ graph is TensorRT's input and OpenVINO's fastest CPU form
+    details["deploy_on"] = ["tensorrt", "openvino"] if target is Int8Target.trt else ["onnxruntime-cpu"]
     if target is Int8Target.trt:
+        remainder = request.int8_remainder
         details.update(scheme="symmetric int8, zero point 0, per-channel weights, per-tensor activations",
-                       other_layers="float32")
+                       other_layers=remainder.dtype, remainder=remainder.value)
+        if remainder is Remainder.fp16 and result.remainder is not None:
+            details.update(opset=result.remainder.opset, kept_fp32=result.remainder.kept_fp32)
     else:
         details.update(format=CPU_FORMAT.value)
     budget = result.budgets.get(target)
@@ -260,15 +276,13 @@ def _register(manifest: Manifest, folder: Path, name: str, precision: str, detai
 
 
 def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Target, precision: str, plan: TrtPlan,
-            quantize: Callable, int8_path: Path, batch: np.ndarray, reference: np.ndarray, labels, step,
-            progress) -> list[str]:
+            quantize: Callable, int8_path: Path, batch: np.ndarray, reference: np.ndarray, labels,
+            reporter: Reporter) -> list[str]:
     """Sensitivity when the INT8 graph at ``int8_path`` misses its gate (top-1 agreement, and accuracy_drop
     with labels) or the budget; with --accuracy-budget, the layers to keep in FP32.
 
     ``quantize(dest, exclude)`` writes this target's INT8 graph with the ``exclude`` layers left in FP32.
     """
-    from deploykit.verify import compare_logits, judge
-
     int8_logits = logits_of(int8_path, batch)
     metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
@@ -279,9 +293,14 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         missed.append(f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
     if not missed:
         return []
+    step = reporter.status
     step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
-    sub = slice(0, min(len(batch), SENSITIVITY_IMAGES))
-    sub_ref, sub_labels = reference[sub], None if labels is None else labels[sub]
+    search, confirm = budget_split(len(batch))
+    if request.accuracy_budget is None or len(confirm) == 0:
+        search, confirm = np.arange(len(batch)), None  # ranking alone: all images
+    part = (lambda x: None if x is None else x[search])
+    s_batch, s_ref, s_labels = batch[search], reference[search], part(labels)
+    sub = slice(0, min(len(s_batch), SENSITIVITY_IMAGES))
 
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
         def evaluate_on(images: np.ndarray):
@@ -292,50 +311,25 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             return run
 
         names = [layer.name for layer in plan.layers]
-        if progress is not None:
-            with progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as advance:
-                _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels, advance=advance)
-        else:
-            _, ranking = rank_layers(names, evaluate_on(batch[sub]), sub_ref, sub_labels)
+        with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as task:
+            _, ranking = rank_layers(names, evaluate_on(s_batch[sub]), s_ref[sub],
+                                     None if s_labels is None else s_labels[sub], advance=task.advance)
         if request.accuracy_budget is not None:
-            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name}")
-        budget = fit_budget(base, ranking, request.accuracy_budget, evaluate_on(batch), reference, labels)
+            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
+                 f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
+        s_base = score(s_ref, evaluate_on(s_batch)(()), s_labels)
+        budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels)
+        budget.n_search = len(search)
+        if request.accuracy_budget is not None and confirm is not None:
+            c_labels = None if labels is None else labels[confirm]
+            budget.confirm = score(reference[confirm], evaluate_on(batch[confirm])(tuple(budget.kept_fp32)),
+                                   c_labels)
+            budget.n_confirm = len(confirm)
+            budget.met = budget.confirm.loss <= request.accuracy_budget
     result.budgets[target] = budget
     if budget.met is False:
-        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met even with "
-                            f"{len(budget.kept_fp32)} layer(s) in FP32")
+        where = (f"on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
+                 f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met {where}"
+                            f" with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}".replace("  ", " "))
     return budget.kept_fp32
-
-
-def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference: np.ndarray | None = None) -> str | None:
-    """When the FP16 graph fails on ONNX Runtime CPU, ask PyTorch's own FP16 whether the model is FP16-safe.
-
-    ONNX Runtime's CPU provider has FP16 kernels for few ops and casts around the rest; on some graphs its
-    FP16 result is wrong where FP16 itself is fine (seen on this project). If PyTorch in half precision agrees
-    with FP32 while ORT does not, ORT cannot stand in for TensorRT on this graph: say so. Returns the sentence,
-    or None when PyTorch FP16 is just as far off (the model itself is not FP16-safe).
-    """
-    try:
-        import copy
-
-        import torch
-    except ImportError:
-        return None
-    if not isinstance(module, torch.nn.Module):
-        return None
-    from deploykit.verify import TOLERANCES, Precision, compare_logits, judge
-
-    x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-    with torch.no_grad():
-        ref = torch.from_numpy(reference) if reference is not None else module(x).float()
-        try:
-            half = copy.deepcopy(module).half()(x.half()).float()
-        except Exception:  # noqa: BLE001 -- an op without a CPU half kernel, a module that cannot be copied:
-            return None  # a diagnostic that cannot run says nothing
-    metrics = compare_logits(ref.numpy(), half.numpy())
-    if judge(metrics, TOLERANCES[Precision.FP16]):
-        return None
-    return (f"ONNX Runtime CPU cannot stand in for TensorRT on this FP16 graph: PyTorch FP16 matches FP32 "
-            f"(cos min {metrics['cosine_min']:.6f}, top-1 {metrics['top1_agreement']:.3f}) but ORT's FP16 run "
-            f"does not (cos min {ort_metrics['cosine_min']:.6f}); the FP16 artifact is unproven here, verify it "
-            "with TensorRT on the device")

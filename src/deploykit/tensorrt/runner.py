@@ -9,8 +9,9 @@ Follows the TensorRT 10.x/11.x name-based runtime API ("Appendix: Python Migrati
 (``cudaMalloc``, ``cudaMemcpyAsync``, ``cudaStreamSynchronize``, CUDA events for bench timing).
 
 Before deserializing, the engine's facts in ``deploykit.json`` are checked against the running TensorRT and
-GPU (:func:`deploykit.engine.check_compatible`), so an engine from another version or GPU gives one clear
-line instead of TensorRT's own failure.
+GPU (:func:`deploykit.tensorrt.host.check_compatible`), so an engine from another version or GPU gives one
+clear line instead of TensorRT's own failure. A load that fails raises EngineMismatchError; a loaded engine that
+cannot run (no execution context, a CUDA error, a failed execution) raises EngineRuntimeError.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.engine import (TRT_INSTALL_HINT, EngineBuildError, EngineMismatchError, _logger,
-                              check_compatible, cuda_check, cudart, probe_host)
-from deploykit.errors import InputError, MissingDependencyError
+from deploykit.errors import EngineMismatchError, EngineRuntimeError, InputError
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.runners.base import Runner
+from deploykit.tensorrt.host import Probe, check_compatible, cuda_check, cudart, engine_host, probe_host, trt_logger
 
 
 def _handle(obj) -> int:
@@ -39,7 +39,7 @@ def _handle(obj) -> int:
 class TensorRTRunner(Runner):
     name = "tensorrt"
 
-    def __init__(self, path: Path, *, warn=None) -> None:
+    def __init__(self, path: Path, *, warn=None, probe: Probe = probe_host) -> None:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"engine not found: {path}")
@@ -48,7 +48,7 @@ class TensorRTRunner(Runner):
         if (folder / MANIFEST_NAME).is_file():
             entry = Manifest.load(folder).artifact(path.name)
         precision = (entry or {}).get("precision", "fp32")
-        trt, host = engine_host(f"cannot run {path.name}")
+        trt, host = engine_host(f"cannot run {path.name}", probe=probe)
         facts = (entry or {}).get("engine")
         if facts:
             check_compatible(facts, host, engine=path.name, folder=folder, warn=warn)
@@ -56,7 +56,7 @@ class TensorRTRunner(Runner):
             warn(f"{path.name} has no facts in {MANIFEST_NAME}: cannot check its TensorRT version and GPU first")
         self.trt, self.host, self.path = trt, host, path
         self.rt = cudart()
-        logger = _logger(trt)
+        logger = trt_logger(trt)
         logger.reset()
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -85,7 +85,7 @@ class TensorRTRunner(Runner):
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self.context = engine.create_execution_context()
         if self.context is None:
-            raise EngineBuildError(f"TensorRT could not create an execution context for {path.name} (GPU memory?)")
+            raise EngineRuntimeError(f"TensorRT could not create an execution context for {path.name} (GPU memory?)")
         self.stream = cuda_check(self.rt.cudaStreamCreate())
         self._buffers: dict[str, int] = {}
         self._out_shapes: dict[str, tuple[int, ...]] = {}
@@ -94,7 +94,7 @@ class TensorRTRunner(Runner):
             count = int(np.prod(self._out_shapes[n] if n in self._out_shapes else (self.max_batch, *self.input_shape)))
             self._buffers[n] = cuda_check(self.rt.cudaMalloc(max(count, 1) * self.dtypes[n].itemsize))
             if not self.context.set_tensor_address(n, self._buffers[n]):
-                raise EngineBuildError(f"TensorRT rejected the buffer address of {n!r}")
+                raise EngineRuntimeError(f"TensorRT rejected the buffer address of {n!r}")
 
     # -- shapes ------------------------------------------------------------------------------------
     def _shape_for(self, n: int) -> dict[str, tuple[int, ...]]:
@@ -129,13 +129,13 @@ class TensorRTRunner(Runner):
         cuda_check(rt.cudaMemcpyAsync(self._buffers[self.input_name], host_in.ctypes.data, host_in.nbytes, h2d,
                                       self.stream))
         if not self.context.execute_async_v3(_handle(self.stream)):
-            raise EngineBuildError(f"TensorRT failed to execute {self.path.name}")
+            raise EngineRuntimeError(f"TensorRT failed to execute {self.path.name}")
         cuda_check(rt.cudaMemcpyAsync(host_out.ctypes.data, self._buffers[self.output_name], host_out.nbytes, d2h,
                                       self.stream))
         cuda_check(rt.cudaStreamSynchronize(self.stream))
         return host_out
 
-    # -- bench hook (deploykit.bench.TrtBenchSteps) --------------------------------------------------
+    # -- bench hook (deploykit.bench's TrtBenchSteps) -------------------------------------------------
     def bench_steps(self, batch: np.ndarray) -> _BenchSteps:
         return _BenchSteps(self, np.ascontiguousarray(batch, dtype=self.dtypes[self.input_name]))
 
@@ -188,7 +188,7 @@ class _BenchSteps:
             cuda_check(rt.cudaMemcpyAsync(r._buffers[r.input_name], self.host_in, self.in_bytes,
                                           rt.cudaMemcpyKind.cudaMemcpyHostToDevice, r.stream))
         if not r.context.execute_async_v3(_handle(r.stream)):
-            raise EngineBuildError(f"TensorRT failed to execute {r.path.name}")
+            raise EngineRuntimeError(f"TensorRT failed to execute {r.path.name}")
         if copies:
             cuda_check(rt.cudaMemcpyAsync(self.host_out, r._buffers[r.output_name], self.out_bytes,
                                           rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, r.stream))
@@ -210,12 +210,4 @@ class _BenchSteps:
         rt.cudaFreeHost(self.host_out)
 
 
-def engine_host(what: str = "cannot run TensorRT engines"):
-    """``(tensorrt module, Host)`` here; MissingDependencyError (exit 3) saying what is missing otherwise."""
-    probed = probe_host()
-    if isinstance(probed, list):
-        raise MissingDependencyError(f"{what}: {'; '.join(probed)}. Get them with {TRT_INSTALL_HINT}")
-    return probed
-
-
-__all__ = ["TensorRTRunner", "engine_host"]
+__all__ = ["TensorRTRunner"]

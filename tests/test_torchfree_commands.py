@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.engine import gpu_info
+from deploykit.tensorrt.host import gpu_info, probe_host
 
 BLOCKER = textwrap.dedent('''
     import sys
@@ -46,20 +46,13 @@ def no_torch_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lenet_export(tmp_path_factory) -> Path:
+def lenet_export(tmp_path_factory, checkpoint) -> Path:
     """A LeNet export folder (dynamic batch) with model.onnx and model.fp16.onnx, made with torch in this process."""
-    import torch
-
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
     from deploykit.pipeline import export_folder
     from deploykit.precision import PrecisionRequest
 
     root = tmp_path_factory.mktemp("lenet_torchfree")
-    torch.manual_seed(0)
-    ckpt = root / "lenet.pt"
-    save_checkpoint(ckpt, build_model("lenet", num_classes=10), arch="lenet", num_classes=10,
-                    preprocess=get_spec("lenet").preprocess(), class_names=[f"digit{i}" for i in range(10)])
+    ckpt = checkpoint(root / "lenet.pt", "lenet", class_names=[f"digit{i}" for i in range(10)])
     return export_folder(ckpt, out=root / "exp", dynamic_batch=True, precision=PrecisionRequest(fp16=True)).folder
 
 
@@ -74,8 +67,9 @@ def test_blocker_really_blocks_torch(no_torch_env):
 
 
 def test_cli_import_pulls_in_no_heavy_framework():
-    code = ("import sys, deploykit.cli, deploykit.engine, deploykit.runners.trt, deploykit.predict, deploykit.verify; "
-            "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'onnxruntime') if m in sys.modules))")
+    code = ("import sys, deploykit.cli, deploykit.tensorrt, deploykit.tensorrt.host, deploykit.tensorrt.build, "
+            "deploykit.tensorrt.runner, deploykit.predict, deploykit.verify; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'cuda', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -159,6 +153,4 @@ def test_build_without_torch_or_tensorrt_exits_3_with_the_way_forward(no_torch_e
 
 
 def _trt_here() -> bool:
-    from deploykit.engine import probe_host
-
     return not isinstance(probe_host(), list)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploykit.verify import (TOLERANCES, Precision, Tolerance, compare_logits, degenerate_reference, judge,
+from deploykit.parity import (TOLERANCES, Precision, Tolerance, compare_logits, degenerate_reference, judge,
                               tolerance_for)
 
 OLD_KEYS = {"max_abs_diff", "mean_abs_diff", "cosine_min", "top1_agreement", "top5_agreement"}
@@ -120,14 +120,14 @@ def test_degenerate_reference_is_noted_in_the_verdict_and_json(cli, tmp_path):
 @pytest.mark.parametrize("k, n, lo, hi", [(21, 21, 0.845, 1.0), (0, 10, 0.0, 0.278), (97, 100, 0.915, 0.990),
                                           (1, 1, 0.207, 1.0)])
 def test_agreement_interval_is_wilsons(k, n, lo, hi):
-    from deploykit.verify import wilson_interval
+    from deploykit.parity import wilson_interval
 
     got = wilson_interval(k, n)
     assert got[0] == pytest.approx(lo, abs=1e-3) and got[1] == pytest.approx(hi, abs=1e-3)
 
 
 def test_metrics_carry_their_sample_size():
-    from deploykit.verify import compare_logits
+    from deploykit.parity import compare_logits
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(40, 10))
@@ -138,3 +138,85 @@ def test_metrics_carry_their_sample_size():
     lo, hi = m["top1_agreement_ci95"]
     assert lo < 0.9 < hi and hi - lo > 0.15  # 40 images cannot pin 0.9 down to the second decimal
     assert m["cosine_min"] <= m["cosine_mean"] <= 1.0
+
+
+# -- the parity math on its edge cases --------------------------------------------------------------------------
+
+def test_identical_logits_pass_every_precision():
+    ref = _logits(3.0, n=16)
+    for precision in Precision:
+        assert judge(compare_logits(ref, ref.copy()), tolerance_for(precision)) == [], precision
+
+
+def test_nan_or_inf_in_the_candidate_fails_and_never_agrees_by_accident():
+    ref = _logits(3.0, n=6)
+    for bad in (np.nan, np.inf, -np.inf):
+        cand = ref.copy()
+        cand[2, :] = bad  # a whole row: argsort alone would still name some class as its top-1
+        m = compare_logits(ref, cand)
+        assert m["max_abs_diff"] == float("inf") and m["cosine_min"] == 0.0
+        assert m["top1_agreement"] == pytest.approx(5 / 6) and m["top5_agreement"] <= 5 / 6
+        assert any(f.startswith("max_abs_diff") for f in judge(m, tolerance_for(Precision.FP32)))
+        assert any(f.startswith("cosine_min") for f in judge(m, tolerance_for(Precision.FP16)))
+        assert any(f.startswith("top1_agreement") for f in judge(m, tolerance_for(Precision.INT8)))  # 0.83 < 0.97
+    all_bad = np.full_like(ref, np.nan)
+    assert compare_logits(ref, all_bad)["top1_agreement"] == 0.0
+
+
+def test_nan_in_the_reference_fails_the_fp32_gate():
+    ref = _logits(3.0, n=4)
+    ref[1, 3] = np.nan
+    m = compare_logits(ref, _logits(3.0, n=4))
+    assert judge(m, tolerance_for(Precision.FP32))
+    assert degenerate_reference(ref) is not None
+
+
+def test_zero_norm_rows():
+    ref = np.zeros((3, 5))
+    ref[0] = [1, 2, 3, 4, 5]
+    same = ref.copy()
+    m = compare_logits(ref, same)
+    assert m["cosine_min"] == 1.0 and m["cosine_mean"] == 1.0  # zero against zero is the same output
+    other = ref.copy()
+    other[1] = [0, 0, 1e-3, 0, 0]  # zero against non-zero: nothing in common
+    m = compare_logits(ref, other)
+    assert m["cosine_min"] == 0.0 and m["cosine_mean"] == pytest.approx(2 / 3)
+
+
+def test_shape_mismatch_is_a_user_error():
+    from deploykit.errors import InputError
+
+    with pytest.raises(InputError, match="shapes differ"):
+        compare_logits(np.zeros((2, 10)), np.zeros((2, 11)))
+
+
+def test_fewer_than_five_classes_and_one_image():
+    ref = np.array([[0.1, 0.9]])
+    m = compare_logits(ref, np.array([[0.9, 0.1]]))
+    assert m["n"] == 1 and m["top1_agreement"] == 0.0 and m["top5_agreement"] == 1.0  # k = 2 classes: same set
+    lo, hi = m["top1_agreement_ci95"]
+    assert lo == 0.0 and 0.7 < hi < 0.85  # one image says almost nothing (Wilson: [0, 0.79])
+
+
+def test_wilson_interval_edges():
+    from deploykit.parity import wilson_interval
+
+    assert wilson_interval(0, 0) == [0.0, 1.0]
+    lo, hi = wilson_interval(200, 200)
+    assert hi == 1.0 and 0.98 < lo < 0.99  # all 200 agree: at least ~98.1% with 95% confidence
+    lo, hi = wilson_interval(14, 21)
+    assert lo < 0.67 < hi and hi - lo > 0.35  # the 14 of 21: an interval ~0.4 wide
+
+
+def test_accuracy_and_its_interval_come_with_labels():
+    from deploykit.parity import assess
+
+    ref = np.eye(4)[[0, 1, 2, 3, 0, 1]] * 5
+    cand = ref.copy()
+    cand[5] = np.eye(4)[2] * 5
+    report = assess("m.onnx", "int8", ref, cand, labels=np.array([0, 1, 2, 3, 0, 1]))
+    m = report.metrics
+    assert m["reference_accuracy"] == 100.0 and m["accuracy"] == pytest.approx(500 / 6)
+    assert m["accuracy_drop"] == pytest.approx(100 / 6) and not report.passed
+    assert m["accuracy_ci95"][0] < m["accuracy"] < m["accuracy_ci95"][1] <= 100.0
+    assert any("accuracy_drop" in f for f in report.failures) and any("top1_agreement" in f for f in report.failures)

@@ -1,0 +1,315 @@
+"""Timing and memory of one case: load its model bound to the benchmark batch (one loader per backend), warm
+up, time back-to-back iterations, read the process's peak RSS around it.
+
+Clocks: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU. The step that is timed is
+the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under ``inference_mode`` -- so bench
+adds nothing a hand-written loop would not. Memory: for each case the kernel's peak-RSS counter is reset
+(``/proc/self/clear_refs``), the model is loaded and run, and ``VmHWM`` is read back; ``rss_delta_mb`` is that
+peak minus the RSS before loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deploykit.bench.host import cuda_used_mb
+from deploykit.bench.options import (DEFAULT_BUDGET_S, DEFAULT_ITERS, MIN_ITERS, Backend, BenchOptions, Variant,
+                                     label)
+from deploykit.bench.results import Latency, Measurement
+from deploykit.errors import DeployKitError
+from deploykit.manifest import Manifest
+from deploykit.runners.base import Device
+from deploykit.parity import Precision
+
+ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
+
+Step = Callable[[], Any]
+
+
+# ------------------------------------------------------------------------------------------------ clocks
+
+
+def wall_ms(step: Step) -> float:
+    t0 = time.perf_counter_ns()
+    step()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def cuda_events_ms(step: Step) -> float:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def self_clock(step: SelfTimed) -> float:
+    return step()
+
+
+def time_loop(step: Step, *, warmup: int, iters: int | None, seconds: float | None,
+              clock: Callable[[Step], float] = wall_ms) -> np.ndarray:
+    """Latencies in ms of back-to-back calls of ``step`` after ``warmup`` untimed calls.
+
+    ``iters``: exactly that many; ``seconds``: until that much time has passed (at least one call); neither:
+    ``DEFAULT_ITERS`` calls, or fewer (never under ``MIN_ITERS``) once ``DEFAULT_BUDGET_S`` has passed.
+    """
+    for _ in range(warmup):
+        step()
+    if iters is not None:
+        return np.array([clock(step) for _ in range(iters)])
+    samples: list[float] = []
+    start = time.perf_counter()
+    if seconds is not None:
+        while not samples or time.perf_counter() - start < seconds:
+            samples.append(clock(step))
+        return np.array(samples)
+    while len(samples) < DEFAULT_ITERS and (len(samples) < MIN_ITERS or time.perf_counter() - start < DEFAULT_BUDGET_S):
+        samples.append(clock(step))
+    return np.array(samples)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so RSS before a case is not inflated
+    by what earlier cases freed -- and a case cannot hide its own cost by reusing those pages."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextlib.contextmanager
+def rss_window() -> Iterator[dict[str, float | None]]:
+    _release_freed_memory()
+    before = _rss()
+    resettable = _reset_peak_rss()
+    out: dict[str, float | None] = {"peak": None, "delta": None}
+    try:
+        yield out
+    finally:
+        peak = _peak_rss() if resettable else None
+        if peak is None:  # no kernel counter: the RSS at the end is a lower bound of the peak
+            peak = max(before, _rss())
+        out["peak"] = peak / 2**20
+        out["delta"] = max(peak - before, 0) / 2**20
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Prepared:
+    """A loaded model bound to the benchmark batch: ``step()`` runs one iteration."""
+
+    step: Step
+    clock: Callable[[Step], float]
+    clock_name: str
+    close: Callable[[], None] = lambda: None
+    gpu_mem_mb: Callable[[], float | None] = lambda: None
+    ran: dict[str, Any] | None = None
+
+
+class SelfTimed(Protocol):
+    """A step that times itself (CUDA events on its own stream) and returns milliseconds."""
+
+    def __call__(self) -> float: ...
+
+
+class TrtBenchSteps(Protocol):
+    """What ``deploykit.tensorrt.runner``'s runner hands bench through ``bench_steps(batch)``: the TensorRT hook.
+
+    ``end_to_end()``: copy the batch from pinned host memory to the device, execute, copy the logits back;
+    ``compute()``: execute on device buffers only. Each runs one iteration on the runner's stream, waits for
+    it, and returns its time in ms measured with CUDA events (as trtexec reports "Latency" and "GPU Compute
+    Time"). ``close()`` frees the buffers.
+    """
+
+    def end_to_end(self) -> float: ...
+
+    def compute(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Case:
+    """One (backend, precision, variant, batch) to measure; ``prepare(batch)`` loads its model."""
+
+    backend: Backend
+    precision: Precision
+    variant: Variant
+    batch: int
+    prepare: Callable[[np.ndarray], Prepared]
+    artifact: str | None = None
+    parity: dict[str, Any] | None = None
+    note: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{label(self.backend, self.precision, self.variant)} b{self.batch}"
+
+
+def measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measurement:
+    with rss_window() as rss:
+        prepared = case.prepare(batch)
+        try:
+            samples = time_loop(prepared.step, warmup=options.warmup, iters=options.iters, seconds=options.seconds,
+                                clock=prepared.clock)
+            gpu = prepared.gpu_mem_mb()
+            clock, ran = prepared.clock_name, prepared.ran
+        finally:
+            prepared.close()
+            del prepared
+    return Measurement(case.backend, case.precision, options.device, case.batch, case.variant, Latency.of(samples),
+                       len(samples), clock=clock, artifact=case.artifact, rss_peak_mb=rss["peak"],
+                       rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note, ran=ran)
+
+
+# ------------------------------------------------------------------------------- loaders, one per backend
+
+
+def _reference_module(folder: Path, manifest: Manifest):
+    """The PyTorch module the folder was exported from, as ``verify.reference_runner`` loads it."""
+    from deploykit.runners.torch import TorchRunner
+    from deploykit.verify import reference_runner
+
+    runner, _ = reference_runner(folder, manifest)
+    if not isinstance(runner, TorchRunner):
+        raise DeployKitError(f"no PyTorch reference: {getattr(runner, 'reason', None) or 'its source is unusable'}")
+    return runner.module
+
+
+def torch_prepare(folder: Path, manifest: Manifest, device: Device, variant: Variant,
+                  threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # DENORMALS; bench_folder restores the setting
+        module = _reference_module(folder, manifest)
+        channels_last = variant in (Variant.channels_last, Variant.channels_last_autocast)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        module = module.to(device.value, memory_format=fmt) if channels_last else module.to(device.value)
+        if variant is Variant.compiled:
+            module = torch.compile(module)
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if variant is Variant.channels_last_autocast
+                    else contextlib.nullcontext())
+        if device is Device.cpu:
+            x = torch.from_numpy(batch).contiguous(memory_format=fmt)
+
+            def step():
+                with torch.inference_mode():
+                    return module(x)
+
+            clock, clock_name = wall_ms, "perf_counter"
+        else:
+            torch.cuda.reset_peak_memory_stats()
+            x_host = torch.from_numpy(batch).pin_memory()
+            with torch.inference_mode(), autocast:
+                out = module(x_host.to("cuda").contiguous(memory_format=fmt))
+            out_host = torch.empty(tuple(out.shape), dtype=out.dtype).pin_memory()
+
+            def step():  # pinned host -> device, forward, device -> pinned host: what a caller waits for
+                with torch.inference_mode(), autocast:
+                    y = module(x_host.to("cuda", non_blocking=True).contiguous(memory_format=fmt))
+                    out_host.copy_(y, non_blocking=True)
+
+            clock, clock_name = cuda_events_ms, "cuda-events"
+        if variant is Variant.compiled:
+            with torch.inference_mode(), autocast:
+                step()  # compile outside the warm-up and the timed loop
+        gpu = (lambda: torch.cuda.max_memory_allocated() / 2**20) if device is Device.cuda else (lambda: None)
+        return Prepared(step, clock, clock_name, gpu_mem_mb=gpu)
+
+    return prepare
+
+
+def ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+        before = cuda_used_mb() if device is Device.cuda else None
+        runner = OnnxRuntimeRunner(path, device=device.value, threads=threads, session_config=ORT_DENORMAL_CONFIG)
+        session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
+
+        def step():  # exactly what a hand-written loop calls
+            return session.run(outputs, feed)
+
+        gpu = (lambda: max((cuda_used_mb() or 0.0) - (before or 0.0), 0.0)) if device is Device.cuda else (lambda: None)
+        return Prepared(step, wall_ms, "perf_counter", gpu_mem_mb=gpu)
+
+    return prepare
+
+
+def ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        from deploykit.runners.openvino import OpenVINORunner
+
+        runner = OpenVINORunner(path, inference_precision=variant.value, threads=threads)
+        if runner.inference_precision != variant.value:
+            raise DeployKitError(f"OpenVINO was asked for {variant.value} but reports "
+                                 f"{runner.inference_precision}: not measured")
+        ran = {"runtime": f"openvino {runner.version}", "inference_precision": runner.inference_precision,
+               "layer_precisions": runner.layer_precisions, "compile_s": runner.compile_s,
+               "loaded_from_cache": runner.loaded_from_cache}
+        return Prepared(runner.bench_step(batch), wall_ms, "perf_counter", ran=ran)
+
+    return prepare
+
+
+def trt_prepare(path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
+    def prepare(batch: np.ndarray) -> Prepared:
+        from deploykit.tensorrt.runner import TensorRTRunner  # the one place bench loads TensorRT's runner
+
+        before = cuda_used_mb()
+        runner = TensorRTRunner(path)
+        gpu = lambda: max((cuda_used_mb() or 0.0) - (before or 0.0), 0.0)  # noqa: E731
+        hook = getattr(runner, "bench_steps", None)
+        if hook is None:  # end-to-end through the runner's own infer(): synchronous, host arrays in and out
+            return Prepared(lambda: runner.infer(batch), wall_ms, "perf_counter", gpu_mem_mb=gpu)
+        steps: TrtBenchSteps = hook(batch)
+        step = steps.end_to_end if variant is Variant.end_to_end else steps.compute
+        return Prepared(step, self_clock, "cuda-events", close=steps.close, gpu_mem_mb=gpu)
+
+    return prepare

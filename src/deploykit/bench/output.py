@@ -1,0 +1,191 @@
+"""A bench's outputs beside ``bench.json``: table rows and cells, the "ship this" lines, the markdown report and
+the plot. The rich table is drawn under ``deploykit/cli/`` (``cli/render_bench.py``) from :func:`rows`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploykit.bench.options import Backend, Variant
+from deploykit.bench.results import BenchReport, Skip
+from deploykit.errors import InputError
+from deploykit.parity import Precision
+
+
+def _fmt(value: float | None, spec: str, none: str = "-") -> str:
+    return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def shape_text(shape) -> str:
+    return "x".join("N" if d is None else str(d) for d in shape or [])
+
+
+def parity_cell(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "-"
+    if parity.get("is_reference"):
+        return "reference"
+    bits = []
+    if "top1_agreement" in parity:
+        bits.append(f"top1 {parity['top1_agreement']:.3f}")
+    if "cosine_min" in parity:
+        bits.append(f"cos {parity['cosine_min']:.4f}")
+    if "accuracy_drop" in parity:
+        bits.append(f"drop {parity['accuracy_drop']:+.2f}")
+    verdict = {True: "pass", False: "FAIL"}.get(parity.get("passed"), "")
+    return " ".join(bits + [verdict]).strip()
+
+
+COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+           "img/s (p50)", "vs torch (p50)", "RSS peak MB", "RSS +MB", "GPU MB", "parity")
+
+
+def rows(report: BenchReport) -> list[list[str]]:
+    out = []
+    for m in report.results:
+        lat = m.latency
+        out.append([m.backend.value, m.precision.value, m.variant.value, m.device.value, str(m.batch),
+                    f"{lat.p50:.2f}", f"{lat.p90:.2f}", f"{lat.p99:.2f}", f"{lat.mean:.2f}", f"{m.throughput:.1f}",
+                    _fmt(m.speedup_vs_torch, ".2f") + ("x" if m.speedup_vs_torch else ""),
+                    _fmt(m.rss_peak_mb, ".0f"), _fmt(m.rss_delta_mb, ".0f"), _fmt(m.gpu_mem_mb, ".0f"),
+                    parity_cell(m.parity) + (" <- ship this" if m.ship else "")])
+    return out
+
+
+def ship_lines(report: BenchReport) -> list[str]:
+    """One line per backend, device and batch: the fastest verified artifact, its p50 and its ratio to ORT FP32."""
+    ort_fp32 = {(m.device, m.batch): m.latency.p50 for m in report.results
+                if m.backend is Backend.ort and m.precision is Precision.FP32}
+    out = []
+    for m in report.results:
+        if not m.ship:
+            continue
+        ran = f", {m.ran['inference_precision']} hint" if m.ran and m.backend is Backend.ov else ""
+        ratio = ort_fp32.get((m.device, m.batch))
+        ratio = f", {m.latency.p50 / ratio:.3f}x ORT FP32" if ratio else ""
+        out.append(f"ship this on {m.backend.value} ({m.device.value}, batch {m.batch}): {m.artifact} "
+                   f"({m.precision.value}{ran}) -- p50 {m.latency.p50:.2f} ms{ratio}; {parity_cell(m.parity)}")
+    return out
+
+
+def write_markdown(report: BenchReport, dest: Path) -> Path:
+    from deploykit.files import atomic_path
+
+    t = report.target
+    lines = [f"# deploykit bench: {t.get('arch') or 'model'}", "",
+             f"- host: {report.host_line}",
+             f"- model: {t.get('source', t.get('folder'))} (input {shape_text(t.get('input'))}, "
+             f"{t.get('num_classes')} classes)",
+             f"- iterations: {', '.join(sorted({str(m.iters) for m in report.results})) or '-'} timed per row after "
+             "warm-up; latency per batch; img/s and `vs torch` both come from the p50 latency: img/s = batch / p50, "
+             "`vs torch` = PyTorch eager FP32 p50 / this p50 (same device and batch)",
+             "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
+             "included); RSS +MB: that peak minus the resident memory before loading",
+             "- parity: what export/verify recorded for the artifact in deploykit.json (top-1 agreement and lowest "
+             "cosine of the logits vs PyTorch, pass/FAIL against the precision's tolerance); ov rows: verified in "
+             "this run, as they ran (variant = OpenVINO's inference precision)", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 4 or i == len(COLUMNS) - 1 else "--:"
+                                                              for i in range(len(COLUMNS))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    ship = ship_lines(report)
+    if ship:
+        lines += ["", "Ship this (fastest verified artifact per backend):", ""] + [f"- {line}" for line in ship]
+    notes = sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note})
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    if report.skipped:
+        lines += ["", "Skipped:", ""] + [f"- {skip_text(s)}" for s in report.skipped]
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def skip_text(skip: Skip) -> str:
+    what = skip.backend.value + (f" {skip.precision.value}" if skip.precision else "") + \
+        (f" batch {skip.batch}" if skip.batch is not None else "")
+    return f"{what}: {skip.reason}"
+
+
+def model_title(report: BenchReport) -> str:
+    """The model a bench measured, as plot and table titles name it: architecture and where it came from."""
+    t = report.target
+    arch = t.get("arch") or "model"
+    if t.get("bundled"):
+        return f"{arch} (bundled, random weights)"
+    where = t.get("artifact") or Path(str(t.get("source") or t.get("folder") or "")).name
+    return f"{arch} ({where})" if where and where != arch else arch
+
+
+def write_plot(report: BenchReport, dest: Path) -> Path:
+    """Latency per backend/precision at the smallest batch (bar: p50; whisker: p90 to p99, on a log axis when the
+    values span more than a decade, so one slow row or outlier cannot flatten the rest), and throughput against
+    batch size -- that panel only when more than one batch size was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deploykit.files import atomic_path
+
+    if not report.results:
+        raise InputError("nothing was measured, so there is nothing to plot (see the skipped list)")
+    batches = sorted({m.batch for m in report.results})
+    smallest = batches[0]
+    at = [m for m in report.results if m.batch == smallest]
+    two = len(batches) > 1
+    height = max(4.0, 0.55 * len(at) + 1.8)
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(13 if two else 8, height), squeeze=False)
+    ax_lat = axes[0][0]
+    y = np.arange(len(at))[::-1]  # first row on top
+    colors = [{"torch": "#ee4c2c", "ort": "#1f77b4", "ov": "#9467bd", "trt": "#76b900"}.get(m.backend.value, "#7f7f7f") for m in at]
+    p50 = np.array([m.latency.p50 for m in at])
+    p90 = np.array([m.latency.p90 for m in at])
+    p99 = np.array([m.latency.p99 for m in at])
+    ax_lat.barh(y, p50, color=colors, height=0.6, label="p50")
+    ax_lat.errorbar(p50, y, xerr=[np.zeros_like(p50), np.maximum(p99 - p50, 0)], fmt="none", ecolor="black",
+                    elinewidth=1, capsize=3, label="p50 to p99")
+    ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
+    span = max(p99.max(), p50.max()) / max(p50.min(), 1e-6)
+    if span > 10:
+        from matplotlib.ticker import NullFormatter
+
+        ax_lat.set_xscale("log")
+        ax_lat.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+    ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
+    for yi, m in zip(y, at):
+        p = m.latency.p50
+        text = f" {p:.3g} ms" if p < 1000 else f" {p:,.0f} ms"
+        if m.speedup_vs_torch and not (m.backend is Backend.torch and m.precision is Precision.FP32
+                                       and m.variant is Variant.eager):
+            text += f"  {m.speedup_vs_torch:.2f}x vs torch"
+        ax_lat.text(max(m.latency.p99, m.latency.p50), yi, text, va="center", fontsize=8)
+    ax_lat.set_yticks(y, [m.label for m in at], fontsize=9)
+    ax_lat.set_xlabel("latency per batch, ms" + (" (log scale)" if span > 10 else ""))
+    ax_lat.set_title(f"latency at batch {smallest} on {at[0].device.value}: bar p50, whisker to p99, | p90",
+                     fontsize=9)
+    ax_lat.grid(axis="x", alpha=0.3, which="both")
+    if two:
+        ax_thr = axes[0][1]
+        for label in dict.fromkeys(m.label for m in report.results):
+            pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
+            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax_thr.set_xscale("log", base=2)
+        ax_thr.set_xticks(batches, [str(b) for b in batches])
+        ax_thr.set_xlabel("batch")
+        ax_thr.set_ylabel("images / s (batch / p50)")
+        ax_thr.set_title("throughput vs batch", fontsize=9)
+        ax_thr.legend(fontsize=8)
+        ax_thr.grid(alpha=0.3)
+    fig.suptitle(f"{model_title(report)}, input {shape_text(report.target.get('input'))}: deploykit bench",
+                 fontsize=11, fontweight="bold")
+    fig.text(0.5, 0.005, report.host_line, ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return dest

@@ -1,0 +1,214 @@
+"""Checkpoint files -> Python objects, read as data: which kind a file is, its state_dict, and the checks that run
+before anything in it is used. ``deploykit.models.loading`` turns what this module reads into a model.
+
+Kinds, detected from the file, never from its name:
+
+* ``deploykit``     -- a self-describing dict written by ``deploykit train`` (arch, classes, preprocessing);
+* ``safetensors``   -- a ``.safetensors`` state_dict (Hugging Face / timm style), read without pickle;
+* ``state_dict``    -- bare weights (also wrapped as ``{"state_dict"|"model"|"model_state_dict"|...: ...}``,
+                      with ``module.`` / ``_orig_mod.`` prefixes); the architecture is inferred from the keys and
+                      shapes, or given with ``--arch`` / ``--model-def``;
+* ``pickled-module``-- ``torch.save(model)``: unpickling runs code, so only with ``allow_pickle``;
+* ``torchscript``   -- ``torch.jit.save`` archives;
+* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives (``deploykit.models.program``).
+
+Everything is read with ``torch.load(weights_only=True)`` unless the user passed ``--allow-pickle``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import struct
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import CheckpointError, InputError
+from deploykit.preprocess import Preprocess
+
+CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "ema")
+_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+
+
+# -- detection ------------------------------------------------------------------------------------------
+def _zip_names(path: Path) -> list[str] | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def detect_kind(path: Path) -> str:
+    """``safetensors``, ``exported-program``, ``torchscript`` or ``pickle`` (a ``torch.save`` file of any content)."""
+    if _is_safetensors(path):
+        return "safetensors"
+    names = _zip_names(path)
+    if names is not None:
+        stripped = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "archive_format" in stripped or any(n.startswith("models/") for n in stripped):
+            return "exported-program"
+        if "constants.pkl" in stripped or any(n.startswith("code/") for n in stripped):
+            return "torchscript"
+    return "pickle"
+
+
+# -- reading --------------------------------------------------------------------------------------------
+def read_pickle(path: Path, weights_only: bool):
+    """``torch.load`` on the CPU; a file that needs unpickling without ``weights_only`` is refused naming
+    ``--allow-pickle``, a corrupt one with a line saying so."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if weights_only and "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)|global: GLOBAL ([\w.]+)|global: ([\w.]+)", text)
+            if not found:
+                raise CheckpointError(f"{path.name} is corrupt, or holds pickled data that only a code-running unpickler "
+                                      "reads; re-save it (model.state_dict()), or if you trust it re-run with "
+                                      "--allow-pickle") from None
+            name = next(g for g in found.groups() if g)
+            raise CheckpointError(
+                f"{path.name} holds pickled Python objects ({name}; likely a whole model saved with torch.save(model)); "
+                "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
+                "model.state_dict() instead") from None
+        raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
+            IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):
+            raise CheckpointError(f"{path.name} needs Python code that is not importable here ({msg}); "
+                                  "save model.state_dict() and pass --arch or --model-def") from None
+        raise CheckpointError(f"{path.name} is corrupt or truncated ({msg}); re-save or re-download it") from None
+
+
+def read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{path.name} is a corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+
+
+def read_torchscript(path: Path):
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path.name} is a corrupt TorchScript archive: {str(exc).splitlines()[0]}") from None
+
+
+# -- state dicts ----------------------------------------------------------------------------------------
+def is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def find_state_dict(obj: Any) -> Mapping | None:
+    """The state_dict inside ``obj``, as it was saved: an ``OrderedDict`` keeps its ``_metadata`` (module
+    versions that MNASNet's and BatchNorm's ``_load_from_state_dict`` read)."""
+    if is_tensor_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if key in obj and is_tensor_dict(obj[key]):
+                return obj[key]
+    return None
+
+
+def rekeyed(state: Mapping, items, metadata_key=lambda k: k) -> dict:
+    """A new ordered state_dict of ``items`` that carries ``state``'s ``_metadata``, its keys passed through
+    ``metadata_key`` (entries for which it returns None are dropped)."""
+    from collections import OrderedDict
+
+    out = OrderedDict(items)
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        out._metadata = OrderedDict((new, v) for k, v in meta.items() if (new := metadata_key(k)) is not None)
+    return out
+
+
+def _strip_module_prefix(key: str, prefix: str) -> str | None:
+    """A ``_metadata`` key (a module path, "" for the root) with a wrapper prefix removed."""
+    bare = prefix[:-1]
+    if key == bare:
+        return ""
+    return key[len(prefix):] if key.startswith(prefix) else None
+
+
+def strip_prefixes(state: Mapping) -> Mapping:
+    """Remove wrapper prefixes shared by every key: DataParallel ``module.``, torch.compile ``_orig_mod.``...
+    The ``_metadata`` of the state_dict follows the keys."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = rekeyed(state, ((k[len(prefix):], v) for k, v in state.items()),
+                                lambda key, p=prefix: _strip_module_prefix(key, p))
+                changed = True
+    return state
+
+
+# -- deploykit checkpoints: the one format this package writes ---------------------------------------------------
+def is_deploykit_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
+    """The fields of a deploykit checkpoint are data from a file: check their types before using them."""
+    from deploykit.text import class_names_from
+
+    arch = obj.get("arch")
+    if arch is not None and (not isinstance(arch, str) or not 0 < len(arch) <= 128):
+        raise CheckpointError(f"{path.name}: field arch must be an architecture name; re-save the checkpoint")
+    n = obj.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1_000_000):
+        raise CheckpointError(f"{path.name}: field num_classes must be a whole number >= 1; re-save the checkpoint")
+    try:
+        names = class_names_from(obj.get("class_names"), f"{path.name}: field class_names")
+        if obj.get("preprocess") is not None:
+            Preprocess.from_dict(obj["preprocess"])
+    except InputError as exc:
+        raise CheckpointError(str(exc) if str(exc).startswith(path.name) else
+                              f"{path.name}: field preprocess: {exc}") from None
+    if names is not None and n is not None and len(names) != n:
+        raise CheckpointError(f"{path.name}: {len(names)} class names for {n} classes; re-save the checkpoint")
+    if not is_tensor_dict(obj.get("state_dict")):
+        raise CheckpointError(f"{path.name}: field state_dict must map names to tensors; re-save the checkpoint")
+
+
+def save_checkpoint(path: Path, model, *, arch: str, num_classes: int, preprocess: Preprocess,
+                    class_names: list[str] | None = None, **extra: Any) -> None:
+    """Write a self-describing checkpoint that ``torch.load(weights_only=True)`` can read."""
+    import torch
+
+    from deploykit.files import atomic_path
+
+    payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": int(num_classes),
+               "class_names": list(class_names) if class_names else None, "preprocess": preprocess.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)

@@ -1,0 +1,488 @@
+"""ONNX -> TensorRT engine, built on the machine that will run it, in small named steps (Polygraphy's loaders):
+
+    plan_build -> network_from_onnx_path -> create_config -> add_batch_profile -> load_timing_cache
+               -> engine_from_network -> save_engine / save_timing_cache -> record_engine
+
+:func:`build_engine` runs them for one export folder and precision. The decisions are pure functions of the
+TensorRT version and the folder (:func:`plan_build`, :func:`~deploykit.tensorrt.profile.input_profile`,
+:func:`engine_facts`, :func:`build_failure`) and are unit tested without a GPU; the steps that call TensorRT take
+the ``tensorrt`` module as an argument, so they run against a fake one too. What each step follows:
+
+* **Typing.** TensorRT >= 10.12 and every 11.x parse the ONNX *strongly typed*
+  (``builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))``): the precision
+  lives in the graph -- FP16 tensors with FP32 I/O in ``model.fp16.onnx``, symmetric INT8 Q/DQ in
+  ``model.int8.onnx`` -- and no precision builder flag is set ("Migrating from TensorRT 10.x to 11.x",
+  "Python Migration Patterns for TensorRT 11.x: Migrating from Weak Typing to Strong Typing"; the 11.x
+  "Removed Python APIs" table lists ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` as removed). Older 10.x
+  (JetPack 6 ships 10.3; NVIDIA calls strong typing fully available from 10.12) parse the *same* ONNX weakly
+  typed (``create_network(0)``) with ``BuilderFlag.FP16`` or ``BuilderFlag.INT8`` -- the "Before (TensorRT
+  10.x)" half of that migration page -- and ``INT8`` + ``FP16`` for a ``model.int8.onnx`` whose manifest entry
+  says ``"remainder": "fp16"`` (its non-INT8 part is FP16 in the graph; ``trtexec --int8 --fp16``). Never
+  strong typing and precision flags together: :func:`plan_build` decides.
+* **Batch profile.** A dynamic batch dimension gets one ``IOptimizationProfile`` (:func:`add_batch_profile`).
+* **Workspace.** ``config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, bytes)`` (Python API
+  "IBuilderConfig"); a build that runs out of memory says to lower ``--workspace`` (:func:`build_failure`).
+* **Timing cache.** ``config.create_timing_cache(bytes)`` + ``config.set_timing_cache(cache,
+  ignore_mismatch=False)`` before the build, ``config.get_timing_cache().serialize()`` after (Python API
+  "ITimingCache"); one file per TensorRT version and GPU under the user cache dir, reused by every build.
+* **Progress.** A ``trt.IProgressMonitor`` subclass on ``config.progress_monitor`` (Python API
+  "IProgressMonitor", NVIDIA's ``samples/python/simple_progress_monitor``) feeds :class:`PhaseProgress`: one
+  ``reporter.progress`` task per build phase, nested phases as tasks of their own.
+* **The plan.** ``builder.build_serialized_network(network, config)`` is written as is: a plain serialized
+  plan that ``trtexec --loadEngine`` and the C++ runtime load unchanged. Its facts (TensorRT version, GPU,
+  compute capability, precision, typing, profile, build seconds, calibration-set hash) go to the
+  ``deploykit.json`` sidecar, which the runner checks against the running TensorRT and GPU before it
+  deserializes anything (:func:`deploykit.tensorrt.host.check_compatible`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import DeployKitError, EngineBuildError, InputError
+from deploykit.files import atomic_path, sha256_file
+from deploykit.manifest import Manifest
+from deploykit.reporter import SILENT, Reporter, Task
+from deploykit.tensorrt.host import (Host, Probe, as_version, check_tensorrt_version, default_timing_cache,
+                                     is_jetson, probe_host, require_host, trt_logger)
+from deploykit.tensorrt.profile import (BatchProfile, EnginePrecision, build_command, engine_name, input_profile,
+                                        resolve_profile)
+
+STRONG_TYPING_SINCE = (10, 12)  # NVIDIA: strong typing fully available from 10.12 (deprecates weak typing)
+
+
+class Typing(str, Enum):
+    strong = "strong"  # STRONGLY_TYPED network: precision from the graph, no precision flags
+    weak = "weak"  # TensorRT < 10.12: precision flags on the builder config
+
+
+class NetworkFlag(str, Enum):
+    """``trt.NetworkDefinitionCreationFlag`` members deploykit sets (value = the TensorRT name)."""
+
+    STRONGLY_TYPED = "STRONGLY_TYPED"
+
+
+class BuilderFlag(str, Enum):
+    """``trt.BuilderFlag`` members deploykit sets or clears (value = the TensorRT name)."""
+
+    FP16 = "FP16"
+    INT8 = "INT8"
+    TF32 = "TF32"
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How one engine is built on one TensorRT version: typing, network flags, builder flags set and cleared."""
+
+    typing: Typing
+    network_flags: tuple[NetworkFlag, ...]
+    set_flags: tuple[BuilderFlag, ...]
+    clear_flags: tuple[BuilderFlag, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"typing": self.typing.value, "network_flags": [f.value for f in self.network_flags],
+                "builder_flags": [f.value for f in self.set_flags],
+                "cleared_flags": [f.value for f in self.clear_flags]}
+
+
+def plan_build(tensorrt_version: str | tuple[int, ...], precision: EnginePrecision, *,
+               fp16_remainder: bool = False) -> BuildPlan:
+    """Strongly typed on TensorRT >= 10.12 (and 11.x, where it is the only mode); weakly typed with the
+    FP16 / INT8 builder flag before that. Never both: a strongly typed network rejects precision flags.
+
+    FP32 engines clear TF32 (on by default) so that "fp32" is FP32 and meets the FP32 parity tolerance.
+    A weakly typed INT8 build sets INT8 and, when ``fp16_remainder`` (the graph's non-INT8 part is FP16: the
+    manifest's ``"remainder": "fp16"``), FP16 too, so TensorRT may pick FP16 kernels for it; an FP32 remainder
+    (or an export from before the remainder was recorded) gets INT8 alone.
+    """
+    version = check_tensorrt_version(as_version(tensorrt_version))
+    precision = EnginePrecision(precision)
+    clear = (BuilderFlag.TF32,) if precision is EnginePrecision.fp32 else ()
+    if version[:2] >= STRONG_TYPING_SINCE:
+        return BuildPlan(Typing.strong, (NetworkFlag.STRONGLY_TYPED,), (), clear)
+    flags = {EnginePrecision.fp32: (), EnginePrecision.fp16: (BuilderFlag.FP16,),
+             EnginePrecision.int8: (BuilderFlag.INT8, BuilderFlag.FP16) if fp16_remainder else (BuilderFlag.INT8,),
+             }[precision]
+    return BuildPlan(Typing.weak, (), flags, clear)
+
+
+def network_creation_flags(trt, plan: BuildPlan) -> int:
+    """The ``create_network`` bit mask for ``plan``; a flag this TensorRT lacks is left out (TensorRT 11 may drop
+    STRONGLY_TYPED: every network is strongly typed there)."""
+    flags = 0
+    for flag in plan.network_flags:
+        member = getattr(trt.NetworkDefinitionCreationFlag, flag.value, None)
+        if member is not None:
+            flags |= 1 << int(member)
+    return flags
+
+
+def set_builder_flags(trt, config, plan: BuildPlan) -> None:
+    """Set the plan's builder flags (each must exist) and clear the ones to clear (where they exist)."""
+    for flag in plan.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag.value))
+    for flag in plan.clear_flags:
+        member = getattr(trt.BuilderFlag, flag.value, None)
+        if member is not None:
+            config.clear_flag(member)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+
+@dataclass
+class ParsedNetwork:
+    """The builder, the network and the parser that filled it (the parser owns the weights: keep it alive)."""
+
+    builder: Any
+    network: Any
+    parser: Any
+
+
+def network_from_onnx_path(trt, logger, onnx_path: Path, plan: BuildPlan, *, onnx: str,
+                           tensorrt: str) -> ParsedNetwork:
+    """Parse the ONNX file into a network typed as ``plan`` says; ``onnx`` names it in messages."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_creation_flags(trt, plan))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
+        raise EngineBuildError(f"TensorRT {tensorrt} cannot parse {onnx}: "
+                               f"{errors[0] if errors else 'unknown error'}" +
+                               (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    if network.num_inputs != 1:
+        raise EngineBuildError(f"{onnx} has {network.num_inputs} inputs; deploykit engines take one image batch")
+    return ParsedNetwork(builder, network, parser)
+
+
+def workspace_bytes(workspace_gib: float) -> int:
+    return int(workspace_gib * (1 << 30))
+
+
+def create_config(trt, builder, plan: BuildPlan, *, workspace_gib: float | None = None):
+    """A builder config with the plan's flags and, when asked, a workspace limit."""
+    config = builder.create_builder_config()
+    set_builder_flags(trt, config, plan)
+    if workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes(workspace_gib))
+    return config
+
+
+def add_batch_profile(builder, network, config, profile: BatchProfile, *, onnx: str) -> tuple[str, tuple[int, ...]]:
+    """Add the optimization profile a dynamic batch needs; ``(input name, chw)`` of the network's input."""
+    inp = network.get_input(0)
+    chw, dynamic = input_profile(tuple(inp.shape), profile, onnx)
+    if dynamic:
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(inp.name, *profile.shapes(chw))
+        config.add_optimization_profile(opt_profile)
+    return inp.name, chw
+
+
+def load_timing_cache(config, path: Path, host: Host, reporter: Reporter = SILENT) -> bool:
+    """Start from the timing cache at ``path`` (a missing file: an empty cache); True when one was reused.
+    A cache TensorRT rejects (another version or GPU) is replaced by an empty one, with a warning."""
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return bool(blob)
+    reporter.warn(f"timing cache {path} does not fit TensorRT {host.tensorrt} on {host.gpu}; starting a new one")
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, False)
+    return False
+
+
+class PhaseProgress:
+    """TensorRT's build phases as reporter tasks: one ``reporter.progress`` per phase, a nested phase its own.
+
+    TensorRT calls the monitor from its own threads; a reporter failure must not cancel the build, so every
+    call is guarded (a False from ``step_complete`` would cancel it).
+    """
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self._open: dict[str, tuple[contextlib.ExitStack, Task, int]] = {}
+        self._lock = threading.Lock()
+
+    def started(self, phase: str, parent: str | None, steps: int) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._close(phase)
+            stack = contextlib.ExitStack()
+            total = max(int(steps), 1)
+            task = stack.enter_context(self.reporter.progress(str(phase), total=total))
+            self._open[phase] = (stack, task, total)
+
+    def stepped(self, phase: str, step: int) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            if phase in self._open:
+                _, task, total = self._open[phase]
+                task.update(completed=min(int(step) + 1, total))
+
+    def finished(self, phase: str) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            if phase in self._open:
+                _, task, total = self._open[phase]
+                task.update(completed=total)
+            self._close(phase)
+
+    def close(self) -> None:
+        """End every phase still open (a failed or cancelled build), innermost first."""
+        with self._lock:
+            for phase in reversed(list(self._open)):
+                with contextlib.suppress(Exception):
+                    self._close(phase)
+
+    def _close(self, phase: str) -> None:
+        entry = self._open.pop(phase, None)
+        if entry is not None:
+            entry[0].close()
+
+
+def progress_monitor(trt, phases: PhaseProgress):
+    """A ``trt.IProgressMonitor`` forwarding TensorRT's build phases to ``phases``."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            phases.started(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name, step):
+            phases.stepped(phase_name, step)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            phases.finished(phase_name)
+
+    return Monitor()
+
+
+def engine_from_network(trt, parsed: ParsedNetwork, config, logger, *,
+                        reporter: Reporter = SILENT) -> tuple[bytes | None, float]:
+    """``(serialized plan or None when the build failed, seconds)``; the logger holds TensorRT's reasons."""
+    phases = PhaseProgress(reporter)
+    if reporter is not SILENT and hasattr(trt, "IProgressMonitor"):
+        monitor = progress_monitor(trt, phases)
+        config.progress_monitor = monitor  # must outlive every TensorRT object using it: held until we return
+    started = time.perf_counter()
+    try:
+        serialized = parsed.builder.build_serialized_network(parsed.network, config)
+    except MemoryError:
+        serialized = None
+        logger.errors.append("out of memory")
+    finally:
+        phases.close()
+    return serialized, time.perf_counter() - started
+
+
+_OOM_PATTERNS = ("out of memory", "outofmemory", "cudaerrormemoryallocation", "insufficient memory",
+                 "requested amount of gpu memory", "failed to allocate", "could not allocate", "allocation failed",
+                 "cuda_error_out_of_memory", "not enough memory")
+# TensorRT's *warnings* when tactics do not fit: "Tactic Device request: 1234MB Available: 512MB. Device memory is
+# insufficient to use tactic.", "Skipping tactic 3 due to insufficient memory on requested size of ..." (also
+# spelled "insuficient" by some releases). With every tactic of a layer skipped, the build then fails with
+# "Could not find any implementation for node ...": on a Jetson that is an out-of-memory build.
+_TACTIC_MEMORY = re.compile(r"memory is insuf+icient|insuf+icient (device |gpu |host )?memory|device request: .*"
+                            r"available:|not enough (device |gpu )?memory", re.IGNORECASE)
+_NO_IMPLEMENTATION = "could not find any implementation"
+
+
+def is_out_of_memory(errors: list[str], warnings: list[str] = ()) -> bool:
+    """Whether a failed build ran out of GPU memory: an out-of-memory error, or tactics skipped for lack of
+    memory (warnings) followed by no error at all or TensorRT's "Could not find any implementation"."""
+    text = " ".join(errors).lower()
+    if any(p in text for p in _OOM_PATTERNS):
+        return True
+    starved = any(_TACTIC_MEMORY.search(w) for w in warnings)
+    return starved and (not errors or _NO_IMPLEMENTATION in text)
+
+
+def oom_message(engine: str, workspace_gib: float | None, folder: Path, precision: EnginePrecision,
+                profile: BatchProfile) -> str:
+    smaller = max((workspace_gib or 2.0) / 2, 0.25)
+    lower = (f" or a smaller batch profile (e.g. --profile {profile.min}:{max(profile.min, profile.opt // 2)}:"
+             f"{max(profile.min, profile.max // 2)})" if not profile.is_fixed else "")
+    ws = f"a {workspace_gib:g} GiB workspace" if workspace_gib else "TensorRT's default workspace (all free memory)"
+    return (f"TensorRT ran out of GPU memory building {engine} with {ws}: re-run with a smaller workspace"
+            f"{lower}, e.g. {build_command(folder, precision, profile, smaller)}; on a Jetson also close other "
+            "GPU programs and add swap")
+
+
+def build_failure(errors: list[str], warnings: list[str], *, tensorrt: str, folder: Path,
+                  precision: EnginePrecision, profile: BatchProfile,
+                  workspace_gib: float | None) -> EngineBuildError:
+    """The one-line error for a build that returned no plan: out of memory (with the smaller command), or
+    TensorRT's first error."""
+    name = engine_name(precision)
+    if is_out_of_memory(errors, warnings):
+        return EngineBuildError(oom_message(name, workspace_gib, folder, precision, profile))
+    first = errors[0] if errors else "no error message from TensorRT"
+    return EngineBuildError(f"TensorRT {tensorrt} could not build {name}: {first}")
+
+
+def save_engine(dest: Path, serialized) -> None:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        handle.write(serialized)  # the plain serialized plan, nothing prepended
+
+
+def save_timing_cache(config, path: Path) -> str | None:
+    """Write the config's timing cache to ``path``; a note saying why not when it cannot be written."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(config.get_timing_cache().serialize())
+    except (OSError, DeployKitError) as exc:
+        return f"timing cache not saved to {path}: {exc}"
+    return None
+
+
+# ------------------------------------------------------------------------------------- the record
+
+
+def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> dict[str, Any]:
+    precision = EnginePrecision(precision)
+    entry = next((a for a in manifest.artifacts if a.get("precision") == precision.value
+                  and a["path"].endswith(".onnx")), None)
+    how = {EnginePrecision.fp32: "deploykit export", EnginePrecision.fp16: "deploykit export ... --fp16",
+           EnginePrecision.int8: "deploykit export ... --int8 --calib DIR"}[precision]
+    if entry is None:
+        raise InputError(f"{folder} has no {precision.value} ONNX to build from; export it first ({how})")
+    manifest.file(entry)  # a plain file inside the folder with the recorded sha256, else one line to re-export
+    return entry
+
+
+def onnx_remainder(entry: dict[str, Any]) -> str | None:
+    """The precision of the non-INT8 part of an INT8 ONNX, as the precision stage recorded it ("fp16" /
+    "fp32"); None for other precisions and for exports from before it was recorded (their remainder is FP32)."""
+    if entry.get("precision") != "int8":
+        return None
+    return (entry.get("details") or {}).get("remainder")
+
+
+def calibration_hash(manifest: Manifest, folder: Path) -> str | None:
+    """The INT8 calibration set's hash: the key of the calibration cache (image bytes, preprocessing, method
+    and model), as the precision stage recorded it."""
+    int8 = next((a for a in manifest.artifacts if a.get("precision") == "int8" and a["path"].endswith(".onnx")),
+                None)
+    cache = (((int8 or {}).get("details") or {}).get("calibration") or {}).get("cache")
+    if not cache:
+        return None
+    path = folder / cache
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()).get("key")
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            pass
+    match = re.search(r"-([0-9a-f]{16})\.json$", cache)  # calib-<method>-<key[:16]>.json
+    return match.group(1) if match else None
+
+
+def engine_facts(host: Host, precision: EnginePrecision, plan: BuildPlan, profile: BatchProfile, *, input_name: str,
+                 chw: tuple[int, ...], workspace_gib: float | None, seconds: float, timing_cache: Path,
+                 reused: bool, onnx: dict[str, Any], calibration_sha256: str | None) -> dict[str, Any]:
+    """The engine's facts for ``deploykit.json`` (the ``engine`` key of its artifact record)."""
+    return {
+        "tensorrt": host.tensorrt, "gpu": host.gpu, "compute_capability": host.compute_capability,
+        "precision": EnginePrecision(precision).value, **plan.to_dict(),
+        "profile": profile.to_dict(input_name, chw), "workspace_gib": workspace_gib,
+        "build_seconds": round(seconds, 2),
+        "timing_cache": {"path": str(timing_cache), "reused": reused},
+        "onnx": {"path": onnx["path"], "sha256": onnx.get("sha256")},
+        "calibration_sha256": calibration_sha256,
+        "platform": {"machine": platform.machine(), "jetson": is_jetson()},
+    }
+
+
+def record_engine(manifest: Manifest, folder: Path, dest: Path, facts: dict[str, Any],
+                  profile: BatchProfile) -> dict[str, Any]:
+    """List the written engine in the folder's manifest (hash, size, facts) and save it; the record."""
+    record = {"path": dest.name, "precision": facts["precision"], "sha256": sha256_file(dest),
+              "bytes": dest.stat().st_size, "parity": None, "engine": facts}
+    if profile.is_fixed:
+        record["batch"] = profile.min
+    manifest.set_artifact(record)
+    manifest.save(folder)
+    return record
+
+
+# ------------------------------------------------------------------------------------------ the build
+
+
+@dataclass
+class EngineResult:
+    path: Path
+    entry: dict[str, Any]
+    facts: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None = None,
+                 workspace_gib: float | None = None, timing_cache: Path | None = None,
+                 reporter: Reporter = SILENT, done: str | None = None, probe: Probe = probe_host) -> EngineResult:
+    """Build ``model.<precision>.engine`` from the folder's ONNX of that precision; record it in the manifest.
+
+    Raises MissingDependencyError (exit 3) with the command to run on the target when TensorRT or a GPU is
+    missing here (``probe`` says; ``done`` prefixes that message with what was already written),
+    EngineBuildError when TensorRT cannot parse or build. Steps go to ``reporter.status``, the build phases
+    to ``reporter.progress``.
+    """
+    folder = Path(folder)
+    precision = EnginePrecision(precision)
+    if workspace_gib is not None and not workspace_gib > 0:
+        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+    from deploykit.folder import folder_lock
+
+    with folder_lock(folder, "build"):  # one writer of the folder's manifest at a time
+        return _build_locked(folder, precision, profile=profile, workspace_gib=workspace_gib,
+                             timing_cache=timing_cache, reporter=reporter, done=done, probe=probe)
+
+
+def _build_locked(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None,
+                  workspace_gib: float | None, timing_cache: Path | None, reporter: Reporter, done: str | None,
+                  probe: Probe) -> EngineResult:
+    manifest = Manifest.load(folder)
+    entry = onnx_entry(manifest, precision, folder)
+    profile = resolve_profile(manifest, profile)
+    trt, host = require_host(folder, precision, done=done, profile=profile, workspace_gib=workspace_gib,
+                             probe=probe)
+    plan = plan_build(host.tensorrt, precision, fp16_remainder=onnx_remainder(entry) == "fp16")
+    logger = trt_logger(trt)
+    logger.reset()
+    name = engine_name(precision)
+
+    reporter.status(f"parsing {entry['path']} ({plan.typing.value}ly typed, TensorRT {host.tensorrt})")
+    parsed = network_from_onnx_path(trt, logger, manifest.file(entry), plan, onnx=entry["path"],
+                                    tensorrt=host.tensorrt)
+    config = create_config(trt, parsed.builder, plan, workspace_gib=workspace_gib)
+    input_name, chw = add_batch_profile(parsed.builder, parsed.network, config, profile, onnx=entry["path"])
+    cache_path = Path(timing_cache) if timing_cache else default_timing_cache(host)
+    reused = load_timing_cache(config, cache_path, host, reporter)
+
+    reporter.status(f"building {name} (profile {profile}, {plan.typing.value} typing"
+                    + (f", flags {'+'.join(f.value for f in plan.set_flags)}" if plan.set_flags else "") + ")")
+    serialized, seconds = engine_from_network(trt, parsed, config, logger, reporter=reporter)
+    if serialized is None:
+        raise build_failure(logger.errors, logger.warnings, tensorrt=host.tensorrt, folder=folder,
+                            precision=precision, profile=profile, workspace_gib=workspace_gib)
+
+    dest = folder / name
+    save_engine(dest, serialized)
+    notes = [n for n in [save_timing_cache(config, cache_path)] if n]
+    calibration = calibration_hash(manifest, folder) if precision is EnginePrecision.int8 else None
+    facts = engine_facts(host, precision, plan, profile, input_name=input_name, chw=chw,
+                         workspace_gib=workspace_gib, seconds=seconds, timing_cache=cache_path, reused=reused,
+                         onnx=entry, calibration_sha256=calibration)
+    record = record_engine(manifest, folder, dest, facts, profile)
+    return EngineResult(dest, record, facts, notes)
