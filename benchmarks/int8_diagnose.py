@@ -30,7 +30,6 @@ def main() -> int:
     parser.add_argument("--images", type=Path, default=Path("/tmp/i8/img"))
     parser.add_argument("--sensitivity", type=int, default=0)
     args = parser.parse_args()
-    import onnx
     from onnx import numpy_helper
 
     from deploykit.precision.bias_correction import measure_shifts

@@ -15,7 +15,6 @@ On a host shared with other work, two OpenMP threads can be far slower than one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -249,17 +249,6 @@ def _session_with_outputs(model_path: Path, tensors: Sequence[str]):
     return session
 
 
-def float_tensors(model) -> set[str]:
-    """Names of the float32 activations (not initializers) of an ONNX model, by shape inference."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    inits = {i.name for i in model.graph.initializer}
-    return {n for n, t in types.items() if t == onnx.TensorProto.FLOAT and n not in inits}
-
-
 def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np.ndarray], *,
                   histogram: bool, progress: Callable[[int], None] | None = None,
                   max_chunk: int = MAX_CHUNK) -> dict[str, TensorStats]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
+
 
 def name_nodes(model) -> None:
     """Give every node a unique name (the passes address nodes by name)."""
@@ -33,3 +37,52 @@ def toposort(model) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def float_tensors(model) -> set[str]:
+    """Names of the float32 activations (not initializers) of an ONNX model, by shape inference."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    inits = {i.name for i in model.graph.initializer}
+    return {n for n, t in types.items() if t == onnx.TensorProto.FLOAT and n not in inits}
+
+
+def apply_shifts(model, shifts: dict[str, np.ndarray], nodes: Iterable[str]) -> int:
+    """Add ``shifts`` to the biases of ``nodes`` (node names) in ``model`` (an onnx.ModelProto, edited in
+    place): a bias shared with a node left out is copied first, a missing bias is created. Returns how many
+    biases changed."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    wanted = set(nodes)
+    changed = 0
+    for node in model.graph.node:
+        if node.name not in wanted or node.name not in shifts:
+            continue
+        delta = np.asarray(shifts[node.name], np.float32)
+        if len(node.input) > 2 and node.input[2]:
+            old = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+            if old.shape != delta.shape:
+                continue
+            new_name = node.input[2] if users[node.input[2]] == 1 else f"{node.input[2]}__{node.name}"
+        else:
+            old = np.zeros_like(delta)
+            new_name = f"{node.name}__bias"
+            while len(node.input) < 3:
+                node.input.append("")
+        tensor = numpy_helper.from_array((old + delta).astype(np.float32), new_name)
+        if new_name in inits:
+            inits[new_name].CopyFrom(tensor)
+        else:
+            model.graph.initializer.append(tensor)
+            inits[new_name] = tensor
+        node.input[2] = new_name
+        changed += 1
+    return changed

@@ -165,7 +165,7 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
     active = [layer for layer in plan.layers if layer.name not in exclude and layer.node not in exclude]
     active_nodes = {layer.node for layer in active}
     if bias:
-        from deploykit.precision.bias_correction import apply_shifts
+        from deploykit.precision.graph import apply_shifts
 
         apply_shifts(model, bias, active_nodes)
         inits = {i.name: i for i in graph.initializer}
@@ -261,7 +261,7 @@ CPU_FORMAT = CpuFormat.qoperator_u8s8  # fastest on ORT CPU here; see docs/preci
 
 def cpu_tensors(model) -> list[str]:
     """Every float activation ONNX Runtime's quantizer may ask a range for."""
-    from deploykit.precision.calibrate import float_tensors
+    from deploykit.precision.graph import float_tensors
 
     return sorted(float_tensors(model))
 
@@ -285,7 +285,7 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
     exclude = set(exclude)
     skip = [layer.node for layer in plan.layers if layer.name in exclude or layer.node in exclude]
     if bias:
-        from deploykit.precision.bias_correction import apply_shifts
+        from deploykit.precision.graph import apply_shifts
 
         apply_shifts(model, bias, {layer.node for layer in plan.layers} - set(skip))
     act = QuantType.QUInt8 if fmt in (CpuFormat.qoperator_u8s8, CpuFormat.qdq_u8s8) else QuantType.QInt8
