@@ -220,3 +220,22 @@ def test_accuracy_and_its_interval_come_with_labels():
     assert m["accuracy_drop"] == pytest.approx(100 / 6) and not report.passed
     assert m["accuracy_ci95"][0] < m["accuracy"] < m["accuracy_ci95"][1] <= 100.0
     assert any("accuracy_drop" in f for f in report.failures) and any("top1_agreement" in f for f in report.failures)
+
+
+def test_known_logits_are_used_only_for_the_same_images(lenet_ckpt, tmp_path):
+    """Export hands verification the logits its precision stage already computed; they count only when the
+    images (their digest) and the runtime are the same."""
+    from deploykit.data import verification_set
+    from deploykit.manifest import Manifest
+    from deploykit.parity import batch_digest
+    from deploykit.pipeline import export_folder
+    from deploykit.verify import KnownLogits, verify_folder
+
+    folder = export_folder(lenet_ckpt, out=tmp_path / "exp", verify=False).folder
+    batch = verification_set("digits").load(Manifest.load(folder).preprocessing)
+    wrong = np.zeros((len(batch), 10), np.float32)
+    wrong[:, 3] = 1.0  # every image "class 3": fails against the PyTorch reference
+    used = verify_folder(folder, data="digits", known=KnownLogits(batch_digest(batch), {"model.onnx": wrong}))
+    assert not used.passed  # the known logits were judged
+    ignored = verify_folder(folder, data="digits", known=KnownLogits(batch_digest(batch[:-1]), {"model.onnx": wrong}))
+    assert ignored.passed and ignored.artifacts[0].metrics["cosine_min"] > 0.99999  # other images: run again

@@ -266,3 +266,11 @@ def assess(path: str, precision: str, reference: np.ndarray, logits: np.ndarray,
 def with_overrides(precision: str, **changes) -> dict[str, Tolerance]:
     changes = {k: v for k, v in changes.items() if v is not None}
     return {precision: replace(tolerance_for(precision), **changes)} if changes else {}
+
+
+def batch_digest(batch: np.ndarray) -> str:
+    """Which images (after preprocessing) a set of logits was computed on."""
+    import hashlib
+
+    batch = np.ascontiguousarray(batch)
+    return f"{batch.shape}:{hashlib.blake2b(batch.data, digest_size=16).hexdigest()}"

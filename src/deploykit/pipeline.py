@@ -137,8 +137,13 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
     report = None
     if verify:
         reporter.status("verifying against PyTorch")
+        known = None
+        if precision_result is not None and precision_result.logits:
+            from deploykit.verify import KnownLogits
+
+            known = KnownLogits(precision_result.logits_digest, precision_result.logits)
         report = verify_folder(folder, manifest=manifest, loaded=loaded, data=data, reporter=reporter,
-                               overrides=getattr(precision, "overrides", None))
+                               overrides=getattr(precision, "overrides", None), known=known)
         record_parity(manifest, report)
     manifest.save(folder)
     return ExportResult(folder, manifest, loaded, report, precision_result)

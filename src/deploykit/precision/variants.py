@@ -18,7 +18,7 @@ from deploykit.data import ImageSet, verification_set
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
-from deploykit.parity import accuracy_labels, compare_logits, judge, tolerance_for, with_overrides
+from deploykit.parity import accuracy_labels, batch_digest, compare_logits, judge, tolerance_for, with_overrides
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
@@ -31,6 +31,7 @@ from deploykit.reporter import SILENT, Reporter
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
 INT8_CPU_NAME = "model.int8-cpu.onnx"
+ABSMAX_IMAGES = 64  # verification images the FP16 range rule looks at (with INT8, the calibration ranges too)
 SENSITIVITY_IMAGES = 64  # ranking runs one INT8 graph per layer: a subset keeps it to minutes on ResNet-50
 
 
@@ -118,6 +119,10 @@ class PrecisionResult:
     ranges: Ranges | None = None
     budgets: dict[Int8Target, BudgetResult] = field(default_factory=dict)  # targets whose INT8 missed its gate
     remainder: RemainderGraph | None = None  # model.int8.onnx's FP16 remainder, when it has one
+    # logits already computed on the verification images (file name -> logits) and those images' digest, so the
+    # verification stage does not run them again (verify.KnownLogits)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    logits_digest: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def other_precision(self, target: Int8Target) -> str:
@@ -195,6 +200,8 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         judge_int8 = request.check or request.accuracy_budget is not None
         labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
+        if reference is not None:
+            result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
         def quantize_for_trt(dest: Path, exclude=()) -> Int8Graph:
             graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude, bias=result.ranges.bias)
             if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
@@ -220,6 +227,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
                                                             folder / name, verify_batch, reference, labels, reporter)
             if excluded:
                 graph = quantize(folder / name, excluded)
+                result.logits.pop(name, None)  # logits of the graph before the budget moved layers
             result.int8[target] = graph
             _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))
     return result
@@ -228,8 +236,9 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict[str, float]:
     """The largest ``|x|`` per float tensor of the FP32 graph on the verification images and, with INT8, the
     calibration ranges (the FP16 rules keep nodes whose output goes beyond FP16's safe range in FP32)."""
-    # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max
-    stats = collect_stats(fp32, sorted(cpu_tensors(model)), [batch], histogram=False)
+    # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max; every
+    # float tensor is an output of that pass (ResNet-50: 9 s for 210 images), so it sees the first ABSMAX_IMAGES
+    stats = collect_stats(fp32, sorted(cpu_tensors(model)), [batch[:ABSMAX_IMAGES]], histogram=False)
     absmax = {n: s.amax for n, s in stats.items()}
     if ranges is not None:
         for n, r in ranges.tensors.items():
@@ -284,6 +293,7 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     ``quantize(dest, exclude)`` writes this target's INT8 graph with the ``exclude`` layers left in FP32.
     """
     int8_logits = logits_of(int8_path, batch)
+    result.logits[int8_path.name] = int8_logits
     metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
     if labels is not None:  # with labels the loss is the accuracy drop in points
