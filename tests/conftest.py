@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _models import make_checkpoint
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # deploykit's user cache (artifact hashes, compiled models) goes to a folder of this test session, not ~/.cache
 os.environ.setdefault("DEPLOYKIT_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="deploykit-test-cache-"))
@@ -21,25 +23,6 @@ def pytest_runtest_setup(item):
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU: PyTorch sees none here")
-
-
-def make_checkpoint(path: Path, arch: str, num_classes: int = 10, size: int | None = None, **extra) -> Path:
-    """A deploykit checkpoint of a registry architecture at seeded random init (``size``: square input, no
-    resize), with the registry's preprocessing recorded."""
-    import torch
-
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
-
-    torch.manual_seed(0)
-    pre = get_spec(arch).preprocess()
-    if size is not None:
-        pre = pre.replace(height=size, width=size, resize=None)
-        extra.setdefault("input_shape", list(pre.shape))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, build_model(arch, num_classes=num_classes), arch=arch, num_classes=num_classes,
-                    preprocess=pre, **extra)
-    return Path(path)
 
 
 @pytest.fixture(scope="session")

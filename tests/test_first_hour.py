@@ -24,7 +24,7 @@ DIGITS = [str(i) for i in range(10)]
 
 
 def _checkpoint(path: Path, arch: str, size: int, **extra) -> Path:
-    from conftest import make_checkpoint
+    from _models import make_checkpoint
 
     return make_checkpoint(path, arch, 10, size, class_names=DIGITS, **extra)
 
@@ -328,7 +328,7 @@ def test_report_says_where_speed_comes_from_and_carries_facts(cli, lenet_export,
     (folder / "bench.json").unlink(missing_ok=True)
     text = (folder / "report.md").read_text() if cli("report", folder).exit_code == 0 else ""
     assert f"deploykit bench {folder} --json > {folder / 'bench.json'}" in text
-    assert "calibrated on 32 images (entropy)" in text
+    assert "calibrated on 32 images (mse)" in text  # the default method
     bench = {"host": {}, "results": [{"backend": "ort", "precision": "int8", "device": "cpu", "batch": 1,
                                       "latency_ms": {"p50": 1.0, "p99": 2.0}, "throughput": 1000.0,
                                       "speedup_vs_torch": 2.0, "note": "Q/DQ graph made for TensorRT"}]}

@@ -1,0 +1,119 @@
+"""Judge the INT8 graphs a `deploykit export` wrote, as shipped, on held-out crops (issue 11 follow-up).
+
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/int8_export_eval.py /tmp/m11/lite0 [/tmp/m11/lite1 ...] \\
+        [--eval /tmp/i8/img/eval300] [--ov] [--jsonl out.jsonl]
+
+int8_noise.py / int8_anchors.py call `quantize_trt` / `quantize_cpu` directly (FP32 remainder) and run graphs with
+a plain ONNX Runtime session. This script instead takes the export folder's own `model.int8.onnx` (FP16 remainder
+by default since the remainder merge) and `model.int8-cpu.onnx`, and runs them with deploykit's runners as
+`deploykit verify` does: `OnnxRuntimeRunner` (which leaves out ORT's WeightBiasQuantization rewrite -- with it
+ORT computes a different graph for float16 Q/DQ scales, see runners/onnxrt.py) and, for the Q/DQ graph,
+`session_config=QDQ_FOLDING` (weight DQs folded once; logits equal to ~1e-6).
+
+Per folder and graph, against FP32 `model.onnx` on the evaluation crops (default: int8_images.py's 300 held-out
+crops, built under --images if missing): top-1 agreement overall and on confident crops (FP32 max prob > 0.5, and
+how many), logit cosine mean / min. With --ov: OpenVINO (`OpenVINORunner`, inference_precision f32) runs
+`model.int8.onnx` too, and the two runtimes' top-1 agreement with each other is reported, overall and confident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from int8_noise import metrics, softmax  # noqa: E402
+
+
+def run(runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    out = [runner.infer(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
+    from deploykit.manifest import Manifest
+    from deploykit.runners.onnxrt import QDQ_FOLDING, OnnxRuntimeRunner
+
+    manifest = Manifest.load(folder)
+    paths = sorted(p for p in eval_dir.iterdir() if p.is_file())
+    x = manifest.preprocessing.batch(paths)
+    row: dict = {"folder": str(folder), "n": len(paths)}
+    details = {a["path"]: a.get("details", {}) for a in json.loads((folder / "deploykit.json").read_text())
+               .get("artifacts", [])}
+    t = time.perf_counter()
+    ref = run(OnnxRuntimeRunner(folder / "model.onnx", threads=threads), x)
+    row["fp32_s"] = round(time.perf_counter() - t, 1)
+    conf = softmax(ref).max(1) > 0.5
+    row["fp32_distinct_top1"] = int(len(np.unique(ref.argmax(1))))  # a random-weight net may call everything one class
+    for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
+        if not (folder / name).is_file():
+            continue
+        t = time.perf_counter()
+        cfg = QDQ_FOLDING if name == "model.int8.onnx" else None
+        out = run(OnnxRuntimeRunner(folder / name, threads=threads, session_config=cfg), x)
+        m = metrics(ref, out)
+        m["seconds"] = round(time.perf_counter() - t, 1)
+        d = details.get(name, {})
+        m["remainder"] = d.get("remainder")
+        m["fp32_layers"] = len(d.get("fp32_layers") or [])
+        row[name] = m
+        if name == "model.int8.onnx" and ov:
+            from deploykit.runners.openvino import OpenVINORunner
+
+            t = time.perf_counter()
+            o = run(OpenVINORunner(folder / name, inference_precision="f32", threads=threads), x)
+            same = o.argmax(1) == out.argmax(1)
+            row["ov"] = {"ov_vs_ort_agree": round(float(same.mean()), 4),
+                         "ov_vs_ort_agree_conf": round(float(same[conf].mean()), 4) if conf.any() else None,
+                         "n_conf": int(conf.sum()), "ov_vs_fp32": metrics(ref, o),
+                         "ov_vs_ort_cos_min": metrics(out, o)["cos_min"],
+                         "disagreeing": [paths[i].name for i in np.flatnonzero(~same)],
+                         "seconds": round(time.perf_counter() - t, 1)}
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--images", type=Path, default=Path("/tmp/i8/img"), help="int8_images.py's crop root")
+    parser.add_argument("--eval", type=Path, help="evaluation folder (default: int8_images' 300 held-out crops)")
+    parser.add_argument("--ov", action="store_true", help="also OpenVINO f32 on model.int8.onnx vs ORT")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--jsonl", type=Path)
+    args = parser.parse_args()
+    if args.eval is None:
+        from int8_images import ensure
+
+        args.eval = ensure(args.images)[1]
+    print("| folder | graph | remainder | out of INT8 | n | agree | confident (n) | cos mean | cos min |\n"
+          "|---|---|---|---|---|---|---|---|---|", flush=True)
+    for folder in args.folders:
+        row = evaluate(folder, args.eval, args.threads, args.ov)
+        for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
+            if name in row:
+                m = row[name]
+                print(f"| {folder.name} | {name} | {m['remainder'] or '-'} | {m['fp32_layers']} | {row['n']} | "
+                      f"{m['agree']:.3f} | {m['agree_conf']:.3f} ({m['n_conf']}) | {m['cos_mean']:.4f} | "
+                      f"{m['cos_min']:.3f} |", flush=True)
+        if "ov" in row:
+            o = row["ov"]
+            print(f"  OpenVINO f32 vs ORT on {folder.name}/model.int8.onnx: top-1 agree {o['ov_vs_ort_agree']:.4f}, "
+                  f"confident {o['ov_vs_ort_agree_conf']} (n {o['n_conf']}), logit cos min {o['ov_vs_ort_cos_min']}; "
+                  f"OV vs FP32 agree {o['ov_vs_fp32']['agree']:.3f} cos {o['ov_vs_fp32']['cos_mean']:.4f}; "
+                  f"differ on {o['disagreeing']}; FP32 top-1 classes {row['fp32_distinct_top1']}", flush=True)
+        if args.jsonl:
+            with args.jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
