@@ -128,10 +128,13 @@ def test_mismatch_says_what_and_how_to_rebuild(facts, message, tmp_path):
 
 
 def test_same_compute_capability_other_gpu_only_warns():
-    seen = []
+    from deploykit.reporter import Recorder
+
+    seen = Recorder()
     check_compatible({"tensorrt": "10.3.0", "gpu": "Jetson AGX Orin", "compute_capability": "8.7"}, ORIN,
-                     engine="model.fp32.engine", warn=seen.append)
-    assert len(seen) == 1 and "Jetson AGX Orin" in seen[0] and "rebuild for best speed" in seen[0]
+                     engine="model.fp32.engine", reporter=seen)
+    warned = seen.of("warn")
+    assert len(warned) == 1 and "Jetson AGX Orin" in warned[0] and "rebuild for best speed" in warned[0]
 
 
 # ------------------------------------------------------------------------------------ messages & paths

@@ -10,13 +10,14 @@ Validation collects every failing metric of every artifact and reports them toge
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
 from deploykit.errors import InputError
+from deploykit.reporter import SILENT, Reporter
 
 
 class Precision(str, Enum):
@@ -236,14 +237,13 @@ def label_indices(images, class_names: Sequence[str] | None, num_classes: int) -
 
 
 def accuracy_labels(images, class_names: Sequence[str] | None, num_classes: int,
-                    warn: Callable[[str], None] | None = None) -> np.ndarray | None:
+                    reporter: Reporter = SILENT) -> np.ndarray | None:
     """:func:`label_indices`, except that class folders that do not map onto the model's outputs skip the accuracy
     columns with a warning instead of refusing: parity compares logits and needs no labels."""
     try:
         return label_indices(images, class_names, num_classes)
     except InputError as exc:
-        if warn is not None:
-            warn(f"accuracy skipped, parity only: {exc}")
+        reporter.warn(f"accuracy skipped, parity only: {exc}")
         return None
 
 

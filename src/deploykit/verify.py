@@ -126,7 +126,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
                                                                          fold_qdq=True))))
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
-    labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), reporter.warn)
+    labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), reporter)
     report = compare_runners(reference, candidates, batch, labels=labels, overrides=overrides,
                              reference_name=ref_name, data_name=images.source)
     if backend is Runtime.ov:
@@ -260,7 +260,7 @@ def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, 
     if engine:
         from deploykit.tensorrt.runner import TensorRTRunner
 
-        return TensorRTRunner(path, warn=reporter.warn)
+        return TensorRTRunner(path, reporter=reporter)
     if backend is Runtime.ov:
         if device != "cpu":
             raise InputError("deploykit runs OpenVINO on the CPU: use --device cpu")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from deploykit.reporter import SILENT, Reporter
 from deploykit.errors import EngineMismatchError, EngineRuntimeError, MissingDependencyError
 from deploykit.tensorrt.profile import BatchProfile, EnginePrecision, build_command
 
@@ -192,7 +193,7 @@ def engine_host(what: str = "cannot run TensorRT engines", *, probe: Probe = pro
 
 
 def check_compatible(facts: dict[str, Any], here: Host, *, engine: str, folder: Path | None = None,
-                     warn: Callable[[str], None] | None = None) -> None:
+                     reporter: Reporter = SILENT) -> None:
     """Raise :class:`EngineMismatchError` when ``engine`` (with manifest ``facts``) cannot run ``here``.
 
     Another GPU model of the same compute capability runs it but TensorRT does not recommend it: that only warns.
@@ -210,8 +211,8 @@ def check_compatible(facts: dict[str, Any], here: Host, *, engine: str, folder: 
         raise EngineMismatchError(f"{engine} was built for {built_gpu or 'a GPU'} (compute capability "
                                   f"{built_cc}) and this GPU is {here.gpu} ({here.compute_capability}); "
                                   f"engines are tied to the GPU: {rebuild}")
-    if built_gpu and built_gpu != here.gpu and warn:
-        warn(f"{engine} was built on {built_gpu}, this is {here.gpu} (same compute capability "
+    if built_gpu and built_gpu != here.gpu:
+        reporter.warn(f"{engine} was built on {built_gpu}, this is {here.gpu} (same compute capability "
              f"{here.compute_capability}): it runs, but tactics were timed on the other GPU; rebuild for best speed")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.reporter import SILENT, Reporter
 from deploykit.errors import EngineMismatchError, EngineRuntimeError, InputError
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.runners.base import Runner
@@ -39,7 +40,7 @@ def _handle(obj) -> int:
 class TensorRTRunner(Runner):
     name = "tensorrt"
 
-    def __init__(self, path: Path, *, warn=None, probe: Probe = probe_host) -> None:
+    def __init__(self, path: Path, *, reporter: Reporter = SILENT, probe: Probe = probe_host) -> None:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"engine not found: {path}")
@@ -51,9 +52,9 @@ class TensorRTRunner(Runner):
         trt, host = engine_host(f"cannot run {path.name}", probe=probe)
         facts = (entry or {}).get("engine")
         if facts:
-            check_compatible(facts, host, engine=path.name, folder=folder, warn=warn)
-        elif warn:
-            warn(f"{path.name} has no facts in {MANIFEST_NAME}: cannot check its TensorRT version and GPU first")
+            check_compatible(facts, host, engine=path.name, folder=folder, reporter=reporter)
+        else:
+            reporter.warn(f"{path.name} has no facts in {MANIFEST_NAME}: cannot check its TensorRT version and GPU first")
         self.trt, self.host, self.path = trt, host, path
         self.rt = cudart()
         logger = trt_logger(trt)
