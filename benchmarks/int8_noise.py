@@ -10,7 +10,8 @@ top-1 agreement overall and on confident crops (FP32 max prob > 0.5), logit cosi
 
 Recipe = '+'-joined parts: a range method (entropy, minmax, percentile, mse), optional `b` (graph-bounded
 tensors keep their observed range), `bc` (bias correction, depthwise included), `fbc` (fast: depthwise
-skipped), `bc2` (two rounds).
+skipped), `bc2` (two rounds), `drR` (local correction, then drift correction of
+the last R layers, one pass each; `ddK` damping K/10).
 """
 
 from __future__ import annotations
@@ -138,7 +139,12 @@ def run_recipe(m: Model, recipe: str, out_root: Path, bc_images: int) -> dict:
     ranges = ranges_for(m, parts)
     amax = {n: r["amax"] for n, r in ranges.items()}
     shifts = None
-    if parts & {"bc", "fbc", "bc2"}:
+    drift = next((p for p in parts if p.startswith("dr") and p[2:].isdigit()), None)
+    if drift:  # drift bias correction: drR = last R layers, ddK = damping K/10
+        damp = next((int(p[2:]) / 10 for p in parts if p.startswith("dd") and p[2:].isdigit()), 1.0)
+        shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, mode="drift",
+                                rounds=int(drift[2:]), damping=damp)
+    elif parts & {"bc", "fbc", "bc2"}:
         shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, skip_depthwise="fbc" in parts)
         if "bc2" in parts:
             shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, shifts=shifts)

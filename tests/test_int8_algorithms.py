@@ -103,6 +103,34 @@ def test_bias_correction_zeroes_the_mean_output_error_on_the_calibration_data(tm
     assert np.abs((bc_c1 - ref_c1).mean(axis=(0, 2, 3))).max() < 1e-5
 
 
+def test_drift_correction_brings_the_last_layer_closer_to_fp32_than_local_correction(tmp_path):
+    """Local correction leaves the drift upstream noise puts on the logits' mean; drift mode corrects the last
+    layers to the FP32 model's own per-channel means, one after the other."""
+    from deploykit.precision.bias_correction import measure_shifts
+    from deploykit.precision.calibrate import CalibMethod
+    from deploykit.precision.int8 import quantize_trt
+
+    src = _model(tmp_path / "m.onnx")
+    x = _images()
+    plan, ranges = _ranges(src, x, CalibMethod.mse)
+    amax = {n: r["amax"] for n, r in ranges.items()}
+    local = measure_shifts(src, amax, [x], plan=plan)
+    drift = measure_shifts(src, amax, [x], plan=plan, mode="drift", rounds=2)
+    assert set(drift) == set(local)
+    for n in ("conv1", "dw"):  # the layers before the last two keep their local shifts
+        np.testing.assert_array_equal(drift[n], local[n])
+    (ref,) = _run(src, x)
+    errs = []
+    for name, shifts in (("local", local), ("drift", drift)):
+        quantize_trt(src, tmp_path / f"{name}.onnx", amax, plan=plan, bias=shifts)
+        (out,) = _run(tmp_path / f"{name}.onnx", x)
+        errs.append(np.abs((out - ref).mean(0)).max())
+    assert errs[1] < 0.1 * errs[0]
+    assert errs[1] < 1e-4  # the last layer's per-channel mean matches FP32's up to float noise
+    with pytest.raises(ValueError):
+        measure_shifts(src, amax, [x], plan=plan, mode="jacobi")
+
+
 def test_bias_correction_skips_depthwise_when_asked_and_leaves_excluded_layers_alone(tmp_path):
     from deploykit.precision.bias_correction import measure_shifts
     from deploykit.precision.calibrate import CalibMethod

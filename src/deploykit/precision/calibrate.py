@@ -47,7 +47,7 @@ MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tenso
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/4"  # 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
+CACHE_FORMAT = "deploykit-calib/5"  # 5: drift-corrected last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
 
 
 class CalibMethod(str, Enum):
@@ -391,10 +391,11 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match.
 
     With ``bias_correction`` the TensorRT plan's layers also get their bias shifts (:mod:`.bias_correction`),
-    measured on ``bias_images`` calibration images spread over the sample with these ranges, in ``Ranges.bias``."""
+    measured on ``bias_images`` calibration images spread over the sample with these ranges, in ``Ranges.bias``:
+    local correction of every layer, then drift correction of the last ``DRIFT_ROUNDS`` (``mode="drift"``)."""
     import onnx
 
-    from deploykit.precision.bias_correction import DEFAULT_IMAGES, measure_shifts
+    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS, measure_shifts
     from deploykit.precision.ranges import bounded_tensors
 
     key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction)
@@ -412,8 +413,9 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
         paths = spread(images.paths, n)
         amax = {name: r["amax"] for name, r in ranges.tensors.items()}
         subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
-        with reporter.progress(f"bias correction ({n} images)", n) as task:
-            ranges.bias = measure_shifts(model_path, amax, _counted(subset, task.advance))
+        with reporter.progress(f"bias correction ({n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
+            ranges.bias = measure_shifts(model_path, amax, _counted(subset, task.advance), mode="drift",
+                                         rounds=DRIFT_ROUNDS)
     save_cache(cache_dir, ranges)
     return ranges
 
