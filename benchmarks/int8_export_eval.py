@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from int8_noise import metrics, softmax  # noqa: E402
+from int8_noise import metrics, softmax
 
 
 def run(runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -52,7 +52,7 @@ def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
     ref = run(OnnxRuntimeRunner(folder / "model.onnx", threads=threads), x)
     row["fp32_s"] = round(time.perf_counter() - t, 1)
     conf = softmax(ref).max(1) > 0.5
-    row["fp32_distinct_top1"] = int(len(np.unique(ref.argmax(1))))  # a random-weight net may call everything one class
+    row["fp32_distinct_top1"] = len(np.unique(ref.argmax(1)))  # a random-weight net may call everything one class
     for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
         if not (folder / name).is_file():
             continue
