@@ -239,3 +239,29 @@ def test_known_logits_are_used_only_for_the_same_images(lenet_ckpt, tmp_path):
     assert not used.passed  # the known logits were judged
     ignored = verify_folder(folder, data="digits", known=KnownLogits(batch_digest(batch[:-1]), {"model.onnx": wrong}))
     assert ignored.passed and ignored.artifacts[0].metrics["cosine_min"] > 0.99999  # other images: run again
+
+
+def test_the_reference_runs_channels_last_and_falls_back_for_nchw_only_code():
+    """Verification's PyTorch reference runs in oneDNN's channels_last layout (same logits), and a module whose
+    code needs NCHW (``x.view`` after a conv) runs as written instead of failing."""
+    from deploykit.runners.torch import TorchRunner
+
+    class ViewAfterConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.view(y.size(0), -1))  # fails on a channels_last tensor
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((2, 3, 8, 8), np.float32)
+    for module, fast in ((ViewAfterConv().eval(), False), (torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval(), True)):
+        with torch.no_grad():
+            ref = module(torch.from_numpy(x)).numpy()
+        runner = TorchRunner(module, (3, 8, 8), channels_last=True)
+        np.testing.assert_allclose(runner.infer(x), ref, rtol=1e-5, atol=1e-6)
+        assert runner._channels_last is fast
+        np.testing.assert_allclose(runner.infer(x), ref, rtol=1e-5, atol=1e-6)  # and again, in the layout chosen

@@ -83,7 +83,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
     if known is not None and (backend is not None or known.digest != batch_digest(batch)):
         known = None  # other images or another runtime: run everything
     reference, ref_name = reference_runner(folder, manifest, reporter=reporter, loaded=loaded,
-                                           allow_pickle=allow_pickle, model_def=model_def)
+                                           allow_pickle=allow_pickle, model_def=model_def, channels_last=True)
     entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
@@ -311,8 +311,9 @@ def source_unusable(manifest: Manifest) -> str | None:
     return None
 
 
-def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = SILENT, loaded=None, allow_pickle: bool = False,
-                     model_def: str | None = None) -> tuple[Runner, str]:
+def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = SILENT, loaded=None,
+                     allow_pickle: bool = False, model_def: str | None = None,
+                     channels_last: bool = False) -> tuple[Runner, str]:
     """The PyTorch model the folder was exported from; the FP32 ONNX when torch or the source is missing.
 
     A manifest is data: the ``allow_pickle`` / ``model_def`` it recorded are never honoured by themselves. When the
@@ -323,7 +324,7 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     if loaded is not None:
         from deploykit.runners.torch import TorchRunner
 
-        return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
+        return TorchRunner(loaded.module, manifest.preprocessing.shape, channels_last=channels_last), "pytorch"
     source = manifest.source_path()
     stored = manifest.source.get("options") if isinstance(manifest.source.get("options"), dict) else {}
     reason = None
@@ -348,7 +349,7 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
         options.allow_pickle = allow_pickle
         options.model_def = model_def
         loaded = load_model(source, options)
-        return TorchRunner(loaded.module, manifest.preprocessing.shape), "pytorch"
+        return TorchRunner(loaded.module, manifest.preprocessing.shape, channels_last=channels_last), "pytorch"
     fp32 = manifest.find(precision="fp32", kind="onnx")
     if fp32 is None:
         raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
