@@ -8,13 +8,11 @@ calibration, and the other 7 are seen from other views.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from PIL import Image
+from precision_calib_images import COLOUR, random_crops
 
-SKIMAGE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-           "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "immunohistochemistry.png", "color.png")
 HELD_OUT = ("astronaut.png", "motorcycle_right.png", "coffee.png", "china.jpg", "flower.jpg")
 
 
@@ -23,7 +21,7 @@ def photos(held_out: bool) -> dict[str, Image.Image]:
     from sklearn.datasets import load_sample_images
 
     root = Path(skimage.data.__file__).parent
-    out = {n: Image.open(root / n).convert("RGB") for n in SKIMAGE if (root / n).is_file()}
+    out = {n: Image.open(root / n).convert("RGB") for n in COLOUR if (root / n).is_file()}
     sk = load_sample_images()
     for name, arr in zip(sk.filenames, sk.images):
         out[Path(name).name] = Image.fromarray(arr).convert("RGB")
@@ -31,19 +29,11 @@ def photos(held_out: bool) -> dict[str, Image.Image]:
 
 
 def write_crops(out: Path, n: int, size: int, seed: int, held_out: bool) -> list[Path]:
-    rng = random.Random(seed)
     images = list(photos(held_out).items())
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(n):
-        name, img = images[i % len(images)]
-        w, h = img.size
-        side = int(min(w, h) * rng.uniform(0.35, 1.0))
-        left, top = rng.randint(0, w - side), rng.randint(0, h - side)
-        crop = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        path = out / f"crop_{i:04d}_{Path(name).stem}.jpg"
+    for i, k, crop in random_crops([img for _, img in images], n, size, seed):
+        path = out / f"crop_{i:04d}_{Path(images[k][0]).stem}.jpg"
         crop.save(path, quality=85)
         paths.append(path)
     return paths

@@ -26,19 +26,25 @@ def photos() -> list[Image.Image]:
     return [Image.open(root / name).convert("RGB") for name in COLOUR if (root / name).is_file()]
 
 
-def write_crops(out: Path, n: int, size: int, seed: int = 0, quality: int = 85) -> list[Path]:
+def random_crops(images: list[Image.Image], n: int, size: int, seed: int):
+    """``n`` seeded random square crops (35-100% of the shorter side, half of them mirrored) resized to ``size``,
+    cycling through ``images``: yields ``(i, index of the photo, crop)``."""
     rng = random.Random(seed)
-    images = photos()
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
     for i in range(n):
-        img = images[i % len(images)]
-        w, h = img.size
+        k = i % len(images)
+        w, h = images[k].size
         side = int(min(w, h) * rng.uniform(0.35, 1.0))
         left, top = rng.randint(0, w - side), rng.randint(0, h - side)
-        crop = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        crop = images[k].crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        yield i, k, crop
+
+
+def write_crops(out: Path, n: int, size: int, seed: int = 0, quality: int = 85) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, _, crop in random_crops(photos(), n, size, seed):
         path = out / f"crop_{i:04d}.jpg"
         crop.save(path, quality=quality)
         paths.append(path)
