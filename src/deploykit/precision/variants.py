@@ -308,8 +308,8 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     search, confirm = budget_split(len(batch))
     if request.accuracy_budget is None or len(confirm) == 0:
         search, confirm = np.arange(len(batch)), None  # ranking alone: all images
-    part = (lambda x: None if x is None else x[search])
-    s_batch, s_ref, s_labels = batch[search], reference[search], part(labels)
+    s_batch, s_ref = batch[search], reference[search]
+    s_labels = None if labels is None else labels[search]
     sub = slice(0, min(len(s_batch), SENSITIVITY_IMAGES))
 
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
@@ -327,7 +327,7 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         if request.accuracy_budget is not None:
             step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
                  f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
-        s_base = score(s_ref, evaluate_on(s_batch)(()), s_labels)
+        s_base = score(s_ref, int8_logits[search], s_labels)  # the graph at int8_path is the all-INT8 one
         budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels)
         budget.n_search = len(search)
         if request.accuracy_budget is not None and confirm is not None:
@@ -338,8 +338,8 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             budget.met = budget.confirm.loss <= request.accuracy_budget
     result.budgets[target] = budget
     if budget.met is False:
-        where = (f"on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
+        where = (f" on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
                  f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
-        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met {where}"
-                            f" with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}".replace("  ", " "))
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met{where} "
+                            f"with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}")
     return budget.kept_fp32
