@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,11 @@ from _models import make_checkpoint
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # deploykit's user cache (artifact hashes, compiled models) goes to a folder of this test session, not ~/.cache
-os.environ.setdefault("DEPLOYKIT_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="deploykit-test-cache-"))
+# (removed when the session ends, so that test runs leave nothing behind in /tmp)
+if "DEPLOYKIT_CACHE_DIR" not in os.environ:
+    _session_cache = tempfile.mkdtemp(prefix="deploykit-test-cache-")
+    os.environ["DEPLOYKIT_CACHE_DIR"] = _session_cache
+    atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
 
 
 def pytest_runtest_setup(item):
