@@ -248,6 +248,15 @@ def test_calibrate_stores_bias_shifts_in_the_cache(tmp_path):
     assert again.cached and again.bias.keys() == first.bias.keys()
     for k in first.bias:
         np.testing.assert_allclose(again.bias[k], first.bias[k], rtol=1e-6)
+    # the drift part (last two layers) is kept apart: a graph with any layer out of INT8 carries the local
+    # shifts only, the all-INT8 graph local + drift
+    assert set(first.drift) == {"project", "fc"} and again.drift.keys() == first.drift.keys()
+    assert first.bias_for(()) is first.bias
+    local = first.bias_for(("conv1",))
+    np.testing.assert_array_equal(local["dw"], first.bias["dw"])
+    for k in ("project", "fc"):
+        np.testing.assert_allclose(again.drift[k], first.drift[k], rtol=1e-6)
+        np.testing.assert_allclose(local[k] + first.drift[k], first.bias[k], rtol=1e-5, atol=1e-7)
     plain = calibrate(src, tensors, images, pre, CalibMethod.mse, cache_dir=tmp_path, bias_correction=False)
     assert not plain.cached and plain.bias is None
     assert CalibMethod.default() is CalibMethod.mse

@@ -142,3 +142,38 @@ def test_the_int8_graph_runs_and_follows_fp32(graphs, arch):
         return
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-30)
     assert cos.min() > 0.5, arch  # random init: a loose sanity bound that a misplaced Q/DQ breaks
+
+
+def test_cpu_graph_keeps_glue_float_where_only_float_layers_feed_it(tmp_path):
+    """ORT's quantizer turns a residual Add into QLinearAdd whatever feeds it; with the layers around it moved out
+    of INT8 (the accuracy budget, or every layer) that is rounding for nothing. An Add is quantized only when an
+    INT8 layer feeds it, and the all-INT8 graph is unchanged."""
+    import torch
+
+    from deploykit.data import sample_images
+    from deploykit.export import export_onnx
+    from deploykit.models import build_model
+    from deploykit.models.loading import LoadedModel
+    from deploykit.precision.calibrate import CalibMethod, collect_stats
+    from deploykit.precision.int8 import cpu_tensors, plan_trt, quantize_cpu
+
+    pre = Preprocess(channels=3, height=32, width=32, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=None)
+    torch.manual_seed(0)
+    module = build_model("mobilenet_v2", num_classes=7).eval()
+    fp32 = export_onnx(LoadedModel(module, "test", "mobilenet_v2", 7, None, pre, tmp_path), tmp_path / "m.onnx")
+    model = onnx.load(str(fp32))
+    plan = plan_trt(model)
+    batch = sample_images().sample(4).load(pre)
+    stats = collect_stats(fp32, cpu_tensors(model), [batch], histogram=False)
+    ranges = {n: s.to_json(CalibMethod.minmax) for n, s in stats.items()}
+    names = [layer.name for layer in plan.layers]
+
+    def ops(exclude):
+        graph = quantize_cpu(fp32, tmp_path / "q.onnx", ranges, plan=plan, exclude=exclude)
+        return Counter(node.op_type for node in onnx.load(str(graph.path)).graph.node)
+
+    assert ops(())["QLinearAdd"] == 10  # MobileNetV2's 10 inverted residuals
+    none = ops(names)
+    assert not [op for op in none if op.startswith("QLinear") or op in ("QuantizeLinear", "DequantizeLinear")], none
+    half = ops(names[:len(names) // 2])  # the first half float: their adds too, the second half's stay INT8
+    assert 0 < half["QLinearAdd"] < 10 and half["QLinearConv"] == len(names) - len(names) // 2 - 1  # + QGemm

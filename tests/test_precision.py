@@ -507,9 +507,12 @@ def test_sensitivity_and_budget_on_badly_calibrated_int8(digits, tmp_path):
         quantize_trt(fp32, tmp_path / "probe.onnx", bad, plan=plan, exclude=excluded)
         return logits_of(tmp_path / "probe.onnx", batch)
 
-    base, ranking = rank_layers([layer.name for layer in plan.layers], evaluate, reference, labels)
+    floor, ranking = rank_layers([layer.name for layer in plan.layers], evaluate, reference, labels)
+    base = score(reference, evaluate(()), labels)
     assert base.loss > 2.0, "clipped ranges should cost accuracy"
-    assert len(ranking) == 5 and ranking[0].gain_mse >= ranking[-1].gain_mse
+    assert floor.loss <= 0.0 and floor.mse < 1e-9  # no layer in INT8: the FP32 graph itself
+    assert len(ranking) == 5 and [c.mse_alone for c in ranking] == sorted((c.mse_alone for c in ranking), reverse=True)
+    assert all(c.mse_added == pytest.approx(c.mse_alone - floor.mse) for c in ranking)
     result = fit_budget(base, ranking, 1.0, evaluate, reference, labels)
     assert result.met and 1 <= len(result.kept_fp32) <= 5
     assert score(reference, evaluate(result.kept_fp32), labels).loss <= 1.0
@@ -592,6 +595,49 @@ def test_budget_split_is_disjoint_seeded_and_covers_every_image():
     assert len(search) == 11 and len(confirm) == 10 and not set(search) & set(confirm)
     assert sorted([*search, *confirm]) == list(range(21))
     assert [a.tolist() for a in budget_split(21)] == [search.tolist(), confirm.tolist()]  # same images every run
+
+
+def test_expected_loss_transplants_the_noise_across_images():
+    """A near-tie that happened not to flip still counts: its margin meets the noise other images showed."""
+    from deploykit.precision.sensitivity import expected_loss, score
+
+    reference = np.zeros((4, 3))
+    reference[:, 0] = [5.0, 5.0, 5.0, 0.1]
+    reference[3, 1] = 0.05  # image 3 is a near tie between classes 0 and 1
+    assert expected_loss(reference, reference, None) == 0.0
+    noisy = reference.copy()
+    noisy[0, 0] -= 0.5  # image 0's margin drops by 0.5: no flip there (margin 5), but image 3's 0.1 would
+    s = score(reference, noisy, None)
+    assert s.loss == 0.0 and s.expected == pytest.approx(100 * (1 / 4) / 4)  # P(flip_3) = 1/4, others 0
+    assert s.worst == s.expected and s.to_json()["expected_loss_pts"] == pytest.approx(6.25)
+    flipped = reference.copy()
+    flipped[3, 1] = 1.0  # image 3 flips: counted 25 points; every image with margin < 0.95 would too
+    assert score(reference, flipped, None).loss == 25.0 and expected_loss(reference, flipped, None) == 6.25
+    # with labels, a flip costs [top1 == label] - [top2 == label]: losing a right answer, or gaining one
+    assert expected_loss(reference, flipped, np.array([0, 0, 0, 0])) == 6.25
+    assert expected_loss(reference, flipped, np.array([0, 0, 0, 1])) == -6.25
+    assert expected_loss(reference, flipped, np.array([0, 0, 0, 2])) == 0.0
+    assert expected_loss(reference, np.full_like(reference, np.nan), None) == 100.0
+    assert expected_loss(reference[:1], reference[:1], None) is None  # one image: no distribution to transplant
+
+
+def test_fit_budget_holds_the_expected_loss_too():
+    """Counted on the sample the budget is met with no layer moved, but the noise says near-ties elsewhere
+    would flip: the search goes on until the expected loss is within the budget too."""
+    from deploykit.precision.sensitivity import LayerCost, fit_budget, score
+
+    reference = np.zeros((100, 3))
+    reference[:, 0] = np.linspace(0.05, 5.0, 100)  # margins from near-ties to sure
+
+    def evaluate(excluded):
+        out = reference.copy()
+        out[-10:, 0] -= 0.0 if "a" in excluded else 2.0  # sure images lose 2.0 of margin: none flips here
+        return out
+
+    base = score(reference, evaluate(()), None)
+    assert base.loss == 0.0 and base.expected > 1.0
+    result = fit_budget(base, [LayerCost("a", 0.0, 0.0, 1.0)], 1.0, evaluate, reference, None)
+    assert result.met and result.kept_fp32 == ["a"] and result.final.expected == 0.0
 
 
 def test_fit_budget_moves_redundant_layers_back_to_int8():

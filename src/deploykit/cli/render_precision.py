@@ -34,24 +34,24 @@ def precision_tables(result) -> list[Table]:
         name = result.int8[target].path.name if target in result.int8 else target.value
         other = result.other_precision(target)
         t = Table(title=f"{name} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
-                        f"(mse {budget.base.mse:.3g}); most sensitive layers first")
-        for col in ("layer", f"loss pts if {other}", f"mse if {other}", "mse gain", f"kept {other}"):
+                        f"(mse {budget.base.mse:.3g}); noisiest layers first (each measured as the only INT8 layer)")
+        for col in ("layer", "loss pts if only INT8", "mse if only INT8", "mse added", f"kept {other}"):
             t.add_column(col, justify="left" if col == "layer" else "right")
         kept = set(budget.kept_fp32)
         for cost in budget.ranking[:max(SHOWN_LAYERS, len(kept))]:
-            t.add_row(cost.layer, f"{cost.loss_without:.2f}", f"{cost.mse_without:.3g}", f"{cost.gain_mse:.3g}",
+            t.add_row(cost.layer, f"{cost.loss_alone:.2f}", f"{cost.mse_alone:.3g}", f"{cost.mse_added:.3g}",
                       "yes" if cost.layer in kept else "")
         tables.append(t)
         if budget.met is not None:
             s = Table(title=f"{name} accuracy budget: layers moved to {other} in order, then back to INT8 where "
                             "not needed")
-            for col in ("layer", "move", "loss pts after", "mse after"):
+            for col in ("layer", "move", "loss pts after", "expected pts after", "mse after"):
                 s.add_column(col, justify="left" if col in ("layer", "move") else "right")
             if not budget.steps:
-                s.add_row("(none)", "-", f"{budget.base.loss:.2f}", f"{budget.base.mse:.3g}")
+                s.add_row("(none)", "-", *_loss_cells(budget.base.to_json()))
             for step in budget.steps:
                 s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else f"to {other}",
-                          f"{step['loss_pts']:.2f}", f"{step['mse']:.3g}")
+                          *_loss_cells(step))
             if budget.confirm is not None:
                 s.title += f" (chosen on {budget.n_search} images)"
                 s.caption = (f"budget {'met' if budget.met else 'NOT met'} on {budget.n_confirm} other images: loss "
@@ -62,3 +62,9 @@ def precision_tables(result) -> list[Table]:
                              f"{budget.final.loss:.2f} pts with {len(budget.kept_fp32)} layer(s) in {other}")
             tables.append(s)
     return tables
+
+
+def _loss_cells(score: dict) -> tuple[str, str, str]:
+    """Counted loss, expected loss (see sensitivity.expected_loss) and logit MSE of one budget step."""
+    expected = score.get("expected_loss_pts")
+    return (f"{score['loss_pts']:.2f}", "-" if expected is None else f"{expected:.2f}", f"{score['mse']:.3g}")

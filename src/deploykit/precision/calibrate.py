@@ -47,7 +47,7 @@ MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tenso
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/5"  # 5: drift-corrected last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
+CACHE_FORMAT = "deploykit-calib/6"  # 6: the drift part kept apart; 5: drift-corrected last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
 
 
 class CalibMethod(str, Enum):
@@ -314,9 +314,19 @@ class Ranges:
     path: Path | None = None
     extra: dict = field(default_factory=dict)
     bias: dict[str, np.ndarray] | None = None  # node name -> bias shift (bias_correction.py), None: not measured
+    drift: dict[str, np.ndarray] = field(default_factory=dict)  # the part of ``bias`` from drift correction
 
     def amax(self, name: str) -> float:
         return float(self.tensors[name]["amax"])
+
+    def bias_for(self, excluded=()) -> dict[str, np.ndarray] | None:
+        """The bias shifts of a graph with the ``excluded`` layers out of INT8. The drift correction of the last
+        layers is fitted to the noise of the all-INT8 graph upstream of them; with any layer out of INT8 that
+        noise is not what it was, so such a graph (a sensitivity probe, a budget's choice) carries the local
+        shifts only -- the same graph that was measured is the one that ships."""
+        if self.bias is None or not excluded or not self.drift:
+            return self.bias
+        return {k: (v - self.drift[k]).astype(np.float32) if k in self.drift else v for k, v in self.bias.items()}
 
 
 def cache_path(folder: Path, method: CalibMethod, key: str) -> Path:
@@ -340,9 +350,10 @@ def load_cached(folder: Path, method: CalibMethod, key: str, tensors: Sequence[s
         return None  # a damaged cache is a miss: the ranges are measured again and the file rewritten
     if not _valid_cache(data, key, tensors):
         return None
-    bias = data.get("bias")
-    bias = None if bias is None else {k: np.asarray(v, np.float32) for k, v in bias.items()}
-    return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path, bias=bias)
+    bias, drift = ({k: np.asarray(v, np.float32) for k, v in (data.get(name) or {}).items()}
+                   for name in ("bias", "drift"))
+    return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path,
+                  bias=bias if "bias" in data and data["bias"] is not None else None, drift=drift)
 
 
 def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
@@ -363,15 +374,18 @@ def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
             return False
         if values[2] < 0:
             return False
-    bias = data.get("bias")
-    if bias is not None:
-        if not isinstance(bias, dict):
+    for name in ("bias", "drift"):
+        shifts = data.get(name)
+        if shifts is None:
+            continue
+        if not isinstance(shifts, dict):
             return False
-        for shift in bias.values():
+        for shift in shifts.values():
             if not isinstance(shift, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                       and math.isfinite(v) for v in shift):
                 return False
-    return True
+    drift, bias = data.get("drift") or {}, data.get("bias") or {}
+    return all(k in bias and len(bias[k]) == len(v) for k, v in drift.items())  # drift is a part of a bias
 
 
 def save_cache(folder: Path, ranges: Ranges) -> Path:
@@ -380,6 +394,7 @@ def save_cache(folder: Path, ranges: Ranges) -> Path:
             "n_images": ranges.n_images, "tensors": ranges.tensors}
     if ranges.bias is not None:
         data["bias"] = {k: [float(v) for v in np.ravel(s)] for k, s in ranges.bias.items()}
+        data["drift"] = {k: [float(v) for v in np.ravel(s)] for k, s in ranges.drift.items()}
     write_json_atomic(path, data)
     ranges.path = path
     return path
@@ -414,8 +429,11 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
         amax = {name: r["amax"] for name, r in ranges.tensors.items()}
         subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
         with reporter.progress(f"bias correction ({n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
-            ranges.bias = measure_shifts(model_path, amax, _counted(subset, task.advance), mode="drift",
-                                         rounds=DRIFT_ROUNDS)
+            subset = list(_counted(subset, task.advance))
+            local = measure_shifts(model_path, amax, subset, mode="local")
+            ranges.bias = measure_shifts(model_path, amax, subset, mode="drift", rounds=DRIFT_ROUNDS, shifts=local)
+        ranges.drift = {k: (v - local.get(k, 0.0)).astype(np.float32) for k, v in ranges.bias.items()
+                        if k not in local or np.any(v != local[k])}
     save_cache(cache_dir, ranges)
     return ranges
 

@@ -1,15 +1,24 @@
-"""Which INT8 layers cost accuracy, and the fewest to keep in FP32 to meet a budget.
+"""Which INT8 layers cost accuracy, and the fewest to keep out of INT8 to meet a budget.
 
-Sensitivity of a layer = how much the INT8 graph's output improves when that one layer's Q/DQ is removed
-(the layer runs FP32, everything else stays INT8), measured against the FP32 graph on the verification
-images. Layers are ranked by the drop in mean squared logit error (a smooth measure that ranks well on a few
-dozen images); the budget is then met greedily: keep the most sensitive layer in FP32, re-measure, the next...
-until the loss is within the budget, going on past layers that gain nothing alone (two layers can matter together
-where neither does by itself). Greedy can keep a layer that later ones made unnecessary, so a pruning pass
-follows: each kept layer, most recently added first, goes back to INT8 if the budget still holds without it.
+Sensitivity of a layer = the noise it adds on its own: the graph with only that layer in INT8 (every other layer
+in the remainder precision), measured against the FP32 graph on the verification images. Layers are ranked by
+that graph's mean squared logit error (a smooth measure that ranks well on a few dozen images). Measuring the
+other way round -- one layer out of an otherwise INT8 graph -- ranks by interactions instead: on Lite0 the noise
+of the first depthwise conv hides everything downstream, layers whose errors happened to cancel it scored below
+zero, and moving 40 of 50 layers out of INT8 in that order left 90% of the logit error in (MSE 0.0092 of 0.036);
+in this order 10 layers take out 92% of it and 26 take out 97% (docs/precision.md). The budget is then met
+greedily: move the noisiest layer out of INT8, re-measure, the next... until the loss is within the budget, going
+on past layers that gain nothing alone (two layers can matter together where neither does by itself). Greedy can
+move a layer that later ones made unnecessary, so a pruning pass follows: each moved layer, most recently moved
+first, goes back to INT8 if the budget still holds without it.
 The layers are chosen on one half of the verification images and the loss reported is the other half's
 (:func:`budget_split`). The loss is the accuracy drop in points when the images carry labels,
 otherwise the top-1 disagreement with FP32 in points (an upper bound on the accuracy drop).
+
+On the search half the budget holds when both the counted loss and the *expected* loss (:func:`expected_loss`)
+are within it. Counting flips on a hundred images rewards the layer that happens to fix the two near-ties in the
+sample (issue 11, Lite0: 0.78 points counted on the 128 search images, 3.9 on the 128 others); the expected loss
+uses every image's noise, so it moves only with the noise itself (same run: 4.0 expected, 3.1-3.9 confirmed).
 """
 
 from __future__ import annotations
@@ -23,11 +32,20 @@ import numpy as np
 
 @dataclass
 class Score:
-    loss: float  # points: accuracy drop (labels) or top-1 disagreement
+    loss: float  # points: accuracy drop (labels) or top-1 disagreement, counted on these images
     mse: float  # mean squared logit error vs FP32
+    expected: float | None = None  # points: expected_loss() on these images
+
+    @property
+    def worst(self) -> float:
+        """What the budget is held to: the counted loss, and the expected one where it was estimated."""
+        return self.loss if self.expected is None else max(self.loss, self.expected)
 
     def to_json(self) -> dict:
-        return {"loss_pts": round(self.loss, 4), "mse": float(self.mse)}
+        out = {"loss_pts": round(self.loss, 4), "mse": float(self.mse)}
+        if self.expected is not None:
+            out["expected_loss_pts"] = round(self.expected, 4)
+        return out
 
 
 def score(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> Score:
@@ -36,19 +54,55 @@ def score(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) 
         loss = 100.0 * (float((reference.argmax(1) == labels).mean()) - float((logits.argmax(1) == labels).mean()))
     else:
         loss = 100.0 * float((reference.argmax(1) != logits.argmax(1)).mean())
-    return Score(loss, mse)
+    return Score(loss, mse, expected_loss(reference, logits, labels))
+
+
+def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """The loss in points to expect on other images like these, rather than the one counted on these.
+
+    Quantization moves each image's margin (its FP32 top-1 logit minus the strongest other class's) by some
+    amount ``d``; an image flips when its ``d`` is below minus its margin. Which images happen to be near-ties with unlucky noise is chance, so
+    every image's margin is paired with every image's ``d`` (the noise distribution transplanted across the
+    sample): ``P(flip_j) = #{i : d_i < -margin_j} / n``. The expected disagreement is the mean of ``P(flip_j)``;
+    with labels, a flip of image ``j`` (to FP32's runner-up, the likeliest) costs ``[top1_j == label_j] -
+    [top2_j == label_j]`` and the expected
+    accuracy drop is the mean of ``P(flip_j)`` times that. ``None`` for fewer than two classes or images.
+    """
+    ref = np.asarray(reference, np.float64)
+    out = np.asarray(logits, np.float64)
+    if ref.ndim != 2 or ref.shape[1] < 2 or len(ref) < 2 or out.shape != ref.shape:
+        return None
+    rows = np.arange(len(ref))
+    top2 = np.argsort(ref, axis=1)[:, -2:]
+    first, second = top2[:, 1], top2[:, 0]
+
+    def margin_of(logits):  # FP32's top-1 against the strongest other class: < 0 is a flip
+        others = logits.copy()
+        others[rows, first] = -np.inf
+        return logits[rows, first] - others.max(axis=1)
+
+    margin = margin_of(ref)
+    moved = margin_of(out) - margin
+    if not (np.isfinite(margin).all() and np.isfinite(moved).all()):
+        return 100.0  # NaN/inf logits: every image is lost
+    p_flip = np.searchsorted(np.sort(moved), -margin, side="left") / len(ref)
+    if labels is None:
+        return 100.0 * float(p_flip.mean())
+    labels = np.asarray(labels)
+    cost = (first == labels).astype(np.float64) - (second == labels)
+    return 100.0 * float((p_flip * cost).mean())
 
 
 @dataclass
 class LayerCost:
     layer: str
-    loss_without: float  # loss when only this layer is FP32
-    mse_without: float
-    gain_mse: float  # mse(all INT8) - mse(this one FP32)
+    loss_alone: float  # loss when this layer is the only one in INT8
+    mse_alone: float
+    mse_added: float  # mse(this one INT8) - mse(none INT8): the noise this layer adds by itself
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "loss_pts_if_fp32": round(self.loss_without, 4),
-                "mse_if_fp32": self.mse_without, "mse_gain": self.gain_mse}
+        return {"layer": self.layer, "loss_pts_if_only_int8": round(self.loss_alone, 4),
+                "mse_if_only_int8": self.mse_alone, "mse_added": self.mse_added}
 
 
 @dataclass
@@ -62,6 +116,8 @@ class BudgetResult:
     confirm: Score | None = None  # the chosen graph on the confirmation split: the loss that is reported
     n_search: int | None = None
     n_confirm: int | None = None
+    floor: Score | None = None  # no layer in INT8 (the remainder precision alone), on the ranking's images
+    n_ranking: int | None = None
 
     @property
     def loss(self) -> float | None:
@@ -74,7 +130,8 @@ class BudgetResult:
                 "kept_fp32": self.kept_fp32, "steps": self.steps,
                 "final": self.final.to_json() if self.final else None, "met": self.met,
                 "search_images": self.n_search, "confirm_images": self.n_confirm,
-                "confirm": self.confirm.to_json() if self.confirm else None}
+                "confirm": self.confirm.to_json() if self.confirm else None,
+                "none_int8": self.floor.to_json() if self.floor else None, "sensitivity_images": self.n_ranking}
 
 
 def budget_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -88,16 +145,22 @@ def budget_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def rank_layers(layers: Sequence[str], evaluate: Callable[[Sequence[str]], np.ndarray], reference: np.ndarray,
                 labels: np.ndarray | None, *, advance: Callable[[int], None] | None = None) -> tuple[Score, list]:
-    """``evaluate(excluded_layers) -> logits`` of the INT8 graph with those layers in FP32."""
-    base = score(reference, evaluate(()), labels)
+    """``evaluate(excluded_layers) -> logits`` of the INT8 graph with those layers out of INT8.
+
+    Returns the score with no layer in INT8 (the floor the remainder precision sets) and every layer's cost
+    alone, noisiest first."""
+    everything = tuple(layers)
+    floor = score(reference, evaluate(everything), labels)
+    if advance:
+        advance(1)
     costs = []
     for layer in layers:
-        s = score(reference, evaluate((layer,)), labels)
-        costs.append(LayerCost(layer, s.loss, s.mse, base.mse - s.mse))
+        s = score(reference, evaluate(tuple(other for other in layers if other != layer)), labels)
+        costs.append(LayerCost(layer, s.loss, s.mse, s.mse - floor.mse))
         if advance:
             advance(1)
-    costs.sort(key=lambda c: (-c.gain_mse, c.loss_without))
-    return base, costs
+    costs.sort(key=lambda c: (-c.mse_alone, -c.loss_alone))
+    return floor, costs
 
 
 def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
@@ -115,24 +178,24 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
     kept: list[str] = []
     measured: dict[frozenset, Score] = {frozenset(): base}
     for cost in ranking:  # layers with no gain alone are tried too: a pair can matter where one does not (ORT's
-        if current.loss <= budget:  # CPU quantizer gives a layer's input the range of the op that produces it)
+        if current.worst <= budget:  # CPU quantizer gives a layer's input the range of the op that produces it)
             break
         kept.append(cost.layer)
         current = score(reference, evaluate(tuple(kept)), labels)
         measured[frozenset(kept)] = current
         result.steps.append({"layer": cost.layer, **current.to_json()})
-    if current.loss <= budget:
+    if current.worst <= budget:
         for layer in reversed(list(kept)):
             trial = [k for k in kept if k != layer]
             key = frozenset(trial)
             if key not in measured:  # removing the newest layer first gives the set before it: measured, over budget
                 measured[key] = score(reference, evaluate(tuple(trial)), labels)
-            if measured[key].loss <= budget:
+            if measured[key].worst <= budget:
                 kept, current = trial, measured[key]
                 result.steps.append({"layer": layer, "back_to_int8": True, **current.to_json()})
     result.kept_fp32 = kept
     result.final = current
-    result.met = current.loss <= budget
+    result.met = current.worst <= budget
     return result
 
 

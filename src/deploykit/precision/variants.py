@@ -203,7 +203,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         if reference is not None:
             result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
         def quantize_for_trt(dest: Path, exclude=()) -> Int8Graph:
-            graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude, bias=result.ranges.bias)
+            graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
             if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
                 rewritten = fp16_remainder(dest, dest, absmax)
                 graph.counts = _qdq_counts(dest)
@@ -217,7 +217,8 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
                              quantize_for_trt),
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
                              lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
-                                                                   exclude=exclude, bias=result.ranges.bias)),
+                                                                   exclude=exclude,
+                                                                   bias=result.ranges.bias_for(exclude))),
         }
         for target in request.int8_for:
             name, precision, runtime, message, quantize = targets[target]
@@ -299,8 +300,10 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     if labels is not None:  # with labels the loss is the accuracy drop in points
         metrics["accuracy_drop"] = base.loss
     missed = judge(metrics, request.gate(precision))
-    if request.accuracy_budget is not None and base.loss > request.accuracy_budget:
-        missed.append(f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
+    if request.accuracy_budget is not None and base.worst > request.accuracy_budget:
+        missed.append(f"loss {base.loss:.2f} pts (expected {base.expected:.2f}) > --accuracy-budget "
+                      f"{request.accuracy_budget:g}" if base.expected is not None else
+                      f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
     if not missed:
         return []
     step = reporter.status
@@ -321,15 +324,15 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             return run
 
         names = [layer.name for layer in plan.layers]
-        with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names)) as task:
-            _, ranking = rank_layers(names, evaluate_on(s_batch[sub]), s_ref[sub],
-                                     None if s_labels is None else s_labels[sub], advance=task.advance)
+        with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names) + 1) as task:
+            floor, ranking = rank_layers(names, evaluate_on(s_batch[sub]), s_ref[sub],
+                                         None if s_labels is None else s_labels[sub], advance=task.advance)
         if request.accuracy_budget is not None:
             step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
                  f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
         s_base = score(s_ref, int8_logits[search], s_labels)  # the graph at int8_path is the all-INT8 one
         budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels)
-        budget.n_search = len(search)
+        budget.n_search, budget.floor, budget.n_ranking = len(search), floor, len(s_batch[sub])
         if request.accuracy_budget is not None and confirm is not None:
             c_labels = None if labels is None else labels[confirm]
             budget.confirm = score(reference[confirm], evaluate_on(batch[confirm])(tuple(budget.kept_fp32)),
