@@ -150,6 +150,9 @@ CACHES = {
     "amax-string": lambda d: {**d, "tensors": {k: {**v, "amax": "big"} for k, v in d["tensors"].items()}},
     "amax-missing": lambda d: {**d, "tensors": {k: {} for k in d["tensors"]}},
     "not-an-object": lambda d: [d],
+    "drift-not-a-bias": lambda d: {**d, "drift": {"no-such-layer": [1.0]}},
+    "drift-strings": lambda d: {**d, "drift": {k: ["x"] * len(v) for k, v in (d.get("bias") or {"a": [0]}).items()}},
+    "drift-a-list": lambda d: {**d, "drift": [1.0]},
 }
 
 
