@@ -111,8 +111,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
             continue
         try:
             runner = runner_for(manifest.file(path), reporter=reporter, backend=backend,
-                                inference_precision=hint, threads=threads,
-                                fold_qdq=precision == Precision.INT8.value)
+                                inference_precision=hint, threads=threads)
         except (MissingDependencyError, InputError) as exc:
             if only is not None or isinstance(exc, InputError) and backend is not Runtime.ov:
                 raise
@@ -122,8 +121,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
         candidates.append((path, precision, runner))
         if backend is Runtime.ov and precision == Precision.INT8.value:
             with contextlib.suppress(DeployKitError):  # the ONNX Runtime twin: reported beside, not judged
-                candidates.append((path, precision, _Recorded(runner_for(manifest.file(path), threads=threads,
-                                                                         fold_qdq=True))))
+                candidates.append((path, precision, _Recorded(runner_for(manifest.file(path), threads=threads))))
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
     labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), reporter)
@@ -244,10 +242,9 @@ def _verifiable(path: str) -> bool:
 
 
 def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, backend: Runtime | str | None = None,
-               inference_precision: str = "f32", threads: int | None = None, fold_qdq: bool = False) -> Runner:
+               inference_precision: str = "f32", threads: int | None = None) -> Runner:
     """The runner for an artifact file: by default ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports);
-    ``backend="ov"``: OpenVINO on the CPU for ``.onnx`` in ``inference_precision`` (f32 or bf16). ``fold_qdq``: ONNX
-    Runtime folds a Q/DQ graph's weight dequantization once instead of on every run (``QDQ_FOLDING``)."""
+    ``backend="ov"``: OpenVINO on the CPU for ``.onnx`` in ``inference_precision`` (f32 or bf16)."""
     from deploykit.tensorrt.profile import is_engine
 
     path = Path(path)
@@ -267,9 +264,9 @@ def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, 
         from deploykit.runners.openvino import OpenVINORunner
 
         return OpenVINORunner(path, inference_precision=inference_precision, threads=threads)
-    from deploykit.runners.onnxrt import QDQ_FOLDING, OnnxRuntimeRunner
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, device=device, threads=threads, session_config=QDQ_FOLDING if fold_qdq else None)
+    return OnnxRuntimeRunner(path, device=device, threads=threads)
 
 
 def on_backend(runner: Runner, backend: Runtime | str, reporter: Reporter = SILENT) -> Runner:

@@ -200,6 +200,6 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
 
 
 def logits_of(path: Path, batch: np.ndarray) -> np.ndarray:
-    from deploykit.runners.onnxrt import QDQ_FOLDING, OnnxRuntimeRunner
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, session_config=QDQ_FOLDING).infer(batch)
+    return OnnxRuntimeRunner(path).infer(batch)

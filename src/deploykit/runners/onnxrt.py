@@ -31,8 +31,10 @@ DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 # ORT's QDQ handling keeps every weight DequantizeLinear of a TensorRT Q/DQ graph in the graph (for fusions a graph
 # without a Q after each conv never gets), so each inference dequantizes every weight again; with the FP16
 # remainder that float16 DQ is most of the run (ResNet-18 32x32: 62 ms, 0.8 ms with it off). Off, ORT folds the
-# weight DQs once; the logits agree to ~1e-6 (tests/test_precision.py). Verification and the precision stage run
-# model.int8.onnx this way; bench times what ORT does by default (its "emulated" row).
+# weight DQs once and computes the graph's own semantics (the same logits as ORT with every optimization off, to
+# ~1e-6; its fused integer path differs by ~1% of the logit scale and breaks near-ties its own way). Every
+# deploykit session runs this way (``fold_qdq=True``): predict, eval and bench print what verification judged.
+# FP32 graphs and model.int8-cpu.onnx (QOperator) are unaffected (ResNet-50: same output, same speed).
 QDQ_FOLDING = {"session.disable_quant_qdq": "1"}
 
 
@@ -40,7 +42,7 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None,
-                 session_config: dict[str, str] | None = None) -> None:
+                 session_config: dict[str, str] | None = None, fold_qdq: bool = True) -> None:
         ort = _ort()
         path = Path(path)
         if not path.is_file():
@@ -49,7 +51,8 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        for key, value in (session_config or {}).items():  # e.g. bench's session.set_denormal_as_zero
+        # e.g. bench's session.set_denormal_as_zero; fold_qdq=False: ORT's default fused Q/DQ path (QDQ_FOLDING)
+        for key, value in {**(QDQ_FOLDING if fold_qdq else {}), **(session_config or {})}.items():
             opts.add_session_config_entry(key, value)
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
