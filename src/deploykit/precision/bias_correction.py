@@ -147,9 +147,13 @@ def _quantized(fp32_path: Path, amax, plan, shifts):
 def _session(model):
     import onnxruntime as ort
 
+    from deploykit.runners.onnxrt import QDQ_FOLDING
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 1
     opts.log_severity_level = 3
+    for key, value in QDQ_FOLDING.items():  # the Q/DQ graph's own semantics, as every deploykit session runs it
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
