@@ -47,7 +47,9 @@ MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tenso
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-CACHE_FORMAT = "deploykit-calib/6"  # 6: the drift part kept apart; 5: drift-corrected last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
+# 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected last layers; 4: graph-bounded
+# ranges, mse, bias shifts; 3: histograms pooled per 16 images
+CACHE_FORMAT = "deploykit-calib/6"
 
 
 class CalibMethod(str, Enum):

@@ -61,12 +61,12 @@ def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray 
     """The loss in points to expect on other images like these, rather than the one counted on these.
 
     Quantization moves each image's margin (its FP32 top-1 logit minus the strongest other class's) by some
-    amount ``d``; an image flips when its ``d`` is below minus its margin. Which images happen to be near-ties with unlucky noise is chance, so
-    every image's margin is paired with every image's ``d`` (the noise distribution transplanted across the
-    sample): ``P(flip_j) = #{i : d_i < -margin_j} / n``. The expected disagreement is the mean of ``P(flip_j)``;
-    with labels, a flip of image ``j`` (to FP32's runner-up, the likeliest) costs ``[top1_j == label_j] -
-    [top2_j == label_j]`` and the expected
-    accuracy drop is the mean of ``P(flip_j)`` times that. ``None`` for fewer than two classes or images.
+    amount ``d``; an image flips when its ``d`` is below minus its margin. Which images happen to be near-ties
+    with unlucky noise is chance, so every image's margin is paired with every image's ``d`` (the noise
+    distribution transplanted across the sample): ``P(flip_j) = #{i : d_i < -margin_j} / n``. The expected
+    disagreement is the mean of ``P(flip_j)``; with labels, a flip of image ``j`` (to FP32's runner-up, the
+    likeliest) costs ``[top1_j == label_j] - [top2_j == label_j]`` and the expected accuracy drop is the mean of
+    ``P(flip_j)`` times that. ``None`` for fewer than two classes or images.
     """
     ref = np.asarray(reference, np.float64)
     out = np.asarray(logits, np.float64)
