@@ -617,7 +617,8 @@ def test_expected_loss_transplants_the_noise_across_images():
     noisy[0, 0] -= 0.5  # image 0's margin drops by 0.5: no flip there (margin 5), but image 3's 0.1 would
     s = score(reference, noisy, None)
     assert s.loss == 0.0 and s.expected == pytest.approx(100 * (1 / 4) / 4)  # P(flip_3) = 1/4, others 0
-    assert s.worst == s.expected and s.to_json()["expected_loss_pts"] == pytest.approx(6.25)
+    assert s.expected_se > 0 and s.worst == pytest.approx(s.expected + s.expected_se)  # 4 images: unsure
+    assert s.to_json()["expected_loss_pts"] == pytest.approx(6.25) and "expected_loss_se_pts" in s.to_json()
     flipped = reference.copy()
     flipped[3, 1] = 1.0  # image 3 flips: counted 25 points; every image with margin < 0.95 would too
     assert score(reference, flipped, None).loss == 25.0 and expected_loss(reference, flipped, None) == 6.25

@@ -31,21 +31,29 @@ from pathlib import Path
 import numpy as np
 
 
+BOOTSTRAP = 200  # resamples for the expected loss's standard error (seeded: the same images give the same answer)
+
+
 @dataclass
 class Score:
     loss: float  # points: accuracy drop (labels) or top-1 disagreement, counted on these images
     mse: float  # mean squared logit error vs FP32
     expected: float | None = None  # points: expected_loss() on these images
+    expected_se: float = 0.0  # its standard error (bootstrap over the images)
 
     @property
     def worst(self) -> float:
-        """What the budget is held to: the counted loss, and the expected one where it was estimated."""
-        return self.loss if self.expected is None else max(self.loss, self.expected)
+        """What the budget is held to: the counted loss, and the expected one plus one standard error where it
+        was estimated. A search that stops where the estimate first touches the budget stops on the images that
+        happened to favour it; one standard error keeps the choice from resting on that luck (Lite0, search half
+        0.95 expected, the other half 1.62 without it)."""
+        return self.loss if self.expected is None else max(self.loss, self.expected + self.expected_se)
 
     def to_json(self) -> dict:
         out = {"loss_pts": round(self.loss, 4), "mse": float(self.mse)}
         if self.expected is not None:
             out["expected_loss_pts"] = round(self.expected, 4)
+            out["expected_loss_se_pts"] = round(self.expected_se, 4)
         return out
 
 
@@ -55,7 +63,10 @@ def score(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) 
         loss = 100.0 * (float((reference.argmax(1) == labels).mean()) - float((logits.argmax(1) == labels).mean()))
     else:
         loss = 100.0 * float((reference.argmax(1) != logits.argmax(1)).mean())
-    return Score(loss, mse, expected_loss(reference, logits, labels))
+    terms = _FlipTerms.of(reference, logits, labels)
+    if terms is None:
+        return Score(loss, mse)
+    return Score(loss, mse, terms.expected(), terms.standard_error())
 
 
 def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -69,29 +80,52 @@ def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray 
     likeliest) costs ``[top1_j == label_j] - [top2_j == label_j]`` and the expected accuracy drop is the mean of
     ``P(flip_j)`` times that. ``None`` for fewer than two classes or images.
     """
-    ref = np.asarray(reference, np.float64)
-    out = np.asarray(logits, np.float64)
-    if ref.ndim != 2 or ref.shape[1] < 2 or len(ref) < 2 or out.shape != ref.shape:
-        return None
-    rows = np.arange(len(ref))
-    top2 = np.argsort(ref, axis=1)[:, -2:]
-    first, second = top2[:, 1], top2[:, 0]
+    terms = _FlipTerms.of(reference, logits, labels)
+    return None if terms is None else terms.expected()
 
-    def margin_of(logits):  # FP32's top-1 against the strongest other class: < 0 is a flip
-        others = logits.copy()
-        others[rows, first] = -np.inf
-        return logits[rows, first] - others.max(axis=1)
 
-    margin = margin_of(ref)
-    moved = margin_of(out) - margin
-    if not (np.isfinite(margin).all() and np.isfinite(moved).all()):
-        return 100.0  # NaN/inf logits: every image is lost
-    p_flip = np.searchsorted(np.sort(moved), -margin, side="left") / len(ref)
-    if labels is None:
-        return 100.0 * float(p_flip.mean())
-    labels = np.asarray(labels)
-    cost = (first == labels).astype(np.float64) - (second == labels)
-    return 100.0 * float((p_flip * cost).mean())
+@dataclass
+class _FlipTerms:
+    margin: np.ndarray  # FP32 top-1 logit minus the strongest other class's, per image
+    moved: np.ndarray  # how much the quantized graph moved that margin
+    cost: np.ndarray  # what a flip costs: 1 without labels, else [top1 == label] - [top2 == label]
+    lost: bool = False  # NaN/inf logits
+
+    @classmethod
+    def of(cls, reference, logits, labels) -> _FlipTerms | None:
+        ref = np.asarray(reference, np.float64)
+        out = np.asarray(logits, np.float64)
+        if ref.ndim != 2 or ref.shape[1] < 2 or len(ref) < 2 or out.shape != ref.shape:
+            return None
+        rows = np.arange(len(ref))
+        top2 = np.argsort(ref, axis=1)[:, -2:]
+        first, second = top2[:, 1], top2[:, 0]
+
+        def margin_of(values):  # FP32's top-1 against the strongest other class: < 0 is a flip
+            others = values.copy()
+            others[rows, first] = -np.inf
+            return values[rows, first] - others.max(axis=1)
+
+        margin = margin_of(ref)
+        moved = margin_of(out) - margin
+        cost = np.ones(len(ref)) if labels is None else \
+            (first == np.asarray(labels)).astype(np.float64) - (second == np.asarray(labels))
+        lost = not (np.isfinite(margin).all() and np.isfinite(moved).all())
+        return cls(margin, moved, cost, lost)
+
+    def expected(self, idx: np.ndarray | None = None) -> float:
+        if self.lost:
+            return 100.0  # NaN/inf logits: every image is lost
+        margin, moved, cost = (self.margin, self.moved, self.cost) if idx is None else \
+            (self.margin[idx], self.moved[idx], self.cost[idx])
+        p_flip = np.searchsorted(np.sort(moved), -margin, side="left") / len(margin)
+        return 100.0 * float((p_flip * cost).mean())
+
+    def standard_error(self) -> float:
+        if self.lost:
+            return 0.0
+        draws = np.random.default_rng(0).integers(0, len(self.margin), (BOOTSTRAP, len(self.margin)))
+        return float(np.std([self.expected(idx) for idx in draws]))
 
 
 @dataclass
