@@ -583,6 +583,20 @@ def test_export_accuracy_budget_records_fp32_layers(target, digits, tmp_path, mo
     assert entry["parity"]["metrics"]["accuracy_drop"] <= 1.0, entry["parity"]
 
 
+def test_budget_that_leaves_no_layer_in_int8_says_so(digits, tmp_path, monkeypatch):
+    """Every range clipped 20x and a zero budget: every layer leaves INT8, and the export says the INT8 file has
+    none left and what to do."""
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import Int8Target, PrecisionRequest
+
+    _clip_calibration(monkeypatch)
+    req = PrecisionRequest(int8=True, calib=digits["calib"], accuracy_budget=0.0)
+    result = export_folder(digits["ckpt"], out=tmp_path / "z", precision=req, data=digits["test"])
+    budget = result.precision.budgets[Int8Target.trt]
+    assert len(budget.kept_fp32) == len(budget.ranking) == 5
+    assert any("leaves no layer in INT8" in note and "labelled --data" in note for note in result.precision.notes)
+
+
 def test_accuracy_drop_gate_triggers_sensitivity(digits, tmp_path, monkeypatch):
     """With labels, an INT8 graph that passes the agreement gate but loses > 1 point is still analysed."""
     from deploykit.pipeline import export_folder

@@ -340,6 +340,10 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             budget.n_confirm = len(confirm)
             budget.met = budget.confirm.loss <= request.accuracy_budget
     result.budgets[target] = budget
+    if request.accuracy_budget is not None and names and len(budget.kept_fp32) == len(names):
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} leaves no layer in INT8 "
+                            f"on these images (all {len(names)} in {result.other_precision(target)}): raise the "
+                            "budget, or judge it on labelled --data, where flips between wrong classes cost nothing")
     if budget.met is False:
         where = (f" on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
                  f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
