@@ -304,12 +304,12 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
     plan = plan or plan_trt(model)
     exclude = set(exclude)
     skip = [layer.node for layer in plan.layers if layer.name in exclude or layer.node in exclude]
+    int8_nodes = {layer.node for layer in plan.layers} - set(skip)
     if bias:
         from deploykit.precision.graph import apply_shifts
 
-        apply_shifts(model, bias, {layer.node for layer in plan.layers} - set(skip))
-    layer_nodes = {layer.node for layer in plan.layers}
-    glue = _fed_only_by_float_layers(model, layer_nodes - set(skip), set(skip))
+        apply_shifts(model, bias, int8_nodes)
+    glue = _fed_only_by_float_layers(model, int8_nodes, set(skip))
     act = QuantType.QUInt8 if fmt in (CpuFormat.qoperator_u8s8, CpuFormat.qdq_u8s8) else QuantType.QInt8
     data = {}
     for name, r in ranges.items():
