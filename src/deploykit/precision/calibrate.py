@@ -352,10 +352,12 @@ def load_cached(folder: Path, method: CalibMethod, key: str, tensors: Sequence[s
         return None  # a damaged cache is a miss: the ranges are measured again and the file rewritten
     if not _valid_cache(data, key, tensors):
         return None
-    bias, drift = ({k: np.asarray(v, np.float32) for k, v in (data.get(name) or {}).items()}
-                   for name in ("bias", "drift"))
+    def shifts(name: str) -> dict[str, np.ndarray] | None:
+        stored = data.get(name)
+        return None if stored is None else {k: np.asarray(v, np.float32) for k, v in stored.items()}
+
     return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path,
-                  bias=bias if "bias" in data and data["bias"] is not None else None, drift=drift)
+                  bias=shifts("bias"), drift=shifts("drift") or {})
 
 
 def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
