@@ -53,14 +53,9 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
         if node is None or src is None or node.op_type not in CORRECTED_OPS:
             continue
         weight = fp32_inits[src.input[1]]
-        rank = len(weight.dims)
-        if node.op_type == "Conv":
-            axes = [0] + list(range(2, rank))
-        else:
-            attrs = {a.name: a.i for a in node.attribute}
-            if attrs.get("transA", 0) or rank != 2:
-                continue
-            axes = [0]
+        axes = _channel_axes(node, len(weight.dims))
+        if axes is None:
+            continue
         wname = f"{src.input[1]}__fp32_twin"
         if wname not in added_inits:
             added_inits[wname] = numpy_helper.from_array(numpy_helper.to_array(weight), wname)
@@ -70,13 +65,8 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
                                            **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
         axes_name = f"{layer.node}__bc_axes"
         added_inits[axes_name] = numpy_helper.from_array(np.array(axes, np.int64), axes_name)
-        names = []
-        for tensor, tag in ((node.output[0], "q"), (twin_out, "f")):
-            mean = f"{layer.node}__bc_mean_{tag}"
-            graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [mean], keepdims=0,
-                                               name=mean))
-            graph.output.append(helper.make_empty_tensor_value_info(mean))
-            names.append(mean)
+        names = [_add_mean(graph, tensor, axes_name, f"{layer.node}__bc_mean_{tag}")
+                 for tensor, tag in ((node.output[0], "q"), (twin_out, "f"))]
         outputs.append((layer.node, names[0], names[1]))
     graph.initializer.extend(added_inits.values())
     return qdq_model, outputs
@@ -177,9 +167,27 @@ def _run_means(session, names: list[str], batches: Iterable[np.ndarray], max_chu
     return None if count == 0 else [s / count for s in sums]
 
 
+def _channel_axes(node, weight_rank: int | None) -> list[int] | None:
+    """The axes a per-output-channel mean of a Conv/Gemm output reduces over; None for a layer not corrected
+    (a Gemm with transA, a Conv whose weight rank is unknown)."""
+    if node.op_type == "Gemm":
+        attrs = {a.name: a.i for a in node.attribute}
+        return None if attrs.get("transA", 0) or weight_rank not in (None, 2) else [0]
+    return None if weight_rank is None else [0] + list(range(2, weight_rank))
+
+
+def _add_mean(graph, tensor: str, axes_name: str, mean: str) -> str:
+    """Append ``mean = ReduceMean(tensor, axes)`` to ``graph`` as a graph output; returns its name."""
+    from onnx import helper
+
+    graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [mean], keepdims=0, name=mean))
+    graph.output.append(helper.make_empty_tensor_value_info(mean))
+    return mean
+
+
 def _layer_means(model, layers, batches, max_chunk: int) -> dict[str, np.ndarray]:
     """Per layer (by node name), the per-output-channel mean of its output in ``model`` (FP32 or Q/DQ)."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = _copy(model)
     graph = model.graph
@@ -189,25 +197,12 @@ def _layer_means(model, layers, batches, max_chunk: int) -> dict[str, np.ndarray
         node = nodes.get(layer.node)
         if node is None or node.op_type not in CORRECTED_OPS:
             continue
-        if node.op_type == "Gemm":
-            attrs = {a.name: a.i for a in node.attribute}
-            if attrs.get("transA", 0):
-                continue
-            axes = [0]
-        else:
-            axes = None  # all but the channel axis: set from the rank below
-        rank = _output_rank(model, node)
+        axes = _channel_axes(node, _output_rank(model, node))
         if axes is None:
-            if rank is None:
-                continue
-            axes = [0] + list(range(2, rank))
+            continue
         axes_name = f"{layer.node}__drift_axes"
         graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
-        mean = f"{layer.node}__drift_mean"
-        graph.node.append(helper.make_node("ReduceMean", [node.output[0], axes_name], [mean], keepdims=0,
-                                           name=mean))
-        graph.output.append(helper.make_empty_tensor_value_info(mean))
-        names.append(mean)
+        names.append(_add_mean(graph, node.output[0], axes_name, f"{layer.node}__drift_mean"))
         found.append(layer.node)
     if not names:
         return {}
