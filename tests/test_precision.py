@@ -428,6 +428,28 @@ def test_entropy_threshold_clips_outliers():
     assert 3.0 < stats.threshold(CalibMethod.percentile) < 6.0
 
 
+def test_tensor_stats_of_pieces_equal_those_of_their_concatenation():
+    """A chunk's outputs are folded in piece by piece (no copy into one array): the min/max and histogram must be
+    the ones of the concatenated chunk, for signed tensors, ReLU outputs (no |x| pass) and non-finite values."""
+    from deploykit.precision.calibrate import TensorStats
+
+    rng = np.random.default_rng(1)
+    signed = [rng.standard_normal((1, 8, 5, 5)).astype(np.float32) * s for s in (1.0, 3.0, 0.5)]
+    relu = [np.maximum(p, 0) for p in signed]
+    broken = [signed[0].copy(), signed[1]]
+    broken[0][0, 0, 0, :2] = [np.nan, np.inf]
+    for pieces in (signed, relu, broken, signed[:1]):
+        whole, split = TensorStats(), TensorStats()
+        first = pieces[0] * 0.1  # a first, narrower update: the second one must grow the range exactly the same
+        whole.update(first, histogram=True)
+        split.update([first], histogram=True)
+        whole.update(np.concatenate([p.ravel() for p in pieces]), histogram=True)
+        split.update(list(pieces), histogram=True)
+        assert (split.lo, split.hi, split.edge) == (whole.lo, whole.hi, whole.edge)
+        np.testing.assert_array_equal(split.hist, whole.hist)
+        assert split.hist.sum() == whole.hist.sum() == first.size + sum(p.size for p in pieces)
+
+
 def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
     """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
     from onnx import helper
