@@ -450,6 +450,36 @@ def test_tensor_stats_of_pieces_equal_those_of_their_concatenation():
         assert split.hist.sum() == whole.hist.sum() == first.size + sum(p.size for p in pieces)
 
 
+def test_histogram_of_a_strided_sample_keeps_the_ranges(monkeypatch):
+    """Large tensors are histogrammed on an evenly strided sample (min/max still read every value): over a
+    calibration set's worth of images the ranges each method derives must stay those of the full histogram, and
+    the stride must not stripe one column."""
+    import deploykit.precision.calibrate as calibrate_mod
+    from deploykit.precision.calibrate import CalibMethod, TensorStats, _sample
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    pieces = []
+    for _ in range(32):  # 32 images of a ReLU-like feature map with channel-dependent spread
+        x = np.maximum(rng.standard_normal((1, 64, 56, 56)) * np.linspace(0.5, 2, 64)[None, :, None, None], 0)
+        x[..., 0] = 9.0  # column 0 is special (a padding border): a stride dividing the width would see it always
+        x.ravel()[rng.integers(0, x.size, 20)] = rng.uniform(12, 40, 20)  # rare outliers, 1 in 10,000
+        pieces.append(x.astype(np.float32))
+    picked = _sample(torch.from_numpy(pieces[0]).reshape(-1), pieces[0].size // 8)
+    assert pieces[0].size // 12 < picked.numel() <= pieces[0].size // 8  # stride 8 -> the prime 11
+    share = float((picked == 9.0).float().mean())
+    assert abs(share - 1 / 56) < 0.2 / 56  # column 0's true share, not all or nothing
+    full, sampled = TensorStats(), TensorStats()
+    monkeypatch.setattr(calibrate_mod, "HIST_SAMPLE", pieces[0].size)
+    full.update(pieces, histogram=True)
+    monkeypatch.setattr(calibrate_mod, "HIST_SAMPLE", pieces[0].size // 8)
+    sampled.update(pieces, histogram=True)
+    assert sampled.amax == full.amax == max(float(p.max()) for p in pieces)  # min/max read every value
+    assert sampled.hist.sum() < full.hist.sum() // 8
+    for method in (CalibMethod.mse, CalibMethod.entropy, CalibMethod.percentile):
+        assert sampled.threshold(method) == pytest.approx(full.threshold(method), rel=0.05), method
+
+
 def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
     """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
     from onnx import helper

@@ -47,9 +47,14 @@ MAX_CHUNK = 16  # images per ONNX Runtime run when collecting stats: every tenso
 NUM_BINS = 2048  # as TensorRT's calibrator
 NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
 PERCENTILE = 99.99
-# 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected last layers; 4: graph-bounded
+# values per image a tensor's histogram reads (min/max read them all): ResNet-50's largest tensors hold 800k, and
+# a 2048-bin histogram of 128k evenly strided values has the same shape (issue 11: ranges compared in
+# docs/precision.md); the histogram was a third of ResNet-50's calibration time
+HIST_SAMPLE = 1 << 17
+SMALL_PIECE = 1 << 15  # pieces below this many values are concatenated first: per-call overhead dominates them
+# 7: histograms of strided samples; 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected last layers; 4: graph-bounded
 # ranges, mse, bias shifts; 3: histograms pooled per 16 images
-CACHE_FORMAT = "deploykit-calib/6"
+CACHE_FORMAT = "deploykit-calib/7"
 
 
 class CalibMethod(str, Enum):
@@ -137,8 +142,9 @@ class TensorStats:
         return max(abs(self.lo), abs(self.hi)) if np.isfinite(self.lo) else 0.0
 
     def update(self, x: np.ndarray | Sequence[np.ndarray], histogram: bool) -> None:
-        """Fold ``x`` (one array, or the pieces of a chunk: the same statistics as their concatenation, without
-        copying them into one) into the running min/max and histogram."""
+        """Fold ``x`` into the running min/max and histogram: one array, or the pieces of a chunk (an image each,
+        or a dynamic-batch graph's run), read in place rather than copied into one. Min/max read every value; the
+        histogram reads at most ``HIST_SAMPLE`` evenly strided values per image of a piece."""
         pieces = [p for p in ([x] if isinstance(x, np.ndarray) else x) if p.size]
         if not pieces:
             return
@@ -147,6 +153,9 @@ class TensorStats:
             return self._update_numpy(pieces[0] if len(pieces) == 1 else np.concatenate([p.ravel() for p in pieces]),
                                       histogram)
         values = [torch.from_numpy(np.ascontiguousarray(p, np.float32)) for p in pieces]
+        images = [p.shape[0] if p.ndim > 1 else 1 for p in pieces]
+        if len(values) > 1 and max(v.numel() for v in values) < SMALL_PIECE:  # one call, not one per image
+            values, images = [torch.cat([v.reshape(-1) for v in values])], [sum(images)]
         bounds = [torch.aminmax(v) for v in values]
         lo, hi = min(float(b.min) for b in bounds), max(float(b.max) for b in bounds)
         if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: the exact NumPy path cleans the non-finite values
@@ -154,7 +163,9 @@ class TensorStats:
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         if histogram:
             self._grow(max(abs(lo), abs(hi)))
-            for v in values:  # |x| = x when nothing is negative (ReLU outputs): skips a pass over the values
+            for v, n in zip(values, images):
+                v = _sample(v.reshape(-1), HIST_SAMPLE * n)
+                # |x| = x when nothing is negative (ReLU outputs): skips a pass over the values
                 self.hist += torch.histc(v if lo >= 0 else v.abs(), NUM_BINS, 0.0, float(self.edge)).numpy().astype(
                     np.int64)
 
@@ -203,6 +214,18 @@ class TensorStats:
             # held-out crops (docs/precision.md) the CPU graph keeps the observed range.
             out["amax_u8"] = self.amax
         return out
+
+
+def _sample(values, cap: int):
+    """Every k-th of ``values`` (a flat tensor), k the least prime that leaves at most ``cap`` of them: a prime
+    stride is coprime to the channel and spatial sizes, so the sample walks through every channel and position
+    instead of striping one column."""
+    if values.numel() <= cap:
+        return values
+    k = -(-values.numel() // cap)
+    while any(k % d == 0 for d in range(2, int(k ** 0.5) + 1)):
+        k += 1
+    return values[::k]
 
 
 def _torch():
@@ -274,9 +297,9 @@ def _session_with_outputs(model_path: Path, tensors: Sequence[str]):
     opts.intra_op_num_threads = os.cpu_count() or 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    # the graph as it is: ORT's fusions would run ResNet-50 ~20% faster but change the tensors by ~1e-6, which moves
-    # the histogram's bins and (on flat error curves) an MSE range by up to 20%: the ranges would depend on the
-    # ORT version's fusions
+    # the graph as it is: ORT's fusions run ResNet-50's pass ~15% faster but change the tensors by ~1e-6, and that
+    # moves MSE ranges on flat error curves (digits MobileNetV2: held-out logit MSE +4% from that alone), so the
+    # ranges would follow ORT's fusions
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return session
