@@ -82,7 +82,7 @@ def main() -> None:
     walls, codes, sensitivity, agreement = {}, {}, {}, {}
     # Seeded random weights classify every crop into one of two or three classes by a hair, so whether the INT8
     # graph's top-1 agreement clears the 0.97 gate on the 210 views is a coin flip (0.962-0.981 across equally good
-    # calibrations); a miss adds the per-layer sensitivity pass (~3 min). The last run times the pipeline without
+    # calibrations); a miss adds the per-layer sensitivity pass (~3 min). The third run times the pipeline without
     # it: a gate of 0.95, below that coin flip.
     for label, extra, fresh in (("export_fp16_int8_trt_wall_s", [], True),
                                 ("export_again_cached_ranges_wall_s", [], False),

@@ -437,17 +437,22 @@ def test_tensor_stats_of_pieces_equal_those_of_their_concatenation():
     signed = [rng.standard_normal((1, 8, 5, 5)).astype(np.float32) * s for s in (1.0, 3.0, 0.5)]
     relu = [np.maximum(p, 0) for p in signed]
     broken = [signed[0].copy(), signed[1]]
-    broken[0][0, 0, 0, :2] = [np.nan, np.inf]
-    for pieces in (signed, relu, broken, signed[:1]):
-        whole, split = TensorStats(), TensorStats()
+    broken[0][0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    nothing_finite = [np.full((1, 2, 3, 3), np.nan, np.float32), np.full((1, 2, 3, 3), np.inf, np.float32)]
+    for pieces in (signed, relu, broken, signed[:1], nothing_finite):
+        whole, split, numpy_path = TensorStats(), TensorStats(), TensorStats()
         first = pieces[0] * 0.1  # a first, narrower update: the second one must grow the range exactly the same
         whole.update(first, histogram=True)
         split.update([first], histogram=True)
-        whole.update(np.concatenate([p.ravel() for p in pieces]), histogram=True)
+        numpy_path._update_numpy(first, histogram=True)  # the torch-less path: the semantics to keep
+        concatenated = np.concatenate([p.ravel() for p in pieces])
+        whole.update(concatenated, histogram=True)
         split.update(list(pieces), histogram=True)
-        assert (split.lo, split.hi, split.edge) == (whole.lo, whole.hi, whole.edge)
-        np.testing.assert_array_equal(split.hist, whole.hist)
-        assert split.hist.sum() == whole.hist.sum() == first.size + sum(p.size for p in pieces)
+        numpy_path._update_numpy(concatenated, histogram=True)
+        for stats in (whole, numpy_path):
+            assert (split.lo, split.hi, split.edge) == (stats.lo, stats.hi, stats.edge)
+            np.testing.assert_array_equal(split.hist, stats.hist)
+        assert split.hist.sum() == first.size + sum(p.size for p in pieces)
 
 
 def test_histogram_of_a_strided_sample_keeps_the_ranges(monkeypatch):

@@ -52,8 +52,8 @@ PERCENTILE = 99.99
 # docs/precision.md); the histogram was a third of ResNet-50's calibration time
 HIST_SAMPLE = 1 << 17
 SMALL_PIECE = 1 << 15  # pieces below this many values are concatenated first: per-call overhead dominates them
-# 7: histograms of strided samples; 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected last layers; 4: graph-bounded
-# ranges, mse, bias shifts; 3: histograms pooled per 16 images
+# 7: histograms of strided samples; 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected
+# last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
 CACHE_FORMAT = "deploykit-calib/7"
 
 
@@ -158,8 +158,12 @@ class TensorStats:
             values, images = [torch.cat([v.reshape(-1) for v in values])], [sum(images)]
         bounds = [torch.aminmax(v) for v in values]
         lo, hi = min(float(b.min) for b in bounds), max(float(b.max) for b in bounds)
-        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: the exact NumPy path cleans the non-finite values
-            return self._update_numpy(np.concatenate([p.ravel() for p in pieces]), histogram)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: NaN -> 0, +-inf -> the finite extremes, as NumPy's path
+            finite = [v[torch.isfinite(v)] for v in values]
+            finite = [f for f in finite if f.numel()]
+            lo = min((float(f.min()) for f in finite), default=0.0)
+            hi = max((float(f.max()) for f in finite), default=0.0)
+            values = [torch.nan_to_num(v, nan=0.0, posinf=hi, neginf=lo) for v in values]
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         if histogram:
             self._grow(max(abs(lo), abs(hi)))
