@@ -901,3 +901,103 @@ def test_min_calib_is_checked_against_the_sample(resnet18_sd, cli, tmp_path):
               "--int8", "--calib", REPO_CALIB, "--calib-size", "16", "--no-verify")
     assert res.exit_code == 1 and "raise --calib-size or lower --min-calib" in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "o" / "model.int8.onnx").exists()
+
+
+# -- building graphs in memory (sensitivity probes) ---------------------------------------------------------------
+def _shape_model(opset: int = 17, output_shape=None):
+    """x -> Pad -> Conv (a weight above graph.LIGHT_INITIALIZER elements) -> Relu -> ReduceMean -> Reshape (its
+    target shape an initializer) -> Gemm: the ops whose shapes read small initializers, or whose form changes
+    between opsets 17 and 19 (Pad's and ReduceMean's axes)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 16, 3, 3)).astype(np.float32) * 0.1  # 9216 elements
+    fc = rng.standard_normal((10, 64)).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")]
+    reduce = (helper.make_node("ReduceMean", ["r"], ["m"], name="mean", axes=[2, 3], keepdims=1) if opset < 18 else
+              helper.make_node("ReduceMean", ["r", "axes"], ["m"], name="mean", keepdims=1))
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes"))
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"), reduce,
+             helper.make_node("Reshape", ["m", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc", "fc_b"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def test_shape_inference_without_weight_data_is_onnxs():
+    """graph.infer_shapes infers on a copy whose large initializers carry no data (a probe infers twice): the
+    result is onnx's own -- the same value_info (the Reshape's target, a small initializer, still read), the output
+    shape filled in, every initializer back with its data -- and the model it was given is unchanged."""
+    from deploykit.precision.graph import LIGHT_INITIALIZER, infer_shapes
+
+    model = _shape_model()
+    before = model.SerializeToString()
+    ours, theirs = infer_shapes(model), onnx.shape_inference.infer_shapes(model)
+    assert model.SerializeToString() == before
+    assert numpy_helper.to_array(model.graph.initializer[0]).size > LIGHT_INITIALIZER
+    assert [v.SerializeToString() for v in ours.graph.value_info] == \
+        [v.SerializeToString() for v in theirs.graph.value_info]
+    assert ours.graph.output[0] == theirs.graph.output[0]
+    assert [d.dim_value for d in ours.graph.output[0].type.tensor_type.shape.dim] == [1, 10]
+    assert ours.SerializeToString() == theirs.SerializeToString()
+
+
+def test_trt_graph_built_at_the_remainder_opset_first_is_the_same_graph(tmp_path):
+    """The export converts the FP32 model to the FP16 remainder's opset once and builds every TensorRT graph (the
+    artifact and each sensitivity probe) from it in memory; the artifact is the graph the file-to-file path
+    (quantize, then convert the Q/DQ graph's opset, then the FP16 remainder) writes: same nodes, initializers,
+    types and outputs, with ReduceMean's axes moved to an input by the converter either way (only the names the
+    converter makes up for that constant differ)."""
+    from deploykit.precision.int8 import plan_trt, qdq_trt, quantize_trt
+    from deploykit.precision.remainder import QDQ_OPSET, fp16_remainder, remainder_fp16, to_opset
+
+    model = _shape_model(opset=17, output_shape=[1, 10])
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    plan = plan_trt(model)
+    amax = {name: 2.0 for name in plan.activation_tensors}
+    absmax = {"c": 3.0, "y": 5.0}
+    bias = {"conv": np.full(64, 0.01, np.float32)}
+    quantize_trt(src, tmp_path / "q.onnx", amax, plan=plan, bias=bias)
+    by_files = onnx.load(str(fp16_remainder(tmp_path / "q.onnx", tmp_path / "q16.onnx", absmax).path))
+    in_memory = onnx.ModelProto()
+    in_memory.CopyFrom(to_opset(model, QDQ_OPSET))
+    graph = qdq_trt(in_memory, amax, plan=plan, bias=bias)
+    in_memory, kept = remainder_fp16(in_memory, absmax)
+    assert graph.path is None and kept.path is None and graph.layers == ["w", "fc"]  # friendly names: the weights
+    assert in_memory.opset_import == by_files.opset_import
+    assert sorted(map(_canonical, in_memory.graph.node)) == sorted(map(_canonical, by_files.graph.node))
+    assert [i.SerializeToString() for i in in_memory.graph.initializer] == \
+        [i.SerializeToString() for i in by_files.graph.initializer]
+    assert sorted(map(_canonical, in_memory.graph.value_info)) == sorted(map(_canonical, by_files.graph.value_info))
+    assert {n.op_type for n in in_memory.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Cast", "Constant"}
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((1, 16, 12, 12)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert np.array_equal(run(in_memory)[0], run(by_files)[0])
+
+
+def _canonical(proto) -> bytes:
+    """A node or value_info with the names onnx's version converter makes up (the ReduceMean axes constant it
+    adds: ``_v_<n>``, named ``Constant_<i>`` by name_nodes when it ran first) made the same."""
+    import re
+
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    if isinstance(copy, onnx.NodeProto):
+        if copy.op_type == "Constant":
+            copy.name = ""
+        for field in (copy.input, copy.output):
+            for i, name in enumerate(field):
+                field[i] = re.sub(r"^_v_\d+$", "_v", name)
+    else:
+        copy.name = re.sub(r"^_v_\d+$", "_v", copy.name)
+    return copy.SerializeToString()

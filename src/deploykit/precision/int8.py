@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.files import atomic_path
-from deploykit.precision.graph import name_nodes, toposort
+from deploykit.precision.graph import infer_shapes, name_nodes, toposort
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QMAX = 127.0
@@ -66,7 +66,7 @@ class TrtPlan:
 
 @dataclass
 class Int8Graph:
-    path: Path
+    path: Path | None  # None: built in memory, not saved
     layers: list[str]  # friendly names of the layers in INT8
     excluded: list[str]  # friendly names kept in FP32
     counts: dict[str, int] = field(default_factory=dict)
@@ -146,16 +146,30 @@ def _depths(model) -> dict[str, int]:
 
 def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iterable[str] = (),
                  plan: TrtPlan | None = None, bias: dict[str, np.ndarray] | None = None) -> Int8Graph:
-    """Write the TensorRT-style Q/DQ graph of ``src`` to ``dest`` (atomically).
+    """Write the TensorRT-style Q/DQ graph of ``src`` to ``dest`` (atomically, checked): :func:`qdq_trt` on the
+    loaded FP32 model."""
+    import onnx
+
+    from deploykit.precision.graph import save_model
+
+    model = onnx.load(str(src))
+    graph = qdq_trt(model, amax, exclude=exclude, plan=plan, bias=bias)
+    save_model(model, dest)
+    graph.path = Path(dest)
+    return graph
+
+
+def qdq_trt(model, amax: dict[str, float], *, exclude: Iterable[str] = (), plan: TrtPlan | None = None,
+            bias: dict[str, np.ndarray] | None = None) -> Int8Graph:
+    """Turn the FP32 ``model`` (an onnx.ModelProto, edited in place) into the TensorRT-style Q/DQ graph.
 
     ``amax`` maps each activation tensor of the plan to its calibrated ``|x|`` range; ``exclude`` names layers
     (friendly or node names) to keep in FP32; ``bias`` maps node names to the bias shifts of
-    :mod:`deploykit.precision.bias_correction`, added to the layers that go to INT8.
+    :mod:`deploykit.precision.bias_correction`, added to the layers that go to INT8. The result's ``path`` is
+    None until the model is saved.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
     plan = plan or plan_trt(model)
     name_nodes(model)
     exclude = set(exclude)
@@ -238,12 +252,8 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
         if name not in still_used:
             graph.initializer.remove(inits[name])
     toposort(model)
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        onnx.save(model, str(tmp))
-        onnx.checker.check_model(str(tmp))
     counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
-    return Int8Graph(dest, [layer.name for layer in active],
+    return Int8Graph(None, [layer.name for layer in active],
                      [layer.name for layer in plan.layers if layer.node not in active_nodes], counts)
 
 
@@ -318,7 +328,7 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
         data[name] = (np.array(min(lo, 0.0), np.float32), np.array(max(hi, 0.0), np.float32))
     tensors = TensorsData(CalibrationMethod.MinMax, data)
     options = {"ActivationSymmetric": act is QuantType.QInt8, "WeightSymmetric": True}
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     if fmt is CpuFormat.qoperator_u8s8:
         quantizer = ONNXQuantizer(inferred, True, False, QuantizationMode.QLinearOps, True, QuantType.QInt8, act,
                                   tensors, None, skip + glue, list(QLinearOpsRegistry), options)

@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.files import atomic_path
-
 QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear-19: float16 scales
 FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -52,23 +50,34 @@ class Remainder(str, Enum):
 
 @dataclass
 class RemainderGraph:
-    path: Path
+    path: Path | None  # None: built in memory, not saved
     kept_fp32: dict[str, str] = field(default_factory=dict)  # node name -> why (FP16 keep rules)
     opset: int = QDQ_OPSET
     requantized: int = 0  # weight channels re-quantized to their float16 scale
 
 
 def fp16_remainder(src: Path, dest: Path, absmax: dict[str, float]) -> RemainderGraph:
-    """Rewrite the FP32-remainder Q/DQ graph ``src`` with an FP16 remainder into ``dest`` (may be ``src``).
-
-    ``absmax`` is the largest ``|x|`` seen per tensor of the FP32 graph (the FP16 stage's activation rule).
-    """
+    """Rewrite the FP32-remainder Q/DQ graph ``src`` with an FP16 remainder into ``dest`` (may be ``src``;
+    atomically, checked): :func:`remainder_fp16` on the loaded graph."""
     import onnx
 
+    from deploykit.precision.graph import save_model
+
+    fp16, rewritten = remainder_fp16(onnx.load(str(src)), absmax)
+    save_model(fp16, dest)
+    rewritten.path = Path(dest)
+    return rewritten
+
+
+def remainder_fp16(model, absmax: dict[str, float]) -> tuple[object, RemainderGraph]:
+    """The FP32-remainder Q/DQ ``model`` (an onnx.ModelProto, edited) with an FP16 remainder, and what was kept.
+
+    ``absmax`` is the largest ``|x|`` seen per tensor of the FP32 graph (the FP16 stage's activation rule).
+    The result's ``path`` is None until the model is saved.
+    """
     from deploykit.precision.fp16 import fp32_nodes, to_fp16
     from deploykit.precision.graph import name_nodes
 
-    model = onnx.load(str(src))
     name_nodes(model)
     model = to_opset(model, QDQ_OPSET)
     requantized = _round_scales(model)
@@ -78,11 +87,7 @@ def fp16_remainder(src: Path, dest: Path, absmax: dict[str, float]) -> Remainder
     bad = casts_after_dequantize(fp16)
     if bad:  # the rewrite guarantees none: a bug, not a user error
         raise RuntimeError(f"FP16 remainder put a Cast between a DequantizeLinear and its consumer: {bad[:3]}")
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        onnx.save(fp16, str(tmp))
-        onnx.checker.check_model(str(tmp))
-    return RemainderGraph(dest, keep, QDQ_OPSET, requantized)
+    return fp16, RemainderGraph(None, keep, QDQ_OPSET, requantized)
 
 
 def to_opset(model, opset: int):

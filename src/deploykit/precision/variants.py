@@ -22,8 +22,9 @@ from deploykit.parity import accuracy_labels, batch_digest, compare_logits, judg
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
-from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
-from deploykit.precision.remainder import Remainder, RemainderGraph, fp16_remainder
+from deploykit.precision.graph import save_model
+from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
+from deploykit.precision.remainder import QDQ_OPSET, Remainder, RemainderGraph, remainder_fp16, to_opset
 from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
@@ -202,13 +203,22 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         reference = logits_of(fp32, verify_batch) if judge_int8 else None
         if reference is not None:
             result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
-        def quantize_for_trt(dest: Path, exclude=()) -> Int8Graph:
-            graph = quantize_trt(fp32, dest, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
+        # the FP32 model at the FP16 remainder's opset once, not each graph's Q/DQ version once per probe
+        trt_source = to_opset(model, QDQ_OPSET) if fp16_remainder_asked else model
+
+        def quantize_for_trt(dest: Path, exclude=(), probe: bool = False) -> Int8Graph:
+            """The TensorRT graph with ``exclude`` out of INT8, built in memory from the FP32 model loaded once
+            and written once: a probe (sensitivity, budget) is the same graph, saved without the checker."""
+            qdq = onnx.ModelProto()
+            qdq.CopyFrom(trt_source)
+            graph = qdq_trt(qdq, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
             if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
-                rewritten = fp16_remainder(dest, dest, absmax)
-                graph.counts = _qdq_counts(dest)
-                if Path(dest) == folder / INT8_NAME:  # not a sensitivity probe
+                qdq, rewritten = remainder_fp16(qdq, absmax)
+                graph.counts = _qdq_counts(qdq)
+                if not probe:
                     result.remainder = rewritten
+            save_model(qdq, dest, check=not probe)
+            graph.path = Path(dest)
             return graph
 
         targets = {
@@ -216,9 +226,9 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
                              f"quantizing for TensorRT (Q/DQ, {request.int8_remainder.value.upper()} remainder)",
                              quantize_for_trt),
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
-                             lambda dest, exclude=(): quantize_cpu(fp32, dest, result.ranges.tensors, plan=plan,
-                                                                   exclude=exclude,
-                                                                   bias=result.ranges.bias_for(exclude))),
+                             lambda dest, exclude=(), probe=False: quantize_cpu(
+                                 fp32, dest, result.ranges.tensors, plan=plan, exclude=exclude,
+                                 bias=result.ranges.bias_for(exclude))),
         }
         for target in request.int8_for:
             name, precision, runtime, message, quantize = targets[target]
@@ -247,11 +257,8 @@ def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict
     return absmax
 
 
-def _qdq_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node
-    return {op: sum(1 for n in nodes if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
+def _qdq_counts(model) -> dict[str, int]:
+    return {op: sum(1 for n in model.graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
 
 
 def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
@@ -319,7 +326,7 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         def evaluate_on(images: np.ndarray):
             def run(excluded):
                 path = Path(tmp) / "probe.onnx"
-                quantize(path, excluded)
+                quantize(path, excluded, probe=True)
                 return logits_of(path, images)
             return run
 
