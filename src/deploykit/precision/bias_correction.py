@@ -27,7 +27,6 @@ issue 11: Lite1 TensorRT graph top-1 agreement 0.887 -> 0.913).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -102,12 +101,12 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     if skip_depthwise:
         layers = [layer for layer in layers if not _depthwise(fp32, layer)]
     if mode == "local":
-        return _local(fp32_path, fp32, amax, batches, plan, layers, shifts, max_chunk)
+        return _local(fp32, amax, batches, plan, layers, shifts, max_chunk)
     if mode != "drift":
         raise ValueError(f"bias correction mode {mode!r}: 'local' or 'drift'")
     batches = [np.ascontiguousarray(b, np.float32) for b in batches]
     if shifts is None:
-        current = _local(fp32_path, fp32, amax, batches, plan, layers, None, max_chunk)
+        current = _local(fp32, amax, batches, plan, layers, None, max_chunk)
     else:
         current = {k: np.asarray(v, np.float32) for k, v in shifts.items()}
     order = {n.name: i for i, n in enumerate(fp32.graph.node)}
@@ -116,22 +115,20 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     for layer in tail:
         if layer.node not in targets:
             continue
-        means = _layer_means(_quantized(fp32_path, amax, plan, current), [layer], batches, max_chunk)
+        means = _layer_means(_quantized(fp32, amax, plan, current), [layer], batches, max_chunk)
         if layer.node in means:
             step = damping * (targets[layer.node] - means[layer.node])
             current[layer.node] = (current.get(layer.node, 0.0) + step).astype(np.float32)
     return current
 
 
-def _quantized(fp32_path: Path, amax, plan, shifts):
-    import onnx
+def _quantized(fp32, amax, plan, shifts):
+    """The TensorRT Q/DQ graph of the FP32 ``fp32`` model (not changed) with ``shifts``, in memory."""
+    from deploykit.precision.int8 import qdq_trt
 
-    from deploykit.precision.int8 import quantize_trt
-
-    with tempfile.TemporaryDirectory() as tmp:
-        qdq_path = Path(tmp) / "q.onnx"
-        quantize_trt(fp32_path, qdq_path, amax, plan=plan, bias=shifts)
-        return onnx.load(str(qdq_path))
+    model = _copy(fp32)
+    qdq_trt(model, amax, plan=plan, bias=shifts)
+    return model
 
 
 def _session(model):
@@ -234,9 +231,9 @@ def _output_rank(model, node) -> int | None:
     return None
 
 
-def _local(fp32_path, fp32, amax, batches, plan, layers, shifts, max_chunk) -> dict[str, np.ndarray]:
+def _local(fp32, amax, batches, plan, layers, shifts, max_chunk) -> dict[str, np.ndarray]:
     """Local bias correction: one pass over the Q/DQ graph with an FP32 twin per layer (see the module doc)."""
-    qdq = _quantized(fp32_path, amax, plan, shifts)
+    qdq = _quantized(fp32, amax, plan, shifts)
     model, outputs = _twin_graph(qdq, fp32, layers)
     names = [n for _, q, f in outputs for n in (q, f)]
     means = _run_means(_session(model), names, batches, max_chunk) if names else None

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.files import atomic_path
 
 FP16_MAX = 65504.0
 FP16_SAFE_MAX = FP16_MAX / 4
@@ -96,17 +95,13 @@ def convert_fp16(src: Path, dest: Path, absmax: dict[str, float], *,
     """Write the FP16 graph of ``src`` to ``dest``; ``absmax`` is the largest ``|x|`` seen per tensor."""
     import onnx
 
-    from deploykit.precision.graph import name_nodes
+    from deploykit.precision.graph import name_nodes, save_model
 
     model = onnx.load(str(src))
     name_nodes(model)
     keep = fp32_nodes(model, absmax, extra_fp32=extra_fp32)
-    fp16 = to_fp16(model, keep)
-    dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        onnx.save(fp16, str(tmp))
-        onnx.checker.check_model(str(tmp))
-    return Fp16Graph(dest, keep, max(absmax.values(), default=0.0))
+    save_model(to_fp16(model, keep), dest)
+    return Fp16Graph(Path(dest), keep, max(absmax.values(), default=0.0))
 
 
 def fp32_nodes(model, absmax: dict[str, float], *, extra_fp32: Sequence[str] = ()) -> dict[str, str]:
