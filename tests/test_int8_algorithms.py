@@ -133,6 +133,43 @@ def test_drift_correction_brings_the_last_layer_closer_to_fp32_than_local_correc
         measure_shifts(src, amax, [x], plan=plan, mode="jacobi")
 
 
+@pytest.mark.parametrize("relu6", [True, False])
+def test_cpu_graph_shifts_are_measured_on_the_cpu_graph(tmp_path, relu6):
+    """``cpu_ranges``: the shifts are measured on ONNX Runtime's CPU graph, whose quantizer drops the Clip/Relu
+    after a conv (the next Q's range clips the same way). Each layer's FP32 twin still gets the activated input
+    (``_reapply``): fed the raw conv output instead, the ``dw`` and ``project`` shifts came out 10-60x too large
+    (Lite0's CPU graph then agreed with FP32 on 1% of the crops). Applied, the shifts take the CPU graph's mean
+    output error out of the CPU graph; the TensorRT graph's shifts, measured with other activation ranges, do not
+    (toy model: 0.0010 left against 0.0002 after the drift rounds)."""
+    from deploykit.precision.bias_correction import _quantized_cpu, measure_shifts
+    from deploykit.precision.calibrate import CalibMethod
+    from deploykit.precision.int8 import quantize_cpu
+
+    src = _model(tmp_path / "m.onnx", relu6=relu6)
+    x = _images()
+    plan, ranges = _ranges(src, x, CalibMethod.mse)
+    amax = {n: r["amax"] for n, r in ranges.items()}
+    act = "Clip" if relu6 else "Relu"
+    folded = _quantized_cpu(src, ranges, plan, None)
+    assert Counter(n.op_type for n in folded.graph.node)[act] < 2  # ORT's quantizer did drop an activation
+    trt = measure_shifts(src, amax, [x], plan=plan)
+    cpu = measure_shifts(src, amax, [x], plan=plan, cpu_ranges=ranges)
+    assert set(cpu) == set(trt) == {layer.node for layer in plan.layers}
+    for name in cpu:  # the same kind of shift: weight rounding times the input's mean, not an activation missed
+        assert np.abs(cpu[name]).max() < 5 * np.abs(trt[name]).max() + 1e-3, name
+    drift = measure_shifts(src, amax, [x], plan=plan, cpu_ranges=ranges, mode="drift", rounds=2)
+    trt_drift = measure_shifts(src, amax, [x], plan=plan, mode="drift", rounds=2)
+    (ref,) = _run(src, x)
+    errs = {}
+    for tag, bias in (("plain", None), ("trt", trt), ("cpu", cpu), ("drift", drift), ("trt_drift", trt_drift)):
+        quantize_cpu(src, tmp_path / f"{tag}.onnx", ranges, plan=plan, bias=bias)
+        (out,) = _run(tmp_path / f"{tag}.onnx", x)
+        errs[tag] = np.abs((out - ref).mean(0)).max()
+    assert errs["plain"] > 1e-3 and errs["cpu"] < 0.5 * errs["plain"] and errs["drift"] < 0.1 * errs["plain"]
+    # the TensorRT graph's shifts (what the CPU graph carried before deploykit-calib/8) leave 4x more in
+    assert errs["drift"] < 0.5 * errs["trt_drift"]
+
+
 def test_bias_correction_skips_depthwise_when_asked_and_leaves_excluded_layers_alone(tmp_path):
     from deploykit.precision.bias_correction import measure_shifts
     from deploykit.precision.calibrate import CalibMethod

@@ -526,6 +526,12 @@ def test_digits_fp16_and_int8_keep_accuracy(digits, cli, tmp_path):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "deploykit.json").read_text())
     by_path = {a["path"]: a["parity"]["metrics"] for a in manifest["artifacts"]}
+    calibration = {a["path"]: a["details"]["calibration"] for a in manifest["artifacts"] if "int8" in a["path"]}
+    # each INT8 graph carries the bias shifts measured on itself (LeNet: 4 corrected layers)
+    assert calibration["model.int8.onnx"]["bias_measured_on"] == "tensorrt"
+    assert calibration["model.int8-cpu.onnx"]["bias_measured_on"] == "onnxruntime-cpu"
+    assert calibration["model.int8.onnx"]["bias_corrected_layers"] == \
+        calibration["model.int8-cpu.onnx"]["bias_corrected_layers"] > 0
     ref = by_path["model.onnx"]["reference_accuracy"]
     assert ref > 85.0
     for name in ("model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):

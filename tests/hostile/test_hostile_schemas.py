@@ -153,6 +153,10 @@ CACHES = {
     "drift-not-a-bias": lambda d: {**d, "drift": {"no-such-layer": [1.0]}},
     "drift-strings": lambda d: {**d, "drift": {k: ["x"] * len(v) for k, v in (d.get("bias") or {"a": [0]}).items()}},
     "drift-a-list": lambda d: {**d, "drift": [1.0]},
+    "cpu-drift-not-a-bias": lambda d: {**d, "drift_cpu": {"no-such-layer": [1.0]}},
+    "cpu-bias-nan": lambda d: {**d, "bias_cpu": {k: [float("nan")] * len(v)
+                                                 for k, v in (d.get("bias_cpu") or {"a": [0]}).items()}},
+    "cpu-bias-a-string": lambda d: {**d, "bias_cpu": "shifts"},
 }
 
 

@@ -27,12 +27,14 @@ issue 11: Lite1 TensorRT graph top-1 agreement 0.887 -> 0.913).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 CORRECTED_OPS = ("Conv", "Gemm")
+FOLDED_ACTIVATIONS = ("Relu", "Clip")  # ORT's quantizer drops these where the next Q's range clips the same way
 DRIFT_ROUNDS = 2  # drift mode: layers (from the last) corrected to the FP32 model's means, one pass each
 DEFAULT_IMAGES = 64  # images the shift is measured on: per-channel means settle well before that
 
@@ -45,8 +47,12 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
     fp32_inits = {i.name: i for i in fp32_model.graph.initializer}
     nodes = {n.name: n for n in graph.node}
     orig = {n.name: n for n in fp32_model.graph.node}
+    fp32_producer = {o: n for n in fp32_model.graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+    known = set(producer) | {i.name for i in graph.input} | {i.name for i in graph.initializer}
     outputs = []
     added_inits = {}
+    refolded: dict[str, str] = {}
     for layer in layers:
         node, src = nodes.get(layer.node), orig.get(layer.node)
         if node is None or src is None or node.op_type not in CORRECTED_OPS:
@@ -55,10 +61,19 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
         axes = _channel_axes(node, len(weight.dims))
         if axes is None:
             continue
+        x = src.input[0]
+        act = fp32_producer.get(x)
+        if act is not None and act.op_type in FOLDED_ACTIVATIONS and x in producer and \
+                producer[x].op_type != act.op_type:  # ORT's quantizer folded this Relu/Clip into a Q's range
+            if x not in refolded:
+                refolded[x] = _reapply(graph, act, x, fp32_model, known, added_inits)
+            x = refolded[x]
+        if x is None or x not in known:
+            continue  # the quantizer renamed the layer's input: no twin, no shift for this layer
         wname = f"{src.input[1]}__fp32_twin"
         if wname not in added_inits:
             added_inits[wname] = numpy_helper.from_array(numpy_helper.to_array(weight), wname)
-        twin_in = [src.input[0], wname] + list(node.input[2:])
+        twin_in = [x, wname] + list(node.input[2:])
         twin_out = f"{layer.node}__fp32_twin_out"
         graph.node.append(helper.make_node(node.op_type, twin_in, [twin_out], name=f"{layer.node}__fp32_twin",
                                            **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
@@ -71,10 +86,37 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
     return qdq_model, outputs
 
 
+def _reapply(graph, act, tensor: str, fp32_model, known: set[str], added_inits: dict) -> str | None:
+    """Append ``act`` (a Relu/Clip of the FP32 graph) applied to ``tensor`` to ``graph``: the value the layer's
+    input has before quantization where ORT's quantizer dropped the activation and let the Q's range clip instead.
+    Its other inputs (Clip's bounds) come from the FP32 graph's initializers or Constant nodes. None when one of
+    them cannot be found."""
+    from onnx import helper
+
+    fp32_inits = {i.name: i for i in fp32_model.graph.initializer}
+    constants = {n.output[0]: n for n in fp32_model.graph.node if n.op_type == "Constant"}
+    for name in act.input[1:]:
+        if not name or name in known:
+            continue
+        if name in fp32_inits:
+            added_inits.setdefault(name, fp32_inits[name])
+        elif name in constants:
+            graph.node.append(constants[name])
+        else:
+            return None
+        known.add(name)
+    out = f"{tensor}__fp32_twin_act"
+    graph.node.append(helper.make_node(act.op_type, [tensor, *act.input[1:]], [out], name=out,
+                                       **{a.name: helper.get_attribute_value(a) for a in act.attribute}))
+    known.add(out)
+    return out
+
+
 def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np.ndarray], *, plan=None,
                    skip_depthwise: bool = False, shifts: dict[str, np.ndarray] | None = None,
                    max_chunk: int = 16, mode: str = "local", rounds: int = DRIFT_ROUNDS,
-                   damping: float = 1.0) -> dict[str, np.ndarray]:
+                   damping: float = 1.0, cpu_ranges: dict[str, dict[str, float]] | None = None
+                   ) -> dict[str, np.ndarray]:
     """Per quantized Conv/Gemm node, the per-output-channel shift to add to its bias (see the module doc).
 
     ``mode="local"``: ``shifts`` (from an earlier call) are applied to the quantized graph first: each layer's
@@ -88,7 +130,13 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     pass over the quantized graph per round; ``rounds >= len(layers)`` is NNCF's sequential correction of every
     layer. Correcting all layers at once from one measurement (Jacobi) diverges: a layer's drift is mostly its
     upstream's, so each layer takes out what upstream corrections also take out, and the surplus grows with
-    depth (Lite0: relative drift 0.03 -> 0.2 -> 1.0 -> 2.9 in three rounds, top-1 agreement 0)."""
+    depth (Lite0: relative drift 0.03 -> 0.2 -> 1.0 -> 2.9 in three rounds, top-1 agreement 0).
+
+    ``cpu_ranges`` (the calibrated ``{"min", "max", "amax"}`` of every tensor): measure on ONNX Runtime's CPU
+    graph instead (:func:`~deploykit.precision.int8.quantize_cpu` in its Q/DQ form: uint8 activations over the
+    observed range, ORT's own choice of what to quantize) -- the shifts ``model.int8-cpu.onnx`` needs. The
+    TensorRT graph's shifts carry the error of its clipped, symmetric activation ranges, which the CPU graph does
+    not have (issue 11: held-out logit MSE of the CPU graph with its own shifts 15-35% lower on Lite0/1/2)."""
     import onnx
 
     from deploykit.precision.graph import name_nodes
@@ -100,13 +148,18 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     layers = [layer for layer in plan.layers if layer.op_type in CORRECTED_OPS and layer.weight is not None]
     if skip_depthwise:
         layers = [layer for layer in layers if not _depthwise(fp32, layer)]
+
+    def build(current):
+        return _quantized(fp32, amax, plan, current) if cpu_ranges is None else \
+            _quantized_cpu(fp32_path, cpu_ranges, plan, current)
+
     if mode == "local":
-        return _local(fp32, amax, batches, plan, layers, shifts, max_chunk)
+        return _local(fp32, build, batches, layers, shifts, max_chunk)
     if mode != "drift":
         raise ValueError(f"bias correction mode {mode!r}: 'local' or 'drift'")
     batches = [np.ascontiguousarray(b, np.float32) for b in batches]
     if shifts is None:
-        current = _local(fp32, amax, batches, plan, layers, None, max_chunk)
+        current = _local(fp32, build, batches, layers, None, max_chunk)
     else:
         current = {k: np.asarray(v, np.float32) for k, v in shifts.items()}
     order = {n.name: i for i, n in enumerate(fp32.graph.node)}
@@ -115,7 +168,7 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     for layer in tail:
         if layer.node not in targets:
             continue
-        means = _layer_means(_quantized(fp32, amax, plan, current), [layer], batches, max_chunk)
+        means = _layer_means(build(current), [layer], batches, max_chunk)
         if layer.node in means:
             step = damping * (targets[layer.node] - means[layer.node])
             current[layer.node] = (current.get(layer.node, 0.0) + step).astype(np.float32)
@@ -129,6 +182,19 @@ def _quantized(fp32, amax, plan, shifts):
     model = _copy(fp32)
     qdq_trt(model, amax, plan=plan, bias=shifts)
     return model
+
+
+def _quantized_cpu(fp32_path: Path, ranges, plan, shifts):
+    """ONNX Runtime's CPU graph of the FP32 model with ``shifts``, in its Q/DQ form (the same quantization as the
+    QOperator artifact, with every float tensor still named)."""
+    import onnx
+
+    from deploykit.precision.int8 import CpuFormat, quantize_cpu
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "q.onnx"
+        quantize_cpu(fp32_path, path, ranges, plan=plan, fmt=CpuFormat.qdq_u8s8, bias=shifts)
+        return onnx.load(str(path))
 
 
 def _session(model):
@@ -231,9 +297,10 @@ def _output_rank(model, node) -> int | None:
     return None
 
 
-def _local(fp32, amax, batches, plan, layers, shifts, max_chunk) -> dict[str, np.ndarray]:
-    """Local bias correction: one pass over the Q/DQ graph with an FP32 twin per layer (see the module doc)."""
-    qdq = _quantized(fp32, amax, plan, shifts)
+def _local(fp32, build, batches, layers, shifts, max_chunk) -> dict[str, np.ndarray]:
+    """Local bias correction: one pass over the Q/DQ graph ``build(shifts)`` with an FP32 twin per layer (see the
+    module doc)."""
+    qdq = build(shifts)
     model, outputs = _twin_graph(qdq, fp32, layers)
     names = [n for _, q, f in outputs for n in (q, f)]
     means = _run_means(_session(model), names, batches, max_chunk) if names else None

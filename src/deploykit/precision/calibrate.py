@@ -54,7 +54,8 @@ HIST_SAMPLE = 1 << 17
 SMALL_PIECE = 1 << 15  # pieces below this many values are concatenated first: per-call overhead dominates them
 # 7: histograms of strided samples; 6: the drift part kept apart, shifts on the folded Q/DQ path; 5: drift-corrected
 # last layers; 4: graph-bounded ranges, mse, bias shifts; 3: histograms pooled per 16 images
-CACHE_FORMAT = "deploykit-calib/7"
+CACHE_FORMAT = "deploykit-calib/8"
+SHIFT_FIELDS = ("bias", "drift", "bias_cpu", "drift_cpu")  # bias shifts in the cache: TensorRT graph, CPU graph
 
 
 class CalibMethod(str, Enum):
@@ -374,18 +375,22 @@ class Ranges:
     extra: dict = field(default_factory=dict)
     bias: dict[str, np.ndarray] | None = None  # node name -> bias shift (bias_correction.py), None: not measured
     drift: dict[str, np.ndarray] = field(default_factory=dict)  # the part of ``bias`` from drift correction
+    bias_cpu: dict[str, np.ndarray] | None = None  # the same, measured on ONNX Runtime's CPU graph (--int8-for cpu)
+    drift_cpu: dict[str, np.ndarray] = field(default_factory=dict)
 
     def amax(self, name: str) -> float:
         return float(self.tensors[name]["amax"])
 
-    def bias_for(self, excluded=()) -> dict[str, np.ndarray] | None:
-        """The bias shifts of a graph with the ``excluded`` layers out of INT8. The drift correction of the last
+    def bias_for(self, excluded=(), *, cpu: bool = False) -> dict[str, np.ndarray] | None:
+        """The bias shifts of a graph with the ``excluded`` layers out of INT8 (``cpu``: of ``model.int8-cpu.onnx``,
+        measured on that graph; the TensorRT graph's where they were not). The drift correction of the last
         layers is fitted to the noise of the all-INT8 graph upstream of them; with any layer out of INT8 that
         noise is not what it was, so such a graph (a sensitivity probe, a budget's choice) carries the local
         shifts only -- the same graph that was measured is the one that ships."""
-        if self.bias is None or not excluded or not self.drift:
-            return self.bias
-        return {k: (v - self.drift[k]).astype(np.float32) if k in self.drift else v for k, v in self.bias.items()}
+        bias, drift = (self.bias_cpu, self.drift_cpu) if cpu and self.bias_cpu is not None else (self.bias, self.drift)
+        if bias is None or not excluded or not drift:
+            return bias
+        return {k: (v - drift[k]).astype(np.float32) if k in drift else v for k, v in bias.items()}
 
 
 def cache_path(folder: Path, method: CalibMethod, key: str) -> Path:
@@ -393,8 +398,9 @@ def cache_path(folder: Path, method: CalibMethod, key: str) -> Path:
 
 
 def cache_key(model_sha: str, data: str, method: CalibMethod, tensors: Sequence[str],
-              bias_correction: bool = True) -> str:
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{model_sha}|{data}|{method.value}|bc={bias_correction}".encode())
+              bias_correction: bool = True, cpu: bool = False) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{model_sha}|{data}|{method.value}|bc={bias_correction}|cpu={cpu}"
+                            .encode())
     digest.update("|".join(sorted(tensors)).encode())
     return digest.hexdigest()
 
@@ -414,7 +420,8 @@ def load_cached(folder: Path, method: CalibMethod, key: str, tensors: Sequence[s
         return None if stored is None else {k: np.asarray(v, np.float32) for k, v in stored.items()}
 
     return Ranges(method, data["tensors"], int(data["n_images"]), key, cached=True, path=path,
-                  bias=shifts("bias"), drift=shifts("drift") or {})
+                  bias=shifts("bias"), drift=shifts("drift") or {}, bias_cpu=shifts("bias_cpu"),
+                  drift_cpu=shifts("drift_cpu") or {})
 
 
 def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
@@ -435,7 +442,7 @@ def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
             return False
         if values[2] < 0:
             return False
-    for name in ("bias", "drift"):
+    for name in SHIFT_FIELDS:
         shifts = data.get(name)
         if shifts is None:
             continue
@@ -445,17 +452,21 @@ def _valid_cache(data: object, key: str, tensors: Sequence[str] | None) -> bool:
             if not isinstance(shift, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                       and math.isfinite(v) for v in shift):
                 return False
-    drift, bias = data.get("drift") or {}, data.get("bias") or {}
-    return all(k in bias and len(bias[k]) == len(v) for k, v in drift.items())  # drift is a part of a bias
+    for drift_name, bias_name in (("drift", "bias"), ("drift_cpu", "bias_cpu")):  # drift is a part of a bias
+        drift, bias = data.get(drift_name) or {}, data.get(bias_name) or {}
+        if not all(k in bias and len(bias[k]) == len(v) for k, v in drift.items()):
+            return False
+    return True
 
 
 def save_cache(folder: Path, ranges: Ranges) -> Path:
     path = cache_path(folder, ranges.method, ranges.key)
     data = {"format": CACHE_FORMAT, "key": ranges.key, "method": ranges.method.value,
             "n_images": ranges.n_images, "tensors": ranges.tensors}
-    if ranges.bias is not None:
-        data["bias"] = {k: [float(v) for v in np.ravel(s)] for k, s in ranges.bias.items()}
-        data["drift"] = {k: [float(v) for v in np.ravel(s)] for k, s in ranges.drift.items()}
+    for bias, drift, suffix in ((ranges.bias, ranges.drift, ""), (ranges.bias_cpu, ranges.drift_cpu, "_cpu")):
+        if bias is not None:
+            data[f"bias{suffix}"] = {k: [float(v) for v in np.ravel(s)] for k, s in bias.items()}
+            data[f"drift{suffix}"] = {k: [float(v) for v in np.ravel(s)] for k, s in drift.items()}
     write_json_atomic(path, data)
     ranges.path = path
     return path
@@ -463,18 +474,20 @@ def save_cache(folder: Path, ranges: Ranges) -> Path:
 
 def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
               method: CalibMethod, *, cache_dir: Path, reporter: Reporter = SILENT, bias_correction: bool = True,
-              bias_images: int | None = None) -> Ranges:
+              bias_images: int | None = None, cpu: bool = False) -> Ranges:
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match.
 
     With ``bias_correction`` the TensorRT plan's layers also get their bias shifts (:mod:`.bias_correction`),
     measured on ``bias_images`` calibration images spread over the sample with these ranges, in ``Ranges.bias``:
-    local correction of every layer, then drift correction of the last ``DRIFT_ROUNDS`` (``mode="drift"``)."""
+    local correction of every layer, then drift correction of the last ``DRIFT_ROUNDS`` (``mode="drift"``).
+    ``cpu`` (``tensors`` holds every tensor ORT's quantizer asks for): the same, measured on ONNX Runtime's CPU
+    graph, in ``Ranges.bias_cpu``."""
     import onnx
 
-    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS, measure_shifts
+    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS
     from deploykit.precision.ranges import bounded_tensors
 
-    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction)
+    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction, cpu)
     cached = load_cached(cache_dir, method, key, tensors)
     if cached is not None:
         return cached
@@ -489,14 +502,26 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
         paths = spread(images.paths, n)
         amax = {name: r["amax"] for name, r in ranges.tensors.items()}
         subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
-        with reporter.progress(f"bias correction ({n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
+        graphs = "TensorRT and CPU graphs" if cpu else "TensorRT graph"
+        with reporter.progress(f"bias correction ({graphs}, {n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
             subset = list(_counted(subset, task.advance))
-            local = measure_shifts(model_path, amax, subset, mode="local")
-            ranges.bias = measure_shifts(model_path, amax, subset, mode="drift", rounds=DRIFT_ROUNDS, shifts=local)
-        ranges.drift = {k: (v - local.get(k, 0.0)).astype(np.float32) for k, v in ranges.bias.items()
-                        if k not in local or np.any(v != local[k])}
+            ranges.bias, ranges.drift = _shifts(model_path, amax, subset)
+            if cpu:
+                ranges.bias_cpu, ranges.drift_cpu = _shifts(model_path, amax, subset, cpu_ranges=ranges.tensors)
     save_cache(cache_dir, ranges)
     return ranges
+
+
+def _shifts(model_path: Path, amax: dict[str, float], images: list[np.ndarray], *, cpu_ranges=None):
+    """Bias shifts (local, then drift correction of the last layers) and their drift part."""
+    from deploykit.precision.bias_correction import DRIFT_ROUNDS, measure_shifts
+
+    local = measure_shifts(model_path, amax, images, mode="local", cpu_ranges=cpu_ranges)
+    bias = measure_shifts(model_path, amax, images, mode="drift", rounds=DRIFT_ROUNDS, shifts=local,
+                          cpu_ranges=cpu_ranges)
+    drift = {k: (v - local.get(k, 0.0)).astype(np.float32) for k, v in bias.items()
+             if k not in local or np.any(v != local[k])}
+    return bias, drift
 
 
 def spread(paths: Sequence[Path], n: int) -> list[Path]:

@@ -179,7 +179,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
         step(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
         result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=folder,
-                                  reporter=reporter)
+                                  reporter=reporter, cpu=Int8Target.cpu in request.int8_for)
         if result.ranges.cached:
             result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
                                 "(same model, images and method)")
@@ -228,7 +228,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
                              lambda dest, exclude=(), probe=False: quantize_cpu(
                                  fp32, dest, result.ranges.tensors, plan=plan, exclude=exclude,
-                                 bias=result.ranges.bias_for(exclude))),
+                                 bias=result.ranges.bias_for(exclude, cpu=True))),
         }
         for target in request.int8_for:
             name, precision, runtime, message, quantize = targets[target]
@@ -265,10 +265,15 @@ def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionR
                   runtime: str) -> dict:
     from deploykit.precision.int8 import CPU_FORMAT
 
-    details = {"target": runtime, "calibration": {"method": request.calib_method.value,
-                                                  "images": result.ranges.n_images,
-                                                  "bias_corrected_layers": len(result.ranges.bias or {}),
-                                                  "cache": result.ranges.path.name if result.ranges.path else None},
+    ranges, cpu = result.ranges, target is Int8Target.cpu
+    shifts = ranges.bias_for(cpu=cpu)
+    calibration = {"method": request.calib_method.value, "images": ranges.n_images,
+                   "bias_corrected_layers": len(shifts or {}),
+                   # the graph the bias shifts were measured on: each graph's own since deploykit-calib/8
+                   "bias_measured_on": None if shifts is None else
+                   "onnxruntime-cpu" if cpu and ranges.bias_cpu is not None else "tensorrt",
+                   "cache": ranges.path.name if ranges.path else None}
+    details = {"target": runtime, "calibration": calibration,
                "int8_layers": len(graph.layers), "fp32_layers": graph.excluded, "op_counts": graph.counts}
     # where the file is deployed as it is: the Q/DQ graph is TensorRT's input and OpenVINO's fastest CPU form
     details["deploy_on"] = ["tensorrt", "openvino"] if target is Int8Target.trt else ["onnxruntime-cpu"]
