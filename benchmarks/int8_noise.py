@@ -11,7 +11,9 @@ top-1 agreement overall and on confident crops (FP32 max prob > 0.5), logit cosi
 Recipe = '+'-joined parts: a range method (entropy, minmax, percentile, mse), optional `b` (graph-bounded
 tensors keep their observed range), `bc` (bias correction, depthwise included), `fbc` (fast: depthwise
 skipped), `bc2` (two rounds), `drR` (local correction, then drift correction of
-the last R layers, one pass each; `ddK` damping K/10).
+the last R layers, one pass each; `ddK` damping K/10), `cpubc` (the CPU graph gets shifts measured on itself, with
+the same local/drift settings, as the default does since deploykit-calib/8; without it the CPU graph gets the
+TensorRT graph's shifts). The default is `mse+b+dr2+cpumax+cpubc`.
 """
 
 from __future__ import annotations
@@ -148,11 +150,16 @@ def run_recipe(m: Model, recipe: str, out_root: Path, bc_images: int) -> dict:
         shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, skip_depthwise="fbc" in parts)
         if "bc2" in parts:
             shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, shifts=shifts)
+    cpu_shifts = shifts
+    if "cpubc" in parts and shifts is not None:  # the CPU graph's own shifts, measured the same way on it
+        rounds = int(drift[2:]) if drift else 0
+        cpu_shifts = measure_shifts(m.src, amax, m.calib_batches(bc_images), plan=m.plan, cpu_ranges=ranges,
+                                    mode="drift" if drift else "local", rounds=rounds)
     t_prep = time.perf_counter() - t0
     dest = out_root / m.folder.name / recipe
     dest.mkdir(parents=True, exist_ok=True)
     quantize_trt(m.src, dest / "model.int8.onnx", amax, plan=m.plan, bias=shifts)
-    quantize_cpu(m.src, dest / "model.int8-cpu.onnx", ranges, plan=m.plan, bias=shifts)
+    quantize_cpu(m.src, dest / "model.int8-cpu.onnx", ranges, plan=m.plan, bias=cpu_shifts)
     row = {"model": m.folder.name, "recipe": recipe, "prep_s": round(t_prep, 1)}
     for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
         row[name] = metrics(m.ref, infer(dest / name, m.x))
