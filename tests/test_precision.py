@@ -1007,3 +1007,71 @@ def _canonical(proto) -> bytes:
     else:
         copy.name = re.sub(r"^_v_\d+$", "_v", copy.name)
     return copy.SerializeToString()
+
+
+def _branch_qdq(tmp_path: Path, r1_amax: float | None = None) -> tuple[Path, Path, np.ndarray]:
+    """x -> conv1 -> relu -> r1, read by two convs (conv2a, conv2b) whose sum is y: the Q/DQ of r1 is shared by
+    two quantized layers (an Inception branch point), as TensorRT's placement does. FP32-remainder Q/DQ graph."""
+    from onnx import helper
+
+    from deploykit.precision.int8 import plan_trt, quantize_trt
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    wa, wb = (rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.2 for _ in range(2))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "wa"], ["ya"], name="conv2a"),
+             helper.make_node("Conv", ["r1", "wb"], ["yb"], name="conv2b"),
+             helper.make_node("Add", ["ya", "yb"], ["y"], name="sum")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(w, n) for w, n in ((w1, "w1"), (wa, "wa"), (wb, "wb"))])
+    src = tmp_path / "b.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    q32 = tmp_path / "b32.onnx"
+    plan = plan_trt(onnx.load(str(src)))
+    amax = {t: 4.0 for t in plan.activation_tensors}  # the Add's residual input too
+    amax.update(x=float(np.abs(x).max()), r1=r1_amax or 4.0)
+    quantize_trt(src, q32, amax, plan=plan)
+    return src, q32, x
+
+
+def test_fp16_remainder_gives_kept_layers_one_fp32_dequantize_per_tensor(tmp_path):
+    """Two layers kept FP32 that read the same dequantized tensor share one FP32 copy of its DQ (two copies wrote
+    the same tensor name twice: random-weight Inception v3 failed the checker, "not in SSA form")."""
+    from deploykit.precision.remainder import fp16_remainder
+
+    _, q32, x = _branch_qdq(tmp_path)
+    result = fp16_remainder(q32, tmp_path / "b16.onnx", {"ya": 1e5, "yb": 1e5})
+    assert {"conv2a", "conv2b", "r1_DequantizeLinear_fp32"} <= set(result.kept_fp32)
+    model = onnx.load(str(tmp_path / "b16.onnx"))
+    outputs = [o for n in model.graph.node for o in n.output]
+    assert len(outputs) == len(set(outputs))
+    assert sum(n.op_type == "DequantizeLinear" and n.input[0] == "r1_QuantizeLinear_Output" for n in model.graph.node) == 1
+    import onnxruntime as ort
+
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y32, y16 = run(q32), run(tmp_path / "b16.onnx")
+    assert np.allclose(y16, y32, atol=2e-2 * np.abs(y32).max())
+
+
+def test_fp16_remainder_keeps_qdq_with_a_scale_beyond_float16_in_fp32(tmp_path):
+    """A tensor calibrated beyond 127 x 65504 (exploding activations) has a Q/DQ scale float16 cannot hold: the
+    pair and what it feeds stay FP32 with the float32 scale, and the graph's output stays finite (it was inf)."""
+    from deploykit.precision.remainder import fp16_remainder
+
+    _, q32, x = _branch_qdq(tmp_path, r1_amax=1e9)
+    result = fp16_remainder(q32, tmp_path / "b16.onnx", {"c1": 1e9, "r1": 1e9})
+    assert {"r1_QuantizeLinear", "r1_DequantizeLinear", "conv2a", "conv2b"} <= set(result.kept_fp32)
+    model = onnx.load(str(tmp_path / "b16.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits["r1_scale"].data_type == TensorProto.FLOAT
+    assert float(numpy_helper.to_array(inits["r1_scale"])) == pytest.approx(1e9 / 127, rel=1e-6)
+    assert _dq_consumers_through_cast(model) == []
+    import onnxruntime as ort
+
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y32, y16 = run(q32), run(tmp_path / "b16.onnx")
+    assert np.isfinite(y16).all() and np.allclose(y16, y32, atol=1e-3 * max(np.abs(y32).max(), 1e-6))

@@ -82,6 +82,7 @@ def remainder_fp16(model, absmax: dict[str, float]) -> tuple[object, RemainderGr
     model = to_opset(model, QDQ_OPSET)
     requantized = _round_scales(model)
     keep = fp32_nodes(model, absmax)
+    keep.update(_wide_qdq(model, keep))
     keep.update(_private_dequantize(model, keep))
     fp16 = to_fp16(model, keep)
     bad = casts_after_dequantize(fp16)
@@ -125,6 +126,8 @@ def _round_scales(model) -> int:
             continue
         done.add(name)
         old = numpy_helper.to_array(inits[name]).astype(np.float32)
+        if old.size and np.abs(old).max() > FP16_MAX:
+            continue  # not a float16 value at all: _wide_qdq keeps this pair FP32 with its float32 scale
         new = fp16_scale(old).astype(np.float32)
         weight = inits.get(node.input[0])
         if node.op_type == "DequantizeLinear" and weight is not None and weight.data_type == TensorProto.INT8:
@@ -144,6 +147,27 @@ def _round_scales(model) -> int:
     return requantized
 
 
+def _wide_qdq(model, keep: dict[str, str]) -> dict[str, str]:
+    """Q/DQ nodes whose scale is beyond float16 (a tensor range above 127 x 65504: exploding activations, seen on
+    random-weight Inception v3) and every node a wide DQ feeds: kept FP32, the scale as float32. In float16 the
+    scale is inf and the graph's output with it. Their producers are already FP32 (outputs beyond 16384)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    wide, out = set(), {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1 and node.input[1] in inits:
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            if scale.size and float(np.abs(scale).max()) > FP16_MAX:
+                out[node.name] = f"its scale {float(np.abs(scale).max()):.3g} is beyond float16"
+                if node.op_type == "DequantizeLinear":
+                    wide.add(node.output[0])
+    for node in model.graph.node:
+        if node.name not in out and node.name not in keep and any(i in wide for i in node.input):
+            out[node.name] = "reads a dequantized tensor beyond float16"
+    return out
+
+
 def _private_dequantize(model, keep: dict[str, str]) -> dict[str, str]:
     """Give each FP32-kept node an FP32 DequantizeLinear of its own for every input a DQ produces (same int8
     input, a float32 copy of the scale), so no Cast lands between a DQ and its consumer. Returns the new DQs."""
@@ -157,6 +181,7 @@ def _private_dequantize(model, keep: dict[str, str]) -> dict[str, str]:
         for name in n.input:
             consumers[name].append(n)
     added: dict[str, str] = {}
+    copies: dict[str, str] = {}  # DQ name -> its FP32 copy's output: one copy however many kept nodes read it
     for node in list(graph.node):
         if node.name not in keep:
             continue
@@ -164,16 +189,18 @@ def _private_dequantize(model, keep: dict[str, str]) -> dict[str, str]:
             dq = producer.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
-            scale = f"{dq.input[1]}_fp32"
-            if scale not in inits:
-                inits[scale] = numpy_helper.from_array(numpy_helper.to_array(inits[dq.input[1]]), scale)
-                graph.initializer.append(inits[scale])
-            copy = helper.make_node("DequantizeLinear", [dq.input[0], scale, *dq.input[2:]], [f"{name}_fp32"],
-                                    name=f"{dq.name}_fp32")
-            copy.attribute.extend(dq.attribute)
-            graph.node.append(copy)
-            added[copy.name] = f"dequantizes for {node.name} (kept FP32)"
-            node.input[i] = copy.output[0]
+            if dq.name not in copies:
+                scale = f"{dq.input[1]}_fp32"
+                if scale not in inits:
+                    inits[scale] = numpy_helper.from_array(numpy_helper.to_array(inits[dq.input[1]]), scale)
+                    graph.initializer.append(inits[scale])
+                copy = helper.make_node("DequantizeLinear", [dq.input[0], scale, *dq.input[2:]], [f"{name}_fp32"],
+                                        name=f"{dq.name}_fp32")
+                copy.attribute.extend(dq.attribute)
+                graph.node.append(copy)
+                added[copy.name] = f"dequantizes for {node.name} (kept FP32)"
+                copies[dq.name] = copy.output[0]
+            node.input[i] = copies[dq.name]
             consumers[name].remove(node)
             if not consumers[name] and name not in {o.name for o in graph.output}:
                 graph.node.remove(dq)
