@@ -50,6 +50,7 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
     fp32_producer = {o: n for n in fp32_model.graph.node for o in n.output}
     producer = {o: n for n in graph.node for o in n.output}
     known = set(producer) | {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    fp32_constants = {n.output[0]: n for n in fp32_model.graph.node if n.op_type == "Constant"}
     outputs = []
     added_inits = {}
     refolded: dict[str, str] = {}
@@ -66,7 +67,7 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
         if act is not None and act.op_type in FOLDED_ACTIVATIONS and x in producer and \
                 producer[x].op_type != act.op_type:  # ORT's quantizer folded this Relu/Clip into a Q's range
             if x not in refolded:
-                refolded[x] = _reapply(graph, act, x, fp32_model, known, added_inits)
+                refolded[x] = _reapply(graph, act, x, fp32_inits, fp32_constants, known, added_inits)
             x = refolded[x]
         if x is None or x not in known:
             continue  # the quantizer renamed the layer's input: no twin, no shift for this layer
@@ -86,15 +87,14 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
     return qdq_model, outputs
 
 
-def _reapply(graph, act, tensor: str, fp32_model, known: set[str], added_inits: dict) -> str | None:
+def _reapply(graph, act, tensor: str, fp32_inits: dict, constants: dict, known: set[str],
+             added_inits: dict) -> str | None:
     """Append ``act`` (a Relu/Clip of the FP32 graph) applied to ``tensor`` to ``graph``: the value the layer's
     input has before quantization where ORT's quantizer dropped the activation and let the Q's range clip instead.
-    Its other inputs (Clip's bounds) come from the FP32 graph's initializers or Constant nodes. None when one of
-    them cannot be found."""
+    Its other inputs (Clip's bounds) come from the FP32 graph's initializers ``fp32_inits`` or Constant nodes
+    ``constants`` (by output name). None when one of them cannot be found."""
     from onnx import helper
 
-    fp32_inits = {i.name: i for i in fp32_model.graph.initializer}
-    constants = {n.output[0]: n for n in fp32_model.graph.node if n.op_type == "Constant"}
     for name in act.input[1:]:
         if not name or name in known:
             continue

@@ -30,6 +30,11 @@ def save_model(model, dest, *, check: bool = True) -> None:
             onnx.checker.check_model(str(tmp))
 
 
+def qdq_counts(model) -> dict[str, int]:
+    """How many QuantizeLinear and DequantizeLinear nodes ``model`` has (the manifest's ``op_counts``)."""
+    return {op: sum(1 for n in model.graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
+
+
 def toposort(model) -> None:
     """Sort the nodes topologically in place (passes that append nodes leave them out of order)."""
     import onnx  # noqa: F401

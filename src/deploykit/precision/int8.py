@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.files import atomic_path
-from deploykit.precision.graph import infer_shapes, name_nodes, toposort
+from deploykit.precision.graph import infer_shapes, name_nodes, qdq_counts, toposort
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QMAX = 127.0
@@ -252,9 +252,8 @@ def qdq_trt(model, amax: dict[str, float], *, exclude: Iterable[str] = (), plan:
         if name not in still_used:
             graph.initializer.remove(inits[name])
     toposort(model)
-    counts = {op: sum(1 for n in graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
     return Int8Graph(None, [layer.name for layer in active],
-                     [layer.name for layer in plan.layers if layer.node not in active_nodes], counts)
+                     [layer.name for layer in plan.layers if layer.node not in active_nodes], qdq_counts(model))
 
 
 # -- ONNX Runtime CPU ----------------------------------------------------------------------------------------

@@ -187,8 +187,8 @@ def _private_dequantize(model, keep: dict[str, str]) -> dict[str, str]:
             continue
         for i, name in enumerate(node.input):
             dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.name in keep:
+                continue  # not a DQ, or one already FP32 (_wide_qdq): no Cast can land between them
             if dq.name not in copies:
                 scale = f"{dq.input[1]}_fp32"
                 if scale not in inits:

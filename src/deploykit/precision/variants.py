@@ -22,7 +22,7 @@ from deploykit.parity import accuracy_labels, batch_digest, compare_logits, judg
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
-from deploykit.precision.graph import save_model
+from deploykit.precision.graph import qdq_counts, save_model
 from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
 from deploykit.precision.remainder import QDQ_OPSET, Remainder, RemainderGraph, remainder_fp16, to_opset
 from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
@@ -214,7 +214,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             graph = qdq_trt(qdq, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
             if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
                 qdq, rewritten = remainder_fp16(qdq, absmax)
-                graph.counts = _qdq_counts(qdq)
+                graph.counts = qdq_counts(qdq)
                 if not probe:
                     result.remainder = rewritten
             save_model(qdq, dest, check=not probe)
@@ -255,10 +255,6 @@ def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict
         for n, r in ranges.tensors.items():
             absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
     return absmax
-
-
-def _qdq_counts(model) -> dict[str, int]:
-    return {op: sum(1 for n in model.graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
 
 
 def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
