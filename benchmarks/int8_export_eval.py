@@ -1,7 +1,7 @@
 """Judge the INT8 graphs a `deploykit export` wrote, as shipped, on held-out crops (issue 11 follow-up).
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/int8_export_eval.py /tmp/m11/lite0 [/tmp/m11/lite1 ...] \\
-        [--eval /tmp/i8/img/eval300] [--ov] [--jsonl out.jsonl]
+        [--eval /tmp/i8/img/eval300] [--ov] [--jsonl out.jsonl] [--anchors /tmp/i8/anchors]
 
 int8_noise.py / int8_anchors.py call `quantize_trt` / `quantize_cpu` directly (FP32 remainder) and run graphs with
 a plain ONNX Runtime session. This script instead takes the export folder's own `model.int8.onnx` (FP16 remainder
@@ -38,7 +38,25 @@ def run(runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
+def mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: of the b + c images where exactly one of two graphs keeps FP32's top-1,
+    how unlikely a split this uneven is if both graphs were equally good (binomial, p = 1/2)."""
+    from math import comb
+
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2.0 * sum(comb(n, i) for i in range(k + 1)) / 2.0 ** n)
+
+
+def paired(ref: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> dict:
+    """Paired comparison on the same images: where only ours keeps FP32's top-1 (b), only theirs does (c)."""
+    a, t = ref.argmax(1) == ours.argmax(1), ref.argmax(1) == theirs.argmax(1)
+    b, c = int((a & ~t).sum()), int((~a & t).sum())
+    return {"only_ours": b, "only_theirs": c, "mcnemar_p": mcnemar(b, c)}
+
+
+def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool, anchors: Path | None = None) -> dict:
     from deploykit.manifest import Manifest
     from deploykit.runners.onnxrt import QDQ_FOLDING, OnnxRuntimeRunner
 
@@ -53,6 +71,7 @@ def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
     row["fp32_s"] = round(time.perf_counter() - t, 1)
     conf = softmax(ref).max(1) > 0.5
     row["fp32_distinct_top1"] = len(np.unique(ref.argmax(1)))  # a random-weight net may call everything one class
+    outs: dict[str, np.ndarray] = {}
     for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
         if not (folder / name).is_file():
             continue
@@ -65,6 +84,7 @@ def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
         m["remainder"] = d.get("remainder")
         m["fp32_layers"] = len(d.get("fp32_layers") or [])
         row[name] = m
+        outs[name] = out
         if name == "model.int8.onnx" and ov:
             from deploykit.runners.openvino import OpenVINORunner
 
@@ -77,6 +97,11 @@ def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool) -> dict:
                          "ov_vs_ort_cos_min": metrics(out, o)["cos_min"],
                          "disagreeing": [paths[i].name for i in np.flatnonzero(~same)],
                          "seconds": round(time.perf_counter() - t, 1)}
+    for graph in sorted((anchors / folder.name).glob("*.onnx")) if anchors else ():
+        out = run(OnnxRuntimeRunner(graph, threads=threads), x)  # an anchor's graph, as its own tool wrote it
+        m = metrics(ref, out)
+        m["vs"] = {name: paired(ref, ours, out) for name, ours in outs.items()}
+        row.setdefault("anchors", {})[graph.name] = m
     return row
 
 
@@ -88,6 +113,8 @@ def main() -> int:
     parser.add_argument("--ov", action="store_true", help="also OpenVINO f32 on model.int8.onnx vs ORT")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--jsonl", type=Path)
+    parser.add_argument("--anchors", type=Path, help="int8_anchors.py's --out: also run <anchors>/<folder name>/*.onnx "
+                        "on the same crops, with a paired (McNemar) comparison against each deploykit graph")
     args = parser.parse_args()
     if args.eval is None:
         from int8_images import ensure
@@ -96,13 +123,18 @@ def main() -> int:
     print("| folder | graph | remainder | out of INT8 | n | agree | confident (n) | cos mean | cos min |\n"
           "|---|---|---|---|---|---|---|---|---|", flush=True)
     for folder in args.folders:
-        row = evaluate(folder, args.eval, args.threads, args.ov)
+        row = evaluate(folder, args.eval, args.threads, args.ov, args.anchors)
         for name in ("model.int8.onnx", "model.int8-cpu.onnx"):
             if name in row:
                 m = row[name]
                 print(f"| {folder.name} | {name} | {m['remainder'] or '-'} | {m['fp32_layers']} | {row['n']} | "
                       f"{m['agree']:.3f} | {m['agree_conf']:.3f} ({m['n_conf']}) | {m['cos_mean']:.4f} | "
                       f"{m['cos_min']:.3f} |", flush=True)
+        for graph, m in row.get("anchors", {}).items():
+            vs = "; ".join(f"vs {n}: only ours {v['only_ours']}, only theirs {v['only_theirs']}, "
+                           f"McNemar p {v['mcnemar_p']:.2g}" for n, v in m["vs"].items())
+            print(f"| {folder.name} | {graph} (anchor) | - | - | {row['n']} | {m['agree']:.3f} | "
+                  f"{m['agree_conf']:.3f} ({m['n_conf']}) | {m['cos_mean']:.4f} | {m['cos_min']:.3f} |\n  {vs}", flush=True)
         if "ov" in row:
             o = row["ov"]
             print(f"  OpenVINO f32 vs ORT on {folder.name}/model.int8.onnx: top-1 agree {o['ov_vs_ort_agree']:.4f}, "

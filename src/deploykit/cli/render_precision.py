@@ -45,7 +45,7 @@ def precision_tables(result) -> list[Table]:
         if budget.met is not None:
             s = Table(title=f"{name} accuracy budget: layers moved to {other} in order, then back to INT8 where "
                             "not needed")
-            for col in ("layer", "move", "loss pts after", "expected pts after", "mse after"):
+            for col in ("layer", "move", "loss pts after", "expected pts after", "P(other half within)", "mse after"):
                 s.add_column(col, justify="left" if col in ("layer", "move") else "right")
             if not budget.steps:
                 s.add_row("(none)", "-", *_loss_cells(budget.base.to_json()))
@@ -64,7 +64,9 @@ def precision_tables(result) -> list[Table]:
     return tables
 
 
-def _loss_cells(score: dict) -> tuple[str, str, str]:
-    """Counted loss, expected loss (see sensitivity.expected_loss) and logit MSE of one budget step."""
-    expected = score.get("expected_loss_pts")
-    return (f"{score['loss_pts']:.2f}", "-" if expected is None else f"{expected:.2f}", f"{score['mse']:.3g}")
+def _loss_cells(score: dict) -> tuple[str, str, str, str]:
+    """Counted loss, expected loss (see sensitivity.expected_loss), the predicted chance that the confirmation
+    half counts a loss within the budget (Score.within) and logit MSE of one budget step."""
+    expected, within = score.get("expected_loss_pts"), score.get("p_within_budget")
+    return (f"{score['loss_pts']:.2f}", "-" if expected is None else f"{expected:.2f}",
+            "-" if within is None else f"{within:.0%}", f"{score['mse']:.3g}")

@@ -308,15 +308,17 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     if labels is not None:  # with labels the loss is the accuracy drop in points
         metrics["accuracy_drop"] = base.loss
     missed = judge(metrics, request.gate(precision))
-    if request.accuracy_budget is not None and base.worst > request.accuracy_budget:
-        missed.append(f"loss {base.loss:.2f} pts (expected {base.expected:.2f}) > --accuracy-budget "
-                      f"{request.accuracy_budget:g}" if base.expected is not None else
-                      f"loss {base.loss:.2f} pts > --accuracy-budget {request.accuracy_budget:g}")
+    search, confirm = budget_split(len(batch), reference=reference)
+    n_other = len(confirm) or len(batch)
+    if request.accuracy_budget is not None and not base.holds(request.accuracy_budget, n_other):
+        missed.append(f"--accuracy-budget {request.accuracy_budget:g} not held: loss {base.loss:.2f} pts" +
+                      ("" if base.expected is None else
+                       f", expected {base.expected:.2f}; a {base.within(request.accuracy_budget, n_other):.0%} "
+                       f"chance of being within it on {n_other} other images"))
     if not missed:
         return []
     step = reporter.status
     step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
-    search, confirm = budget_split(len(batch))
     if request.accuracy_budget is None or len(confirm) == 0:
         search, confirm = np.arange(len(batch)), None  # ranking alone: all images
     s_batch, s_ref = batch[search], reference[search]
@@ -339,7 +341,8 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
             step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
                  f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
         s_base = score(s_ref, int8_logits[search], s_labels)  # the graph at int8_path is the all-INT8 one
-        budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels)
+        budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels,
+                            confirm_n=None if confirm is None else len(confirm))
         budget.n_search, budget.floor, budget.n_ranking = len(search), floor, len(s_batch[sub])
         if request.accuracy_budget is not None and confirm is not None:
             c_labels = None if labels is None else labels[confirm]
