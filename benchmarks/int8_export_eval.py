@@ -46,7 +46,7 @@ def mcnemar(b: int, c: int) -> float:
     n, k = b + c, min(b, c)
     if n == 0:
         return 1.0
-    return min(1.0, 2.0 * sum(comb(n, i) for i in range(k + 1)) / 2.0 ** n)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)  # exact integers: n may pass 1023
 
 
 def paired(ref: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> dict:
