@@ -39,8 +39,8 @@ BOOTSTRAP = 200  # resamples for the expected loss's standard error (seeded: the
 # The chance, predicted on the search half, that the confirmation half counts the budget as met. The search stops
 # at the first set of layers whose search half says so, i.e. where that half's noise happened to look good, so the
 # prediction there is optimistic: simulated along the real ranking (benchmarks/budget_search.py, 200 draws of 128 +
-# 128 crops), 0.8 was met by the confirmation half 0.73 of the time on Lite0 and 0.69 on Lite1; 0.9 was met 0.95
-# (Lite0, where it was chosen) and 0.89 (Lite1, held out), at 3-7 more layers out of INT8.
+# 128 crops), 0.8 was met by the confirmation half 0.73 of the time on Lite0, 0.69 / 0.85 on Lite1 / 2; 0.9 was met 0.95
+# (Lite0, where it was chosen), 0.89 and 0.95 (Lite1, Lite2: held out), at 3-7 more layers out of INT8.
 CONFIDENCE = 0.9
 DRAWS = 2000  # simulated confirmation halves behind that prediction (seeded)
 
