@@ -25,8 +25,24 @@ import sys
 import numpy as np
 
 
+def draw_halves(reference: np.ndarray, trials: int, images: int, stratified: bool):
+    """Per trial, a seeded draw of ``images`` of the images split as the export splits them (random, or stratified
+    by ``reference``'s FP32 margins): the search and confirmation halves as indices into ``reference``."""
+    from deploykit.precision.sensitivity import budget_split
+
+    for trial in range(trials):
+        pick = np.sort(np.random.default_rng(1000 + trial).choice(len(reference), images, replace=False))
+        search, confirm = budget_split(len(pick), trial, reference[pick] if stratified else None)
+        yield pick[search], pick[confirm]
+
+
+def old_rule(s, budget: float) -> bool:
+    """The budget rule before 2026-12-02: counted and expected loss plus one standard error within the budget."""
+    return s.loss <= budget and s.expected + s.expected_se <= budget
+
+
 def main() -> int:
-    from deploykit.precision.sensitivity import CONFIDENCE, budget_split, score
+    from deploykit.precision.sensitivity import CONFIDENCE, score
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logits")
@@ -44,19 +60,16 @@ def main() -> int:
         whole = score(ref_all, out_all, None)
         for stratified in (False, True):
             predicted, within, holds, held_within, old, old_within = [], [], 0, 0, 0, 0
-            for trial in range(args.trials):
-                pick = np.sort(np.random.default_rng(1000 + trial).choice(len(ref_all), args.images, replace=False))
-                ref, out = ref_all[pick], out_all[pick]
-                search, confirm = budget_split(len(pick), trial, ref if stratified else None)
-                s = score(ref[search], out[search], None)
-                c = score(ref[confirm], out[confirm], None)
+            for search, confirm in draw_halves(ref_all, args.trials, args.images, stratified):
+                s = score(ref_all[search], out_all[search], None)
+                c = score(ref_all[confirm], out_all[confirm], None)
                 predicted.append(s.within(args.budget, len(confirm)))
                 ok = c.loss <= args.budget
                 within.append(ok)
                 if s.holds(args.budget, len(confirm)):
                     holds += 1
                     held_within += ok
-                if s.loss <= args.budget and s.expected + s.expected_se <= args.budget:  # the rule before 2026-12-02
+                if old_rule(s, args.budget):
                     old += 1
                     old_within += ok
             print(f"| {name} | {whole.loss:.2f} (expected {whole.expected:.2f}) | "

@@ -71,7 +71,9 @@ def paths(out_npz: Path, ref_folder: Path, eval_dir: Path, export_args: list[str
 
 
 def simulate(npz: Path, trials: int, budget: float, images: int) -> None:
-    from deploykit.precision.sensitivity import CONFIDENCE, budget_split, score
+    from budget_prediction import draw_halves, old_rule
+
+    from deploykit.precision.sensitivity import CONFIDENCE, score
 
     data = np.load(npz)
     fp32, path = data["fp32"].astype(np.float64), data["path"]
@@ -79,27 +81,24 @@ def simulate(npz: Path, trials: int, budget: float, images: int) -> None:
     whole = [score(fp32, path[k].astype(np.float64), None).loss for k in range(last + 1)]
     print(f"{npz}: {last} layers; loss on all {len(fp32)} images after k moved: " +
           " ".join(f"{k}:{whole[k]:.2f}" for k in range(0, last + 1, 5)))
-    rules = {"expected + 1 SE": lambda s, n: s.loss <= budget and s.expected + s.expected_se <= budget,
+    rules = {"expected + 1 SE": lambda s, n: old_rule(s, budget),
              **{f"P(within) >= {c:g}{' (default)' if c == CONFIDENCE else ''}":
                 (lambda c: lambda s, n: s.loss <= budget and s.within(budget, n) >= c)(c) for c in (0.8, 0.9, 0.95)}}
     print("| split | rule | confirmation within the budget | layers moved: mean (min-max) | loss on all images at "
           "that step: mean, share over the budget |\n|---|---|---|---|---|")
     for stratified in (False, True):
         found: dict[str, list] = {name: [] for name in rules}
-        for trial in range(trials):
-            pick = np.sort(np.random.default_rng(1000 + trial).choice(len(fp32), images, replace=False))
-            ref = fp32[pick]
-            search, confirm = budget_split(len(pick), trial, ref if stratified else None)
+        for search, confirm in draw_halves(fp32, trials, images, stratified):
             scores: dict[int, object] = {}
 
             def at(k: int):
                 if k not in scores:
-                    scores[k] = score(ref[search], path[k][pick][search].astype(np.float64), None)
+                    scores[k] = score(fp32[search], path[k][search].astype(np.float64), None)
                 return scores[k]
 
             for name, holds in rules.items():
                 k = next((k for k in range(last + 1) if holds(at(k), len(confirm))), last)
-                confirmed = score(ref[confirm], path[k][pick][confirm].astype(np.float64), None).loss <= budget + 1e-9
+                confirmed = score(fp32[confirm], path[k][confirm].astype(np.float64), None).loss <= budget + 1e-9
                 found[name].append((k, confirmed, whole[k]))
         for name, rows in found.items():
             k, ok, loss = map(np.array, zip(*rows))

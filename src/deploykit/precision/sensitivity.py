@@ -118,12 +118,12 @@ class _FlipTerms:
         top2 = np.argsort(ref, axis=1)[:, -2:]
         first, second = top2[:, 1], top2[:, 0]
 
-        def margin_of(values):  # FP32's top-1 against the strongest other class: < 0 is a flip
+        def margin_of(values):  # FP32's top-1 against the strongest other class (< 0 is a flip): margins() on FP32
             others = values.copy()
             others[rows, first] = -np.inf
             return values[rows, first] - others.max(axis=1)
 
-        margin = margin_of(ref)
+        margin = margins(ref)
         moved = margin_of(out) - margin
         cost = np.ones(len(ref)) if labels is None else \
             (first == np.asarray(labels)).astype(np.float64) - (second == np.asarray(labels))
