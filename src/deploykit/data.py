@@ -233,7 +233,7 @@ def _bundled_folder(name: Bundled, split: Split) -> ImageSet:
     return ImageSet(written.paths, written.labels, written.class_names, items.source)
 
 
-# -- training data (issue 6): bundled datasets, train/val splits, PNG export ---------------------------------
+# -- training data: bundled datasets, train/val splits, PNG export ---------------------------------
 # Torch-free like the rest of this module: images come back as PIL images or paths; deploykit.train wraps them.
 
 

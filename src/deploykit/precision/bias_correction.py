@@ -20,8 +20,8 @@ the biases of the layers they put in INT8 (a layer kept in FP32 keeps its own bi
 
 ``mode="drift"`` (the default of ``calibrate()``) then corrects the last ``rounds`` layers, one after the other,
 to the FP32 *model's* output means on clean inputs (NNCF's full bias correction, on the tail): the drift that
-upstream noise carries through the ReLU6s to the logits, which the local shifts leave in (docs/precision.md,
-issue 11: Lite1 TensorRT graph top-1 agreement 0.887 -> 0.913).
+upstream noise carries through the ReLU6s to the logits, which the local shifts leave in (measured in
+docs/precision.md, "INT8 noise on depthwise networks").
 """
 
 from __future__ import annotations
@@ -130,13 +130,13 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     pass over the quantized graph per round; ``rounds >= len(layers)`` is NNCF's sequential correction of every
     layer. Correcting all layers at once from one measurement (Jacobi) diverges: a layer's drift is mostly its
     upstream's, so each layer takes out what upstream corrections also take out, and the surplus grows with
-    depth (Lite0: relative drift 0.03 -> 0.2 -> 1.0 -> 2.9 in three rounds, top-1 agreement 0).
+    depth (docs/precision.md, "Tried and not kept").
 
     ``cpu_ranges`` (the calibrated ``{"min", "max", "amax"}`` of every tensor): measure on ONNX Runtime's CPU
     graph instead (:func:`~deploykit.precision.int8.quantize_cpu` in its Q/DQ form: uint8 activations over the
     observed range, ORT's own choice of what to quantize) -- the shifts ``model.int8-cpu.onnx`` needs. The
     TensorRT graph's shifts carry the error of its clipped, symmetric activation ranges, which the CPU graph does
-    not have (issue 11: held-out logit MSE of the CPU graph with its own shifts 15-35% lower on Lite0/1/2)."""
+    not have (its own shifts lower its held-out logit MSE: docs/precision.md)."""
     import onnx
 
     from deploykit.precision.graph import name_nodes

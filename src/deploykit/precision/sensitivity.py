@@ -1,29 +1,15 @@
 """Which INT8 layers cost accuracy, and the fewest to keep out of INT8 to meet a budget.
 
-Sensitivity of a layer = the noise it adds on its own: the graph with only that layer in INT8 (every other layer
-in the remainder precision), measured against the FP32 graph on the verification images. Layers are ranked by
-that graph's mean squared logit error (a smooth measure that ranks well on a few dozen images). Measuring the
-other way round -- one layer out of an otherwise INT8 graph -- ranks by interactions instead: on Lite0 the noise
-of the first depthwise conv hides everything downstream, layers whose errors happened to cancel it scored below
-zero, and moving 40 of 50 layers out of INT8 in that order left 90% of the logit error in (MSE 0.0092 of 0.036);
-in this order 10 layers take out 92% of it and 26 take out 97% (docs/precision.md). The budget is then met
-greedily: move the noisiest layer out of INT8, re-measure, the next... until the loss is within the budget, going
-on past layers that gain nothing alone (two layers can matter together where neither does by itself). Greedy can
-move a layer that later ones made unnecessary, so a pruning pass follows: each moved layer, most recently moved
-first, goes back to INT8 if the budget still holds without it.
-The layers are chosen on one half of the verification images and the loss reported is the other half's
-(:func:`budget_split`). The loss is the accuracy drop in points when the images carry labels,
-otherwise the top-1 disagreement with FP32 in points (an upper bound on the accuracy drop).
-
-On the search half the budget holds when the counted loss is within it and the loss the confirmation half will
-*count* is predicted to be within it too, with probability at least :data:`CONFIDENCE` (:meth:`Score.within`).
-Counting flips on a hundred images rewards the layer that happens to fix the two near-ties in the sample (issue
-11, Lite0: 0.78 points counted on the 128 search images, 3.9 on the 128 others); the prediction uses every
-image's noise (:func:`expected_loss`), so it moves only with the noise itself (same run, steps 4-40: 3.5-4.5
-expected on the search half, 2.3-3.9 counted on the confirmation half, while the search half's count swung
-0.8-4.7). Holding the expected loss alone (even plus a standard error) to the budget is not enough: on 128
-unlabelled images one flip is 0.78 points, and an expected 1.1 flips is 3 or more flips one time in six (Lite0's
-CPU graph, 2026-12-02: 1.11 points expected on the confirmation half, 2.34 counted).
+Sensitivity of a layer = the noise it adds alone: the graph with only that layer in INT8 (every other layer in the
+remainder precision), ranked by its mean squared logit error against the FP32 graph on the verification images
+(one layer *removed* from an all-INT8 graph ranks by interactions instead). The budget is met greedily -- move the
+noisiest layer out of INT8, re-measure, on past layers that gain nothing alone -- then a pruning pass puts back
+each moved layer, newest first, that the budget holds without. Layers are chosen on one half of the images and
+the loss reported is the other half's (:func:`budget_split`): the accuracy drop in points with labels, else the
+top-1 disagreement with FP32. On the search half the budget holds when the counted loss is within it *and* the
+confirmation half is predicted to count a loss within it with probability :data:`CONFIDENCE`
+(:meth:`Score.within`): a count on a hundred-odd images is too coarse to hold the expected loss alone to.
+The measurements behind each rule: docs/precision.md, "Accuracy, gates, budget".
 """
 
 from __future__ import annotations
@@ -36,11 +22,9 @@ import numpy as np
 
 
 BOOTSTRAP = 200  # resamples for the expected loss's standard error (seeded: the same images give the same answer)
-# The chance, predicted on the search half, that the confirmation half counts the budget as met. The search stops
-# at the first set of layers whose search half says so, i.e. where that half's noise happened to look good, so the
-# prediction there is optimistic: simulated along the real ranking (benchmarks/budget_search.py, 200 draws of 128 +
-# 128 crops), 0.8 was met by the confirmation half 0.73 of the time on Lite0, 0.69 / 0.85 on Lite1 / 2; 0.9 was met 0.95
-# (Lite0, where it was chosen), 0.89 and 0.95 (Lite1, Lite2: held out), at 3-7 more layers out of INT8.
+# The chance, predicted on the search half, that the confirmation half counts the budget as met. 0.9, not 0.8:
+# the search stops where its half's noise looks good, so the prediction there is optimistic (the replay that
+# chose it: docs/precision.md, "The count the other half will see"; benchmarks/budget_search.py).
 CONFIDENCE = 0.9
 DRAWS = 2000  # simulated confirmation halves behind that prediction (seeded)
 
@@ -219,10 +203,8 @@ def budget_split(n: int, seed: int = 0, reference: np.ndarray | None = None) -> 
     Given the FP32 ``reference`` logits, the halves are stratified by each image's FP32 margin (top-1 logit minus
     the runner-up): the images are taken in order of their margin two at a time, and a seeded coin sends one of
     each pair to each half. A count on a hundred images is decided by its few near-ties, which flip under any
-    noise; split at random they fall where chance puts them (Lite0, 256 unsure crops: 7 of the 11 with margins
-    under 0.05 logits, and 12 of the 19 under 0.1, fell in the confirmation half, which then counted flips the
-    search half could not foresee; stratified: 5 of 11, 10 of 19). Each half holds its share, and the search
-    sees what the confirmation will."""
+    noise; split at random they fall where chance puts them (docs/precision.md, "Search and confirmation
+    halves"). Each half holds its share, and the search sees what the confirmation will."""
     rng = np.random.default_rng(seed)
     if reference is None or np.ndim(reference) != 2 or np.shape(reference)[1] < 2:
         order = rng.permutation(n)

@@ -20,21 +20,14 @@ def _ort():
     return onnxruntime
 
 
-# ORT graph optimizers deploykit's sessions leave out. WeightBiasQuantization (basic level) rewrites the float bias
-# of a Q/DQ conv into an int32 DQ with scale x_scale * w_scale computed in the graph's float type: with float16
-# scales (model.int8.onnx's FP16 remainder) that product is a float16 subnormal and bias / scale overflows, so ORT
-# CPU ran a different graph (trained ResNet-18 digits: logit cosine min 0.990 instead of 0.9996, 0.994 top-1
-# agreement instead of 1.0; OpenVINO and ORT without optimizations agree with the graph). It only prepares a
-# fusion our TensorRT graphs do not have (no Q after the conv): FP32 graphs run at the same speed without it.
+# ORT graph optimizers deploykit's sessions leave out. WeightBiasQuantization computes a Q/DQ conv's bias scale in
+# the graph's float type: with float16 scales (the FP16 remainder) it overflows and ORT runs another graph
+# (docs/precision.md, "Two ONNX Runtime CPU findings"). FP32 graphs lose nothing without it.
 DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
-# ORT's QDQ handling keeps every weight DequantizeLinear of a TensorRT Q/DQ graph in the graph (for fusions a graph
-# without a Q after each conv never gets), so each inference dequantizes every weight again; with the FP16
-# remainder that float16 DQ is most of the run (ResNet-18 32x32: 62 ms, 0.8 ms with it off). Off, ORT folds the
-# weight DQs once and computes the graph's own semantics (the same logits as ORT with every optimization off, to
-# ~1e-6; its fused integer path differs by ~1% of the logit scale and breaks near-ties its own way). Every
-# deploykit session runs this way (``fold_qdq=True``): predict, eval and bench print what verification judged.
-# FP32 graphs and model.int8-cpu.onnx (QOperator) are unaffected (ResNet-50: same output, same speed).
+# ORT keeps every weight DequantizeLinear of a TensorRT Q/DQ graph and runs it on every inference (slow in float16);
+# this folds them once and computes the graph's own semantics. Every deploykit session runs this way
+# (``fold_qdq=True``), so predict, eval and bench print what verification judged (docs/bench.md, docs/precision.md).
 QDQ_FOLDING = {"session.disable_quant_qdq": "1"}
 
 

@@ -13,7 +13,7 @@ Threads as the ONNX Runtime runner: ``INFERENCE_NUM_THREADS`` = ``threads`` (all
 (``NUM_STREAMS=1``, ``PERFORMANCE_HINT=LATENCY``), threads not pinned to cores (see ``compile_config``). Compiled models are cached (OpenVINO's ``CACHE_DIR``) under
 the user cache dir, so a second start skips compilation; the cache key includes the file's identity (size,
 mtime, inode) because OpenVINO keys a model read from a path by the path alone (a re-exported ``model.onnx`` at
-the same path would otherwise load the old compiled model -- measured with openvino 2026.4).
+the same path would otherwise load the old compiled model: docs/bench.md).
 """
 
 from __future__ import annotations
@@ -99,8 +99,7 @@ def model_cache_dir(path: Path, root: Path | None = None) -> Path | None:
 def compile_config(inference_precision: str, threads: int, cache_dir: Path | None = None) -> dict:
     """OpenVINO CPU settings deploykit compiles with: the precision always explicit, ``threads`` inference threads
     in one stream for latency, and no thread pinning -- as ONNX Runtime's intra-op threads, which are not pinned
-    either (pinned threads cannot move away from a core another process is busy on: measured 68 vs 51 ms p50 for
-    the INT8 ResNet-50 on a loaded 2-core host)."""
+    either (pinned threads cannot move away from a core another process is busy on: docs/bench.md)."""
     config: dict = {"INFERENCE_PRECISION_HINT": inference_precision, "INFERENCE_NUM_THREADS": threads,
                     "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
                     # denormals flushed to zero, as bench does for PyTorch and ONNX Runtime (one policy per table)

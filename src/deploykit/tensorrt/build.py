@@ -6,33 +6,13 @@
 :func:`build_engine` runs them for one export folder and precision. The decisions are pure functions of the
 TensorRT version and the folder (:func:`plan_build`, :func:`~deploykit.tensorrt.profile.input_profile`,
 :func:`engine_facts`, :func:`build_failure`) and are unit tested without a GPU; the steps that call TensorRT take
-the ``tensorrt`` module as an argument, so they run against a fake one too. What each step follows:
+the ``tensorrt`` module as an argument, so they run against a fake one too.
 
-* **Typing.** TensorRT >= 10.12 and every 11.x parse the ONNX *strongly typed*
-  (``builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))``): the precision
-  lives in the graph -- FP16 tensors with FP32 I/O in ``model.fp16.onnx``, symmetric INT8 Q/DQ in
-  ``model.int8.onnx`` -- and no precision builder flag is set ("Migrating from TensorRT 10.x to 11.x",
-  "Python Migration Patterns for TensorRT 11.x: Migrating from Weak Typing to Strong Typing"; the 11.x
-  "Removed Python APIs" table lists ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` as removed). Older 10.x
-  (JetPack 6 ships 10.3; NVIDIA calls strong typing fully available from 10.12) parse the *same* ONNX weakly
-  typed (``create_network(0)``) with ``BuilderFlag.FP16`` or ``BuilderFlag.INT8`` -- the "Before (TensorRT
-  10.x)" half of that migration page -- and ``INT8`` + ``FP16`` for a ``model.int8.onnx`` whose manifest entry
-  says ``"remainder": "fp16"`` (its non-INT8 part is FP16 in the graph; ``trtexec --int8 --fp16``). Never
-  strong typing and precision flags together: :func:`plan_build` decides.
-* **Batch profile.** A dynamic batch dimension gets one ``IOptimizationProfile`` (:func:`add_batch_profile`).
-* **Workspace.** ``config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, bytes)`` (Python API
-  "IBuilderConfig"); a build that runs out of memory says to lower ``--workspace`` (:func:`build_failure`).
-* **Timing cache.** ``config.create_timing_cache(bytes)`` + ``config.set_timing_cache(cache,
-  ignore_mismatch=False)`` before the build, ``config.get_timing_cache().serialize()`` after (Python API
-  "ITimingCache"); one file per TensorRT version and GPU under the user cache dir, reused by every build.
-* **Progress.** A ``trt.IProgressMonitor`` subclass on ``config.progress_monitor`` (Python API
-  "IProgressMonitor", NVIDIA's ``samples/python/simple_progress_monitor``) feeds :class:`PhaseProgress`: one
-  ``reporter.progress`` task per build phase, nested phases as tasks of their own.
-* **The plan.** ``builder.build_serialized_network(network, config)`` is written as is: a plain serialized
-  plan that ``trtexec --loadEngine`` and the C++ runtime load unchanged. Its facts (TensorRT version, GPU,
-  compute capability, precision, typing, profile, build seconds, calibration-set hash) go to the
-  ``deploykit.json`` sidecar, which the runner checks against the running TensorRT and GPU before it
-  deserializes anything (:func:`deploykit.tensorrt.host.check_compatible`).
+What each step follows -- strong typing on TensorRT >= 10.12 and 11.x (precision from the graph, no precision
+flag), builder flags on older 10.x, never both; one batch profile; the workspace limit; a timing cache per
+TensorRT version and GPU; one progress task per build phase; the plain serialized plan plus its facts in the
+``deploykit.json`` sidecar, checked before anything is deserialized -- and the TensorRT documentation each follows:
+docs/precision.md, "Building the TensorRT engine".
 """
 
 from __future__ import annotations
