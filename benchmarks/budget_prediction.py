@@ -24,21 +24,7 @@ import sys
 
 import numpy as np
 
-
-def draw_halves(reference: np.ndarray, trials: int, images: int, stratified: bool):
-    """Per trial, a seeded draw of ``images`` of the images split as the export splits them (random, or stratified
-    by ``reference``'s FP32 margins): the search and confirmation halves as indices into ``reference``."""
-    from deploykit.precision.sensitivity import budget_split
-
-    for trial in range(trials):
-        pick = np.sort(np.random.default_rng(1000 + trial).choice(len(reference), images, replace=False))
-        search, confirm = budget_split(len(pick), trial, reference[pick] if stratified else None)
-        yield pick[search], pick[confirm]
-
-
-def old_rule(s, budget: float) -> bool:
-    """The budget rule before 2026-12-02: counted and expected loss plus one standard error within the budget."""
-    return s.loss <= budget and s.expected + s.expected_se <= budget
+from common import draw_halves, old_rule
 
 
 def main() -> int:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import draw_halves, old_rule
+
 
 def paths(out_npz: Path, ref_folder: Path, eval_dir: Path, export_args: list[str]) -> None:
     import deploykit.precision.variants as variants
@@ -71,7 +73,6 @@ def paths(out_npz: Path, ref_folder: Path, eval_dir: Path, export_args: list[str
 
 
 def simulate(npz: Path, trials: int, budget: float, images: int) -> None:
-    from budget_prediction import draw_halves, old_rule
 
     from deploykit.precision.sensitivity import CONFIDENCE, score
 

@@ -39,7 +39,8 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from deploykit.train import Device, TrainConfig, fit
+    from deploykit.runners.base import Device
+    from deploykit.train import TrainConfig, fit
 
     torch.set_num_threads(args.threads)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]

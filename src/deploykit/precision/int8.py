@@ -17,7 +17,7 @@
 
 ``model.int8-cpu.onnx`` (ONNX Runtime CPU). Built with onnxruntime.quantization from the same calibrated
 ranges, in the format ONNX Runtime's CPU kernels run fastest (see :data:`CPU_FORMAT`; measured in
-``benchmarks/precision_resnet50.py``, table in docs/precision.md).
+``benchmarks/export_time_resnet50.py``, table in docs/precision.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where INT8 noise comes from, per layer (issue 11 diagnosis; figures in docs/precision.md).
 
-    PYTHONPATH=src python benchmarks/int8_diagnose.py /tmp/i8/lite0 [--sensitivity 64]
+    PYTHONPATH=src python benchmarks/int8_noise_per_layer.py /tmp/i8/lite0 [--sensitivity 64]
 
 Per quantized layer of the TensorRT plan: the input tensor's observed |x| max, what entropy / MSE search keep,
 whether the graph bounds it (ReLU6), the share of values entropy clips; the weight's per-channel spread
@@ -18,10 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from int8_noise import Model, infer, ranges_for  # noqa: E402
+from common import Model, infer, int8_crops, ranges_for
 
 
 def main() -> int:
@@ -35,9 +32,8 @@ def main() -> int:
     from deploykit.precision.bias_correction import measure_shifts
     from deploykit.precision.int8 import quantize_trt
     from deploykit.precision.ranges import bounded_tensors
-    from int8_images import ensure
 
-    calib, evals = ensure(args.images)
+    calib, evals = int8_crops(args.images)
     m = Model(args.folder, calib, evals, 200)
     inits = {i.name: numpy_helper.to_array(i) for i in m.model.graph.initializer}
     nodes = {n.name: n for n in m.model.graph.node}

@@ -2,11 +2,11 @@
 
     python3.11 -m venv /tmp/nncfvenv && /tmp/nncfvenv/bin/pip install nncf onnx onnxruntime
     python3.11 -m venv /tmp/movenv && /tmp/movenv/bin/pip install 'nvidia-modelopt[onnx]'
-    PYTHONPATH=src python benchmarks/int8_anchors.py /tmp/i8/lite0 /tmp/i8/lite1 ... \\
+    PYTHONPATH=src python benchmarks/int8_vs_nncf_modelopt.py /tmp/i8/lite0 /tmp/i8/lite1 ... \\
         --nncf-python /tmp/nncfvenv/bin/python --modelopt-python /tmp/movenv/bin/python
 
 Each folder is a `deploykit export` folder (model.onnx + deploykit.json). The anchors run in their own venvs
-(subprocess) on deploykit's `model.onnx` and the same preprocessed calibration crops (int8_images.py, seed 0,
+(subprocess) on deploykit's `model.onnx` and the same preprocessed calibration crops (``common.int8_crops``, seed 0,
 held-out photos excluded); every graph is then run by this venv's ONNX Runtime (CPU) on the held-out crops and
 compared with FP32: top-1 agreement overall and on confident crops (FP32 max prob > 0.5), logit cosine mean/min,
 and batch-1 latency (median of --runs, 2 threads). deploykit's rows come from its library calls with the default
@@ -33,10 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from int8_noise import infer, metrics, session  # noqa: E402
+from common import infer, int8_crops, metrics, session
 
 NNCF_CODE = r"""
 import sys, time, numpy as np, onnx, nncf
@@ -107,13 +104,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("/tmp/i8/anchors"))
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--calib", type=Path, help="calibration folder (default: int8_images' crops)")
-    parser.add_argument("--eval", type=Path, help="evaluation folder (default: int8_images' held-out crops)")
+    parser.add_argument("--calib", type=Path, help="calibration folder (default: common.int8_crops' crops)")
+    parser.add_argument("--eval", type=Path, help="evaluation folder (default: common.int8_crops' held-out crops)")
     args = parser.parse_args()
     from deploykit.manifest import Manifest
-    from int8_images import ensure
 
-    calib, evals = ensure(args.images)
+    calib, evals = int8_crops(args.images)
     calib, evals = args.calib or calib, args.eval or evals
     calib_paths = sorted(p for p in calib.iterdir() if p.is_file())[:args.n_calib]
     eval_paths = sorted(p for p in evals.iterdir() if p.is_file() or p.is_dir())

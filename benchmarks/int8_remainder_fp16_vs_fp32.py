@@ -1,9 +1,9 @@
 """FP16 against FP32 remainder in ``model.int8.onnx`` (issue 11, item 1), same models, calibration and images.
 
-    .venv/bin/python benchmarks/precision_remainder.py [--out DIR] [--threads 2] [--runs 200]
+    .venv/bin/python benchmarks/int8_remainder_fp16_vs_fp32.py [--out DIR] [--threads 2] [--runs 200]
 
 Models: deploykit's LeNet and ResNet-18 (3x32x32) trained on scikit-learn's digits as in
-``precision_engines.py`` (cached in --out). Each is exported twice through the export pipeline (``export_folder``,
+``common.train`` (cached in --out). Each is exported twice through the export pipeline (``export_folder``,
 the same code as ``deploykit export --int8 --calib digits --data digits``) with ``--int8-remainder fp16`` and
 ``fp32``; the export's own INT8 gate on the held-out digits is reported (passed / its agreement), then every figure
 on the 360 held-out images through ONNX Runtime CPU against the FP32 ONNX: top-1 agreement, logit cosine min/mean,
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_engines import closeness, train  # noqa: E402
+from common import closeness, train
 
 
 def latency_ms(path: Path, x: np.ndarray, threads: int, runs: int) -> float:

@@ -1,6 +1,6 @@
 """Precision targets of issue 3, measured on this host.
 
-    python benchmarks/precision_resnet50.py [--calib DIR] [--out DIR] [--threads 2]
+    python benchmarks/export_time_resnet50.py [--calib DIR] [--out DIR] [--threads 2]
 
 1. wall time of `deploykit export resnet50 --fp16 --int8` with 512 calibration images (target <= 90 s on 2 cores),
    again with the cached ranges, with `--int8-agreement 0.95` (the pipeline without the sensitivity pass that a
@@ -11,7 +11,7 @@
 
 ResNet-50 here has torchvision's architecture with seeded random weights: no package we can install ships
 ImageNet weights and nothing may be downloaded (see docs/precision.md). Timing does not depend on the weights;
-agreement is measured on a trained model by benchmarks/precision_agreement.py.
+agreement is measured on a trained model by benchmarks/agreement_digits_lenet.py.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.calib.is_dir() or len(list(args.calib.iterdir())) < 512:
-        subprocess.run([sys.executable, str(HERE / "precision_calib_images.py"), "--out", str(args.calib),
+        subprocess.run([sys.executable, str(HERE / "calib_images.py"), "--out", str(args.calib),
                         "--n", "512", "--size", "256"], check=True)
     ckpt = args.out / f"{args.arch}.pth"
     torch.manual_seed(0)

@@ -1,16 +1,16 @@
 """Judge the INT8 graphs a `deploykit export` wrote, as shipped, on held-out crops (issue 11 follow-up).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/int8_export_eval.py /tmp/m11/lite0 [/tmp/m11/lite1 ...] \\
+    OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/int8_export_heldout.py /tmp/m11/lite0 [/tmp/m11/lite1 ...] \\
         [--eval /tmp/i8/img/eval300] [--ov] [--jsonl out.jsonl] [--anchors /tmp/i8/anchors]
 
-int8_noise.py / int8_anchors.py call `quantize_trt` / `quantize_cpu` directly (FP32 remainder) and run graphs with
+int8_recipes.py / int8_vs_nncf_modelopt.py call `quantize_trt` / `quantize_cpu` directly (FP32 remainder) and run graphs with
 a plain ONNX Runtime session. This script instead takes the export folder's own `model.int8.onnx` (FP16 remainder
 by default since the remainder merge) and `model.int8-cpu.onnx`, and runs them with deploykit's runners as
 `deploykit verify` does: `OnnxRuntimeRunner` (which leaves out ORT's WeightBiasQuantization rewrite -- with it
 ORT computes a different graph for float16 Q/DQ scales, see runners/onnxrt.py) and, for the Q/DQ graph,
 `session_config=QDQ_FOLDING` (weight DQs folded once; logits equal to ~1e-6).
 
-Per folder and graph, against FP32 `model.onnx` on the evaluation crops (default: int8_images.py's 300 held-out
+Per folder and graph, against FP32 `model.onnx` on the evaluation crops (default: ``common.int8_crops``'s 300 held-out
 crops, built under --images if missing): top-1 agreement overall and on confident crops (FP32 max prob > 0.5, and
 how many), logit cosine mean / min. With --ov: OpenVINO (`OpenVINORunner`, inference_precision f32) runs
 `model.int8.onnx` too, and the two runtimes' top-1 agreement with each other is reported, overall and confident.
@@ -27,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from int8_noise import metrics, softmax
+from common import int8_crops, metrics, softmax
 
 
 def run(runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -108,18 +105,16 @@ def evaluate(folder: Path, eval_dir: Path, threads: int, ov: bool, anchors: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
-    parser.add_argument("--images", type=Path, default=Path("/tmp/i8/img"), help="int8_images.py's crop root")
-    parser.add_argument("--eval", type=Path, help="evaluation folder (default: int8_images' 300 held-out crops)")
+    parser.add_argument("--images", type=Path, default=Path("/tmp/i8/img"), help="``common.int8_crops``'s crop root")
+    parser.add_argument("--eval", type=Path, help="evaluation folder (default: common.int8_crops' 300 held-out crops)")
     parser.add_argument("--ov", action="store_true", help="also OpenVINO f32 on model.int8.onnx vs ORT")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--jsonl", type=Path)
-    parser.add_argument("--anchors", type=Path, help="int8_anchors.py's --out: also run <anchors>/<folder name>/*.onnx "
+    parser.add_argument("--anchors", type=Path, help="int8_vs_nncf_modelopt.py's --out: also run <anchors>/<folder name>/*.onnx "
                         "on the same crops, with a paired (McNemar) comparison against each deploykit graph")
     args = parser.parse_args()
     if args.eval is None:
-        from int8_images import ensure
-
-        args.eval = ensure(args.images)[1]
+        args.eval = int8_crops(args.images)[1]
     print("| folder | graph | remainder | out of INT8 | n | agree | confident (n) | cos mean | cos min |\n"
           "|---|---|---|---|---|---|---|---|---|", flush=True)
     for folder in args.folders:

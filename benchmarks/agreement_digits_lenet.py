@@ -1,6 +1,6 @@
 """INT8/FP16 agreement with FP32 on confidently classified images, for a model trained here on real data.
 
-    python benchmarks/precision_agreement.py [--out DIR]
+    python benchmarks/agreement_digits_lenet.py [--out DIR]
 
 No ImageNet-pretrained weights can be had without a download (see docs/precision.md), so the model is
 deploykit's LeNet trained on scikit-learn's digits (1400 train / 397 held-out images); calibration on 512
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _digits import digits_arrays, train_lenet, write_imagefolder  # noqa: E402
+from common import digits_arrays, train_lenet_adam, write_imagefolder
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
     images, labels = digits_arrays()
     order = np.random.default_rng(0).permutation(len(images))
     train, test = order[:1400], order[1400:]
-    train_lenet(args.out / "lenet.pt", images[train], labels[train])
+    train_lenet_adam(args.out / "lenet.pt", images[train], labels[train])
     calib = args.out / "calib"
     calib.mkdir(exist_ok=True)
     for i in train[:512]:
