@@ -114,12 +114,13 @@ def test_no_two_entries_share_a_state_dict_layout():
 
 def test_a_true_tie_is_an_error_naming_the_entries(monkeypatch):
     """Two entries with one layout: the error names both and says --arch (a registered copy of resnet18)."""
-    from deploykit.models import identify, registry
+    from deploykit.models import identify
+    from deploykit.models import spec as spec_module
 
     spec = get_spec("resnet18")
     table = {**identify._zoo_signatures(), "resnet18_copy": identify._signature("resnet18")}
     caches = (identify._fingerprints, identify._signature)
-    monkeypatch.setitem(registry._REGISTRY, "resnet18_copy", ModelSpec("resnet18_copy", "resnet", spec.builder))
+    monkeypatch.setitem(spec_module._REGISTRY, "resnet18_copy", ModelSpec("resnet18_copy", "resnet", spec.builder))
     monkeypatch.setattr(identify, "_zoo_signatures", lambda: table)
     for cached in caches:
         cached.cache_clear()

@@ -15,10 +15,6 @@ def printable(value: object) -> str:
     return _CONTROL.sub("", _NEWLINES.sub(" ", str(value)))
 
 
-def has_control(value: str) -> bool:
-    return bool(_CONTROL.search(value) or _NEWLINES.search(value))
-
-
 def markdown_cell(value: object) -> str:
     """``value`` as literal text inside a Markdown table cell: printable, HTML and Markdown syntax escaped."""
     text = printable(value)

@@ -65,7 +65,7 @@ def precision_tables(result) -> list[Table]:
 
 
 def _loss_cells(score: dict) -> tuple[str, str, str, str]:
-    """Counted loss, expected loss (see sensitivity.expected_loss), the predicted chance that the confirmation
+    """Counted loss, expected loss (see sensitivity.Score.expected), the predicted chance that the confirmation
     half counts a loss within the budget (Score.within) and logit MSE of one budget step."""
     expected, within = score.get("expected_loss_pts"), score.get("p_within_budget")
     return (f"{score['loss_pts']:.2f}", "-" if expected is None else f"{expected:.2f}",

@@ -25,7 +25,7 @@ from deploykit.models.checkpoint import save_checkpoint  # noqa: F401 -- bench.p
 from deploykit.models.identify import (NBT, closest_architectures, describe_mismatch, drop_aux, explain_misfit,
                                        infer_architecture, infer_num_classes, state_shapes)
 from deploykit.models.registry import get_spec
-from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, parse_input_shape
 
 
 @dataclass
@@ -82,8 +82,6 @@ class LoadOptions:
         except S.SchemaError as exc:
             raise InputError(f"the manifest's {exc}; re-run `deploykit export`") from None
         if shape is not None:
-            from deploykit.preprocess import parse_input_shape
-
             shape = parse_input_shape(",".join(map(str, shape)))
         return cls(arch=arch, num_classes=num_classes, model_kwargs=dict(kwargs), input_shape=shape,
                    mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std), resize=resize)

@@ -12,26 +12,26 @@ from __future__ import annotations
 import difflib
 
 from deploykit.errors import InputError
-from deploykit.models.spec import _REGISTRY, ModelSpec, register_model
+from deploykit.models.spec import ModelSpec, register_model, registered
 
 __all__ = ["ModelSpec", "build_model", "get_spec", "list_models", "register_model"]
 
 
 def list_models() -> list[str]:
     _load_builtin(everything=True)
-    return sorted(_REGISTRY)
+    return sorted(registered())
 
 
 def get_spec(name: str) -> ModelSpec:
     key = name.strip().lower().replace("-", "_")
     _load_builtin(everything=False)
-    if key not in _REGISTRY:
+    if key not in registered():
         _load_builtin(everything=True)
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+    if key not in registered():
+        close = difflib.get_close_matches(key, list(registered()), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `deploykit models` for the list"
         raise InputError(f"unknown architecture {name!r}{hint}")
-    return _REGISTRY[key]
+    return registered()[key]
 
 
 def build_model(name: str, num_classes: int, in_channels: int | None = None):

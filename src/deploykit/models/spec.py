@@ -4,8 +4,9 @@ refused). The entries themselves come from ``zoo.py``; lookups from ``registry.p
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -49,10 +50,12 @@ class ModelSpec:
 
     def params(self) -> int:
         """Parameter count at 1000 classes: torchvision's figure where it has one, else counted on meta."""
-        if self.num_params is None:
-            count = sum(p.numel() for p in self.build_on_meta(1000 if self.channels == 3 else 10).parameters())
-            object.__setattr__(self, "num_params", int(count))
-        return int(self.num_params)  # type: ignore[arg-type]
+        if self.num_params is not None:
+            return int(self.num_params)
+        if self.name not in _COUNTED:
+            model = self.build_on_meta(1000 if self.channels == 3 else 10)
+            _COUNTED[self.name] = int(sum(p.numel() for p in model.parameters()))
+        return _COUNTED[self.name]
 
 
 @contextlib.contextmanager
@@ -77,6 +80,12 @@ def _params_on_meta() -> Iterator[None]:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+_COUNTED: dict[str, int] = {}  # name -> parameter count counted on meta (entries without torchvision's figure)
+
+
+def registered() -> Mapping[str, ModelSpec]:
+    """The entries registered so far, by name (a read-only view: add with :func:`register_model`)."""
+    return MappingProxyType(_REGISTRY)
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.files import atomic_path
-from deploykit.precision.graph import infer_shapes, name_nodes, qdq_counts, toposort
+from deploykit.precision.graph import (apply_shifts, float_tensors, infer_shapes, name_nodes, qdq_counts, save_model,
+                                       toposort)
 
 MATMUL_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QMAX = 127.0
@@ -150,8 +151,6 @@ def quantize_trt(src: Path, dest: Path, amax: dict[str, float], *, exclude: Iter
     loaded FP32 model."""
     import onnx
 
-    from deploykit.precision.graph import save_model
-
     model = onnx.load(str(src))
     graph = qdq_trt(model, amax, exclude=exclude, plan=plan, bias=bias)
     save_model(model, dest)
@@ -179,8 +178,6 @@ def qdq_trt(model, amax: dict[str, float], *, exclude: Iterable[str] = (), plan:
     active = [layer for layer in plan.layers if layer.name not in exclude and layer.node not in exclude]
     active_nodes = {layer.node for layer in active}
     if bias:
-        from deploykit.precision.graph import apply_shifts
-
         apply_shifts(model, bias, active_nodes)
         inits = {i.name: i for i in graph.initializer}
     new_nodes, new_inits = [], []
@@ -270,8 +267,6 @@ CPU_FORMAT = CpuFormat.qoperator_u8s8  # fastest on ORT CPU here; see docs/preci
 
 def cpu_tensors(model) -> list[str]:
     """Every float activation ONNX Runtime's quantizer may ask a range for."""
-    from deploykit.precision.graph import float_tensors
-
     return sorted(float_tensors(model))
 
 
@@ -315,8 +310,6 @@ def quantize_cpu(src: Path, dest: Path, ranges: dict[str, dict[str, float]], *, 
     skip = [layer.node for layer in plan.layers if layer.name in exclude or layer.node in exclude]
     int8_nodes = {layer.node for layer in plan.layers} - set(skip)
     if bias:
-        from deploykit.precision.graph import apply_shifts
-
         apply_shifts(model, bias, int8_nodes)
     glue = _fed_only_by_float_layers(model, int8_nodes, set(skip))
     act = QuantType.QUInt8 if fmt in (CpuFormat.qoperator_u8s8, CpuFormat.qdq_u8s8) else QuantType.QInt8

@@ -225,11 +225,3 @@ def casts_after_dequantize(model) -> list[str]:
                     producer[cast.input[0]].op_type == "DequantizeLinear":
                 out.append(node.name)
     return out
-
-
-def scale_dtypes(model) -> dict[str, int]:
-    """The data type of every Q/DQ scale initializer, by Q/DQ node name."""
-    inits = {i.name: i.data_type for i in model.graph.initializer}
-    return {n.name: inits.get(n.input[1], 0) for n in model.graph.node
-            if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
-

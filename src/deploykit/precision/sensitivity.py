@@ -33,7 +33,7 @@ DRAWS = 2000  # simulated confirmation halves behind that prediction (seeded)
 class Score:
     loss: float  # points: accuracy drop (labels) or top-1 disagreement, counted on these images
     mse: float  # mean squared logit error vs FP32
-    expected: float | None = None  # points: expected_loss() on these images
+    expected: float | None = None  # points: the loss to expect on other images like these (_FlipTerms)
     expected_se: float = 0.0  # its standard error (bootstrap over the images)
     terms: _FlipTerms | None = field(default=None, repr=False, compare=False)
 
@@ -69,7 +69,8 @@ def score(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) 
     return Score(loss, mse, terms.expected(), terms.standard_error(), terms)
 
 
-def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+@dataclass
+class _FlipTerms:
     """The loss in points to expect on other images like these, rather than the one counted on these.
 
     Quantization moves each image's margin (its FP32 top-1 logit minus the strongest other class's) by some
@@ -78,14 +79,9 @@ def expected_loss(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray 
     distribution transplanted across the sample): ``P(flip_j) = #{i : d_i < -margin_j} / n``. The expected
     disagreement is the mean of ``P(flip_j)``; with labels, a flip of image ``j`` (to FP32's runner-up, the
     likeliest) costs ``[top1_j == label_j] - [top2_j == label_j]`` and the expected accuracy drop is the mean of
-    ``P(flip_j)`` times that. ``None`` for fewer than two classes or images.
+    ``P(flip_j)`` times that. :meth:`of` is ``None`` for fewer than two classes or images.
     """
-    terms = _FlipTerms.of(reference, logits, labels)
-    return None if terms is None else terms.expected()
 
-
-@dataclass
-class _FlipTerms:
     margin: np.ndarray  # FP32 top-1 logit minus the strongest other class's, per image
     moved: np.ndarray  # how much the quantized graph moved that margin
     cost: np.ndarray  # what a flip costs: 1 without labels, else [top1 == label] - [top2 == label]

@@ -23,7 +23,7 @@ from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB
                                            calibration_images, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.graph import qdq_counts, save_model
-from deploykit.precision.int8 import Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
+from deploykit.precision.int8 import CPU_FORMAT, Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
 from deploykit.precision.remainder import QDQ_OPSET, Remainder, RemainderGraph, remainder_fp16, to_opset
 from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
 from deploykit.preprocess import Preprocess
@@ -259,8 +259,6 @@ def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict
 
 def _int8_details(graph: Int8Graph, result: PrecisionResult, request: PrecisionRequest, target: Int8Target,
                   runtime: str) -> dict:
-    from deploykit.precision.int8 import CPU_FORMAT
-
     ranges, cpu = result.ranges, target is Int8Target.cpu
     shifts = ranges.bias_for(cpu=cpu)
     calibration = {"method": request.calib_method.value, "images": ranges.n_images,

@@ -77,9 +77,6 @@ class BatchProfile:
         chw = tuple(int(d) for d in chw)
         return (self.min, *chw), (self.opt, *chw), (self.max, *chw)
 
-    def contains(self, batch: int) -> bool:
-        return self.min <= batch <= self.max
-
     def to_dict(self, input_name: str, chw: tuple[int, ...]) -> dict[str, Any]:
         lo, opt, hi = self.shapes(chw)
         return {"input": input_name, "min": list(lo), "opt": list(opt), "max": list(hi)}

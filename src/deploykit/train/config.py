@@ -10,7 +10,7 @@ from typing import Any
 
 from deploykit.errors import InputError
 from deploykit.models.registry import get_spec
-from deploykit.preprocess import Preprocess
+from deploykit.preprocess import MAX_INPUT_SIDE, Preprocess
 from deploykit.runners.base import Device
 
 
@@ -53,8 +53,6 @@ class TrainConfig:
             raise InputError("--lr must be > 0")
         if self.img_size is not None:
             spec = get_spec(self.arch)
-            from deploykit.preprocess import MAX_INPUT_SIDE
-
             if self.img_size > MAX_INPUT_SIDE:
                 raise InputError(f"--img-size {self.img_size} is above {MAX_INPUT_SIDE}, beyond any image classifier; "
                                  "use the size your images are (e.g. 224)")

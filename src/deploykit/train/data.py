@@ -19,7 +19,7 @@ import numpy as np
 from deploykit.data import Bundled, ImageSet, LabelledImages, Split, bundled, bundled_split, split_imagefolder
 from deploykit.errors import InputError
 from deploykit.models.registry import ModelSpec
-from deploykit.preprocess import Preprocess
+from deploykit.preprocess import Preprocess, open_image, to_mode
 from deploykit.reporter import Reporter
 from deploykit.train.config import TrainConfig
 
@@ -42,8 +42,6 @@ GRAYSCALE_BUNDLED = ("digits", "mnist", "fashionmnist")
 
 
 def _mostly_grayscale(paths, limit: int = 64) -> bool:
-    from deploykit.preprocess import open_image
-
     sample = list(paths)[:limit]
     gray = sum(1 for p in sample if open_image(p).mode in {"1", "L", "LA", "I", "I;16", "F"})
     return bool(sample) and gray * 2 > len(sample)
@@ -82,8 +80,6 @@ class _Images:
 
     def __getitem__(self, i: int):
         import torch
-
-        from deploykit.preprocess import open_image
 
         image = self.items.image(i) if isinstance(self.items, LabelledImages) else open_image(self.items.paths[i])
         return torch.as_tensor(np.asarray(self.transform(image), dtype=np.float32)), int(self.items.labels[i])
@@ -128,8 +124,6 @@ def _augment(pre: Preprocess) -> Callable:
     """Photo folders: random-resized crop + horizontal flip (torchvision v2), then the checkpoint's normalisation."""
     import torch
     from torchvision.transforms import v2
-
-    from deploykit.preprocess import to_mode
 
     pipeline = v2.Compose([
         v2.RandomResizedCrop((pre.height, pre.width), scale=(0.5, 1.0), antialias=True),
