@@ -1,9 +1,12 @@
 """The module graph (tools/module_graph.py, drawn in docs/architecture.md): no import cycle at module level, no
-new cycle through lazy imports, and no optional framework on the import path of the CLI."""
+new cycle through lazy imports, no optional framework on the import path of the CLI, and the layering the
+document states -- which package may import which, only `cli` draws with rich/typer, torch at module level only in
+`models.zoo` -- with the document's graphs equal to the sources' (so it cannot drift)."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "module_graph.py"
@@ -48,3 +51,63 @@ def test_the_graph_sees_lazy_imports():
     assert g["deploykit.runners.torch"].get("[torch]") == "lazy"
     assert g["deploykit.models.zoo"].get("[torch]") == "top"
     assert g["deploykit.cli.app"].get("deploykit.errors") == "top"
+
+
+# -- the layering docs/architecture.md states ---------------------------------------------------------------------
+RULE = re.compile(r"^(\S+)\s+may import (.+)$")
+
+
+def _rules() -> dict[str, set[str] | None]:
+    """The "may import" table of docs/architecture.md: package -> the packages it may import (None: any)."""
+    text = module_graph.DOC.read_text()
+    rules: dict[str, set[str] | None] = {}
+    for line in text.splitlines():
+        match = RULE.match(line)
+        if match:
+            allowed = match.group(2).strip()
+            rules[match.group(1)] = None if allowed == "*" else \
+                set() if allowed == "-" else {p.strip() for p in allowed.split(",")}
+    return rules
+
+
+def test_the_layering_table_is_there_and_covers_every_package():
+    rules = _rules()
+    packages = {module_graph.package_of(m) for m in module_graph.graph()}
+    assert {"errors", "manifest", "verify", "cli"} <= set(rules)  # the table was read
+    assert sorted(packages - set(rules)) == [], "a package without a line in docs/architecture.md's table"
+
+
+def test_every_import_is_one_the_layering_allows():
+    """Module level and lazy alike: an edge the table does not list is a layering break or a stale document."""
+    rules = _rules()
+    broken = []
+    for mod, deps in module_graph.internal(module_graph.graph()).items():
+        src = module_graph.package_of(mod)
+        allowed = rules.get(src, set())
+        for dep in deps:
+            dst = module_graph.package_of(dep)
+            if dst != src and allowed is not None and dst not in allowed:
+                broken.append(f"{mod} -> {dep} ({src} may import {', '.join(sorted(allowed)) or 'nothing'})")
+    assert broken == [], "fix the import, or the table in docs/architecture.md if the new edge is right"
+
+
+def test_only_the_cli_imports_rich_or_typer():
+    found = [f"{m} -> {d}" for m, deps in module_graph.graph().items() for d in deps
+             if d in ("[rich]", "[typer]") and module_graph.package_of(m) != "cli"]
+    assert found == []
+
+
+def test_torch_at_module_level_only_in_the_zoo_and_no_device_framework_at_module_level():
+    top = {(m, d) for m, deps in module_graph.graph().items() for d, how in deps.items() if how == "top"}
+    assert sorted(m for m, d in top if d in ("[torch]", "[torchvision]")) == ["deploykit.models.zoo"]
+    assert sorted(f"{m} -> {d}" for m, d in top if d in ("[tensorrt]", "[cuda]", "[matplotlib]")) == []
+
+
+def test_the_documents_graphs_are_the_sources_graphs():
+    """docs/architecture.md's Packages and Modules graphs, as tools/module_graph.py draws them from the sources
+    today (regenerate: python tools/module_graph.py --update-docs)."""
+    text, g = module_graph.DOC.read_text(), module_graph.graph()
+    for heading, packages in module_graph.DOC_BLOCKS.items():
+        start, end = module_graph.doc_block(text, heading)
+        assert text[start:end] == module_graph.render(g, packages), \
+            f"{heading} in docs/architecture.md is stale: python tools/module_graph.py --update-docs"

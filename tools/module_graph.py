@@ -3,6 +3,7 @@
     python tools/module_graph.py            # module -> the deploykit modules it imports (top-level | lazy)
     python tools/module_graph.py --packages # the same folded to packages (cli, models, precision, runners, ...)
     python tools/module_graph.py --check    # exit 1 when there is an import cycle (counting lazy imports)
+    python tools/module_graph.py --update-docs  # rewrite both graphs in docs/architecture.md
 
 Heavy or optional third-party packages a module imports are shown in brackets ([torch], [tensorrt], ...).
 
@@ -135,38 +136,73 @@ def ordered(deps: list[str]) -> list[str]:
     return sorted(deps, key=lambda d: (d.startswith("["), d))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--packages", action="store_true", help="fold modules into packages")
-    parser.add_argument("--check", action="store_true", help="exit 1 when there is an import cycle")
-    args = parser.parse_args(argv)
-    g = graph()
-    if args.packages:
-        folded: dict[str, dict[str, str]] = defaultdict(dict)
-        for mod, deps in g.items():
-            src = package_of(mod)
-            folded.setdefault(src, {})
-            for dep, how in deps.items():
-                dst = dep if dep.startswith("[") else package_of(dep)
-                if dst != src and folded[src].get(dst) != "top":
-                    folded[src][dst] = how
-        g = dict(folded)
-        name = str
-    else:
-        name = short
+DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+DOC_BLOCKS = {"## Packages": True, "## Modules": False}  # section of docs/architecture.md -> packages folded
+
+
+def fold(g: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The module graph folded to packages (an edge is "top" when any module imports it at module level)."""
+    folded: dict[str, dict[str, str]] = defaultdict(dict)
+    for mod, deps in g.items():
+        src = package_of(mod)
+        folded.setdefault(src, {})
+        for dep, how in deps.items():
+            dst = dep if dep.startswith("[") else package_of(dep)
+            if dst != src and folded[src].get(dst) != "top":
+                folded[src][dst] = how
+    return dict(folded)
+
+
+def render(g: dict[str, dict[str, str]], packages: bool) -> str:
+    """The text this tool prints: one line per module (or package), then the cycles."""
+    if packages:
+        g = fold(g)
+    name = str if packages else short
     width = max(len(name(m)) for m in g)
+    lines = []
     for mod in sorted(g):
         top = ordered([name(d) for d, how in g[mod].items() if how == "top"])
         lazy = ordered([name(d) for d, how in g[mod].items() if how == "lazy"])
         line = f"{name(mod):<{width}} -> {', '.join(top) or '-'}"
         if lazy:
             line += f"  | lazy: {', '.join(lazy)}"
-        print(line)
+        lines.append(line)
     found = cycles({m: set(d) for m, d in internal(g).items()})
     top_only = cycles({m: {d for d, how in deps.items() if how == "top"} for m, deps in internal(g).items()})
-    print()
-    print(f"cycles (top-level imports only): {'; '.join(' <-> '.join(map(name, c)) for c in top_only) or 'none'}")
-    print(f"cycles (counting lazy imports): {'; '.join(' <-> '.join(map(name, c)) for c in found) or 'none'}")
+    lines += ["", f"cycles (top-level imports only): {'; '.join(' <-> '.join(map(name, c)) for c in top_only) or 'none'}",
+              f"cycles (counting lazy imports): {'; '.join(' <-> '.join(map(name, c)) for c in found) or 'none'}"]
+    return "\n".join(lines) + "\n"
+
+
+def doc_block(text: str, heading: str) -> tuple[int, int]:
+    """Where the first fenced block after ``heading`` starts and ends in ``text`` (its content, fences excluded)."""
+    start = text.index("```\n", text.index(heading + "\n")) + 4
+    return start, text.index("```", start)
+
+
+def update_docs(g: dict[str, dict[str, str]], doc: Path = DOC) -> bool:
+    """Rewrite the Packages and Modules graphs of docs/architecture.md; True when anything changed."""
+    text = old = doc.read_text()
+    for heading, packages in DOC_BLOCKS.items():
+        start, end = doc_block(text, heading)
+        text = text[:start] + render(g, packages) + text[end:]
+    if text != old:
+        doc.write_text(text)
+    return text != old
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", action="store_true", help="fold modules into packages")
+    parser.add_argument("--check", action="store_true", help="exit 1 when there is an import cycle")
+    parser.add_argument("--update-docs", action="store_true", help="rewrite the graphs in docs/architecture.md")
+    args = parser.parse_args(argv)
+    g = graph()
+    if args.update_docs:
+        print(f"{DOC}: {'updated' if update_docs(g) else 'already current'}")
+        return 0
+    print(render(g, args.packages), end="")
+    found = cycles({m: set(d) for m, d in internal(g).items()})
     return 1 if args.check and found else 0
 
 
