@@ -3,8 +3,9 @@
     python benchmarks/agreement_digits_lenet.py [--out DIR]
 
 No ImageNet-pretrained weights can be had without a download (see docs/precision.md), so the model is
-deploykit's LeNet trained on scikit-learn's digits (1400 train / 397 held-out images); calibration on 512
-train images, agreement on the held-out images whose FP32 max softmax probability exceeds 0.5.
+deploykit's LeNet trained with `deploykit.train.fit` on scikit-learn's digits (the bundled train split, as
+``common.train``); calibration on 512 train images, agreement on the 360 held-out (val split) images whose FP32
+max softmax probability exceeds 0.5.
 """
 
 from __future__ import annotations
@@ -16,32 +17,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import digits_arrays, train_lenet_adam, write_imagefolder
+from common import train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("/tmp/dk-bench-agree"))
     args = parser.parse_args()
+    from deploykit.data import Split, digits_split, write_imagefolder
     from deploykit.pipeline import export_folder
     from deploykit.precision import CalibMethod, Int8Target, PrecisionRequest
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
     args.out.mkdir(parents=True, exist_ok=True)
-    images, labels = digits_arrays()
-    order = np.random.default_rng(0).permutation(len(images))
-    train, test = order[:1400], order[1400:]
-    train_lenet_adam(args.out / "lenet.pt", images[train], labels[train])
+    ckpt = train(args.out, "lenet")
     calib = args.out / "calib"
     calib.mkdir(exist_ok=True)
-    for i in train[:512]:
-        Image.fromarray(images[i], "L").save(calib / f"{i:04d}.png")
-    write_imagefolder(args.out / "test", images[test], labels[test])
+    for i, image in enumerate(digits_split(Split.train).images[:512]):
+        Image.fromarray(np.asarray(image), "L").save(calib / f"{i:04d}.png")
+    if not (args.out / "test").is_dir():
+        write_imagefolder(digits_split(Split.val), args.out / "test")
     results = {}
     for method in CalibMethod:
         req = PrecisionRequest(fp16=True, int8=True, int8_for=(Int8Target.trt, Int8Target.cpu), calib=calib,
                                calib_method=method)
-        res = export_folder(args.out / "lenet.pt", out=args.out / f"export-{method.value}", precision=req,
+        res = export_folder(ckpt, out=args.out / f"export-{method.value}", precision=req,
                             data=args.out / "test")
         folder = res.folder
         from deploykit.data import scan_images

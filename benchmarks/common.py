@@ -4,7 +4,7 @@ Every script in benchmarks/ is run as ``python benchmarks/<script>.py`` (Python 
 ``sys.path``), so ``from common import ...`` needs no path edits. Heavy packages are imported inside functions.
 
 * photos and crops: the colour photos scikit-image and scikit-learn ship (no download), seeded random crops;
-* digits models: deploykit's LeNet / ResNet-18 trained on scikit-learn's digits;
+* digits models: deploykit's LeNet / ResNet-18 trained on scikit-learn's digits with deploykit's ``fit``;
 * ONNX Runtime: a plain CPU session, batched inference, agreement / cosine / MSE against FP32 logits;
 * INT8 recipes: one model's calibration statistics and the ranges a recipe takes from them;
 * accuracy budget: the search/confirmation draws both budget benchmarks replay.
@@ -104,7 +104,6 @@ def int8_crops(root: Path, n_calib: int = 200, n_eval: int = 300) -> tuple[Path,
 
 # -- models trained on digits ----------------------------------------------------------------------------------
 
-DIGITS_CLASSES = [str(i) for i in range(10)]
 DIGITS_MODELS = {"lenet": {"arch": "lenet", "epochs": 15, "lr": 5e-3, "batch_size": 32},
                  "resnet18": {"arch": "resnet18", "epochs": 6, "lr": 1e-3, "batch_size": 64, "img_size": 32}}
 
@@ -119,53 +118,6 @@ def train(out: Path, name: str) -> Path:
         result = fit(TrainConfig(data="digits", seed=0, device=Device.cpu, out=best.parent, **DIGITS_MODELS[name]))
         print(f"trained {name}: val acc {result.best_val_acc:.2f}% in {result.seconds:.0f} s", file=sys.stderr)
     return best
-
-
-def digits_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as deploykit bundles them: 8x8 uint8 images and labels of one split."""
-    from deploykit.data import Split, digits_split
-
-    data = digits_split(Split(split))
-    return np.asarray(data.images), np.asarray(data.labels)
-
-
-def write_imagefolder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """``images`` as PNGs in one folder per label under ``root``."""
-    for name in DIGITS_CLASSES:
-        (root / name).mkdir(parents=True, exist_ok=True)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        Image.fromarray(img, "L").save(root / str(label) / f"{i:04d}.png")
-    return root
-
-
-def train_lenet_adam(path: Path, images: np.ndarray, labels: np.ndarray, epochs: int = 6, seed: int = 0) -> float:
-    """A LeNet checkpoint at ``path`` trained with a plain Adam loop on ``images`` (preprocessed exactly like
-    inference); returns the train accuracy. The loop the precision tests use; :func:`train` is deploykit's ``fit``."""
-    import torch
-
-    from deploykit.models.checkpoint import save_checkpoint
-    from deploykit.models.registry import build_model, get_spec
-    from deploykit.preprocess import Preprocess
-
-    spec = get_spec("lenet")
-    pre = Preprocess(channels=1, height=28, width=28, mean=tuple(spec.mean), std=tuple(spec.std))
-    x = torch.from_numpy(np.stack([pre.apply(Image.fromarray(img, "L")) for img in images]))
-    y = torch.from_numpy(labels.astype(np.int64))
-    torch.manual_seed(seed)
-    model = build_model("lenet", num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == y).float().mean())
-    save_checkpoint(path, model, arch="lenet", num_classes=10, preprocess=pre, class_names=DIGITS_CLASSES)
-    return acc
 
 
 # -- ONNX Runtime runs and their comparison ----------------------------------------------------------------------
