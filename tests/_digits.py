@@ -1,6 +1,6 @@
 """Real small data for the precision tests: scikit-learn's digits as an ImageFolder, and a LeNet trained on it.
 
-Imported by tests/test_precision*.py (kept out of conftest.py so several authors do not edit one file).
+Imported by tests/precision/ and other tests (kept out of conftest.py so several authors do not edit one file).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from deploykit.data import sample_images
 from deploykit.models.loading import LoadedModel
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from deploykit.parity import Precision, compare_logits, judge, tolerance_for
-from test_precision import _types  # the dtype of every tensor of a graph, as the precision tests read it
+from _precision_common import _types  # the dtype of every tensor of a graph, as the precision tests read it
 
 
 def _convnext(num_classes):

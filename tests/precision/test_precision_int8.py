@@ -15,7 +15,7 @@ from PIL import Image
 
 from _digits import digits_arrays, train_lenet, write_imagefolder
 
-REPO_CALIB = Path(__file__).resolve().parents[1] / "calib"  # the starter calibration photos shipped in the repo
+REPO_CALIB = Path(__file__).resolve().parents[2] / "calib"  # the starter calibration photos shipped in the repo
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------
