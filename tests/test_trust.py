@@ -198,22 +198,60 @@ def _tamper(src: Path, dest: Path, marker: Path, where: str) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("where", ["sample", "weight"])
-def test_pt2_with_a_pickle_is_refused_without_running_it(program, tmp_path, where):
+@pytest.mark.parametrize("where", ["clean", "sample", "weight"])
+def test_pt2_needs_trust_code_and_nothing_runs_without_it(program, tmp_path, where):
+    """A .pt2 is code (guard code torch execs, shape expressions it sympifies): without --trust-code it is refused
+    before torch opens it, whatever it holds."""
     from deploykit.models.loading import LoadOptions, load_model
 
     marker = tmp_path / "marker"
-    evil = _tamper(program, tmp_path / "evil.pt2", marker, where)
-    with pytest.raises(CheckpointError, match="--allow-pickle"):
-        load_model(evil, LoadOptions())
+    path = program if where == "clean" else _tamper(program, tmp_path / "evil.pt2", marker, where)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_model(path, LoadOptions())
     assert not marker.exists()
 
 
-def test_a_clean_pt2_still_loads(program):
+def test_a_clean_pt2_loads_when_trusted(program):
     from deploykit.models.loading import LoadOptions, load_model
 
-    loaded = load_model(program, LoadOptions())
+    loaded = load_model(program, LoadOptions(allow_pickle=True))
     assert loaded.kind == "exported-program" and loaded.num_classes == 3
+
+
+def test_torchscript_needs_trust_code(tmp_path):
+    """A TorchScript archive whose scripted __setstate__ would write a file: refused without --trust-code."""
+    import torch
+
+    from deploykit.models.loading import LoadOptions, load_model
+
+    marker = tmp_path / "marker"
+    path = str(marker)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.ones(2, 4)
+            self.marker = path
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w.t()
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training, self.marker)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool, str]):
+            torch.from_file(state[2], shared=True, size=1)  # a file created by loading the archive
+            self.w = state[0]
+            self.training = state[1]
+            self.marker = state[2]
+
+    torch.jit.script(Net()).save(str(tmp_path / "m.ts"))
+    marker.unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_model(tmp_path / "m.ts", LoadOptions(input_shape=(1, 2, 2)))
+    assert not marker.exists()
 
 
 def test_a_manifest_cannot_grant_allow_pickle(tmp_path):

@@ -149,14 +149,14 @@ class Manifest:
         return path
 
     def source_needs(self) -> str | None:
-        """The flag that reloading the source would need: ``--model-def`` or ``--allow-pickle`` (both run code, so
+        """The flag that reloading the source would need: ``--model-def`` or ``--trust-code`` (both run code, so
         only this command line grants them, never the manifest), or None for a plain checkpoint."""
         stored = self.source.get("options") if isinstance(self.source.get("options"), dict) else {}
         kind = self.source.get("kind")
         if stored.get("model_def") or kind == "model-def":
             return "--model-def"
-        if stored.get("allow_pickle") or kind == "pickled-module":
-            return "--allow-pickle"
+        if stored.get("allow_pickle") or kind in ("pickled-module", "torchscript", "exported-program"):
+            return "--trust-code"  # a pickled module, TorchScript and .pt2 programs are code (alias --allow-pickle)
         return None
 
     def to_dict(self) -> dict[str, Any]:

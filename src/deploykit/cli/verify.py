@@ -30,8 +30,9 @@ def verify(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,
     allow_pickle: Annotated[bool, typer.Option(
-        "--allow-pickle", help="Reload a source checkpoint that needs unpickling (runs code from the file) as the "
-                               "reference; a manifest alone never grants this.")] = False,
+        "--trust-code", "--allow-pickle", help="Reload a source checkpoint that is code (a pickled module, "
+        "TorchScript, a .pt2 program: each runs code from the file) as the reference; a manifest alone never grants "
+        "this. --allow-pickle is the same flag.")] = False,
     model_def: Annotated[Optional[str], typer.Option(
         "--model-def", help="Your model code (path/to/model.py:factory) to rebuild a --model-def source as the "
                             "reference.")] = None,

@@ -9,10 +9,13 @@ Kinds, detected from the file, never from its name:
                       with ``module.`` / ``_orig_mod.`` prefixes); the architecture is inferred from the keys and
                       shapes, or given with ``--arch`` / ``--model-def``;
 * ``pickled-module``-- ``torch.save(model)``: unpickling runs code, so only with ``allow_pickle``;
-* ``torchscript``   -- ``torch.jit.save`` archives;
-* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives (``deploykit.models.program``).
+* ``torchscript``   -- ``torch.jit.save`` archives: a program (its code runs in ``torch.jit.load`` and ``forward``),
+                      so only with ``allow_pickle``;
+* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives (``deploykit.models.program``): torch ``exec``s
+                      their guard code and ``sympify``s their symbolic expressions, so only with ``allow_pickle``.
 
-Everything is read with ``torch.load(weights_only=True)`` unless the user passed ``--allow-pickle``.
+``allow_pickle`` is the command line's ``--trust-code`` (alias ``--allow-pickle``); a manifest never grants it.
+Everything is read with ``torch.load(weights_only=True)`` unless the user passed it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ def detect_kind(path: Path) -> str:
     return "pickle"
 
 
+TRUST_FLAG = "--trust-code (or --allow-pickle)"
+
+
+def needs_trust(path: Path, what: str, why: str) -> CheckpointError:
+    """The one refusal for a file whose loading runs code, naming the flag that grants it."""
+    return CheckpointError(f"{path.name} is {what}; loading it runs code from the file ({why}) -- if you trust it, "
+                           f"re-run with {TRUST_FLAG}")
+
+
 # -- reading --------------------------------------------------------------------------------------------
 def read_pickle(path: Path, weights_only: bool):
     """``torch.load`` on the CPU; a file that needs unpickling without ``weights_only`` is refused naming
@@ -82,11 +94,11 @@ def read_pickle(path: Path, weights_only: bool):
             if not found:
                 raise CheckpointError(f"{path.name} is corrupt, or holds pickled data that only a code-running unpickler "
                                       "reads; re-save it (model.state_dict()), or if you trust it re-run with "
-                                      "--allow-pickle") from None
+                                      f"{TRUST_FLAG}") from None
             name = next(g for g in found.groups() if g)
             raise CheckpointError(
                 f"{path.name} holds pickled Python objects ({name}; likely a whole model saved with torch.save(model)); "
-                "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
+                f"unpickling runs code from the file -- if you trust it, re-run with {TRUST_FLAG}, or save "
                 "model.state_dict() instead") from None
         raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
@@ -109,7 +121,11 @@ def read_safetensors(path: Path) -> dict:
         raise CheckpointError(f"{path.name} is a corrupt safetensors file ({str(exc).splitlines()[0]})") from None
 
 
-def read_torchscript(path: Path):
+def read_torchscript(path: Path, *, trusted: bool):
+    """``torch.jit.load``: a TorchScript archive is a program (a scripted ``__setstate__`` runs while loading), so
+    only when the user trusts it."""
+    if not trusted:
+        raise needs_trust(path, "a TorchScript archive", "its scripted methods run inside torch.jit.load and forward")
     import torch
 
     try:

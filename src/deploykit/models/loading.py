@@ -133,7 +133,7 @@ def _load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
     kind = detect_kind(path)
 
     if kind == "torchscript":
-        module = read_torchscript(path)
+        module = read_torchscript(path, trusted=opts.allow_pickle)
         module.eval()
         return _from_module(module, kind, "a TorchScript archive", path, opts, notes)
     if kind == "exported-program":
