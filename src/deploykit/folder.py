@@ -120,15 +120,24 @@ def _stale_staging(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
+def staged_export(out: Path, *, force: bool = False,
+                  notes: list[str] | None = None) -> Iterator[tuple[Path, Manifest | None]]:
     """Yield ``(staging folder, previous manifest)``; on success, swap the staging folder in as ``out``.
 
-    The caller holds :func:`folder_lock`. Files the previous manifest lists (and the manifest itself) are left out
-    of the new folder; every other file in ``out`` is carried over (hard-linked, or copied). Calibration caches are
-    seeded into the staging folder so a re-export reuses them.
+    The caller holds :func:`folder_lock`. Files the previous manifest lists with the bytes it recorded (and the
+    manifest itself) are deploykit's: left out of the new folder, so replaced or removed. Any other file in ``out``
+    is the user's and is carried over (hard-linked, or copied) -- unless the new export writes a file of that name,
+    or it is a listed artifact whose bytes changed since: then the export is refused naming it, or with ``force``
+    the file is kept under another name (``notes`` says which). Calibration caches are seeded into the staging
+    folder so a re-export reuses them.
     """
     shown, out = Path(out), _real(out)
     previous = previous_export(shown)
+    ours = _ours(out, previous)
+    if previous is not None and not force:
+        changed = sorted({a["path"] for a in previous.artifacts} - ours)
+        if changed:  # fail before minutes of export work
+            raise _foreign(shown, changed[0], "its bytes are not the ones deploykit.json recorded")
     for stale in _stale_staging(out):  # left by a killed export; we hold the lock, so no one else owns them
         shutil.rmtree(stale, ignore_errors=True)
     try:
@@ -141,24 +150,81 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
             for cache in out.glob(CACHE_GLOB):
                 if cache.is_file() and not cache.is_symlink():
                     _link_or_copy(cache, staging / cache.name)
+                    ours.add(cache.name)  # deploykit's own cache (checked when read): a re-export may rewrite it
         yield staging, previous
-        _carry_user_files(out, staging, previous)
+        _carry_user_files(shown, out, staging, previous, ours, force, notes)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> None:
+def _ours(out: Path, previous: Manifest | None) -> set[str]:
+    """The names in ``out`` deploykit may replace or remove: the manifest, and each artifact it lists whose file
+    still holds the bytes it recorded (a plain file, not a link)."""
+    from deploykit.files import sha256_file
+
+    if previous is None:
+        return set()
+    names = {MANIFEST_NAME}
+    for artifact in previous.artifacts:
+        path = out / artifact["path"]
+        try:
+            if not path.is_symlink() and path.is_file() and sha256_file(path) == artifact["sha256"]:
+                names.add(artifact["path"])
+        except OSError:
+            pass
+    return names
+
+
+def _foreign(out: Path, name: str, why: str) -> InputError:
+    return InputError(f"{out / name} is not a file this export may replace ({why}); move it away, or pass --force "
+                      "to keep it under another name")
+
+
+def _aside(staging: Path, name: str) -> str:
+    """A free name beside ``name`` for a file --force keeps: ``name.kept``, ``name.kept-2``..."""
+    candidate, n = f"{name}.kept", 1
+    while os.path.lexists(staging / candidate):
+        n += 1
+        candidate = f"{name}.kept-{n}"
+    return candidate
+
+
+def _carry_user_files(shown: Path, out: Path, staging: Path, previous: Manifest | None, ours: set[str],
+                      force: bool, notes: list[str] | None) -> None:
     if previous is None:
         return
-    ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME}
-    for path in out.iterdir():
-        if path.name in ours or (staging / path.name).exists():
+    listed = {a["path"] for a in previous.artifacts}
+    for path in sorted(out.iterdir()):
+        name = path.name
+        if name in ours:
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.copytree(path, staging / path.name, symlinks=True)
+        target = staging / name
+        if os.path.lexists(target) and not _same_file(path, target):
+            why = "the new export writes a file of that name, and deploykit.json does not list this one"
+        elif name in listed:
+            why = "its bytes are not the ones deploykit.json recorded"
         else:
-            _link_or_copy(path, staging / path.name)
+            why = None
+        if why is not None:
+            if not force:
+                raise _foreign(shown, name, why)
+            target = staging / _aside(staging, name)
+            if notes is not None:
+                notes.append(f"kept {shown / name} as {target.name} ({why}; --force)")
+        elif os.path.lexists(target):
+            continue  # the same file (a seeded calibration cache)
+        if path.is_dir() and not path.is_symlink():
+            shutil.copytree(path, target, symlinks=True)
+        else:
+            _link_or_copy(path, target)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -206,3 +206,43 @@ def test_artifact_path_outside_folder_refused(kind, cmd, export_copy, tmp_path, 
     _escape(kind, export_copy, tmp_path)
     result = _read_folder(cmd, export_copy, image, digit_images)
     assert_refused(result)
+
+
+# -- issue 22, class 2: export replaces or removes only the bytes the previous manifest recorded ------------------
+def _user_bytes_case(case: str, folder: Path) -> tuple[str, bytes, tuple]:
+    """Plant a file deploykit did not write where a re-export would replace or remove it; return (name, bytes,
+    extra export flags)."""
+    if case == "unlisted-name-the-export-writes":  # the user's own model.fp16.onnx, then export --fp16
+        name, extra = "model.fp16.onnx", ("--fp16",)
+    elif case == "listed-bytes-changed-replaced":  # model.onnx edited after export
+        name, extra = "model.onnx", ()
+    else:  # "listed-bytes-changed-removed": listed, then changed; the re-export does not make it
+        name, extra = "model.int8-cpu.onnx", ()
+        (folder / name).write_bytes(b"what deploykit wrote")
+        edit_manifest(folder, lambda d: d["artifacts"].append(
+            {"path": name, "precision": "int8-cpu", "sha256": sha256(folder / name), "bytes": 20}))
+    data = b"the user's own bytes"
+    (folder / name).write_bytes(data)
+    return name, data, extra
+
+
+@pytest.mark.parametrize("case", ["unlisted-name-the-export-writes", "listed-bytes-changed-replaced",
+                                  "listed-bytes-changed-removed", "empty-out"])
+def test_export_never_replaces_bytes_it_did_not_write(case, export_copy, lenet_ckpt, tmp_path, monkeypatch):
+    """Refused with one line naming the file; with --force the file is kept under another name, never deleted."""
+    if case == "empty-out":
+        monkeypatch.chdir(tmp_path)
+        before = sorted(os.listdir(tmp_path))
+        result = invoke("export", lenet_ckpt, "--out", "", "--no-verify")
+        assert_refused(result)
+        assert result.code == 2 and sorted(os.listdir(tmp_path)) == before, result.describe()
+        return
+    name, data, extra = _user_bytes_case(case, export_copy)
+    result = invoke("export", lenet_ckpt, "--out", export_copy, "--no-verify", *extra)
+    assert_refused(result, mention=name)
+    assert (export_copy / name).read_bytes() == data
+    forced = invoke("export", lenet_ckpt, "--out", export_copy, "--no-verify", "--force", *extra)
+    assert forced.code == 0, forced.describe()
+    kept = [p for p in export_copy.iterdir() if p.is_file() and p.read_bytes() == data]
+    assert kept and kept[0].name != name, f"--force lost the user's {name}: {sorted(os.listdir(export_copy))}"
+    assert_folder_consistent(export_copy)
