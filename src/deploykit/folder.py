@@ -15,8 +15,10 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -44,14 +46,27 @@ def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}{LOCK_TAG}"
 
 
+_LOCK_TEXT = re.compile(rb"\d{0,10}\n?")  # what deploykit writes into its lock file: its PID (empty while created)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str = "export") -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (a lock file beside it) or refuse at once with one line."""
+    """Hold an exclusive lock on ``folder`` (a lock file beside it) or refuse at once with one line.
+
+    The lock file is created without following links (``O_CREAT | O_EXCL | O_NOFOLLOW``). One that is already there
+    is used only when it is a plain file holding what deploykit writes into it (a PID: left by a killed run, or
+    held by a running one, which ``flock`` tells); a link, a folder or any other file there is someone else's and
+    is refused, never followed, truncated or removed."""
     path = lock_path(folder)
     ensure_writable_dir(path.parent, flag="--out")
+    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o644)
+        except FileExistsError:
+            fd = _open_existing_lock(path, nofollow)
+            if fd is None:
+                continue  # removed meanwhile by its holder: create it again
         except OSError as exc:
             raise InputError(f"cannot create the lock file {path}: {exc.strerror}; choose another --out") from None
         try:
@@ -62,19 +77,43 @@ def folder_lock(folder: Path, what: str = "export") -> Iterator[None]:
                              "or choose another --out") from None
         # the holder before us may have removed the file after we opened it: lock the file that is there now
         try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # deploykit's own lock file (created above, or recognised by its content)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
         os.close(fd)
+
+
+def _open_existing_lock(path: Path, flags: int) -> int | None:
+    """An fd on the lock file already at ``path`` when it is deploykit's, None when it vanished; else refuse."""
+    foreign = (f"{path} exists and is not a lock file deploykit created ({{}}); remove it if it is not yours, or "
+               "choose another --out")
+    try:
+        fd = os.open(path, os.O_RDWR | flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise InputError(foreign.format(why)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > 16 or \
+                not _LOCK_TEXT.fullmatch(os.pread(fd, 17, 0)):
+            raise InputError(foreign.format("a hard link" if stat.S_ISREG(st.st_mode) and st.st_nlink != 1 else
+                                            "someone else's file"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager

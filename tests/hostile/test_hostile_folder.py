@@ -246,3 +246,27 @@ def test_export_never_replaces_bytes_it_did_not_write(case, export_copy, lenet_c
     kept = [p for p in export_copy.iterdir() if p.is_file() and p.read_bytes() == data]
     assert kept and kept[0].name != name, f"--force lost the user's {name}: {sorted(os.listdir(export_copy))}"
     assert_folder_consistent(export_copy)
+
+
+# -- issue 22, class 3: the lock beside --out is never followed, truncated or taken from someone else ------------
+@pytest.mark.parametrize("planted", ["symlink", "dangling-symlink", "hard-link", "foreign-file"])
+def test_lock_path_not_followed(planted, lenet_ckpt, tmp_path):
+    from deploykit.folder import lock_path
+
+    out = tmp_path / "out"
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"the user's data\n" * 4)
+    lock = lock_path(out)
+    if planted == "symlink":
+        os.symlink(target, lock)
+    elif planted == "dangling-symlink":
+        os.symlink(tmp_path / "created-through-the-link", lock)
+    elif planted == "hard-link":
+        os.link(target, lock)
+    else:
+        lock.write_bytes(b"not a pid\n")
+    result = invoke("export", lenet_ckpt, "--out", out, "--no-verify")
+    assert_refused(result, mention="lock")
+    assert target.read_bytes() == b"the user's data\n" * 4, "the lock wrote through a planted file"
+    assert not (tmp_path / "created-through-the-link").exists() and os.path.lexists(lock)
+    assert not out.exists()
