@@ -303,7 +303,11 @@ def test_names_render_literally():
     console = Console(file=io.StringIO(), width=200, color_system=None)
     console.print(literal("[red]x[/red] [/bogus] [link=http://e]y[/link] \x1b[31mred\x1b]8;;http://e\x1b\\"))
     shown = console.file.getvalue()
-    assert shown.startswith("[red]x[/red] [/bogus] [link=http://e]y[/link] [31mred]8;;http://e")
+    assert shown.startswith("[red]x[/red] [/bogus] [link=http://e]y[/link] \\x1b[31mred\\x1b]8;;http://e")
     assert "\x1b" not in shown
+    from deploykit.text import printable
+
+    # bidi overrides/isolates, zero-width characters and CR are shown as escapes, not acted on
+    assert printable("a\u202eb\u2066c\u2069\u200bd\re") == "a\\u202eb\\u2066c\\u2069\\u200bd\\x0de"
     cell = markdown_cell("<script>|*x*")
     assert "<" not in cell and "|" not in cell.replace("\\|", "") and "\\*" in cell

@@ -54,7 +54,8 @@ def _artifact(record: dict, where: str) -> None:
 
 def _manifest(data: dict, where: str) -> None:
     source = S.get(data, "source", where, S.any_object)
-    S.get(source, "path", "source", S.text(4096))
+    S.get(source, "path", "source", S.text(4096, r"[^\x00]+", printable=False))  # any path a file system holds:
+    # printed through text.printable, so a checkpoint named with an escape sequence re-reads its own manifest
     S.get(source, "sha256", "source", _SHA256, optional=True)
     S.get(source, "kind", "source", S.text(64), optional=True)
     S.get(source, "options", "source", S.any_object, optional=True)

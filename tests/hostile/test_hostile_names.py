@@ -4,6 +4,7 @@ report.md (no rich markup interpreted, no raw escape sequence reaching the termi
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from _hostile import assert_no_traceback, assert_ok_or_refused, edit_manifest, invoke
@@ -99,3 +100,80 @@ def test_report_escapes_names(case, export_copy):
     assert result.code == 0, result.describe()
     text = (export_copy / "report.md").read_text()
     assert raw not in text, f"report.md copies {raw!r} raw:\n{text}"
+
+
+# -- issue 22, class 4: every command, a hostile name set, every sink scanned ---------------------------------------
+HOSTILE = ["[/x]", "[link=http://e]l[/link]", "esc\x1b[31mred", "osc\x1b]8;;http://e\x1b\\", "bidi\u202eevil",
+           "iso\u2066x\u2069", "zw\u200bj", "$\\frac{$", "cr\rover", "<b>|x"]
+SAFE = [n.replace("/", "|") for n in HOSTILE]  # the same set as folder names (no "/" in a file name)
+HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+
+
+@pytest.fixture(scope="module")
+def hostile_set(hostile_root, digit_images):
+    """A checkpoint, --labels, an export folder, an ImageFolder and an image, each named with the hostile set."""
+    import shutil
+
+    from conftest import _lenet_checkpoint
+
+    root = hostile_root / "names22"
+    root.mkdir()
+    ckpt = _lenet_checkpoint(root / "ck\x1b[31m[red]\u202e$.pth", 3, SAFE)
+    data = root / "data\u202e[red]"
+    for i, name in enumerate(SAFE):
+        folder = data / name
+        folder.mkdir(parents=True)
+        for j in range(4):
+            shutil.copy(digit_images / f"{(i + j) % 8}.png", folder / f"i\x1b{j}.png")
+    image = root / "im\x1b]8;;x\x1b\\[red].png"
+    shutil.copy(digit_images / "0.png", image)
+    out = root / "exp\x1b[2J[red]\u2066"
+    labels = ",".join(HOSTILE)  # the folder's names: with "/", so "[/x]" is a bogus close tag
+    result = invoke("export", ckpt, "--out", out, "--data", digit_images, "--labels", labels)
+    assert result.code == 0, result.describe()
+    return {"ckpt": ckpt, "data": data, "image": image, "out": out, "root": root}
+
+
+RUNS = {
+    "export": lambda s: ("export", s["ckpt"], "--out", s["root"] / "again[red]\x1b", "--no-verify", "--labels",
+                         ",".join(HOSTILE)),
+    "predict-folder": lambda s: ("predict", s["out"], s["image"], "--topk", "10"),
+    "predict-many": lambda s: ("predict", s["out"], *[s["image"]] * 5),
+    "predict-ckpt": lambda s: ("predict", s["ckpt"], s["image"], "--topk", "5"),
+    "eval": lambda s: ("eval", s["ckpt"], "--data", s["data"], "--plot", s["root"] / "cm[red]\u202e.png"),
+    "verify": lambda s: ("verify", s["out"], "--data", s["image"].parent),
+    "bench": lambda s: ("bench", s["out"], "--backends", "ort", "--precisions", "fp32", "--warmup", "0", "--iters",
+                        "2", "--plot", s["root"] / "b\x1b.png", "--md", s["root"] / "b\u202e.md"),
+    "report": lambda s: ("report", s["out"], "--print"),
+    "train": lambda s: ("train", "lenet", "--data", s["data"], "--epochs", "1", "--device", "cpu", "--out",
+                        s["root"] / "run\x1b[red]"),
+}
+
+
+@pytest.mark.parametrize("command", list(RUNS))
+def test_every_sink_shows_hostile_names_as_text(command, hostile_set, monkeypatch):
+    """stdout, stderr, report.md and every plot label: no hidden character raw, no markup or mathtext parsed."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    labels: list[str] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        labels.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    result = invoke(*RUNS[command](hostile_set))
+    assert_no_traceback(result)
+    assert result.code in (0, 4), result.describe()  # 4: a tiny model on 10 images may miss a tolerance
+    sinks = {"output": result.output, **{f"label {i}": t for i, t in enumerate(labels)}}
+    report = hostile_set["out"] / "report.md"
+    if command == "report":
+        sinks["report.md"] = report.read_text()
+        assert "<b>" not in sinks["report.md"]
+    for where, text in sinks.items():
+        found = HIDDEN.search(text)
+        assert found is None, f"{command}: {found.group()!r} reached {where} raw: {text[:2000]!r}"
+    if command == "eval":
+        assert any("$\\frac{$" in t for t in labels), labels  # drawn as typed, not parsed as mathtext

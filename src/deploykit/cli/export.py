@@ -13,7 +13,7 @@ from deploykit.cli.build import DynamicBatchCommand
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt, MeanOpt,
                                    ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt, ResizeOpt, StdOpt,
                                    TimingCacheOpt, WorkspaceOpt, load_options)
-from deploykit.cli.render import console, note, parity_table
+from deploykit.cli.render import console, literal, note, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
@@ -132,7 +132,7 @@ def export(
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
                            force=force)
     pre = result.loaded.preprocess
-    console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
+    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
     if result.precision is not None:

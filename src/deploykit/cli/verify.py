@@ -10,7 +10,7 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.options import Int8AgreementOpt
-from deploykit.cli.render import console, parity_table
+from deploykit.cli.render import console, literal, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
@@ -60,7 +60,7 @@ def verify(
     else:
         console.print(parity_table(report))
         for line in ran_lines(report):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(literal(line), highlight=False, soft_wrap=True)
     if not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")
 
