@@ -135,13 +135,13 @@ def test_what_deploykit_writes_is_strict_json():
 
 def test_artifacts_are_checked_against_the_manifest(tmp_path):
     out = tmp_path / "ex"
-    _manifest(out, {"model.onnx": b"graph"})
+    _manifest(out, {"model.bin": b"graph"})
     manifest = Manifest.load(out)
-    assert manifest.file("model.onnx") == out / "model.onnx"
-    (out / "model.onnx").write_bytes(b"other")  # same size, other bytes
+    assert manifest.file("model.bin") == out / "model.bin"
+    (out / "model.bin").write_bytes(b"other")  # same size, other bytes
     with pytest.raises(InputError, match="sha256 differs"):
-        Manifest.load(out).file("model.onnx")
-    (out / "model.onnx").unlink()
+        Manifest.load(out).file("model.bin")
+    (out / "model.bin").unlink()
     (tmp_path / "elsewhere.onnx").write_bytes(b"graph")
     os.symlink(tmp_path / "elsewhere.onnx", out / "model.onnx")
     with pytest.raises(InputError, match="symbolic link"):

@@ -130,7 +130,8 @@ def evaluate_model(model: Path, data: str | Path, *, data_root: Path | None = No
     with reporter.progress("evaluating", total=labelled.count) as task:
         for start in range(0, labelled.count, CHUNK):
             stop = min(start + CHUNK, labelled.count)
-            logits = predictor.runner.infer(labelled.load(start, stop, predictor.preprocess))
+            logits = predictor.logits(labelled.load(start, stop, predictor.preprocess),
+                                      f"{labelled.source}, images {start + 1}-{stop}")
             truth = labelled.labels[start:stop]
             predictions.append(logits.argmax(axis=1))
             top = np.argsort(-logits, axis=1)[:, :k]

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploykit.errors import InputError
+from deploykit.errors import InputError, interrupt, interrupt_requested
 from deploykit.files import ensure_writable_dir, umask
 from deploykit.manifest import MANIFEST_NAME, Manifest
 
@@ -118,19 +118,18 @@ def _open_existing_lock(path: Path, flags: int) -> int | None:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so the staging folder is removed on the way out."""
+    """SIGTERM (``kill``, a CI timeout) and Ctrl-C unwind as KeyboardInterrupt (``errors.interrupt``), so the staging
+    folder is removed on the way out; a second signal during that cleanup is ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not interrupt_requested():  # after an interrupt the signals stay ignored until the command has ended
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def previous_export(out: Path) -> Manifest | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -50,6 +51,13 @@ def _artifact(record: dict, where: str) -> None:
     S.get(record, "sha256", where, _SHA256)
     S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
     S.get(record, "parity", where, S.any_object, optional=True)
+    S.get(record, "external_data", where, S.items(S.record(_external), 0, 4096), optional=True)
+
+
+def _external(record: dict, where: str) -> None:
+    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
+    S.get(record, "sha256", where, _SHA256)
+    S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
 
 
 def _manifest(data: dict, where: str) -> None:
@@ -65,6 +73,8 @@ def _manifest(data: dict, where: str) -> None:
     names = S.get(model, "class_names", "model", S.items(LABEL, 1, MAX_CLASSES), optional=True)
     if names is not None and len(names) != n:
         raise S.SchemaError("model.class_names", f"{len(names)} names for {n} classes")
+    if names is not None and len(set(names)) != len(names):
+        raise S.SchemaError("model.class_names", f"names {next(x for x in names if names.count(x) > 1)!r} twice")
     S.get(model, "best_val_acc", "model", S.number(0, 100), optional=True)
     S.get(data, "input", where, S.record(_tensor))
     S.get(data, "output", where, S.record(_tensor))
@@ -117,6 +127,14 @@ class Manifest:
         return next((a for a in self.artifacts if a["path"] == path), None)
 
     def set_artifact(self, entry: dict[str, Any]) -> None:
+        """Add or replace ``entry``; an ONNX file that keeps tensors in external-data files beside it gets them
+        listed (``external_data``: path, sha256, bytes), so they are checked as the artifact itself is."""
+        if self.folder is not None and artifact_kind(entry["path"]) == "onnx" and "external_data" not in entry:
+            refs = external_data_of(self.folder / entry["path"])
+            if refs:
+                entry = {**entry, "external_data": [
+                    {"path": r, "sha256": sha256_file(self.folder / r), "bytes": (self.folder / r).stat().st_size}
+                    for r in refs]}
         self.artifacts = [a for a in self.artifacts if a["path"] != entry["path"]] + [entry]
 
     def find(self, *, precision: str | None = None, kind: str | None = None) -> dict[str, Any] | None:
@@ -139,7 +157,18 @@ class Manifest:
             entry = self.artifact(name) or {}
             if not entry:
                 raise InputError(f"{name} is not listed in {self.folder / MANIFEST_NAME}")
-        return checked_file(self.folder, entry["path"], entry.get("sha256"), entry.get("bytes"))
+        path = checked_file(self.folder, entry["path"], entry.get("sha256"), entry.get("bytes"))
+        if artifact_kind(entry["path"]) == "onnx":
+            listed = [e["path"] for e in entry.get("external_data") or []]
+            refs = external_data_of(path)
+            if sorted(refs) != sorted(listed):
+                extra = sorted(set(refs) - set(listed))
+                raise InputError(f"{path} reads tensors from {', '.join(extra) if extra else 'no external file'} "
+                                 f"but {MANIFEST_NAME} lists {', '.join(listed) if listed else 'none'}; changed "
+                                 "since export: re-run `deploykit export`")
+            for ext in entry.get("external_data") or []:
+                checked_file(self.folder, ext["path"], ext["sha256"], ext.get("bytes"))
+        return path
 
     def source_path(self) -> Path:
         """The source checkpoint: relative paths are relative to the export folder, so a folder copied together
@@ -166,8 +195,16 @@ class Manifest:
                 "versions": self.versions, "artifacts": self.artifacts, **self.extra}
 
     def save(self, folder: Path) -> Path:
+        """Write ``folder/deploykit.json`` -- after the same checks :meth:`load` makes, so deploykit never swaps in
+        a manifest that its own reader would refuse (a checkpoint's out-of-range field, say)."""
         path = Path(folder) / MANIFEST_NAME
-        write_json_atomic(path, self.to_dict())
+        data = self.to_dict()
+        try:
+            validate_manifest(data, "the new manifest")
+        except InputError as exc:
+            raise InputError(str(exc).replace("re-run `deploykit export`", "nothing was written; fix the source "
+                                              "(a checkpoint field, --labels) and export again")) from None
+        write_json_atomic(path, data)
         self.folder = Path(folder)
         return path
 
@@ -189,6 +226,46 @@ class Manifest:
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_EXTERNAL: dict[str, list[str]] = {}
+
+
+def external_data_of(path: Path) -> list[str]:
+    """The external-data files an ONNX file reads its tensors from (``location`` of each external initializer or
+    Constant), sorted; [] for a self-contained graph. A location that is not a plain name in the same folder is
+    refused. Read once per file identity in a process."""
+    path = Path(path)
+    st = path.stat()
+    key = _identity(path, st)
+    if key not in _EXTERNAL:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise InputError(f"{path.name} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+        tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+        found = set()
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+                if not re.fullmatch(ARTIFACT_NAME, location):
+                    raise InputError(f"{path.name} reads a tensor from {location[:80]!r}, which is not a file beside "
+                                     "it; re-export it")
+                found.add(location)
+        _EXTERNAL[key] = sorted(found)
+    return _EXTERNAL[key]
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of ``path``'s bytes, from the checked-files cache when this very file (same identity, ctime
+    included) was hashed before -- e.g. by :meth:`Manifest.file` -- else computed."""
+    path = Path(path)
+    key = _identity(path, path.stat())
+    known = _VERIFIED.get(key) or _known_hash(key)
+    if known is None:
+        known = sha256_file(path)
+        _remember_hash(key, known)
+    return known
 
 
 def artifact_kind(name: str) -> str | None:

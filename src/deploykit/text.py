@@ -53,7 +53,15 @@ def class_names_from(value: object, where: str) -> list[str] | None:
     if not isinstance(value, list) or not 1 <= len(value) <= 1_000_000 or \
             not all(isinstance(v, str) and len(v) <= 256 for v in value):
         raise InputError(f"{where}: class names must be a list of strings of at most 256 characters")
+    unique_names(value, where)
     return list(value)
+
+
+def unique_names(names: list[str], where: str) -> None:
+    """Refuse a class name given twice: two outputs with one name make every prediction of either ambiguous."""
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"{where}: class name {printable(dup)!r} is given twice; class names must be unique")
 
 
 def plain_plot_text(plot):

@@ -270,3 +270,35 @@ def test_lock_path_not_followed(planted, lenet_ckpt, tmp_path):
     assert target.read_bytes() == b"the user's data\n" * 4, "the lock wrote through a planted file"
     assert not (tmp_path / "created-through-the-link").exists() and os.path.lexists(lock)
     assert not out.exists()
+
+
+# -- issue 22, class 7: every interrupt ends as `interrupted`, exit 130 -- never an exporter error or a crash ------
+INTERRUPTS = [(s, w) for s in ("SIGTERM", "SIGINT") for w in ("onnx-step", "first-change")]
+
+
+@pytest.mark.parametrize("sig,when", INTERRUPTS, ids=[f"{s}-{w}" for s, w in INTERRUPTS])
+def test_interrupt_ends_as_interrupted(sig, when, retrained, digit_images, tmp_path):
+    """SIGTERM/SIGINT while torch exports the ONNX (a staging folder has appeared beside --out) or at the moment
+    the folder's first file changes: `interrupted`, exit 130 (or the export had already finished: 0), the folder
+    whole, never SIGSEGV or torch's exporter error."""
+    export_copy, ckpt = retrained
+    before = _snapshot(export_copy)
+    siblings = set(os.listdir(tmp_path))
+    proc = _start(ckpt, export_copy, digit_images, tmp_path)
+    start = time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < 120:
+        due = (set(os.listdir(tmp_path)) - siblings) if when == "onnx-step" else _snapshot(export_copy) != before
+        if due:
+            proc.send_signal(getattr(signal, sig))
+            break
+        time.sleep(0.002)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    text = (out + err).decode(errors="replace")
+    assert proc.returncode in (0, 130), f"exit {proc.returncode}:\n{text[-2000:]}"
+    if proc.returncode == 130:
+        assert text.strip().splitlines()[-1] == "interrupted" and "error:" not in text, text[-2000:]
+    assert_folder_consistent(export_copy)

@@ -35,10 +35,33 @@ def _check_no_escape(result):
     assert "\x1b" not in result.output, f"a raw escape sequence reached the terminal: {result.output!r}"
 
 
+def _set_class_names(folder, names):
+    """Other class names in both places an export records them (deploykit.json and model.onnx's metadata, which
+    must agree), with model.onnx's new sha256 in the manifest."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "deploykit.class_names":
+            prop.value = json.dumps(names)
+    onnx.save(model, str(folder / "model.onnx"))
+    digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+
+    def patch(data):
+        data["model"]["class_names"] = names
+        for art in data["artifacts"]:
+            if art["path"] == "model.onnx":
+                art.update(sha256=digest, bytes=(folder / "model.onnx").stat().st_size)
+
+    edit_manifest(folder, patch)
+
+
 @pytest.mark.parametrize("case", list(MARKUP) + list(ESCAPES))
 def test_manifest_names_printed_literally(case, export_copy, image):
     name = {**MARKUP, **ESCAPES}[case]
-    edit_manifest(export_copy, lambda d: d["model"].update(class_names=[name] + FILLER))
+    _set_class_names(export_copy, [name] + FILLER)
     result = invoke("predict", export_copy, image, "--topk", "10")
     if case in MARKUP:
         _check_literal(result, [name])

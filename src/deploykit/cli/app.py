@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from deploykit.cli.render import err_console, literal
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, interrupt_requested
 
 INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
 INTERRUPTED_EXIT = 130
@@ -38,14 +38,29 @@ class DeployKitGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own control flow and usage errors
             raise
+        except BaseException as exc:
+            # after SIGINT/SIGTERM, whatever the interrupted library turned the KeyboardInterrupt into (torch's
+            # exporter raises its own error) ends the command as an interrupt
+            if interrupt_requested() and not isinstance(exc, SystemExit):
+                self._interrupted(ctx)
+            return self._failed(ctx, exc)
+
+    @staticmethod
+    def _interrupted(ctx) -> None:
+        err_console.print("interrupted", highlight=False)
+        ctx.exit(INTERRUPTED_EXIT)
+
+    def _failed(self, ctx, exc: BaseException):
+        """One line and the exit code for ``exc`` (re-raised here to match it against the handlers below)."""
+        try:
+            raise exc
         except DeployKitError as exc:
             if debug_enabled():
                 raise
             _error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            ctx.exit(INTERRUPTED_EXIT)
+            self._interrupted(ctx)
         except SystemExit as exc:  # user code (a --model-def factory) called sys.exit(0): never a silent success
             if debug_enabled() or exc.code not in (0, None):
                 raise

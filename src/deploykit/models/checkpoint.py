@@ -212,6 +212,10 @@ def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
                               f"{path.name}: field preprocess: {exc}") from None
     if names is not None and n is not None and len(names) != n:
         raise CheckpointError(f"{path.name}: {len(names)} class names for {n} classes; re-save the checkpoint")
+    acc = obj.get("best_val_acc")
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 100):
+        raise CheckpointError(f"{path.name}: field best_val_acc must be a percentage (0..100); re-save the "
+                              "checkpoint")
     if not is_tensor_dict(obj.get("state_dict")):
         raise CheckpointError(f"{path.name}: field state_dict must map names to tensors; re-save the checkpoint")
 

@@ -56,6 +56,9 @@ class LoadOptions:
                 raise InputError(f"--labels: class name {bad[:40]!r}... is over 256 characters")
             if not self.class_names:
                 raise InputError("--labels holds no class names")
+            from deploykit.text import unique_names
+
+            unique_names(self.class_names, "--labels")
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "num_classes": self.num_classes, "model_def": self.model_def,
