@@ -311,3 +311,35 @@ def test_names_render_literally():
     assert printable("a\u202eb\u2066c\u2069\u200bd\re") == "a\\u202eb\\u2066c\\u2069\\u200bd\\x0de"
     cell = markdown_cell("<script>|*x*")
     assert "<" not in cell and "|" not in cell.replace("\\|", "") and "\\*" in cell
+
+
+def test_openvino_cache_is_keyed_by_content(tmp_path):
+    """A file rewritten in place with the same size and its mtime set back keeps its inode, size and mtime: the
+    compiled-model cache must still see a new file."""
+    from deploykit.runners.openvino import model_cache_dir
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"graph one")
+    st = path.stat()
+    first = model_cache_dir(path, tmp_path / "cache")
+    with open(path, "r+b") as handle:
+        handle.write(b"graph two")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_ino == st.st_ino and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert model_cache_dir(path, tmp_path / "cache") != first
+
+
+def test_a_manifest_deploykit_would_refuse_is_never_written(tmp_path):
+    from deploykit.manifest import Manifest
+
+    manifest = Manifest(source={"path": "x.pth"}, model={"num_classes": 2, "class_names": ["a", "a"]},
+                        input={"name": "input", "shape": [1, 3, 8, 8], "dtype": "float32"},
+                        output={"name": "logits", "shape": [1, 2], "dtype": "float32"},
+                        preprocess={"channels": 3, "height": 8, "width": 8, "mean": [0, 0, 0], "std": [1, 1, 1]},
+                        opset=18)
+    with pytest.raises(InputError, match="twice"):
+        manifest.save(tmp_path)
+    manifest.model.update(class_names=["a", "b"], best_val_acc=500)
+    with pytest.raises(InputError, match="best_val_acc"):
+        manifest.save(tmp_path)
+    assert not (tmp_path / MANIFEST_NAME).exists()
