@@ -159,6 +159,7 @@ class Manifest:
                 raise InputError(f"{name} is not listed in {self.folder / MANIFEST_NAME}")
         path = checked_file(self.folder, entry["path"], entry.get("sha256"), entry.get("bytes"))
         if artifact_kind(entry["path"]) == "onnx":
+            check_graph(path)
             listed = [e["path"] for e in entry.get("external_data") or []]
             refs = external_data_of(path)
             if sorted(refs) != sorted(listed):
@@ -226,34 +227,50 @@ class Manifest:
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_EXTERNAL: dict[str, list[str]] = {}
+_GRAPH_FACTS: dict[str, tuple[list[str], list[str]]] = {}
 
 
-def external_data_of(path: Path) -> list[str]:
-    """The external-data files an ONNX file reads its tensors from (``location`` of each external initializer or
-    Constant), sorted; [] for a self-contained graph. A location that is not a plain name in the same folder is
-    refused. Read once per file identity in a process."""
+def _graph_facts(path: Path) -> tuple[list[str], list[str]]:
+    """(external-data files, control-flow op types) of an ONNX file, read once per file identity in a process."""
     path = Path(path)
-    st = path.stat()
-    key = _identity(path, st)
-    if key not in _EXTERNAL:
+    key = _identity(path, path.stat())
+    if key not in _GRAPH_FACTS:
         import onnx
 
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError and friends
             raise InputError(f"{path.name} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
-        tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-        found = set()
+        nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+        tensors = list(model.graph.initializer) + [a.t for n in nodes for a in n.attribute if a.HasField("t")]
+        external = set()
         for tensor in tensors:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 location = next((e.value for e in tensor.external_data if e.key == "location"), "")
                 if not re.fullmatch(ARTIFACT_NAME, location):
                     raise InputError(f"{path.name} reads a tensor from {location[:80]!r}, which is not a file beside "
                                      "it; re-export it")
-                found.add(location)
-        _EXTERNAL[key] = sorted(found)
-    return _EXTERNAL[key]
+                external.add(location)
+        graphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        control = {n.op_type for n in nodes if any(a.type in graphs for a in n.attribute)}
+        _GRAPH_FACTS[key] = (sorted(external), sorted(control))
+    return _GRAPH_FACTS[key]
+
+
+def external_data_of(path: Path) -> list[str]:
+    """The external-data files an ONNX file reads its tensors from (``location`` of each external initializer or
+    Constant), sorted; [] for a self-contained graph. A location that is not a plain name beside it is refused."""
+    return _graph_facts(path)[0]
+
+
+def check_graph(path: Path) -> None:
+    """Refuse a graph with control flow (Loop, If, Scan: any op that carries a subgraph): no graph deploykit writes
+    has one -- an image classifier's forward pass is a fixed sequence of ops -- and a Loop's trip count is data
+    that can keep a runtime busy forever."""
+    control = _graph_facts(path)[1]
+    if control:
+        raise InputError(f"{path.name} holds control flow ({', '.join(control)}), which no graph deploykit exports "
+                         "contains; deploykit runs image classifiers exported with `deploykit export`")
 
 
 def content_sha256(path: Path) -> str:

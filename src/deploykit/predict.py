@@ -9,7 +9,7 @@ import numpy as np
 
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest, check_graph
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -89,8 +89,11 @@ MAX_METADATA_CHARS = 16 << 20
 
 
 def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
+    """The preprocessing and class names deploykit stored in an ONNX file's metadata (after the graph check every
+    reader of an ONNX makes: no control flow)."""
     import onnx
 
+    check_graph(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
