@@ -74,6 +74,10 @@ class DeployKitGroup(TyperGroup):
         except OSError as exc:
             if debug_enabled():
                 raise
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # read-only or immutable (chattr +i)
+                _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; deploykit cannot change "
+                       "it -- check its permissions (or attributes such as chattr +i), or choose another location")
+                ctx.exit(1)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 self._internal(ctx, exc)
             _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; free some space and retry")

@@ -53,13 +53,35 @@ def _is_safetensors(path: Path) -> bool:
         head = handle.read(9)
     if len(head) < 9 or head[8:9] != b"{":
         return False
-    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+    return 2 <= int.from_bytes(head[:8], "little") <= min(_SAFETENSORS_MAX_HEADER, path.stat().st_size - 8)
+
+
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit
+
+
+def _not_safetensors(path: Path) -> str:
+    """Why a file named ``.safetensors`` is not one, in words (its first bytes decide)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "it is a PyTorch (pickle/zip) file with a .safetensors name -- rename it to .pth"
+    if len(head) < 9:
+        return f"it is {len(head)} bytes long, shorter than a safetensors header"
+    n = int.from_bytes(head[:8], "little")
+    if n > min(_SAFETENSORS_MAX_HEADER, path.stat().st_size - 8):
+        return f"its header length {n} runs past the end of the {path.stat().st_size}-byte file"
+    return f"its {n}-byte header is not a JSON object"
 
 
 def detect_kind(path: Path) -> str:
-    """``safetensors``, ``exported-program``, ``torchscript`` or ``pickle`` (a ``torch.save`` file of any content)."""
+    """``safetensors``, ``exported-program``, ``torchscript`` or ``pickle`` (a ``torch.save`` file of any content).
+    A file named ``.safetensors`` that is not one is refused here (torch.load would hand it to the safetensors
+    reader, whose errors are not a user's message)."""
     if _is_safetensors(path):
         return "safetensors"
+    if path.suffix.lower() == ".safetensors":
+        raise CheckpointError(f"{path.name} is not a valid safetensors file: {_not_safetensors(path)}; re-save or "
+                              "re-download it")
     names = _zip_names(path)
     if names is not None:
         stripped = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -101,8 +123,11 @@ def read_pickle(path: Path, weights_only: bool):
                 f"unpickling runs code from the file -- if you trust it, re-run with {TRUST_FLAG}, or save "
                 "model.state_dict() instead") from None
         raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
-            IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError) as exc:
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (
+                RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
+                IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError)):
+            raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):
             raise CheckpointError(f"{path.name} needs Python code that is not importable here ({msg}); "
@@ -116,9 +141,28 @@ def read_safetensors(path: Path) -> dict:
     except ImportError:
         raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from None
     try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own SafetensorError
-        raise CheckpointError(f"{path.name} is a corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+        state = load_file(str(path), device="cpu")
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:  # SafetensorError, and the Rust panics of a malformed header (a BaseException)
+        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path.name} is a corrupt safetensors file ({first}); re-save or re-download "
+                              "it") from None
+    return state
+
+
+def check_dense(state: Mapping, path: Path) -> Mapping:
+    """Refuse tensors that are not plain dense ones (sparse, quantized, nested...): no classifier's weights are
+    stored so, and the checks and copies after this would fail on them in their own words."""
+    import torch
+
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.layout != torch.strided or value.is_quantized):
+            kind = str(value.layout).replace("torch.", "") if value.layout != torch.strided else "quantized"
+            raise CheckpointError(f"{path.name}: tensor {str(key)[:80]!r} is stored {kind}, not as plain dense "
+                                  "weights; save model.state_dict() of the model as it runs (e.g. "
+                                  "tensor.to_dense())")
+    return state
 
 
 def read_torchscript(path: Path, *, trusted: bool):

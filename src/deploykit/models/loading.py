@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
-from deploykit.models.checkpoint import (check_deploykit_checkpoint, detect_kind, find_state_dict,
+from deploykit.models.checkpoint import (check_deploykit_checkpoint, check_dense, detect_kind, find_state_dict,
                                          is_deploykit_checkpoint, read_pickle, read_safetensors, read_torchscript,
                                          rekeyed, strip_prefixes)
 from deploykit.models.checkpoint import save_checkpoint  # noqa: F401 -- bench.py imports it from here
@@ -192,7 +192,7 @@ def _from_program(path: Path, opts: LoadOptions, notes: list[str]) -> LoadedMode
 
 def _from_state_dict(state: dict, source: Path, opts: LoadOptions, notes: list[str], kind: str,
                      meta: Mapping | None = None) -> LoadedModel:
-    state = strip_prefixes(state)
+    state = strip_prefixes(check_dense(state, source))
     if opts.model_def:
         return _from_model_def(state, source, opts, notes)
     if opts.arch:
