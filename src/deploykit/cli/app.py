@@ -35,7 +35,7 @@ class DeployKitGroup(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own control flow and usage errors
             raise
         except BaseException as exc:
@@ -44,6 +44,9 @@ class DeployKitGroup(TyperGroup):
             if interrupt_requested() and not isinstance(exc, SystemExit):
                 self._interrupted(ctx)
             return self._failed(ctx, exc)
+        if interrupt_requested():  # a library swallowed the KeyboardInterrupt and the command ran on to its end
+            self._interrupted(ctx)
+        return result
 
     @staticmethod
     def _interrupted(ctx) -> None:
