@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -34,7 +36,10 @@ class DeployKitGroup(TyperGroup):
     """Catches every exception once for every command: one line on stderr and a distinct exit code."""
 
     def invoke(self, ctx):
+        from deploykit.cli.command import check_numbers
+
         try:
+            check_numbers(ctx)  # the group's own options (--max-image-pixels); each command checks its own
             result = super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own control flow and usage errors
             raise
@@ -77,6 +82,10 @@ class DeployKitGroup(TyperGroup):
         except OSError as exc:
             if debug_enabled():
                 raise
+            if exc.errno == errno.EPIPE:  # stdout closed early (`deploykit ... | head`): nothing more to say there
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                ctx.exit(1)
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # read-only or immutable (chattr +i)
                 _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; deploykit cannot change "
                        "it -- check its permissions (or attributes such as chattr +i), or choose another location")
