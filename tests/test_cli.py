@@ -141,7 +141,7 @@ def test_pickled_module_error_and_flag(cli, tmp_path):
     result = cli("export", "whole.pth", "--allow-pickle", "--input-shape", "3,32,32")
     assert result.exit_code == 0, result.output
     # a manifest never grants --allow-pickle by itself: the user repeats the flag to reload the reference
-    _one_line_error(cli("verify", "exports/whole"), contains="pass --allow-pickle again")
+    _one_line_error(cli("verify", "exports/whole"), contains="pass --trust-code (or --allow-pickle) again")
     assert cli("verify", "exports/whole", "--allow-pickle").exit_code == 0
 
 
