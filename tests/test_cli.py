@@ -141,7 +141,7 @@ def test_pickled_module_error_and_flag(cli, tmp_path):
     result = cli("export", "whole.pth", "--allow-pickle", "--input-shape", "3,32,32")
     assert result.exit_code == 0, result.output
     # a manifest never grants --allow-pickle by itself: the user repeats the flag to reload the reference
-    _one_line_error(cli("verify", "exports/whole"), contains="pass --allow-pickle again")
+    _one_line_error(cli("verify", "exports/whole"), contains="pass --trust-code (or --allow-pickle) again")
     assert cli("verify", "exports/whole", "--allow-pickle").exit_code == 0
 
 
@@ -211,13 +211,14 @@ def test_exported_program_traced_at_batch_one(cli, photos):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
     torch.export.save(torch.export.export(model, (torch.zeros(1, 3, 32, 32),)), "tiny.pt2")
-    result = cli("export", "tiny.pt2", "--out", "ep")
+    assert cli("export", "tiny.pt2", "--out", "ep").exit_code == 1  # a .pt2 is code: only with --trust-code
+    result = cli("export", "tiny.pt2", "--out", "ep", "--trust-code")
     assert result.exit_code == 0, result.output
     parity = Manifest.load(Path("ep")).artifacts[0]["parity"]
     assert parity["passed"] and parity["n_images"] > 1
-    assert cli("verify", "ep").exit_code == 0
+    assert cli("verify", "ep", "--trust-code").exit_code == 0  # the .pt2 reference is code: only when trusted
     images = (photos / "chelsea.png", photos / "astronaut.jpg")
-    result = cli("predict", "tiny.pt2", *images, "--topk", "2", "--json")
+    result = cli("predict", "tiny.pt2", *images, "--topk", "2", "--json", "--allow-pickle")
     assert result.exit_code == 0, result.output
     preds = json.loads(result.stdout)["predictions"]
     onnx_preds = json.loads(cli("predict", "ep", *images, "--topk", "2", "--json").stdout)["predictions"]

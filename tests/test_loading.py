@@ -131,8 +131,12 @@ def test_torchscript_and_exported_program(tmp_path):
     torch.export.save(torch.export.export(model, (example,)), str(tmp_path / "m.pt2"))
     assert detect_kind(tmp_path / "m.ts") == "torchscript"
     assert detect_kind(tmp_path / "m.pt2") == "exported-program"
-    script = load_model(tmp_path / "m.ts", LoadOptions(input_shape=(3, 64, 64)))
-    program = load_model(tmp_path / "m.pt2")
+    with pytest.raises(CheckpointError, match="--trust-code"):  # both are code: only with the user's consent
+        load_model(tmp_path / "m.ts", LoadOptions(input_shape=(3, 64, 64)))
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_model(tmp_path / "m.pt2")
+    script = load_model(tmp_path / "m.ts", LoadOptions(input_shape=(3, 64, 64), allow_pickle=True))
+    program = load_model(tmp_path / "m.pt2", LoadOptions(allow_pickle=True))
     assert script.num_classes == program.num_classes == 4
     assert program.preprocess.shape == (3, 64, 64)  # read from the program itself
     _same_outputs(model, script.module, (3, 64, 64))

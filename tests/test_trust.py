@@ -135,13 +135,13 @@ def test_what_deploykit_writes_is_strict_json():
 
 def test_artifacts_are_checked_against_the_manifest(tmp_path):
     out = tmp_path / "ex"
-    _manifest(out, {"model.onnx": b"graph"})
+    _manifest(out, {"model.bin": b"graph"})
     manifest = Manifest.load(out)
-    assert manifest.file("model.onnx") == out / "model.onnx"
-    (out / "model.onnx").write_bytes(b"other")  # same size, other bytes
+    assert manifest.file("model.bin") == out / "model.bin"
+    (out / "model.bin").write_bytes(b"other")  # same size, other bytes
     with pytest.raises(InputError, match="sha256 differs"):
-        Manifest.load(out).file("model.onnx")
-    (out / "model.onnx").unlink()
+        Manifest.load(out).file("model.bin")
+    (out / "model.bin").unlink()
     (tmp_path / "elsewhere.onnx").write_bytes(b"graph")
     os.symlink(tmp_path / "elsewhere.onnx", out / "model.onnx")
     with pytest.raises(InputError, match="symbolic link"):
@@ -198,22 +198,60 @@ def _tamper(src: Path, dest: Path, marker: Path, where: str) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("where", ["sample", "weight"])
-def test_pt2_with_a_pickle_is_refused_without_running_it(program, tmp_path, where):
+@pytest.mark.parametrize("where", ["clean", "sample", "weight"])
+def test_pt2_needs_trust_code_and_nothing_runs_without_it(program, tmp_path, where):
+    """A .pt2 is code (guard code torch execs, shape expressions it sympifies): without --trust-code it is refused
+    before torch opens it, whatever it holds."""
     from deploykit.models.loading import LoadOptions, load_model
 
     marker = tmp_path / "marker"
-    evil = _tamper(program, tmp_path / "evil.pt2", marker, where)
-    with pytest.raises(CheckpointError, match="--allow-pickle"):
-        load_model(evil, LoadOptions())
+    path = program if where == "clean" else _tamper(program, tmp_path / "evil.pt2", marker, where)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_model(path, LoadOptions())
     assert not marker.exists()
 
 
-def test_a_clean_pt2_still_loads(program):
+def test_a_clean_pt2_loads_when_trusted(program):
     from deploykit.models.loading import LoadOptions, load_model
 
-    loaded = load_model(program, LoadOptions())
+    loaded = load_model(program, LoadOptions(allow_pickle=True))
     assert loaded.kind == "exported-program" and loaded.num_classes == 3
+
+
+def test_torchscript_needs_trust_code(tmp_path):
+    """A TorchScript archive whose scripted __setstate__ would write a file: refused without --trust-code."""
+    import torch
+
+    from deploykit.models.loading import LoadOptions, load_model
+
+    marker = tmp_path / "marker"
+    path = str(marker)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.ones(2, 4)
+            self.marker = path
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w.t()
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training, self.marker)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool, str]):
+            torch.from_file(state[2], shared=True, size=1)  # a file created by loading the archive
+            self.w = state[0]
+            self.training = state[1]
+            self.marker = state[2]
+
+    torch.jit.script(Net()).save(str(tmp_path / "m.ts"))
+    marker.unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_model(tmp_path / "m.ts", LoadOptions(input_shape=(1, 2, 2)))
+    assert not marker.exists()
 
 
 def test_a_manifest_cannot_grant_allow_pickle(tmp_path):
@@ -265,7 +303,43 @@ def test_names_render_literally():
     console = Console(file=io.StringIO(), width=200, color_system=None)
     console.print(literal("[red]x[/red] [/bogus] [link=http://e]y[/link] \x1b[31mred\x1b]8;;http://e\x1b\\"))
     shown = console.file.getvalue()
-    assert shown.startswith("[red]x[/red] [/bogus] [link=http://e]y[/link] [31mred]8;;http://e")
+    assert shown.startswith("[red]x[/red] [/bogus] [link=http://e]y[/link] \\x1b[31mred\\x1b]8;;http://e")
     assert "\x1b" not in shown
+    from deploykit.text import printable
+
+    # bidi overrides/isolates, zero-width characters and CR are shown as escapes, not acted on
+    assert printable("a\u202eb\u2066c\u2069\u200bd\re") == "a\\u202eb\\u2066c\\u2069\\u200bd\\x0de"
     cell = markdown_cell("<script>|*x*")
     assert "<" not in cell and "|" not in cell.replace("\\|", "") and "\\*" in cell
+
+
+def test_openvino_cache_is_keyed_by_content(tmp_path):
+    """A file rewritten in place with the same size and its mtime set back keeps its inode, size and mtime: the
+    compiled-model cache must still see a new file."""
+    from deploykit.runners.openvino import model_cache_dir
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"graph one")
+    st = path.stat()
+    first = model_cache_dir(path, tmp_path / "cache")
+    with open(path, "r+b") as handle:
+        handle.write(b"graph two")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_ino == st.st_ino and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert model_cache_dir(path, tmp_path / "cache") != first
+
+
+def test_a_manifest_deploykit_would_refuse_is_never_written(tmp_path):
+    from deploykit.manifest import Manifest
+
+    manifest = Manifest(source={"path": "x.pth"}, model={"num_classes": 2, "class_names": ["a", "a"]},
+                        input={"name": "input", "shape": [1, 3, 8, 8], "dtype": "float32"},
+                        output={"name": "logits", "shape": [1, 2], "dtype": "float32"},
+                        preprocess={"channels": 3, "height": 8, "width": 8, "mean": [0, 0, 0], "std": [1, 1, 1]},
+                        opset=18)
+    with pytest.raises(InputError, match="twice"):
+        manifest.save(tmp_path)
+    manifest.model.update(class_names=["a", "b"], best_val_acc=500)
+    with pytest.raises(InputError, match="best_val_acc"):
+        manifest.save(tmp_path)
+    assert not (tmp_path / MANIFEST_NAME).exists()

@@ -6,6 +6,8 @@ non-zero exit code. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
+
 
 class DeployKitError(Exception):
     """A mistake or a missing prerequisite the user can fix. ``str(err)`` says what to do."""
@@ -62,3 +64,23 @@ def missing_extra(exc: ImportError, command: str | None = None) -> MissingDepend
     state = "which is not installed here" if exc.name == name else f"whose import failed here ({exc})"
     return MissingDependencyError(f"{'deploykit ' + command if command else 'this'} needs {what}, {state}: "
                                   f'pip install "deploykit[{extra}]"{jetson}')
+
+
+# -- interrupts: Ctrl-C and SIGTERM end every command the same way ------------------------------------------------
+_interrupted = False
+
+
+def interrupt(signum, frame) -> None:
+    """The SIGINT/SIGTERM handler: note the interrupt, ignore any further one (so the unwinding and cleanup that
+    follow -- staging folders removed, locks released -- run to their end) and raise KeyboardInterrupt."""
+    global _interrupted
+    _interrupted = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def interrupt_requested() -> bool:
+    """Whether a SIGINT/SIGTERM arrived: whatever error the interrupted library then raised (torch's exporter wraps
+    a KeyboardInterrupt raised inside it into its own error), the command ends as ``interrupted``."""
+    return _interrupted

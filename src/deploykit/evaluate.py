@@ -16,6 +16,7 @@ from deploykit.data import (Bundled, LabelledImages, Split, bundled, bundled_spl
                             val_folder)
 from deploykit.errors import InputError
 from deploykit.reporter import SILENT, Reporter
+from deploykit.text import plain_plot_text, printable
 
 CHUNK = 64  # images preprocessed and run per step
 
@@ -129,7 +130,8 @@ def evaluate_model(model: Path, data: str | Path, *, data_root: Path | None = No
     with reporter.progress("evaluating", total=labelled.count) as task:
         for start in range(0, labelled.count, CHUNK):
             stop = min(start + CHUNK, labelled.count)
-            logits = predictor.runner.infer(labelled.load(start, stop, predictor.preprocess))
+            logits = predictor.logits(labelled.load(start, stop, predictor.preprocess),
+                                      f"{labelled.source}, images {start + 1}-{stop}")
             truth = labelled.labels[start:stop]
             predictions.append(logits.argmax(axis=1))
             top = np.argsort(-logits, axis=1)[:, :k]
@@ -155,6 +157,7 @@ def default_plot_path(model: Path) -> Path:
     return model / "confusion.png" if model.is_dir() else model.with_name(f"{model.stem}.confusion.png")
 
 
+@plain_plot_text
 def plot_confusion(report: EvalReport, dest: Path) -> Path:
     """A row-normalised confusion matrix (counts written in the cells up to 20 classes) as a PNG."""
     import matplotlib
@@ -166,7 +169,7 @@ def plot_confusion(report: EvalReport, dest: Path) -> Path:
 
     present = [i for i in range(len(report.class_names)) if report.confusion[i].sum() or report.confusion[:, i].sum()]
     matrix = report.confusion[np.ix_(present, present)]
-    names = [report.class_names[i] for i in present]
+    names = [printable(report.class_names[i]) for i in present]
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
     size = min(16.0, max(5.0, 0.45 * len(names) + 2.5))
@@ -183,8 +186,8 @@ def plot_confusion(report: EvalReport, dest: Path) -> Path:
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{report.title or report.model}: top-1 {report.top1:.2f}%  top-{report.k} {report.top5:.2f}%  "
-                 f"(n={report.n})\n{report.data}", fontsize=9)
+    ax.set_title(f"{printable(report.title or report.model)}: top-1 {report.top1:.2f}%  top-{report.k} "
+                 f"{report.top5:.2f}%  (n={report.n})\n{printable(report.data)}", fontsize=9)
     fig.tight_layout()
     dest = Path(dest)
     with atomic_path(dest) as tmp:

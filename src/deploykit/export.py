@@ -13,7 +13,7 @@ import json
 import warnings
 from pathlib import Path
 
-from deploykit.errors import DeployKitError, InputError
+from deploykit.errors import DeployKitError, InputError, interrupt_requested
 from deploykit.files import atomic_path
 from deploykit.models.loading import LoadedModel
 
@@ -71,8 +71,12 @@ def export_onnx(loaded: LoadedModel, dest: Path, *, opset: int = DEFAULT_OPSET, 
                                             dynamic_shapes=shapes, optimize=True, verbose=False)
                 program.save(str(tmp))
         except Exception as exc:  # the exporter raises many types; the user needs the first line
+            if interrupt_requested():  # torch's exporter wraps the KeyboardInterrupt raised inside it
+                raise KeyboardInterrupt from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"torch could not export the model to ONNX: {first}") from exc
+        if interrupt_requested():  # ... or swallows it and carries on
+            raise KeyboardInterrupt
         model = onnx.load(str(tmp), load_external_data=False)
         written = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
         if written != opset:

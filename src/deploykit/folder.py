@@ -15,14 +15,16 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploykit.errors import InputError
+from deploykit.errors import InputError, interrupt, interrupt_requested
 from deploykit.files import ensure_writable_dir, umask
 from deploykit.manifest import MANIFEST_NAME, Manifest
 
@@ -44,14 +46,27 @@ def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}{LOCK_TAG}"
 
 
+_LOCK_TEXT = re.compile(rb"\d{0,10}\n?")  # what deploykit writes into its lock file: its PID (empty while created)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str = "export") -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (a lock file beside it) or refuse at once with one line."""
+    """Hold an exclusive lock on ``folder`` (a lock file beside it) or refuse at once with one line.
+
+    The lock file is created without following links (``O_CREAT | O_EXCL | O_NOFOLLOW``). One that is already there
+    is used only when it is a plain file holding what deploykit writes into it (a PID: left by a killed run, or
+    held by a running one, which ``flock`` tells); a link, a folder or any other file there is someone else's and
+    is refused, never followed, truncated or removed."""
     path = lock_path(folder)
     ensure_writable_dir(path.parent, flag="--out")
+    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o644)
+        except FileExistsError:
+            fd = _open_existing_lock(path, nofollow)
+            if fd is None:
+                continue  # removed meanwhile by its holder: create it again
         except OSError as exc:
             raise InputError(f"cannot create the lock file {path}: {exc.strerror}; choose another --out") from None
         try:
@@ -62,36 +77,59 @@ def folder_lock(folder: Path, what: str = "export") -> Iterator[None]:
                              "or choose another --out") from None
         # the holder before us may have removed the file after we opened it: lock the file that is there now
         try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # deploykit's own lock file (created above, or recognised by its content)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
         os.close(fd)
+
+
+def _open_existing_lock(path: Path, flags: int) -> int | None:
+    """An fd on the lock file already at ``path`` when it is deploykit's, None when it vanished; else refuse."""
+    foreign = (f"{path} exists and is not a lock file deploykit created ({{}}); remove it if it is not yours, or "
+               "choose another --out")
+    try:
+        fd = os.open(path, os.O_RDWR | flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise InputError(foreign.format(why)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > 16 or \
+                not _LOCK_TEXT.fullmatch(os.pread(fd, 17, 0)):
+            raise InputError(foreign.format("a hard link" if stat.S_ISREG(st.st_mode) and st.st_nlink != 1 else
+                                            "someone else's file"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so the staging folder is removed on the way out."""
+    """SIGTERM (``kill``, a CI timeout) and Ctrl-C unwind as KeyboardInterrupt (``errors.interrupt``), so the staging
+    folder is removed on the way out; a second signal during that cleanup is ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not interrupt_requested():  # after an interrupt the signals stay ignored until the command has ended
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def previous_export(out: Path) -> Manifest | None:
@@ -120,15 +158,24 @@ def _stale_staging(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
+def staged_export(out: Path, *, force: bool = False,
+                  notes: list[str] | None = None) -> Iterator[tuple[Path, Manifest | None]]:
     """Yield ``(staging folder, previous manifest)``; on success, swap the staging folder in as ``out``.
 
-    The caller holds :func:`folder_lock`. Files the previous manifest lists (and the manifest itself) are left out
-    of the new folder; every other file in ``out`` is carried over (hard-linked, or copied). Calibration caches are
-    seeded into the staging folder so a re-export reuses them.
+    The caller holds :func:`folder_lock`. Files the previous manifest lists with the bytes it recorded (and the
+    manifest itself) are deploykit's: left out of the new folder, so replaced or removed. Any other file in ``out``
+    is the user's and is carried over (hard-linked, or copied) -- unless the new export writes a file of that name,
+    or it is a listed artifact whose bytes changed since: then the export is refused naming it, or with ``force``
+    the file is kept under another name (``notes`` says which). Calibration caches are seeded into the staging
+    folder so a re-export reuses them.
     """
     shown, out = Path(out), _real(out)
     previous = previous_export(shown)
+    ours = _ours(out, previous)
+    if previous is not None and not force:
+        changed = sorted({a["path"] for a in _listed_files(previous)} - ours)
+        if changed:  # fail before minutes of export work
+            raise _foreign(shown, changed[0], "its bytes are not the ones deploykit.json recorded")
     for stale in _stale_staging(out):  # left by a killed export; we hold the lock, so no one else owns them
         shutil.rmtree(stale, ignore_errors=True)
     try:
@@ -141,24 +188,86 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
             for cache in out.glob(CACHE_GLOB):
                 if cache.is_file() and not cache.is_symlink():
                     _link_or_copy(cache, staging / cache.name)
+                    ours.add(cache.name)  # deploykit's own cache (checked when read): a re-export may rewrite it
         yield staging, previous
-        _carry_user_files(out, staging, previous)
+        _carry_user_files(shown, out, staging, previous, ours, force, notes)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> None:
+def _ours(out: Path, previous: Manifest | None) -> set[str]:
+    """The names in ``out`` deploykit may replace or remove: the manifest, and each artifact it lists whose file
+    still holds the bytes it recorded (a plain file, not a link)."""
+    from deploykit.files import sha256_file
+
+    if previous is None:
+        return set()
+    names = {MANIFEST_NAME}
+    for artifact in _listed_files(previous):
+        path = out / artifact["path"]
+        try:
+            if not path.is_symlink() and path.is_file() and sha256_file(path) == artifact["sha256"]:
+                names.add(artifact["path"])
+        except OSError:
+            pass
+    return names
+
+
+def _listed_files(manifest: Manifest) -> list[dict]:
+    """Every file a manifest records with its sha256: the artifacts and the external-data files of ONNX ones."""
+    return [f for a in manifest.artifacts for f in (a, *(a.get("external_data") or ()))]
+
+
+def _foreign(out: Path, name: str, why: str) -> InputError:
+    return InputError(f"{out / name} is not a file this export may replace ({why}); move it away, or pass --force "
+                      "to keep it under another name")
+
+
+def _aside(staging: Path, name: str) -> str:
+    """A free name beside ``name`` for a file --force keeps: ``name.kept``, ``name.kept-2``..."""
+    candidate, n = f"{name}.kept", 1
+    while os.path.lexists(staging / candidate):
+        n += 1
+        candidate = f"{name}.kept-{n}"
+    return candidate
+
+
+def _carry_user_files(shown: Path, out: Path, staging: Path, previous: Manifest | None, ours: set[str],
+                      force: bool, notes: list[str] | None) -> None:
     if previous is None:
         return
-    ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME}
-    for path in out.iterdir():
-        if path.name in ours or (staging / path.name).exists():
+    listed = {a["path"] for a in _listed_files(previous)}
+    for path in sorted(out.iterdir()):
+        name = path.name
+        if name in ours:
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.copytree(path, staging / path.name, symlinks=True)
+        target = staging / name
+        if os.path.lexists(target) and not _same_file(path, target):
+            why = "the new export writes a file of that name, and deploykit.json does not list this one"
+        elif name in listed:
+            why = "its bytes are not the ones deploykit.json recorded"
         else:
-            _link_or_copy(path, staging / path.name)
+            why = None
+        if why is not None:
+            if not force:
+                raise _foreign(shown, name, why)
+            target = staging / _aside(staging, name)
+            if notes is not None:
+                notes.append(f"kept {shown / name} as {target.name} ({why}; --force)")
+        elif os.path.lexists(target):
+            continue  # the same file (a seeded calibration cache)
+        if path.is_dir() and not path.is_symlink():
+            shutil.copytree(path, target, symlinks=True)
+        else:
+            _link_or_copy(path, target)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -50,11 +51,19 @@ def _artifact(record: dict, where: str) -> None:
     S.get(record, "sha256", where, _SHA256)
     S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
     S.get(record, "parity", where, S.any_object, optional=True)
+    S.get(record, "external_data", where, S.items(S.record(_external), 0, 4096), optional=True)
+
+
+def _external(record: dict, where: str) -> None:
+    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
+    S.get(record, "sha256", where, _SHA256)
+    S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
 
 
 def _manifest(data: dict, where: str) -> None:
     source = S.get(data, "source", where, S.any_object)
-    S.get(source, "path", "source", S.text(4096))
+    S.get(source, "path", "source", S.text(4096, r"[^\x00]+", printable=False))  # any path a file system holds:
+    # printed through text.printable, so a checkpoint named with an escape sequence re-reads its own manifest
     S.get(source, "sha256", "source", _SHA256, optional=True)
     S.get(source, "kind", "source", S.text(64), optional=True)
     S.get(source, "options", "source", S.any_object, optional=True)
@@ -64,6 +73,8 @@ def _manifest(data: dict, where: str) -> None:
     names = S.get(model, "class_names", "model", S.items(LABEL, 1, MAX_CLASSES), optional=True)
     if names is not None and len(names) != n:
         raise S.SchemaError("model.class_names", f"{len(names)} names for {n} classes")
+    if names is not None and len(set(names)) != len(names):
+        raise S.SchemaError("model.class_names", f"names {next(x for x in names if names.count(x) > 1)!r} twice")
     S.get(model, "best_val_acc", "model", S.number(0, 100), optional=True)
     S.get(data, "input", where, S.record(_tensor))
     S.get(data, "output", where, S.record(_tensor))
@@ -116,6 +127,14 @@ class Manifest:
         return next((a for a in self.artifacts if a["path"] == path), None)
 
     def set_artifact(self, entry: dict[str, Any]) -> None:
+        """Add or replace ``entry``; an ONNX file that keeps tensors in external-data files beside it gets them
+        listed (``external_data``: path, sha256, bytes), so they are checked as the artifact itself is."""
+        if self.folder is not None and artifact_kind(entry["path"]) == "onnx" and "external_data" not in entry:
+            refs = external_data_of(self.folder / entry["path"])
+            if refs:
+                entry = {**entry, "external_data": [
+                    {"path": r, "sha256": sha256_file(self.folder / r), "bytes": (self.folder / r).stat().st_size}
+                    for r in refs]}
         self.artifacts = [a for a in self.artifacts if a["path"] != entry["path"]] + [entry]
 
     def find(self, *, precision: str | None = None, kind: str | None = None) -> dict[str, Any] | None:
@@ -138,7 +157,19 @@ class Manifest:
             entry = self.artifact(name) or {}
             if not entry:
                 raise InputError(f"{name} is not listed in {self.folder / MANIFEST_NAME}")
-        return checked_file(self.folder, entry["path"], entry.get("sha256"), entry.get("bytes"))
+        path = checked_file(self.folder, entry["path"], entry.get("sha256"), entry.get("bytes"))
+        if artifact_kind(entry["path"]) == "onnx":
+            check_graph(path)
+            listed = [e["path"] for e in entry.get("external_data") or []]
+            refs = external_data_of(path)
+            if sorted(refs) != sorted(listed):
+                extra = sorted(set(refs) - set(listed))
+                raise InputError(f"{path} reads tensors from {', '.join(extra) if extra else 'no external file'} "
+                                 f"but {MANIFEST_NAME} lists {', '.join(listed) if listed else 'none'}; changed "
+                                 "since export: re-run `deploykit export`")
+            for ext in entry.get("external_data") or []:
+                checked_file(self.folder, ext["path"], ext["sha256"], ext.get("bytes"))
+        return path
 
     def source_path(self) -> Path:
         """The source checkpoint: relative paths are relative to the export folder, so a folder copied together
@@ -149,14 +180,14 @@ class Manifest:
         return path
 
     def source_needs(self) -> str | None:
-        """The flag that reloading the source would need: ``--model-def`` or ``--allow-pickle`` (both run code, so
+        """The flag that reloading the source would need: ``--model-def`` or ``--trust-code`` (both run code, so
         only this command line grants them, never the manifest), or None for a plain checkpoint."""
         stored = self.source.get("options") if isinstance(self.source.get("options"), dict) else {}
         kind = self.source.get("kind")
         if stored.get("model_def") or kind == "model-def":
             return "--model-def"
-        if stored.get("allow_pickle") or kind == "pickled-module":
-            return "--allow-pickle"
+        if stored.get("allow_pickle") or kind in ("pickled-module", "torchscript", "exported-program"):
+            return "--trust-code"  # a pickled module, TorchScript and .pt2 programs are code (alias --allow-pickle)
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,8 +196,16 @@ class Manifest:
                 "versions": self.versions, "artifacts": self.artifacts, **self.extra}
 
     def save(self, folder: Path) -> Path:
+        """Write ``folder/deploykit.json`` -- after the same checks :meth:`load` makes, so deploykit never swaps in
+        a manifest that its own reader would refuse (a checkpoint's out-of-range field, say)."""
         path = Path(folder) / MANIFEST_NAME
-        write_json_atomic(path, self.to_dict())
+        data = self.to_dict()
+        try:
+            validate_manifest(data, "the new manifest")
+        except InputError as exc:
+            raise InputError(str(exc).replace("re-run `deploykit export`", "nothing was written; fix the source "
+                                              "(a checkpoint field, --labels) and export again")) from None
+        write_json_atomic(path, data)
         self.folder = Path(folder)
         return path
 
@@ -188,6 +227,62 @@ class Manifest:
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+_GRAPH_FACTS: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def _graph_facts(path: Path) -> tuple[list[str], list[str]]:
+    """(external-data files, control-flow op types) of an ONNX file, read once per file identity in a process."""
+    path = Path(path)
+    key = _identity(path, path.stat())
+    if key not in _GRAPH_FACTS:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise InputError(f"{path.name} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+        nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+        tensors = list(model.graph.initializer) + [a.t for n in nodes for a in n.attribute if a.HasField("t")]
+        external = set()
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+                if not re.fullmatch(ARTIFACT_NAME, location):
+                    raise InputError(f"{path.name} reads a tensor from {location[:80]!r}, which is not a file beside "
+                                     "it; re-export it")
+                external.add(location)
+        graphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        control = {n.op_type for n in nodes if any(a.type in graphs for a in n.attribute)}
+        _GRAPH_FACTS[key] = (sorted(external), sorted(control))
+    return _GRAPH_FACTS[key]
+
+
+def external_data_of(path: Path) -> list[str]:
+    """The external-data files an ONNX file reads its tensors from (``location`` of each external initializer or
+    Constant), sorted; [] for a self-contained graph. A location that is not a plain name beside it is refused."""
+    return _graph_facts(path)[0]
+
+
+def check_graph(path: Path) -> None:
+    """Refuse a graph with control flow (Loop, If, Scan: any op that carries a subgraph): no graph deploykit writes
+    has one -- an image classifier's forward pass is a fixed sequence of ops -- and a Loop's trip count is data
+    that can keep a runtime busy forever."""
+    control = _graph_facts(path)[1]
+    if control:
+        raise InputError(f"{path.name} holds control flow ({', '.join(control)}), which no graph deploykit exports "
+                         "contains; deploykit runs image classifiers exported with `deploykit export`")
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of ``path``'s bytes, from the checked-files cache when this very file (same identity, ctime
+    included) was hashed before -- e.g. by :meth:`Manifest.file` -- else computed."""
+    path = Path(path)
+    key = _identity(path, path.stat())
+    known = _VERIFIED.get(key) or _known_hash(key)
+    if known is None:
+        known = sha256_file(path)
+        _remember_hash(key, known)
+    return known
 
 
 def artifact_kind(name: str) -> str | None:

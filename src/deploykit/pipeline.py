@@ -59,7 +59,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                   data: Path | None = None, reporter: Reporter = SILENT, precision=None,
                   force: bool = False) -> ExportResult:
     """Export ``model_path`` into an export folder, as one transaction (see :mod:`deploykit.folder`): the folder
-    appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export."""
+    appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export, and keeps (under another name) a file in the
+    folder that deploykit did not write where the export would replace or remove it."""
     options = options or LoadOptions()
     model_path = Path(model_path)
     if verify and data is not None:
@@ -81,7 +82,9 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         precision = _replace(precision, grayscale_trained=trained_on_grayscale(loaded.extra))
     source_sha = sha256_file(model_path)
     final = Path(out) if out else default_out(model_path, loaded.arch)
-    with terminate_as_interrupt(), folder_lock(final), staged_export(final) as (folder, previous):
+    kept: list[str] = []
+    with terminate_as_interrupt(), folder_lock(final), staged_export(final, force=force, notes=kept) as (folder,
+                                                                                                      previous):
         if previous is not None and not force and not _same_source(previous, model_path, source_sha):
             raise InputError(f"{final} holds the export of another model ({Path(previous.source['path']).name}); "
                              "choose another --out, or pass --force to replace it")
@@ -93,6 +96,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
             if dropped:
                 reporter.note("replaced the earlier export; its artifacts the new one does not make are gone: "
                      + ", ".join(dropped))
+    for msg in kept:
+        reporter.note(msg)
     result.manifest.folder = final
     result.folder = final
     here = os.getcwd()

@@ -9,7 +9,7 @@ import numpy as np
 
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest, check_graph
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -29,7 +29,7 @@ class Predictor:
         if k < 1:
             raise InputError("--topk must be >= 1")
         paths = expand_images(paths)
-        logits = np.concatenate([self.runner.infer(self.preprocess.batch(paths[i:i + CHUNK]))
+        logits = np.concatenate([self.logits(self.preprocess.batch(paths[i:i + CHUNK]), paths[i:i + CHUNK])
                                  for i in range(0, len(paths), CHUNK)])
         if self.class_names is not None and len(self.class_names) != logits.shape[1]:
             raise InputError(f"{len(self.class_names)} class names for a model with {logits.shape[1]} outputs; "
@@ -42,6 +42,24 @@ class Predictor:
                 {"index": int(i), "label": self.class_names[i] if self.class_names and i < len(self.class_names)
                  else str(int(i)), "probability": float(p[i])} for i in order]})
         return results
+
+
+    def logits(self, batch: np.ndarray, images) -> np.ndarray:
+        """The runner's logits for ``batch`` (from ``images``: paths, or a description), refused when any is NaN or
+        infinite: such a row names no class, and ranking it would print a confident-looking answer."""
+        out = self.runner.infer(batch)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            where = images if isinstance(images, str) else f"first: {Path(images[int(np.argmax(bad))]).name}"
+            raise NonFiniteLogits(
+                f"{self.artifact or 'the model'} produced NaN or infinite logits for {int(bad.sum())} of {len(out)} "
+                f"image(s) ({where}); its weights or graph are broken (NaN/inf weights, a division by zero) -- "
+                "nothing to rank")
+        return out
+
+
+class NonFiniteLogits(InputError):
+    """A model's output holds NaN or inf: no prediction or accuracy can be read from it."""
 
 
 def expand_images(paths: list[Path]) -> list[Path]:
@@ -71,8 +89,11 @@ MAX_METADATA_CHARS = 16 << 20
 
 
 def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
+    """The preprocessing and class names deploykit stored in an ONNX file's metadata (after the graph check every
+    reader of an ONNX makes: no control flow)."""
     import onnx
 
+    check_graph(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -94,6 +115,29 @@ def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
             raise InputError(f"{where}: deploykit.class_names is too large")
         names = class_names_from(parse_json(text, where, "deploykit.class_names list"), where)
     return pre, names
+
+
+def check_against_onnx(manifest: Manifest, onnx_path: Path) -> None:
+    """The class names and preprocessing a manifest gives must be the ones its ONNX file carries in its own metadata
+    (written by the same export): a manifest edited to reorder the classes or change mean/std is refused, not
+    believed. A graph without deploykit metadata has nothing to disagree with."""
+    pre, names = _onnx_metadata(onnx_path)
+    if names is not None and names != manifest.class_names:
+        raise InputError(f"{manifest.folder / MANIFEST_NAME} and {onnx_path.name} disagree on the class names; one "
+                         "was edited after export -- re-export the folder")
+    if pre is not None and pre.to_dict() != manifest.preprocessing.to_dict():
+        raise InputError(f"{manifest.folder / MANIFEST_NAME} and {onnx_path.name} disagree on the preprocessing "
+                         "(input size, resize, mean or std); one was edited after export -- re-export the folder")
+
+
+def _checked(manifest: Manifest, entry: dict) -> Path:
+    """``manifest.file(entry)`` (its sha256 checked), after its metadata -- or, for an engine, the FP32 ONNX's --
+    agreed with the manifest."""
+    path = manifest.file(entry)
+    onnx_entry = entry if path.suffix == ".onnx" else manifest.find(precision="fp32", kind="onnx")
+    if onnx_entry is not None:
+        check_against_onnx(manifest, path if onnx_entry is entry else manifest.file(onnx_entry))
+    return path
 
 
 def _listed_in_manifest(onnx_file: Path) -> Manifest | None:
@@ -130,7 +174,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
             raise InputError(f"{artifact} has no ONNX artifact")
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-        path = manifest.file(entry)
+        path = _checked(manifest, entry)
         return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
                          f"{path} ({entry['precision']}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
     from deploykit.tensorrt.profile import is_engine
@@ -143,7 +187,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         from deploykit.tensorrt.runner import TensorRTRunner
 
         entry = manifest.artifact(artifact.resolve().name)
-        return Predictor(TensorRTRunner(manifest.file(entry)), manifest.preprocessing, manifest.class_names,
+        return Predictor(TensorRTRunner(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
                          f"{artifact} ({entry['precision']}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
@@ -151,7 +195,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         manifest = _listed_in_manifest(artifact)
         if manifest is not None:
             entry = manifest.artifact(artifact.resolve().name)
-            runner = OnnxRuntimeRunner(manifest.file(entry), device=device)
+            runner = OnnxRuntimeRunner(_checked(manifest, entry), device=device)
             return Predictor(runner, manifest.preprocessing, manifest.class_names,
                              f"{artifact} ({entry['precision']}, ONNX Runtime {device.upper()})",
                              manifest.model.get("arch"))

@@ -18,7 +18,7 @@ from deploykit import schema as S
 from deploykit.errors import InputError
 from deploykit.files import atomic_path, read_json
 from deploykit.manifest import Manifest
-from deploykit.text import markdown_cell
+from deploykit.text import markdown_cell, printable
 
 REPORT_NAME = "report.md"
 BENCH_NAME = "bench.json"
@@ -255,9 +255,10 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
         lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; img/s = batch / p50 and `vs torch` = "
                   "PyTorch eager FP32 p50 / this p50 on the same device and batch.", ""] + _bench_lines(bench)
     else:
+        where = printable(folder).replace("`", "'")  # inside code spans: hidden characters escaped, no backtick
         lines += ["", "## Speed", "", f"Not measured yet: the speed table comes from `{BENCH_NAME}` in this folder. "
-                  f"Write it with `deploykit bench {folder} --json > {folder / BENCH_NAME}` (add "
-                  f"`--plot {folder / 'bench.png'}` for the figure), then run `deploykit report {folder}` again."]
+                  f"Write it with `deploykit bench {where} --json > {where}/{BENCH_NAME}` (add "
+                  f"`--plot {where}/bench.png` for the figure), then run `deploykit report {where}` again."]
     pngs = sorted(p.name for p in folder.glob("*.png"))
     if pngs:
         lines += ["", "## Figures", ""] + [f"![{Path(n).stem}]({n})" for n in pngs if _plain_name(n)]

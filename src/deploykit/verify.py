@@ -333,9 +333,9 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     if reason is None and needs == "--model-def" and not model_def:
         reason = ("the source was exported with --model-def, which runs code; a manifest cannot ask for that -- "
                   "pass --model-def again to use the PyTorch reference")
-    if reason is None and needs == "--allow-pickle" and not allow_pickle:
-        reason = ("the source was exported with --allow-pickle, which runs code from the file; a manifest cannot "
-                  "ask for that -- pass --allow-pickle again if you trust it")
+    if reason is None and needs == "--trust-code" and not allow_pickle:
+        reason = ("the source is code (a pickled module, TorchScript or a .pt2 program), which a manifest cannot ask "
+                  "to load -- pass --trust-code (or --allow-pickle) again if you trust the file")
     if reason is None:
         reason = source_unusable(manifest)
     if reason is None:

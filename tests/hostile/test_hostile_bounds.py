@@ -141,3 +141,49 @@ def test_export_write_fails(lenet_ckpt, tmp_path):
 def test_data_write_fails(tmp_path):
     result = run("data", "digits", "--out", tmp_path / "digits", cwd=tmp_path, max_file_bytes=100)
     assert_refused(result)
+
+
+# -- issue 22, class 6: every number has a finite range; a graph that loops is refused when read ------------------
+UNBOUNDED = {
+    "bench-iters-1e12": ("bench", "{folder}", "--backends", "ort", "--precisions", "fp32", "--iters", str(10**12)),
+    "bench-seconds-inf": ("bench", "{folder}", "--backends", "ort", "--precisions", "fp32", "--seconds", "inf"),
+    "bench-seconds-1e309": ("bench", "{folder}", "--backends", "ort", "--precisions", "fp32", "--seconds", "1e309"),
+    "bench-batch-2^40": ("bench", "{folder}", "--backends", "ort", "--precisions", "fp32", "--batch", str(2**40)),
+    "export-batch-2^40": ("export", "{ckpt}", "--out", "{tmp}/o", "--no-verify", "--batch", str(2**40)),
+    "train-seed-2^70": ("train", "lenet", "--data", "digits", "--epochs", "1", "--seed", str(2**70), "--out",
+                        "{tmp}/r"),
+    "train-lr-inf": ("train", "lenet", "--data", "digits", "--epochs", "1", "--lr", "inf", "--out", "{tmp}/r"),
+    "predict-topk-2^40": ("predict", "{folder}", "{image}", "--topk", str(2**40)),
+    "loop-graph-folder": ("predict", "{loop}", "{image}"),
+    "loop-graph-onnx": ("bench", "{loop}/model.onnx", "--backends", "ort", "--precisions", "fp32", "--iters", "2"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNBOUNDED))
+def test_unbounded_input_refused_at_once(case, export_copy, lenet_ckpt, image, tmp_path):
+    """Refused in one line within seconds: never a run that does not end, never the catch-all."""
+    import hashlib
+    import json
+
+    from _loop_graph import loop_model
+
+    loop = tmp_path / "loop"
+    if "{loop}" in " ".join(UNBOUNDED[case]):
+        import onnx
+        import shutil
+
+        shutil.copytree(export_copy, loop)
+        onnx.save(loop_model(), str(loop / "model.onnx"))
+        data = json.loads((loop / "deploykit.json").read_text())
+        for art in data["artifacts"]:
+            if art["path"] == "model.onnx":
+                art.update(sha256=hashlib.sha256((loop / "model.onnx").read_bytes()).hexdigest(),
+                           bytes=(loop / "model.onnx").stat().st_size)
+        (loop / "deploykit.json").write_text(json.dumps(data))
+        if case == "loop-graph-onnx":
+            (loop / "deploykit.json").unlink()
+    args = [a.format(folder=export_copy, ckpt=lenet_ckpt, tmp=tmp_path, image=image, loop=loop)
+            for a in UNBOUNDED[case]]
+    result = run(*args, cwd=tmp_path, timeout=60)
+    assert_refused(result)
+    assert result.seconds < 30, result.describe()

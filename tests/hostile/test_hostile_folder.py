@@ -206,3 +206,102 @@ def test_artifact_path_outside_folder_refused(kind, cmd, export_copy, tmp_path, 
     _escape(kind, export_copy, tmp_path)
     result = _read_folder(cmd, export_copy, image, digit_images)
     assert_refused(result)
+
+
+# -- issue 22, class 2: export replaces or removes only the bytes the previous manifest recorded ------------------
+def _user_bytes_case(case: str, folder: Path) -> tuple[str, bytes, tuple]:
+    """Plant a file deploykit did not write where a re-export would replace or remove it; return (name, bytes,
+    extra export flags)."""
+    if case == "unlisted-name-the-export-writes":  # the user's own model.fp16.onnx, then export --fp16
+        name, extra = "model.fp16.onnx", ("--fp16",)
+    elif case == "listed-bytes-changed-replaced":  # model.onnx edited after export
+        name, extra = "model.onnx", ()
+    else:  # "listed-bytes-changed-removed": listed, then changed; the re-export does not make it
+        name, extra = "model.int8-cpu.onnx", ()
+        (folder / name).write_bytes(b"what deploykit wrote")
+        edit_manifest(folder, lambda d: d["artifacts"].append(
+            {"path": name, "precision": "int8-cpu", "sha256": sha256(folder / name), "bytes": 20}))
+    data = b"the user's own bytes"
+    (folder / name).write_bytes(data)
+    return name, data, extra
+
+
+@pytest.mark.parametrize("case", ["unlisted-name-the-export-writes", "listed-bytes-changed-replaced",
+                                  "listed-bytes-changed-removed", "empty-out"])
+def test_export_never_replaces_bytes_it_did_not_write(case, export_copy, lenet_ckpt, tmp_path, monkeypatch):
+    """Refused with one line naming the file; with --force the file is kept under another name, never deleted."""
+    if case == "empty-out":
+        monkeypatch.chdir(tmp_path)
+        before = sorted(os.listdir(tmp_path))
+        result = invoke("export", lenet_ckpt, "--out", "", "--no-verify")
+        assert_refused(result)
+        assert result.code == 2 and sorted(os.listdir(tmp_path)) == before, result.describe()
+        return
+    name, data, extra = _user_bytes_case(case, export_copy)
+    result = invoke("export", lenet_ckpt, "--out", export_copy, "--no-verify", *extra)
+    assert_refused(result, mention=name)
+    assert (export_copy / name).read_bytes() == data
+    forced = invoke("export", lenet_ckpt, "--out", export_copy, "--no-verify", "--force", *extra)
+    assert forced.code == 0, forced.describe()
+    kept = [p for p in export_copy.iterdir() if p.is_file() and p.read_bytes() == data]
+    assert kept and kept[0].name != name, f"--force lost the user's {name}: {sorted(os.listdir(export_copy))}"
+    assert_folder_consistent(export_copy)
+
+
+# -- issue 22, class 3: the lock beside --out is never followed, truncated or taken from someone else ------------
+@pytest.mark.parametrize("planted", ["symlink", "dangling-symlink", "hard-link", "foreign-file"])
+def test_lock_path_not_followed(planted, lenet_ckpt, tmp_path):
+    from deploykit.folder import lock_path
+
+    out = tmp_path / "out"
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"the user's data\n" * 4)
+    lock = lock_path(out)
+    if planted == "symlink":
+        os.symlink(target, lock)
+    elif planted == "dangling-symlink":
+        os.symlink(tmp_path / "created-through-the-link", lock)
+    elif planted == "hard-link":
+        os.link(target, lock)
+    else:
+        lock.write_bytes(b"not a pid\n")
+    result = invoke("export", lenet_ckpt, "--out", out, "--no-verify")
+    assert_refused(result, mention="lock")
+    assert target.read_bytes() == b"the user's data\n" * 4, "the lock wrote through a planted file"
+    assert not (tmp_path / "created-through-the-link").exists() and os.path.lexists(lock)
+    assert not out.exists()
+
+
+# -- issue 22, class 7: every interrupt ends as `interrupted`, exit 130 -- never an exporter error or a crash ------
+INTERRUPTS = [("SIGTERM", "onnx-step"), ("SIGINT", "onnx-step+2s"), ("SIGTERM", "first-change"),
+              ("SIGINT", "first-change")]
+
+
+@pytest.mark.parametrize("sig,when", INTERRUPTS, ids=[f"{s}-{w}" for s, w in INTERRUPTS])
+def test_interrupt_ends_as_interrupted(sig, when, retrained, digit_images, tmp_path):
+    """SIGTERM/SIGINT while torch exports the ONNX (a staging folder has appeared beside --out) or at the moment
+    the folder's first file changes: `interrupted`, exit 130 (or the export had already finished: 0), the folder
+    whole, never SIGSEGV or torch's exporter error."""
+    export_copy, ckpt = retrained
+    before = _snapshot(export_copy)
+    siblings = set(os.listdir(tmp_path))
+    proc = _start(ckpt, export_copy, digit_images, tmp_path)
+    start = time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < 120:
+        due = (set(os.listdir(tmp_path)) - siblings) if when.startswith("onnx-step") else \
+            _snapshot(export_copy) != before
+        if due:
+            time.sleep(2.0 if when.endswith("+2s") else 0.0)  # inside torch's exporter: it wraps or swallows it
+            proc.send_signal(getattr(signal, sig))
+            break
+        time.sleep(0.002)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    text = (out + err).decode(errors="replace")
+    assert proc.returncode in (0, 130), f"exit {proc.returncode}:\n{text[-2000:]}"
+    if proc.returncode == 130:
+        assert text.strip().splitlines()[-1] == "interrupted" and "error:" not in text, text[-2000:]
+    assert_folder_consistent(export_copy)

@@ -146,3 +146,44 @@ def test_manifest_options_not_honoured(command, relative, how, export_copy, mark
     assert not marker.exists(), f"`{command} DIR` ran code named by the folder's manifest ({how})"
     assert_no_traceback(result)
     assert_ok_or_refused(result)
+
+
+# -- issue 22, class 1: TorchScript and .pt2 are code: only --trust-code (alias --allow-pickle) loads them ----------
+@pytest.fixture(scope="module")
+def lenet_ts(hostile_root) -> object:
+    import torch
+
+    from deploykit.models.registry import build_model
+
+    path = hostile_root / "lenet.ts"
+    if not path.exists():
+        torch.jit.trace(build_model("lenet", num_classes=10).eval(), torch.zeros(1, 1, 28, 28)).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+@pytest.mark.parametrize("command", COMMANDS + ["verify-dir", "bench-dir"])
+def test_code_formats_need_trust_code(command, fmt, lenet_ts, lenet_pt2, export_copy, tmp_path, image,
+                                      digit_images, monkeypatch):
+    """No torch loader that runs a file's code (torch.jit.load, torch.export.load) is called unless the command line
+    says --trust-code; a manifest whose source is such a file never grants it (whatever kind it records)."""
+    import torch
+
+    model = lenet_ts if fmt == "torchscript" else lenet_pt2
+    called = []
+    for owner, name in ((torch.jit, "load"), (torch.export, "load")):
+        monkeypatch.setattr(owner, name, lambda *a, _n=name, **k: called.append(_n) or (_ for _ in ()).throw(
+            AssertionError("a code-running loader was called")))
+    if command.endswith("-dir"):
+        shutil.copy(model, export_copy / model.name)
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()
+        edit_manifest(export_copy, lambda d: d["source"].update(path=model.name, sha256=digest, kind="state_dict"))
+        result = (invoke("verify", export_copy, "--data", digit_images) if command == "verify-dir" else
+                  invoke("bench", export_copy, "--backends", "torch,ort", "--precisions", "fp32", "--warmup", "0",
+                         "--iters", "2"))
+    else:
+        result = _run(command, model, tmp_path, image)
+    assert not called, f"`{command}` loaded a {fmt} file without --trust-code"
+    assert_ok_or_refused(result)
+    if command in LOADERS:
+        assert_refused(result, mention="--trust-code")

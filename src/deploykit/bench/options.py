@@ -88,6 +88,8 @@ class BenchOptions:
             raise InputError(f"--threads must be >= 1, got {self.threads}")
         if not self.batches or any(b < 1 for b in self.batches):
             raise InputError(f"--batch sizes must be >= 1, got {','.join(map(str, self.batches)) or 'none'}")
+        if any(b > 4096 for b in self.batches):
+            raise InputError(f"--batch sizes must be at most 4096, got {','.join(map(str, self.batches))}")
         if not self.backends:
             raise InputError("--backends is empty; choose from torch,ort,ov,trt")
         if not self.precisions:

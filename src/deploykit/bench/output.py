@@ -13,6 +13,7 @@ from deploykit.bench.options import Backend, Variant
 from deploykit.bench.results import BenchReport, Skip
 from deploykit.errors import InputError
 from deploykit.parity import Precision
+from deploykit.text import plain_plot_text, printable
 
 
 def _fmt(value: float | None, spec: str, none: str = "-") -> str:
@@ -120,6 +121,7 @@ def model_title(report: BenchReport) -> str:
     return f"{arch} ({where})" if where and where != arch else arch
 
 
+@plain_plot_text
 def write_plot(report: BenchReport, dest: Path) -> Path:
     """Latency per backend/precision at the smallest batch (bar: p50; whisker: p90 to p99, on a log axis when the
     values span more than a decade, so one slow row or outlier cannot flatten the rest), and throughput against
@@ -180,7 +182,7 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
         ax_thr.set_title("throughput vs batch", fontsize=9)
         ax_thr.legend(fontsize=8)
         ax_thr.grid(alpha=0.3)
-    fig.suptitle(f"{model_title(report)}, input {shape_text(report.target.get('input'))}: deploykit bench",
+    fig.suptitle(f"{printable(model_title(report))}, input {shape_text(report.target.get('input'))}: deploykit bench",
                  fontsize=11, fontweight="bold")
     fig.text(0.5, 0.005, report.host_line, ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.04, 1, 1))

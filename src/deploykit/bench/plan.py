@@ -107,8 +107,8 @@ def _torch_unavailable(here: Folder, caps: Capabilities, cpu: bool) -> str | Non
     if not manifest.source.get("path"):
         return f"no {MANIFEST_NAME} beside the ONNX file, so its PyTorch source is unknown"
     if manifest.source_needs():
-        return ("its source was exported with --allow-pickle/--model-def (code from a file), which a manifest "
-                "cannot grant")
+        return ("its source is code (a pickled module, TorchScript, a .pt2 program or --model-def), which a "
+                "manifest cannot grant")
     reason = source_unusable(manifest)
     if reason is None and not cpu and not caps.torch_cuda:
         reason = TORCH_NO_CUDA

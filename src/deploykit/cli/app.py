@@ -8,15 +8,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sys
 from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from deploykit.cli.render import err_console, literal
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, interrupt_requested
 
 INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
 INTERRUPTED_EXIT = 130
@@ -34,18 +36,39 @@ class DeployKitGroup(TyperGroup):
     """Catches every exception once for every command: one line on stderr and a distinct exit code."""
 
     def invoke(self, ctx):
+        from deploykit.cli.command import check_numbers
+
         try:
-            return super().invoke(ctx)
+            check_numbers(ctx)  # the group's own options (--max-image-pixels); each command checks its own
+            result = super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own control flow and usage errors
             raise
+        except BaseException as exc:
+            # after SIGINT/SIGTERM, whatever the interrupted library turned the KeyboardInterrupt into (torch's
+            # exporter raises its own error) ends the command as an interrupt
+            if interrupt_requested() and not isinstance(exc, SystemExit):
+                self._interrupted(ctx)
+            return self._failed(ctx, exc)
+        if interrupt_requested():  # a library swallowed the KeyboardInterrupt and the command ran on to its end
+            self._interrupted(ctx)
+        return result
+
+    @staticmethod
+    def _interrupted(ctx) -> None:
+        err_console.print("interrupted", highlight=False)
+        ctx.exit(INTERRUPTED_EXIT)
+
+    def _failed(self, ctx, exc: BaseException):
+        """One line and the exit code for ``exc`` (re-raised here to match it against the handlers below)."""
+        try:
+            raise exc
         except DeployKitError as exc:
             if debug_enabled():
                 raise
             _error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
-            ctx.exit(INTERRUPTED_EXIT)
+            self._interrupted(ctx)
         except SystemExit as exc:  # user code (a --model-def factory) called sys.exit(0): never a silent success
             if debug_enabled() or exc.code not in (0, None):
                 raise
@@ -59,6 +82,14 @@ class DeployKitGroup(TyperGroup):
         except OSError as exc:
             if debug_enabled():
                 raise
+            if exc.errno == errno.EPIPE:  # stdout closed early (`deploykit ... | head`): nothing more to say there
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                ctx.exit(1)
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # read-only or immutable (chattr +i)
+                _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; deploykit cannot change "
+                       "it -- check its permissions (or attributes such as chattr +i), or choose another location")
+                ctx.exit(1)
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 self._internal(ctx, exc)
             _error(f"{exc.strerror}{': ' + str(exc.filename) if exc.filename else ''}; free some space and retry")

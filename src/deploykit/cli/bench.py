@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console, err_console, warn
+from deploykit.cli.render import console, err_console, literal, warn
 from deploykit.files import dumps_strict
 from deploykit.runners.base import Device
 
@@ -68,7 +68,7 @@ def bench(
     keep_in = None  # bare `deploykit bench` on your latest export: results kept beside it for `deploykit report`
     if target is None:  # say what is benched on the first line (stderr under --json: stdout is the JSON)
         target, said = default_target()
-        (err_console if as_json else console).print(said, highlight=False, soft_wrap=True)
+        (err_console if as_json else console).print(literal(said), highlight=False, soft_wrap=True)
         keep_in = target
 
     # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
@@ -88,22 +88,22 @@ def bench(
         for line in ship_lines(report):
             console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:
-            console.print(f"[dim]skipped[/] {skip_text(skip)}", highlight=False, soft_wrap=True)
+            console.print(f"[dim]skipped[/] {literal(skip_text(skip))}", highlight=False, soft_wrap=True)
         for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
-            console.print(f"[dim]note[/] {line}", highlight=False, soft_wrap=True)
+            console.print(f"[dim]note[/] {literal(line)}", highlight=False, soft_wrap=True)
     if keep_in is not None and report.results:
         from deploykit.files import write_json_atomic
         from deploykit.report import BENCH_NAME
 
         write_json_atomic(keep_in / BENCH_NAME, report.to_json())
         plot = plot or keep_in / "bench.png"
-        err_console.print(f"wrote {keep_in / BENCH_NAME} (`deploykit report {keep_in}` puts it in report.md)",
+        err_console.print(f"wrote {literal(keep_in / BENCH_NAME)} (`deploykit report {literal(keep_in)}` puts it in report.md)",
                           highlight=False)
     if plot is not None:
         write_plot(report, plot)
-        err_console.print(f"wrote {plot}", highlight=False)
+        err_console.print(f"wrote {literal(plot)}", highlight=False)
     if md is not None:
         write_markdown(report, md)
-        err_console.print(f"wrote {md}", highlight=False)
+        err_console.print(f"wrote {literal(md)}", highlight=False)
     if not report.results:
         raise InputError("nothing could be measured here: see the skipped list")

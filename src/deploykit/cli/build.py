@@ -11,7 +11,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
-from deploykit.cli.render import console, err_console, note, parity_table, status
+from deploykit.cli.render import console, err_console, literal, note, parity_table, status
 from deploykit.errors import InputError
 from deploykit.tensorrt.profile import EnginePrecision
 
@@ -75,7 +75,7 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
     for msg in result.notes:
         note(msg)
     facts = result.facts
-    console.print(f"[bold]{result.path}[/]  TensorRT {facts['tensorrt']}  {facts['gpu']} (sm_"
+    console.print(f"[bold]{literal(result.path)}[/]  TensorRT {facts['tensorrt']}  {literal(facts['gpu'])} (sm_"
                   f"{facts['compute_capability'].replace('.', '')})  {facts['typing']} typing  profile "
                   f"{facts['profile']['min'][0]}:{facts['profile']['opt'][0]}:{facts['profile']['max'][0]}  "
                   f"{facts['build_seconds']:.1f} s  timing cache {'reused' if facts['timing_cache']['reused'] else 'new'}",

@@ -25,7 +25,44 @@ class FlagsWithoutType:
         return params
 
 
+# Every number a command takes has a finite range, checked once here before the command runs (its own checks
+# then say more, e.g. a lower bound with its reason). Options not listed: finite, and within int32 for whole
+# numbers -- nothing deploykit counts or sizes goes beyond that. (lowest, highest); None: no bound of that side
+# beyond the default one.
+MAX_INT = 2**31 - 1
+NUMBER_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "--iters": (None, 1_000_000), "--seconds": (None, 86_400), "--warmup": (None, 100_000),
+    "--threads": (None, 4096), "--batch": (None, 4096), "--batch-size": (None, 65_536), "--epochs": (None, 100_000),
+    "--seed": (0, 2**32 - 1), "--lr": (None, 10.0), "--topk": (None, 1_000_000), "--calib-size": (None, 1_000_000),
+    "--min-calib": (None, 1_000_000), "--workspace": (None, 1024.0), "--unfreeze-after": (None, 100_000),
+}
+
+
+def check_numbers(ctx) -> None:
+    """Refuse, in one line, a number option outside its range (``NUMBER_RANGES``) or not finite (inf, 1e309)."""
+    import math
+
+    from deploykit.errors import InputError
+
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or param.param_type_name != "option":
+            continue
+        flag = max(param.opts, key=len)
+        if not math.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+        lo, hi = NUMBER_RANGES.get(flag, (None, None))
+        hi = (MAX_INT if isinstance(value, int) else 1e12) if hi is None else hi
+        if value > hi or value < (-MAX_INT if lo is None else lo):
+            shown = f"at most {hi:,}" if lo is None else f"between {lo:,} and {hi:,}"
+            raise InputError(f"{flag} must be {shown}, got {value:,}")
+
+
 class DeployKitCommand(FlagsWithoutType, TyperCommand):
+    def invoke(self, ctx):
+        check_numbers(ctx)
+        return super().invoke(ctx)
+
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console
+from deploykit.cli.render import console, literal
 from deploykit.data import Bundled, Split
 
 
@@ -25,5 +25,5 @@ def data(
     from deploykit.data import bundled_split, write_imagefolder
 
     images = write_imagefolder(bundled_split(name, split, data_root=data_root), out)
-    console.print(f"[bold]{out}[/]: {len(images)} images in {len(images.class_names or ())} class folders "
+    console.print(f"[bold]{literal(out)}[/]: {len(images)} images in {len(images.class_names or ())} class folders "
                   f"({name.value}, {split.value} split)", highlight=False)

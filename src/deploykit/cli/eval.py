@@ -12,7 +12,7 @@ from deploykit.cli.app import app
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
                                    ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.files import dumps_strict
-from deploykit.cli.render import console, err_console
+from deploykit.cli.render import console, err_console, literal
 
 
 @app.command("eval")
@@ -52,7 +52,7 @@ def eval_(
     if as_json:
         print(dumps_strict(report.to_json()))
         return
-    table = Table(title=f"{model} on {report.data}", title_justify="left")
+    table = Table(title=f"{literal(model)} on {literal(report.data)}", title_justify="left")
     for column in ("images", "top-1 %", f"top-{report.k} %"):
         table.add_column(column, justify="right")
     table.add_row(str(report.n), f"{report.top1:.2f}", f"{report.top5:.2f}")
@@ -60,6 +60,6 @@ def eval_(
     worst = [row for row in sorted(report.per_class(), key=lambda row: row[2]) if row[2] < 100.0][:5]
     if worst:
         console.print("classes found least often (recall: share of a class's images predicted as that class): "
-                      + ", ".join(f"{name} {round(recall * n / 100)} of {n} ({recall:.1f}%)"
+                      + ", ".join(f"{literal(name)} {round(recall * n / 100)} of {n} ({recall:.1f}%)"
                                   for name, n, recall in worst), highlight=False, soft_wrap=True)
-    console.print(f"confusion matrix: {png}", highlight=False)
+    console.print(f"confusion matrix: {literal(png)}", highlight=False)

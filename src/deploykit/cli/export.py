@@ -13,7 +13,7 @@ from deploykit.cli.build import DynamicBatchCommand
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt, MeanOpt,
                                    ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt, ResizeOpt, StdOpt,
                                    TimingCacheOpt, WorkspaceOpt, load_options)
-from deploykit.cli.render import console, note, parity_table
+from deploykit.cli.render import console, literal, note, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
@@ -32,7 +32,7 @@ def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
                                                "TorchScript, torch.export .pt2, or a pickled module.")],
     to: Annotated[Target, typer.Option("--to", help="Final artifact.")] = Target.onnx,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")
+    out: Annotated[Optional[str], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")
                    ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
@@ -88,11 +88,15 @@ def export(
     profile: ProfileOpt = None,
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out; a file there that "
+                                        "deploykit did not write is kept as NAME.kept, never deleted.")] = False,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
 
+    if out is not None and not out.strip():  # a str, not a Path: Path("") would be the current folder
+        raise typer.BadParameter("an empty --out names no folder; give the export folder, e.g. --out exports/model",
+                                 param_hint="'--out'")
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
                            resize, labels)
     if to is not Target.trt:
@@ -124,11 +128,11 @@ def export(
                                  int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale,
                                  int8_remainder=int8_remainder)
     precision.validate()
-    result = export_folder(model, out=out, options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
+    result = export_folder(model, out=None if out is None else Path(out), options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
                            force=force)
     pre = result.loaded.preprocess
-    console.print(f"[bold]{result.folder}/model.onnx[/]  arch={result.loaded.arch or result.loaded.kind}  "
+    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
     if result.precision is not None:

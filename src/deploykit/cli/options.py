@@ -22,7 +22,10 @@ ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registry archite
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="Classes of the checkpoint's head.")]
 ModelDefOpt = Annotated[Optional[str], typer.Option("--model-def", help="Your model code: path/to/model.py:factory.")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON kwargs for the factory.")]
-AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Unpickle whole modules (runs code from the file).")]
+AllowPickleOpt = Annotated[bool, typer.Option(
+    "--trust-code", "--allow-pickle",
+    help="Load a checkpoint that is code: a pickled module, a TorchScript archive or a torch.export .pt2 (each runs "
+         "code from the file). --allow-pickle is the same flag.")]
 InputShapeOpt = Annotated[Optional[str], typer.Option("--input-shape", help="C,H,W, e.g. 1,28,28.")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean, e.g. 0.5,0.5,0.5.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std, e.g. 0.5,0.5,0.5.")]

@@ -6,19 +6,31 @@ import sys
 
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 
-from deploykit.text import printable
+from deploykit.text import printable, reveal
 from deploykit.parity import SMALL_SAMPLE
 
+
+class SafeConsole(Console):
+    """A Console whose text reaches the terminal with every hidden character (ESC, other controls, bidi, zero-width)
+    as a visible escape: the last net under :func:`literal`, for a string that reached a print without it. Rich's
+    own control segments (cursor moves of a live progress bar) pass unchanged."""
+
+    def _render_buffer(self, buffer):
+        return super()._render_buffer(
+            seg if seg.control else Segment(reveal(seg.text), seg.style, seg.control) for seg in buffer)
+
+
 # Logs and pipes get wide tables rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+console = SafeConsole(width=None if sys.stdout.isatty() else 160, emoji=False)
+err_console = SafeConsole(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
 
 
 def literal(value: object) -> str:
-    """Text from a user's file (class names, paths, messages quoting them) as rich prints it literally: control
-    characters (terminal escape sequences) removed, rich markup escaped."""
+    """Text from a user's file, folder or command line (class names, paths, messages quoting them) as rich prints
+    it literally: hidden characters as visible escapes (``text.printable``), rich markup escaped."""
     return escape(printable(value))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from deploykit.cli.render import literal
+
 from deploykit.bench.options import Variant
 from deploykit.bench.results import BenchReport
 from deploykit.bench.output import COLUMNS, model_title, rows, shape_text
@@ -25,7 +27,7 @@ def bench_table(report: BenchReport) -> Table:
     keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
     on = f" on {devices[0]}" if len(devices) == 1 else ""
     title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
-    table = Table(title=title, title_justify="left",
+    table = Table(title=literal(title), title_justify="left",
                   caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
                           "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
                           "export/verify (vs PyTorch), ov rows verified in this run", caption_justify="left")
@@ -34,5 +36,5 @@ def bench_table(report: BenchReport) -> Table:
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
                                                          "parity") else "right", no_wrap=col != "parity")
     for row in body:
-        table.add_row(*[row[i] for i in keep])
+        table.add_row(*[literal(row[i]) for i in keep])
     return table

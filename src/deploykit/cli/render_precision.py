@@ -4,53 +4,55 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from deploykit.cli.render import literal
+
 SHOWN_LAYERS = 10
 
 
 def precision_tables(result) -> list[Table]:
     tables = []
     if result.fp16 is not None:
-        t = Table(title=f"{result.fp16.path.name}: FP16 compute, FP32 I/O")
+        t = Table(title=f"{literal(result.fp16.path.name)}: FP16 compute, FP32 I/O")
         t.add_column("node kept in FP32")
         t.add_column("why")
         for node, why in result.fp16.kept_fp32.items():
-            t.add_row(node, why)
+            t.add_row(literal(node), literal(why))
         if not result.fp16.kept_fp32:
             t.add_row("(none)", "every node is FP16-safe on the images seen")
         tables.append(t)
     for target, graph in result.int8.items():
         other = result.other_precision(target)
-        t = Table(title=f"{graph.path.name}: INT8 for {target.value}, the rest {other}")
+        t = Table(title=f"{literal(graph.path.name)}: INT8 for {target.value}, the rest {other}")
         t.add_column("layers in INT8", justify="right")
         t.add_column(f"layers in {other}")
         t.add_column("ops")
         t.add_column("calibration")
         r = result.ranges
-        t.add_row(str(len(graph.layers)), ", ".join(graph.excluded) or "-",
+        t.add_row(str(len(graph.layers)), literal(", ".join(graph.excluded) or "-"),
                   ", ".join(f"{k} {v}" for k, v in sorted(graph.counts.items()) if "quant" in k.lower() or k.startswith(("QLinear", "QGemm"))),
                   f"{r.method.value}, {r.n_images} images{' (cached)' if r.cached else ''}")
         tables.append(t)
     for target, budget in result.budgets.items():
         name = result.int8[target].path.name if target in result.int8 else target.value
         other = result.other_precision(target)
-        t = Table(title=f"{name} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
+        t = Table(title=f"{literal(name)} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
                         f"(mse {budget.base.mse:.3g}); noisiest layers first (each measured as the only INT8 layer)")
         for col in ("layer", "loss pts if only INT8", "mse if only INT8", "mse added", f"kept {other}"):
             t.add_column(col, justify="left" if col == "layer" else "right")
         kept = set(budget.kept_fp32)
         for cost in budget.ranking[:max(SHOWN_LAYERS, len(kept))]:
-            t.add_row(cost.layer, f"{cost.loss_alone:.2f}", f"{cost.mse_alone:.3g}", f"{cost.mse_added:.3g}",
+            t.add_row(literal(cost.layer), f"{cost.loss_alone:.2f}", f"{cost.mse_alone:.3g}", f"{cost.mse_added:.3g}",
                       "yes" if cost.layer in kept else "")
         tables.append(t)
         if budget.met is not None:
-            s = Table(title=f"{name} accuracy budget: layers moved to {other} in order, then back to INT8 where "
+            s = Table(title=f"{literal(name)} accuracy budget: layers moved to {other} in order, then back to INT8 where "
                             "not needed")
             for col in ("layer", "move", "loss pts after", "expected pts after", "P(other half within)", "mse after"):
                 s.add_column(col, justify="left" if col in ("layer", "move") else "right")
             if not budget.steps:
                 s.add_row("(none)", "-", *_loss_cells(budget.base.to_json()))
             for step in budget.steps:
-                s.add_row(step["layer"], "back to INT8" if step.get("back_to_int8") else f"to {other}",
+                s.add_row(literal(step["layer"]), "back to INT8" if step.get("back_to_int8") else f"to {other}",
                           *_loss_cells(step))
             if budget.confirm is not None:
                 s.title += f" (chosen on {budget.n_search} images)"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console
+from deploykit.cli.render import console, literal
 
 
 @app.command()
@@ -29,7 +29,7 @@ def report(
         from rich.markdown import Markdown
 
         console.print(Markdown(terminal_text(dest.read_text())))
-    console.print(f"wrote {dest}", highlight=False)
+    console.print(f"wrote {literal(dest)}", highlight=False)
 
 
 def terminal_text(markdown: str) -> str:

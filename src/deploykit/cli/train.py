@@ -9,7 +9,7 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.options import AllowPickleOpt
-from deploykit.cli.render import console, err_console
+from deploykit.cli.render import console, err_console, literal
 from deploykit.runners.base import Device
 
 
@@ -75,7 +75,7 @@ def train(
     result = fit(config, reporter=reporter)
     if result.main:  # only rank 0 writes and reports under torchrun
         pre = result.preprocess
-        console.print(f"[bold]{result.best_path}[/]  {arch}  classes={len(result.class_names)}  "
+        console.print(f"[bold]{literal(result.best_path)}[/]  {literal(arch)}  classes={len(result.class_names)}  "
                       f"input={'x'.join(map(str, pre.shape))}  best val_acc {result.best_val_acc:.2f}% "
                       f"(epoch {result.best_epoch}/{result.epochs})  {result.seconds:.1f} s", highlight=False)
-        console.print(f"next: deploykit export {result.best_path}", highlight=False)
+        console.print(f"next: deploykit export {literal(result.best_path)}", highlight=False)

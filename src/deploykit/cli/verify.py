@@ -10,7 +10,7 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.options import Int8AgreementOpt
-from deploykit.cli.render import console, parity_table
+from deploykit.cli.render import console, literal, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
@@ -30,8 +30,9 @@ def verify(
         "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0].")
     ] = None,
     allow_pickle: Annotated[bool, typer.Option(
-        "--allow-pickle", help="Reload a source checkpoint that needs unpickling (runs code from the file) as the "
-                               "reference; a manifest alone never grants this.")] = False,
+        "--trust-code", "--allow-pickle", help="Reload a source checkpoint that is code (a pickled module, "
+        "TorchScript, a .pt2 program: each runs code from the file) as the reference; a manifest alone never grants "
+        "this. --allow-pickle is the same flag.")] = False,
     model_def: Annotated[Optional[str], typer.Option(
         "--model-def", help="Your model code (path/to/model.py:factory) to rebuild a --model-def source as the "
                             "reference.")] = None,
@@ -59,7 +60,7 @@ def verify(
     else:
         console.print(parity_table(report))
         for line in ran_lines(report):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(literal(line), highlight=False, soft_wrap=True)
     if not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")
 

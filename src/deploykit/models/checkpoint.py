@@ -9,10 +9,13 @@ Kinds, detected from the file, never from its name:
                       with ``module.`` / ``_orig_mod.`` prefixes); the architecture is inferred from the keys and
                       shapes, or given with ``--arch`` / ``--model-def``;
 * ``pickled-module``-- ``torch.save(model)``: unpickling runs code, so only with ``allow_pickle``;
-* ``torchscript``   -- ``torch.jit.save`` archives;
-* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives (``deploykit.models.program``).
+* ``torchscript``   -- ``torch.jit.save`` archives: a program (its code runs in ``torch.jit.load`` and ``forward``),
+                      so only with ``allow_pickle``;
+* ``exported-program`` -- ``torch.export.save`` ``.pt2`` archives (``deploykit.models.program``): torch ``exec``s
+                      their guard code and ``sympify``s their symbolic expressions, so only with ``allow_pickle``.
 
-Everything is read with ``torch.load(weights_only=True)`` unless the user passed ``--allow-pickle``.
+``allow_pickle`` is the command line's ``--trust-code`` (alias ``--allow-pickle``); a manifest never grants it.
+Everything is read with ``torch.load(weights_only=True)`` unless the user passed it.
 """
 
 from __future__ import annotations
@@ -50,13 +53,35 @@ def _is_safetensors(path: Path) -> bool:
         head = handle.read(9)
     if len(head) < 9 or head[8:9] != b"{":
         return False
-    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+    return 2 <= int.from_bytes(head[:8], "little") <= min(_SAFETENSORS_MAX_HEADER, path.stat().st_size - 8)
+
+
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library's own limit
+
+
+def _not_safetensors(path: Path) -> str:
+    """Why a file named ``.safetensors`` is not one, in words (its first bytes decide)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "it is a PyTorch (pickle/zip) file with a .safetensors name -- rename it to .pth"
+    if len(head) < 9:
+        return f"it is {len(head)} bytes long, shorter than a safetensors header"
+    n = int.from_bytes(head[:8], "little")
+    if n > min(_SAFETENSORS_MAX_HEADER, path.stat().st_size - 8):
+        return f"its header length {n} runs past the end of the {path.stat().st_size}-byte file"
+    return f"its {n}-byte header is not a JSON object"
 
 
 def detect_kind(path: Path) -> str:
-    """``safetensors``, ``exported-program``, ``torchscript`` or ``pickle`` (a ``torch.save`` file of any content)."""
+    """``safetensors``, ``exported-program``, ``torchscript`` or ``pickle`` (a ``torch.save`` file of any content).
+    A file named ``.safetensors`` that is not one is refused here (torch.load would hand it to the safetensors
+    reader, whose errors are not a user's message)."""
     if _is_safetensors(path):
         return "safetensors"
+    if path.suffix.lower() == ".safetensors":
+        raise CheckpointError(f"{path.name} is not a valid safetensors file: {_not_safetensors(path)}; re-save or "
+                              "re-download it")
     names = _zip_names(path)
     if names is not None:
         stripped = {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -65,6 +90,15 @@ def detect_kind(path: Path) -> str:
         if "constants.pkl" in stripped or any(n.startswith("code/") for n in stripped):
             return "torchscript"
     return "pickle"
+
+
+TRUST_FLAG = "--trust-code (or --allow-pickle)"
+
+
+def needs_trust(path: Path, what: str, why: str) -> CheckpointError:
+    """The one refusal for a file whose loading runs code, naming the flag that grants it."""
+    return CheckpointError(f"{path.name} is {what}; loading it runs code from the file ({why}) -- if you trust it, "
+                           f"re-run with {TRUST_FLAG}")
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -82,15 +116,18 @@ def read_pickle(path: Path, weights_only: bool):
             if not found:
                 raise CheckpointError(f"{path.name} is corrupt, or holds pickled data that only a code-running unpickler "
                                       "reads; re-save it (model.state_dict()), or if you trust it re-run with "
-                                      "--allow-pickle") from None
+                                      f"{TRUST_FLAG}") from None
             name = next(g for g in found.groups() if g)
             raise CheckpointError(
                 f"{path.name} holds pickled Python objects ({name}; likely a whole model saved with torch.save(model)); "
-                "unpickling runs code from the file -- if you trust it, re-run with --allow-pickle, or save "
+                f"unpickling runs code from the file -- if you trust it, re-run with {TRUST_FLAG}, or save "
                 "model.state_dict() instead") from None
         raise CheckpointError(f"{path.name} is corrupt or not a PyTorch checkpoint; re-save or re-download it") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
-            IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError) as exc:
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (
+                RuntimeError, EOFError, ValueError, OSError, AttributeError, ModuleNotFoundError, ImportError,
+                IndexError, KeyError, TypeError, struct.error, UnicodeDecodeError, MemoryError)):
+            raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, (ModuleNotFoundError, AttributeError, ImportError)):
             raise CheckpointError(f"{path.name} needs Python code that is not importable here ({msg}); "
@@ -104,12 +141,35 @@ def read_safetensors(path: Path) -> dict:
     except ImportError:
         raise CheckpointError("reading .safetensors needs the safetensors package: pip install safetensors") from None
     try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own SafetensorError
-        raise CheckpointError(f"{path.name} is a corrupt safetensors file ({str(exc).splitlines()[0]})") from None
+        state = load_file(str(path), device="cpu")
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:  # SafetensorError, and the Rust panics of a malformed header (a BaseException)
+        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path.name} is a corrupt safetensors file ({first}); re-save or re-download "
+                              "it") from None
+    return state
 
 
-def read_torchscript(path: Path):
+def check_dense(state: Mapping, path: Path) -> Mapping:
+    """Refuse tensors that are not plain dense ones (sparse, quantized, nested...): no classifier's weights are
+    stored so, and the checks and copies after this would fail on them in their own words."""
+    import torch
+
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and (value.layout != torch.strided or value.is_quantized):
+            kind = str(value.layout).replace("torch.", "") if value.layout != torch.strided else "quantized"
+            raise CheckpointError(f"{path.name}: tensor {str(key)[:80]!r} is stored {kind}, not as plain dense "
+                                  "weights; save model.state_dict() of the model as it runs (e.g. "
+                                  "tensor.to_dense())")
+    return state
+
+
+def read_torchscript(path: Path, *, trusted: bool):
+    """``torch.jit.load``: a TorchScript archive is a program (a scripted ``__setstate__`` runs while loading), so
+    only when the user trusts it."""
+    if not trusted:
+        raise needs_trust(path, "a TorchScript archive", "its scripted methods run inside torch.jit.load and forward")
     import torch
 
     try:
@@ -196,6 +256,10 @@ def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
                               f"{path.name}: field preprocess: {exc}") from None
     if names is not None and n is not None and len(names) != n:
         raise CheckpointError(f"{path.name}: {len(names)} class names for {n} classes; re-save the checkpoint")
+    acc = obj.get("best_val_acc")
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 100):
+        raise CheckpointError(f"{path.name}: field best_val_acc must be a percentage (0..100); re-save the "
+                              "checkpoint")
     if not is_tensor_dict(obj.get("state_dict")):
         raise CheckpointError(f"{path.name}: field state_dict must map names to tensors; re-save the checkpoint")
 

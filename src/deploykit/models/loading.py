@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
-from deploykit.models.checkpoint import (check_deploykit_checkpoint, detect_kind, find_state_dict,
+from deploykit.models.checkpoint import (check_deploykit_checkpoint, check_dense, detect_kind, find_state_dict,
                                          is_deploykit_checkpoint, read_pickle, read_safetensors, read_torchscript,
                                          rekeyed, strip_prefixes)
 from deploykit.models.checkpoint import save_checkpoint  # noqa: F401 -- bench.py imports it from here
@@ -56,6 +56,9 @@ class LoadOptions:
                 raise InputError(f"--labels: class name {bad[:40]!r}... is over 256 characters")
             if not self.class_names:
                 raise InputError("--labels holds no class names")
+            from deploykit.text import unique_names
+
+            unique_names(self.class_names, "--labels")
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "num_classes": self.num_classes, "model_def": self.model_def,
@@ -131,7 +134,7 @@ def _load_model(path: Path, options: LoadOptions | None = None) -> LoadedModel:
     kind = detect_kind(path)
 
     if kind == "torchscript":
-        module = read_torchscript(path)
+        module = read_torchscript(path, trusted=opts.allow_pickle)
         module.eval()
         return _from_module(module, kind, "a TorchScript archive", path, opts, notes)
     if kind == "exported-program":
@@ -187,7 +190,7 @@ def _from_program(path: Path, opts: LoadOptions, notes: list[str]) -> LoadedMode
 
 def _from_state_dict(state: dict, source: Path, opts: LoadOptions, notes: list[str], kind: str,
                      meta: Mapping | None = None) -> LoadedModel:
-    state = strip_prefixes(state)
+    state = strip_prefixes(check_dense(state, source))
     if opts.model_def:
         return _from_model_def(state, source, opts, notes)
     if opts.arch:

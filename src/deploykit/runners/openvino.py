@@ -11,9 +11,9 @@ in (``layer_precisions``), so callers can say what ran and judge it by that prec
 
 Threads as the ONNX Runtime runner: ``INFERENCE_NUM_THREADS`` = ``threads`` (all cores by default), one stream
 (``NUM_STREAMS=1``, ``PERFORMANCE_HINT=LATENCY``), threads not pinned to cores (see ``compile_config``). Compiled models are cached (OpenVINO's ``CACHE_DIR``) under
-the user cache dir, so a second start skips compilation; the cache key includes the file's identity (size,
-mtime, inode) because OpenVINO keys a model read from a path by the path alone (a re-exported ``model.onnx`` at
-the same path would otherwise load the old compiled model: docs/bench.md).
+the user cache dir, so a second start skips compilation; the cache key includes the file's sha256 because
+OpenVINO keys a model read from a path by the path alone (a re-exported ``model.onnx`` at the same path would
+otherwise load the old compiled model: docs/bench.md).
 """
 
 from __future__ import annotations
@@ -81,10 +81,11 @@ def model_cache_dir(path: Path, root: Path | None = None) -> Path | None:
     """OpenVINO's ``CACHE_DIR`` for this file: ``<root>/openvino/<path key>/<file identity>``; older identities of
     the same path are removed. None when the folder cannot be created (then nothing is cached)."""
     path = Path(path).resolve()
-    st = path.stat()
     by_path = (Path(root) if root is not None else user_cache_dir()) / "openvino" / \
         hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    identity = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:16]
+    from deploykit.manifest import content_sha256
+
+    identity = content_sha256(path)[:32]  # the bytes, not size/mtime/inode (a file replaced in place keeps those)
     folder = by_path / identity
     try:
         folder.mkdir(parents=True, exist_ok=True)

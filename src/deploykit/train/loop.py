@@ -237,6 +237,9 @@ class Loop:
                 seen += len(y)
                 task.update(completed=batches, loss=loss_sum / seen, acc=100.0 * correct / seen)
         loss_sum, correct, seen = _reduce([loss_sum, correct, seen], self.dist, self.device)
+        if not math.isfinite(loss_sum):  # the same on every rank (reduced): all stop, nothing is saved
+            raise InputError(f"training diverged in epoch {epoch + 1}: the loss is NaN or infinite, so no checkpoint "
+                             f"is saved from it; lower --lr (it was {config.lr:g})")
         return loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), lr
 
     def validate(self) -> tuple[float, float]:
