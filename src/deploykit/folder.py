@@ -151,7 +151,9 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
 def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> None:
     if previous is None:
         return
-    ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME}
+    from deploykit.evidence import evidence_files
+
+    ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME} | set(evidence_files(previous))
     for path in out.iterdir():
         if path.name in ours or (staging / path.name).exists():
             continue
