@@ -85,7 +85,9 @@ def verification_data(manifest: Manifest, data: Path | str | None = None, *, max
     else:
         reporter.note(f"judging on {selection.why}")
     pixels = pre.pixel_batch(selection.images.paths)
-    labels = accuracy_labels(selection.images, manifest.class_names, int(manifest.model["num_classes"]), reporter)
+    classes = manifest.model.get("num_classes")
+    labels = None if classes is None else accuracy_labels(selection.images, manifest.class_names, int(classes),
+                                                          reporter)
     out = VerificationData(pre.normalize(pixels), pixels, labels, selection.describe())
     out.recorded = recorded_logits_for(manifest, pixels)
     if out.recorded is not None:
