@@ -195,6 +195,14 @@ def images_for(data: Path | str | None, preprocess: Preprocess, *, max_images: i
     return choose_images(data, preprocess, max_images=max_images, reporter=reporter)
 
 
+def held_out_text(info: dict) -> str:
+    """What a verdict's images are to the model, in words (from :meth:`deploykit.evidence.Selection.describe`)."""
+    if info.get("domain") is False:
+        return "not the model's kind of images"
+    return {True: "held out of calibration", False: "the calibration images themselves, not held out"}.get(
+        info.get("held_out"), "no calibration to hold them out of")
+
+
 def pixels_sha256(pixels: np.ndarray) -> str:
     digest = hashlib.sha256(f"{pixels.shape}|{pixels.dtype}".encode())
     digest.update(np.ascontiguousarray(pixels).data)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.evidence import VerificationData
+from deploykit.evidence import VerificationData, held_out_text
 from deploykit.errors import DeployKitError, InputError
 from deploykit.manifest import Manifest
 from deploykit.parity import (TOLERANCES, ArtifactReport, ParityReport, Precision, Tolerance, accuracy_labels, assess,
@@ -80,8 +80,9 @@ def verification_data(manifest: Manifest, data: Path | str | None = None, *, max
     pre = manifest.preprocessing
     selection = images_for(data, pre, max_images=max_images, reporter=reporter)
     if data is None:
-        reporter.warn(f"{manifest.folder} carries no recorded evidence (exported by an older deploykit): judging on "
-                      f"{selection.why}; pass --data, or export again to record the model's own images")
+        reporter.warn(f"{manifest.folder} carries no recorded evidence (exported with --no-verify, or by an older "
+                      f"deploykit): judging on {selection.why}; pass --data, or export again (verified) to record "
+                      "the model's own images and PyTorch's logits on them")
     else:
         reporter.note(f"judging on {selection.why}")
     pixels = pre.pixel_batch(selection.images.paths)
@@ -93,14 +94,6 @@ def verification_data(manifest: Manifest, data: Path | str | None = None, *, max
     if out.recorded is not None:
         out.info["selection"] += " (the folder's evidence images, matched by content)"
     return out
-
-
-def held_out_text(info: dict) -> str:
-    """What a verdict's images are to the model, in words (from :meth:`deploykit.evidence.Selection.describe`)."""
-    if info.get("domain") is False:
-        return "not the model's kind of images"
-    return {True: "held out of calibration", False: "the calibration images themselves, not held out"}.get(
-        info.get("held_out"), "no calibration to hold them out of")
 
 
 def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter = SILENT,

@@ -53,7 +53,7 @@ def parity_table(report, title: str | None = None) -> Table:
                      f"{SMALL_SAMPLE}+ of your own images for a firmer one")
     info = getattr(report, "data_info", None)
     if info:
-        from deploykit.verify import held_out_text
+        from deploykit.evidence import held_out_text
 
         what = f"of {literal(report.data)}, {held_out_text(info)}"
     else:
