@@ -194,8 +194,8 @@ def _has_evidence(manifest: Manifest) -> bool:
 def _recheck(folder: Path, manifest: Manifest, vdata: VerificationData, reporter: Reporter, allow_pickle: bool,
              model_def: str | None) -> dict:
     """The PyTorch source run here against its logits recorded at export, judged by the FP32 tolerance."""
-    reference, name = reference_runner(folder, manifest, reporter=reporter, allow_pickle=allow_pickle,
-                                       model_def=model_def, channels_last=True)
+    reference, name = reference_runner(folder, manifest, allow_pickle=allow_pickle, model_def=model_def,
+                                       channels_last=True)  # silent: a missing source is this one error
     if name != "pytorch":
         raise InputError(f"--recheck-reference runs the PyTorch source, which is not usable here "
                          f"({getattr(reference, 'reason', 'see above')})")
