@@ -52,7 +52,8 @@ def test_headline_resnet34_state_dict(cli, tmp_path):
     result = cli("verify", folder, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"artifacts"}
+    assert set(report) == {"artifacts", "reference", "data"}  # issue 23 added reference and data
+    assert report["reference"] == "pytorch-recorded" and report["data"]["n_images"] == parity["n_images"]
     (art,) = report["artifacts"]
     assert set(art) == {"path", "precision", "metrics", "passed"}
     assert (art["path"], art["precision"], art["passed"]) == ("model.onnx", "fp32", True)
@@ -140,9 +141,12 @@ def test_pickled_module_error_and_flag(cli, tmp_path):
     _one_line_error(cli("export", "whole.pth"), contains="--allow-pickle")
     result = cli("export", "whole.pth", "--allow-pickle", "--input-shape", "3,32,32")
     assert result.exit_code == 0, result.output
+    # verify judges against the logits recorded at export: no code is run, no flag is needed
+    assert cli("verify", "exports/whole").exit_code == 0
     # a manifest never grants --allow-pickle by itself: the user repeats the flag to reload the reference
-    _one_line_error(cli("verify", "exports/whole"), contains="pass --trust-code (or --allow-pickle) again")
-    assert cli("verify", "exports/whole", "--allow-pickle").exit_code == 0
+    _one_line_error(cli("verify", "exports/whole", "--recheck-reference"),
+                    contains="pass --trust-code (or --allow-pickle) again")
+    assert cli("verify", "exports/whole", "--recheck-reference", "--allow-pickle").exit_code == 0
 
 
 def test_model_def_through_cli(cli, tmp_path):
@@ -155,8 +159,9 @@ def test_model_def_through_cli(cli, tmp_path):
                  "--std", "0.5,0.5,0.5", "--resize", "0")
     assert result.exit_code == 0, result.output
     assert Manifest.load(Path("exports/tiny")).preprocessing.resize is None
-    _one_line_error(cli("verify", "exports/tiny"), contains="pass --model-def again")
-    assert cli("verify", "exports/tiny", "--model-def", "net.py:build").exit_code == 0
+    assert cli("verify", "exports/tiny").exit_code == 0  # against the recorded logits: no code run
+    _one_line_error(cli("verify", "exports/tiny", "--recheck-reference"), contains="pass --model-def again")
+    assert cli("verify", "exports/tiny", "--recheck-reference", "--model-def", "net.py:build").exit_code == 0
 
 
 @pytest.mark.parametrize("args,contains", [

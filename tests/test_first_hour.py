@@ -214,7 +214,8 @@ def test_help_reads_like_the_readme(cli, command):
 def test_export_help_shows_defaults_and_digits(cli):
     text = " ".join(cli("export", "--help").output.replace("│", " ").split())
     assert "export [OPTIONS] MODEL" in text
-    assert "[default: exports/<model stem>/]" in text and "[default: bundled photos]" in text
+    assert "[default: exports/<model stem>/]" in text
+    assert "[default: with --int8, images of --calib held out of calibration; else the bundled photos]" in text
     assert "or digits" in text
 
 

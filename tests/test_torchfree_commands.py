@@ -92,12 +92,60 @@ def test_predict_on_onnx_without_torch(no_torch_env, lenet_export, photos):
                                        [t["probability"] for t in w["top"]], rtol=1e-5)
 
 
-def test_verify_without_torch_uses_the_fp32_onnx_and_says_so(no_torch_env, lenet_export):
+def test_verify_without_torch_judges_against_pytorchs_recorded_logits(no_torch_env, lenet_export):
+    """On a device without torch, each artifact -- model.onnx too -- is judged against PyTorch's own logits,
+    recorded at export on the folder's evidence images, with the same numbers as the export's verdict."""
     result = run_cli(no_torch_env, "verify", lenet_export, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "instead of PyTorch" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["reference"] == "pytorch-recorded"
+    assert report["data"]["n_images"] == 210 and report["data"]["domain"] is False  # bundled photos: said so
+    assert [(a["path"], a["precision"], a["passed"]) for a in report["artifacts"]] == [
+        ("model.onnx", "fp32", True), ("model.fp16.onnx", "fp16", True)]
+    manifest = json.loads((lenet_export / "deploykit.json").read_text())
+    for art in report["artifacts"]:  # the export's verdict, on the same images against the same logits
+        recorded = next(a for a in manifest["artifacts"] if a["path"] == art["path"])["parity"]
+        assert recorded["n_images"] == 210 and recorded["passed"] == art["passed"]
+        assert recorded["metrics"]["top1_agreement"] == art["metrics"]["top1_agreement"]
+        np.testing.assert_allclose(recorded["metrics"]["max_abs_diff"], art["metrics"]["max_abs_diff"], rtol=1e-5)
+
+
+def test_verify_without_torch_on_other_images_recomputes_with_the_fp32_onnx(no_torch_env, lenet_export, photos):
+    result = run_cli(no_torch_env, "verify", lenet_export, "--data", photos, "--json")
     assert result.returncode == 0, result.stderr
     assert "torch is not installed: comparing against model.onnx instead of PyTorch" in result.stderr
     report = json.loads(result.stdout)
-    assert [(a["path"], a["precision"], a["passed"]) for a in report["artifacts"]] == [("model.fp16.onnx", "fp16", True)]
+    assert report["reference"] == "onnx-fp32" and report["data"]["n_images"] == len(list(photos.glob("*.*"))) - 1  # notes.txt is no image
+    assert [(a["path"], a["passed"]) for a in report["artifacts"]] == [("model.fp16.onnx", True)]
+
+
+def test_verify_an_fp32_only_folder_without_torch(no_torch_env, tmp_path_factory, checkpoint):
+    from deploykit.pipeline import export_folder
+
+    root = tmp_path_factory.mktemp("fp32_only")
+    folder = export_folder(checkpoint(root / "lenet.pt", "lenet"), out=root / "exp").folder
+    result = run_cli(no_torch_env, "verify", folder, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["reference"] == "pytorch-recorded"
+    assert [(a["path"], a["passed"]) for a in report["artifacts"]] == [("model.onnx", True)]
+
+
+def test_tampered_evidence_is_refused_with_one_line(no_torch_env, lenet_export, tmp_path):
+    import shutil
+
+    for name in ("evidence-logits.npy", "evidence-images.npy"):
+        copy = tmp_path / name.replace(".npy", "")
+        shutil.copytree(lenet_export, copy)
+        array = np.load(copy / name)
+        array.flat[0] = array.flat[0] + 1  # one value changed, the file the same size
+        np.save(copy / name, array)
+        result = run_cli(no_torch_env, "verify", copy)
+        assert result.returncode != 0
+        line = result.stderr.strip()
+        assert "Traceback" not in result.stderr and len(line.splitlines()) == 1, result.stderr
+        assert line.startswith("error:") and name in line and "sha256 differs" in line
 
 
 def test_bench_without_torch_skips_pytorch_and_tensorrt_with_reasons(no_torch_env, lenet_export):
@@ -134,10 +182,10 @@ def test_bench_on_cuda_without_torch_or_gpu_says_so(no_torch_env, lenet_export):
 def test_verify_one_artifact_without_torch(no_torch_env, lenet_export):
     result = run_cli(no_torch_env, "verify", lenet_export / "model.fp16.onnx", "--json")
     assert result.returncode == 0, result.stderr
-    assert "comparing against model.onnx instead of PyTorch" in result.stderr
     assert [a["path"] for a in json.loads(result.stdout)["artifacts"]] == ["model.fp16.onnx"]
-    result = run_cli(no_torch_env, "verify", lenet_export / "model.onnx")  # the reference itself: nothing to do
-    assert result.returncode == 1 and "model.onnx is the only artifact: nothing to compare" in result.stderr
+    result = run_cli(no_torch_env, "verify", lenet_export / "model.onnx", "--json")  # judged against PyTorch's record
+    assert result.returncode == 0, result.stderr
+    assert [a["path"] for a in json.loads(result.stdout)["artifacts"]] == ["model.onnx"]
 
 
 def test_build_without_torch_or_tensorrt_exits_3_with_the_way_forward(no_torch_env, lenet_export):

@@ -2,9 +2,10 @@
 
 A fresh virtual environment gets this checkout installed with pip as a user would (the real dependency set of
 the base install, resolved by pip; wheels come from pip's cache when it has them), torch and torchvision are
-asserted absent from it, and its `deploykit` runs predict, verify (against the FP32 ONNX), bench, build and
+asserted absent from it, and its `deploykit` runs predict, verify (against PyTorch's recorded logits), bench, build and
 report on the committed export folder tests/data/lenet_export (made by `deploykit train lenet --data digits` +
-`deploykit export ... --fp16 --int8 --int8-for trt --int8-for cpu`, as `make demo` does). export, train and
+`deploykit export ... --fp16 --int8 --int8-for trt --int8-for cpu --calib digits --data digits`, as `make
+demo` does; it carries its evidence: the 360 held-out digits and PyTorch's logits on them). export, train and
 `eval MODEL.pth` say in one line which extra to install (exit 3).
 
 When pip cannot install (offline, no cache) the test skips with pip's reason; .ci/run sets
@@ -88,21 +89,43 @@ def test_predict_is_right_on_held_out_digits(torchfree, folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_verify_against_the_fp32_onnx(torchfree, folder, tmp_path):
+def test_verify_against_pytorchs_recorded_logits(torchfree, folder, tmp_path):
+    """Without torch, every file -- model.onnx too -- is judged against PyTorch's logits recorded at export, on the
+    folder's evidence images (the 360 held-out digits), with the verdicts export recorded."""
+    result = run(torchfree, "verify", folder, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["reference"] == "pytorch-recorded" and report["data"]["n_images"] == 360
+    assert [(a["path"], a["passed"]) for a in report["artifacts"]] == [
+        ("model.onnx", True), ("model.fp16.onnx", True), ("model.int8.onnx", True), ("model.int8-cpu.onnx", True)]
+    manifest = json.loads((folder / "deploykit.json").read_text())
+    recorded = {a["path"]: a["parity"]["metrics"]["top1_agreement"] for a in manifest["artifacts"]}
+    assert {a["path"]: a["metrics"]["top1_agreement"] for a in report["artifacts"]} == recorded
+    result = run(torchfree, "verify", folder / "model.onnx", "--json", cwd=tmp_path)  # the FP32 file alone too
+    assert result.returncode == 0 and json.loads(result.stdout)["artifacts"][0]["passed"] is True, result.stderr
+
+
+@pytest.mark.slow
+def test_verify_other_images_against_the_fp32_onnx(torchfree, folder, tmp_path):
     result = run(torchfree, "verify", folder, "--data", DIGITS, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "torch is not installed: comparing against model.onnx instead of PyTorch" in result.stderr
     report = json.loads(result.stdout)
+    assert report["reference"] == "onnx-fp32" and report["data"]["n_images"] == 100
     assert [(a["path"], a["passed"]) for a in report["artifacts"]] == [
         ("model.fp16.onnx", True), ("model.int8.onnx", True), ("model.int8-cpu.onnx", True)]
 
 
 @pytest.mark.slow
-def test_verify_default_photos(torchfree, folder, tmp_path):
-    """The bundled scikit-image photos are there without --data (scikit-image is in the base install)."""
-    result = run(torchfree, "verify", folder / "model.fp16.onnx", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["artifacts"][0]["passed"] is True
+def test_tampered_evidence_is_refused(torchfree, folder, tmp_path):
+    logits = folder / "evidence-logits.npy"
+    data = bytearray(logits.read_bytes())
+    data[-1] ^= 1  # one bit of the last logit
+    logits.write_bytes(bytes(data))
+    result = run(torchfree, "verify", folder, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:") and "evidence-logits.npy" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -50,6 +50,12 @@ class ImageSet:
                         None if self.labels is None else tuple(self.labels[i] for i in idx),
                         self.class_names, self.source, self.skipped)
 
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        """These images at ``indices``, in that order."""
+        return ImageSet(tuple(self.paths[i] for i in indices),
+                        None if self.labels is None else tuple(self.labels[i] for i in indices),
+                        self.class_names, self.source, self.skipped)
+
     def load(self, preprocess: Preprocess) -> np.ndarray:
         return preprocess.batch(self.paths)
 

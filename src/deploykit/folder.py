@@ -215,8 +215,11 @@ def _ours(out: Path, previous: Manifest | None) -> set[str]:
 
 
 def _listed_files(manifest: Manifest) -> list[dict]:
-    """Every file a manifest records with its sha256: the artifacts and the external-data files of ONNX ones."""
-    return [f for a in manifest.artifacts for f in (a, *(a.get("external_data") or ()))]
+    """Every file a manifest records with its sha256: the artifacts, the external-data files of ONNX ones and the
+    evidence files (the verification images and PyTorch's logits)."""
+    evidence = manifest.extra.get("evidence")
+    recorded = list(evidence["files"].values()) if isinstance(evidence, dict) else []
+    return [f for a in manifest.artifacts for f in (a, *(a.get("external_data") or ()))] + recorded
 
 
 def _foreign(out: Path, name: str, why: str) -> InputError:

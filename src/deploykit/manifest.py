@@ -60,6 +60,40 @@ def _external(record: dict, where: str) -> None:
     S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
 
 
+# -- the evidence the folder carries (deploykit.evidence writes and reads it) --
+EVIDENCE_FORMAT = "deploykit-evidence/1"
+
+
+def _file(record: dict, where: str) -> None:
+    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
+    S.get(record, "sha256", where, _SHA256)
+    S.get(record, "bytes", where, S.whole(0, 1 << 40))
+
+
+def _flag(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise S.SchemaError(where, "must be true, false or null")
+    return value
+
+
+def validate_evidence(record: Any, where: str = "evidence") -> None:
+    """The manifest's ``"evidence"`` record, as data from a file (:mod:`deploykit.schema`)."""
+    S.obj(record, where)
+    if record.get("format") != EVIDENCE_FORMAT:
+        raise S.SchemaError(f"{where}.format", f"must be {EVIDENCE_FORMAT!r}")
+    S.get(record, "n_images", where, S.whole(1, 1 << 24))
+    S.get(record, "source", where, S.text(4096, printable=False))
+    S.get(record, "selection", where, S.text(4096, printable=False), optional=True)
+    _flag(record.get("held_out"), f"{where}.held_out")
+    _flag(record.get("domain", True), f"{where}.domain")
+    S.get(record, "reference", where, S.text(64))
+    S.get(record, "pixels_sha256", where, S.text(64, r"[0-9a-f]{64}"))
+    files = S.get(record, "files", where, S.any_object)
+    S.get(files, "logits", f"{where}.files", S.record(_file))
+    for key in ("images", "labels"):
+        S.get(files, key, f"{where}.files", S.record(_file), optional=True)
+
+
 def _manifest(data: dict, where: str) -> None:
     source = S.get(data, "source", where, S.any_object)
     S.get(source, "path", "source", S.text(4096, r"[^\x00]+", printable=False))  # any path a file system holds:
@@ -85,6 +119,10 @@ def _manifest(data: dict, where: str) -> None:
     paths = [a["path"] for a in artifacts]
     if len(set(paths)) != len(paths):
         raise S.SchemaError("artifacts", "the same file is listed twice")
+    if data.get("evidence") is not None:
+        validate_evidence(data["evidence"], "evidence")
+        if set(paths) & {f["path"] for f in data["evidence"]["files"].values()}:
+            raise S.SchemaError("evidence.files", "an artifact's name")
 
 
 def validate_manifest(data: object, where: str) -> None:

@@ -200,18 +200,36 @@ class ParityReport:
     data: str
     n_images: int
     reference_note: str | None = None  # degenerate_reference(); also every artifact's note
+    # what the reference was: "pytorch-recorded" (PyTorch's logits recorded at export), "pytorch" (run here) or
+    # "onnx-fp32" (the FP32 ONNX standing in)
+    kind: str | None = None
+    data_info: dict | None = None  # the images: source, n_images, held_out, domain, selection (deploykit.evidence)
+    reference_check: dict | None = None  # verify --recheck-reference: PyTorch here vs its recorded logits
+    reference_logits: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.artifacts)
+        return all(a.passed for a in self.artifacts) and (self.reference_check or {}).get("passed", True)
 
     def to_json(self) -> dict:
-        return {"artifacts": [a.to_json() for a in self.artifacts]}
+        out: dict = {"artifacts": [a.to_json() for a in self.artifacts]}
+        if self.kind is not None:
+            out["reference"] = self.kind
+        if self.data_info is not None:
+            out["data"] = self.data_info
+        if self.reference_check is not None:
+            out["reference_check"] = self.reference_check
+        return out
 
     def failure_summary(self) -> str:
         lines = [f"{a.path}: {'; '.join(a.failures)}" for a in self.artifacts if not a.passed]
+        lines += (self.reference_check or {}).get("failures", [])
         if lines and self.reference_note:
             lines.append(self.reference_note)
+        if lines and (self.data_info or {}).get("domain") is False:
+            lines.append(f"judged on {self.n_images} bundled photos, which are not the model's kind of images: pass "
+                         "--data with images like the ones it will see (an ImageFolder adds accuracy), or let INT8 "
+                         "lose a stated amount with --accuracy-budget")
         return " | ".join(lines)
 
 

@@ -57,7 +57,7 @@ def _same_source(previous: Manifest, model_path: Path, sha256: str) -> bool:
 def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
                   opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
                   data: Path | None = None, reporter: Reporter = SILENT, precision=None,
-                  force: bool = False) -> ExportResult:
+                  force: bool = False, max_images: int | None = None, evidence_images: bool = True) -> ExportResult:
     """Export ``model_path`` into an export folder, as one transaction (see :mod:`deploykit.folder`): the folder
     appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export, and keeps (under another name) a file in the
     folder that deploykit did not write where the export would replace or remove it."""
@@ -90,7 +90,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                              "choose another --out, or pass --force to replace it")
         result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
                               dynamic_batch=dynamic_batch, verify=verify, data=data, reporter=reporter,
-                              precision=precision, calib_images=calib_images)
+                              precision=precision, calib_images=calib_images, max_images=max_images,
+                              evidence_images=evidence_images)
         if previous is not None:
             dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
             if dropped:
@@ -109,7 +110,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
 
 def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
                  options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, reporter: Reporter, precision,
-                 calib_images) -> ExportResult:
+                 calib_images, max_images: int | None = None, evidence_images: bool = True) -> ExportResult:
     reporter.status("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)
@@ -128,6 +129,11 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
     manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
                            "bytes": onnx_path.stat().st_size, "parity": None})
     precision_result = None
+    vdata = None
+    if verify or (precision is not None and precision.any):
+        vdata, calib_images = _verification_images(loaded, precision, calib_images, data, onnx_path.stat().st_size,
+                                                   max_images=max_images, evidence_images=evidence_images,
+                                                   reporter=reporter)
     if precision is not None and precision.any:
         from dataclasses import replace
 
@@ -136,22 +142,48 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         precision = precision if verify else replace(precision, check=False)
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
-            class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter)
+            class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter,
+            verify_set=vdata.selection.images, verify_batch=vdata.batch)
         for msg in precision_result.notes:
             reporter.note(msg)
     report = None
     if verify:
-        reporter.status("verifying against PyTorch")
+        reporter.status(f"verifying against PyTorch on {vdata.n_images} images")
         known = None
         if precision_result is not None and precision_result.logits:
             from deploykit.verify import KnownLogits
 
             known = KnownLogits(precision_result.logits_digest, precision_result.logits)
-        report = verify_folder(folder, manifest=manifest, loaded=loaded, data=data, reporter=reporter,
-                               overrides=getattr(precision, "overrides", None), known=known)
+        report = verify_folder(folder, manifest=manifest, loaded=loaded, reporter=reporter,
+                               overrides=getattr(precision, "overrides", None), known=known, images=vdata)
+        from deploykit.evidence import write_evidence
+
+        write_evidence(folder, manifest, vdata, report.reference_logits, images=evidence_images)
         record_parity(manifest, report)
     manifest.save(folder)
     return ExportResult(folder, manifest, loaded, report, precision_result)
+
+
+def _verification_images(loaded: LoadedModel, precision, calib_pool, data, fp32_bytes: int, *,
+                         max_images: int | None, evidence_images: bool, reporter: Reporter):
+    """The export's verification images (:func:`deploykit.evidence.choose_images`), preprocessed, and the pool
+    calibration then samples from (the held-out images removed)."""
+    from deploykit.evidence import choose_images, image_budget, load_selection
+    from deploykit.parity import accuracy_labels
+
+    pre = loaded.preprocess
+    request = precision.resolved() if precision is not None and precision.int8 else None
+    variants = {} if precision is None else {"fp16": int(precision.fp16),
+                                             "int8": len(precision.int8_for) if precision.int8 else 0}
+    selection = choose_images(
+        data, pre, calib_pool=calib_pool, calib=None if request is None else request.calib,
+        calib_size=0 if request is None else request.calib_size, min_calib=0 if request is None else request.min_calib,
+        max_images=max_images, byte_cap=image_budget(pre, fp32_bytes, variants) if evidence_images else None,
+        reporter=reporter)
+    reporter.note(f"verification images: {selection.why}")
+    labels = accuracy_labels(selection.images, loaded.class_names, loaded.num_classes, reporter)
+    vdata = load_selection(selection, pre, labels)
+    return vdata, selection.calib if selection.calib is not None else calib_pool
 
 
 def _relative_to(path: Path, folder: Path) -> str:

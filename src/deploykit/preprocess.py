@@ -149,6 +149,11 @@ class Preprocess:
 
     # -- pixels -------------------------------------------------------------------------------------
     def apply(self, image: Image.Image) -> np.ndarray:
+        return self.normalize(self.pixels(image)[None])[0]
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """Steps 1-2: the ``H x W x C`` uint8 pixels the model sees, before scaling (what an export folder's
+        evidence stores: :meth:`normalize` of them is exactly :meth:`apply`)."""
         image = to_mode(image, "L" if self.channels == 1 else "RGB")
         resample = _RESAMPLE[self.interpolation]
         if self.resize:
@@ -164,23 +169,34 @@ class Preprocess:
             image = image.crop((left, top, left + self.width, top + self.height))
         else:
             image = image.resize((self.width, self.height), resample)
-        arr = np.asarray(image, dtype=np.float32) / 255.0
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        arr = np.asarray(image, dtype=np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Step 3 on ``N x H x W x C`` uint8 pixels: the ``N x C x H x W`` float32 batch."""
+        arr = np.asarray(pixels, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 
     def load(self, path: Path) -> np.ndarray:
         return self.apply(open_image(path))
 
     def batch(self, paths: Sequence[Path]) -> np.ndarray:
-        if not paths:
-            raise InputError("no images to preprocess")
-        need = len(paths) * self.channels * self.height * self.width * 4
-        if need > MAX_BATCH_BYTES:
-            raise InputError(f"{len(paths)} images of {self.channels}x{self.height}x{self.width} need "
-                             f"{need / 2**30:.1f} GiB as float32; use fewer images")
+        self._check_batch(len(paths))
         return np.stack([self.load(p) for p in paths])
+
+    def pixel_batch(self, paths: Sequence[Path]) -> np.ndarray:
+        """:meth:`pixels` of each file: ``N x H x W x C`` uint8."""
+        self._check_batch(len(paths))
+        return np.stack([self.pixels(open_image(p)) for p in paths])
+
+    def _check_batch(self, n: int) -> None:
+        if not n:
+            raise InputError("no images to preprocess")
+        need = n * self.channels * self.height * self.width * 4
+        if need > MAX_BATCH_BYTES:
+            raise InputError(f"{n} images of {self.channels}x{self.height}x{self.width} need "
+                             f"{need / 2**30:.1f} GiB as float32; use fewer images")
 
 
 def open_image(path: Path) -> Image.Image:

@@ -41,6 +41,11 @@ def _bench_row(row: dict, where: str) -> None:
         S.get(latency, key, f"{where}.latency_ms", S.number(), optional=True)
     for key in ("throughput", "speedup_vs_torch"):
         S.get(row, key, where, S.number(), optional=True)
+    parity = S.get(row, "parity", where, S.any_object, optional=True) or {}
+    if parity.get("passed") is not None and not isinstance(parity.get("passed"), bool):
+        raise S.SchemaError(f"{where}.parity.passed", "must be true or false")
+    S.get(parity, "n_images", f"{where}.parity", S.whole(0, 1 << 24), optional=True)
+    S.get(row, "artifact", where, S.text(256), optional=True)
 
 
 def _bench_skip(skip: dict, where: str) -> None:
@@ -165,8 +170,9 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # a hand-written or older bench.json without every host field: the table still stands
     head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "img/s (p50)",
-            "vs torch (p50)"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "--:" for i in range(len(head))) + "|"]
+            "vs torch (p50)", "parity"]
+    lines += ["| " + " | ".join(head) + " |",
+              "|" + "|".join("---" if i < 4 or i == len(head) - 1 else "--:" for i in range(len(head))) + "|"]
     for r in results:
         lat = r.get("latency_ms", {})
         lines.append("| " + " | ".join([md(r.get("backend", "-")), md(r.get("precision", "-")),
@@ -174,7 +180,8 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
                                         md(r.get("batch", "-")), _num(lat.get("p50"), ".3f"),
                                         _num(lat.get("p99"), ".3f"), _num(r.get("throughput"), ".1f"),
                                         _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch")
-                                                                                  else "")]) + " |")
+                                                                                  else ""),
+                                        md(verdict_text(r.get("parity")))]) + " |")
     notes = sorted({f"{r.get('backend')} {r.get('precision')}: {r['note']}" for r in results if r.get("note")})
     if notes:
         lines += ["", "Notes:", ""] + [f"- {md(n)}" for n in notes]
@@ -196,24 +203,53 @@ SHIP = (("NVIDIA Jetson / GPU", "TensorRT", ("int8", "fp16", "fp32"),
         ("other CPU (ARM, AMD)", "ONNX Runtime", ("int8-cpu", "fp32"), "`{path}`"))
 
 
+def verdict_text(parity: Any) -> str:
+    """A speed row's verdict: pass/FAIL and the images it rests on; "reference" for PyTorch; "-" for none."""
+    if not isinstance(parity, dict) or not parity:
+        return "-"
+    if parity.get("is_reference"):
+        return "reference"
+    verdict = {True: "pass", False: "FAIL"}.get(parity.get("passed"), "-")
+    n = parity.get("n_images")
+    return f"{verdict} ({n} images)" if isinstance(n, int) and not isinstance(n, bool) else verdict
+
+
+BENCH_BACKEND = {"TensorRT": "trt", "OpenVINO": "ov", "ONNX Runtime": "ort"}
+
+
+def _bench_failures(bench: dict[str, Any] | None) -> set[tuple[str, str]]:
+    """(backend, precision) pairs a bench row failed or could not verify: the report names no such file for that
+    runtime, whatever the export's ONNX Runtime verdict was."""
+    out = set()
+    for r in (bench or {}).get("results", []):
+        parity = r.get("parity") if isinstance(r.get("parity"), dict) else {}
+        if r.get("backend") != "torch" and not parity.get("is_reference") and parity.get("passed") is not True:
+            out.add((str(r.get("backend")), str(r.get("precision"))))
+    return out
+
+
 def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) -> list[str]:
-    """Per device: the verified artifact to ship (from the manifest's parity), then what bench measured fastest."""
+    """Per device: the verified artifact to ship (its parity passed in the manifest, and on every bench row of that
+    runtime that ran it), then what bench measured fastest."""
     passed = {a.get("precision"): a["path"] for a in manifest.artifacts
               if a["path"].endswith(".onnx") and (a.get("parity") or {}).get("passed")}
+    failed = _bench_failures(bench)
     lines = ["| device | runtime | ship |", "|---|---|---|"]
     for device, runtime, order, text in SHIP:
-        precision = next((p for p in order if p in passed), None)
+        precision = next((p for p in order if p in passed and (BENCH_BACKEND[runtime], p) not in failed), None)
         if precision is not None:
             lines.append(f"| {device} | {runtime} | " + text.format(path=passed[precision], folder=md(str(folder)),
                                                                       precision=precision) + " |")
     if len(lines) == 2:
         return ["No artifact of this folder has passed verification yet: `deploykit verify " + md(str(folder)) + "`."]
-    fastest = [r for r in (bench or {}).get("results", []) if r.get("ship")]
+    fastest = [r for r in (bench or {}).get("results", [])
+               if r.get("ship") and isinstance(r.get("parity"), dict) and r["parity"].get("passed") is True]
     if fastest:
         lines += ["", "Fastest verified on the bench host (`deploykit bench`):", ""]
         lines += [f"- {md(r.get('backend'))} ({md(r.get('device'))}, batch {md(r.get('batch'))}): "
                   f"{md(r.get('artifact', r.get('precision')))} in {md(r.get('precision'))}, p50 "
-                  f"{_num((r.get('latency_ms') or {}).get('p50'), '.3f')} ms" for r in fastest]
+                  f"{_num((r.get('latency_ms') or {}).get('p50'), '.3f')} ms, parity "
+                  f"{md(verdict_text(r.get('parity')))}" for r in fastest]
     return lines
 
 
@@ -243,6 +279,16 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
     lines += ["## Artifacts", "",
               "Each artifact against its reference on the verification images (`deploykit verify`); "
               + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
+    evidence = manifest.extra.get("evidence")
+    if isinstance(evidence, dict):
+        held = {True: "held out of calibration", False: "the calibration images themselves, not held out"}.get(
+            evidence.get("held_out"), "no calibration to hold them out of")
+        if evidence.get("domain") is False:
+            held = "bundled photos, not the model's kind of images: export with --data for a verdict on its own"
+        files = ", ".join(f"`{f['path']}`" for f in evidence["files"].values())
+        lines += [f"Verification images: {md(evidence.get('n_images'))} of {md(evidence.get('source'))} ({md(held)}); "
+                  f"the folder carries them and PyTorch's logits on them ({files}), so `deploykit verify` judges "
+                  "each file against PyTorch on the same images anywhere, without torch.", ""]
     lines += _artifact_rows(manifest)
     int8 = _int8_lines(manifest)
     if int8:
@@ -280,6 +326,9 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
     for entry in manifest.artifacts:  # the page vouches for these files: they must be the ones verified
         if (folder / entry["path"]).exists() or (folder / entry["path"]).is_symlink():
             manifest.file(entry)
+    from deploykit.evidence import check_evidence
+
+    check_evidence(manifest)  # and for the images and logits they were judged on
     text = render_report(folder, bench, manifest)
     dest = Path(out) if out is not None else folder / REPORT_NAME
     with atomic_path(dest) as tmp:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import verification_set
+from deploykit.evidence import VerificationData, held_out_text
 from deploykit.errors import DeployKitError, InputError
 from deploykit.manifest import Manifest
 from deploykit.parity import (TOLERANCES, ArtifactReport, ParityReport, Precision, Tolerance, accuracy_labels, assess,
@@ -55,18 +55,61 @@ def compare_runners(reference: Runner, candidates: Sequence[tuple[str, str, Runn
     note = degenerate_reference(ref_logits)
     reports = [assess(path, precision, ref_logits, runner.infer(batch), labels=labels, overrides=overrides, note=note)
                for path, precision, runner in candidates]
-    return ParityReport(reports, reference_name, data_name, int(batch.shape[0]), note)
+    report = ParityReport(reports, reference_name, data_name, int(batch.shape[0]), note)
+    report.reference_logits = ref_logits
+    return report
+
+
+RECORDED = "pytorch (recorded)"  # the reference name of PyTorch's logits read from the folder's evidence
+
+
+def verification_data(manifest: Manifest, data: Path | str | None = None, *, max_images: int | None = None,
+                      reporter: Reporter = SILENT) -> VerificationData:
+    """The images a command judges on: the folder's evidence (PyTorch's recorded logits on them) unless ``data``
+    overrides; ``data`` whose pixels are exactly the evidence images (left out with --no-evidence-images) gets the
+    recorded logits too. A folder exported before evidence was recorded falls back to the bundled photos."""
+    from deploykit.evidence import images_for, recorded_data, recorded_logits_for
+
+    if data is None:
+        recorded = recorded_data(manifest, reporter=reporter)
+        if recorded is not None:
+            reporter.note(f"judging on the folder's evidence: {recorded.n_images} images of "
+                          f"{recorded.info['source']} ({held_out_text(recorded.info)}), against PyTorch's logits "
+                          "recorded at export")
+            return recorded
+    pre = manifest.preprocessing
+    selection = images_for(data, pre, max_images=max_images, reporter=reporter)
+    if data is None:
+        reporter.warn(f"{manifest.folder} carries no recorded evidence (exported with --no-verify, or by an older "
+                      f"deploykit): judging on {selection.why}; pass --data, or export again (verified) to record "
+                      "the model's own images and PyTorch's logits on them")
+    else:
+        reporter.note(f"judging on {selection.why}")
+    pixels = pre.pixel_batch(selection.images.paths)
+    classes = manifest.model.get("num_classes")
+    labels = None if classes is None else accuracy_labels(selection.images, manifest.class_names, int(classes),
+                                                          reporter)
+    out = VerificationData(pre.normalize(pixels), pixels, labels, selection.describe())
+    out.recorded = recorded_logits_for(manifest, pixels)
+    if out.recorded is not None:
+        out.info["selection"] += " (the folder's evidence images, matched by content)"
+    return out
 
 
 def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter = SILENT,
-                  overrides: dict[str, Tolerance] | None = None, max_images: int = 256,
+                  overrides: dict[str, Tolerance] | None = None, max_images: int | None = None,
                   only: Sequence[str] | None = None, loaded=None, manifest: Manifest | None = None,
                   allow_pickle: bool = False, model_def: str | None = None, backend: Runtime | str | None = None,
-                  threads: int | None = None, known: KnownLogits | None = None) -> ParityReport:
-    """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference (or the
-    FP32 ONNX). Engines are skipped with a warning where TensorRT or a GPU is missing, unless named in ``only``.
+                  threads: int | None = None, known: KnownLogits | None = None,
+                  images: VerificationData | None = None, recheck: bool = False) -> ParityReport:
+    """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference: by
+    default its logits recorded at export on the folder's evidence images (no torch needed), else (``data``, or a
+    folder without evidence) the PyTorch model run here, or the FP32 ONNX where torch or the source is missing.
+    Engines are skipped with a warning where TensorRT or a GPU is missing, unless named in ``only``.
     ``loaded``: the in-memory PyTorch model, when the caller has it (export), instead of reloading the source;
-    ``manifest``: the record being written (export), instead of the folder's ``deploykit.json``.
+    ``manifest``: the record being written (export), instead of the folder's ``deploykit.json``; ``images``: the
+    verification images already chosen (export); ``recheck``: also run the PyTorch source and compare it with the
+    recorded logits (``reference_check`` in the report).
 
     ``backend``: run every artifact on that runtime instead of the one it is for (ONNX on ``ort``, engines on
     ``trt``). ``ov``: the ONNX artifacts on OpenVINO (f32, and ``model.onnx`` also in bf16 where the CPU has native
@@ -78,12 +121,23 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
     folder = Path(folder)
     backend = None if backend is None else Runtime(backend)
     manifest = manifest if manifest is not None else Manifest.load(folder)
-    images = verification_set(data, reporter=reporter, max_images=max_images)
-    batch = images.load(manifest.preprocessing)
+    vdata = images if images is not None else verification_data(manifest, data, max_images=max_images,
+                                                                reporter=reporter)
+    batch = vdata.batch
     if known is not None and (backend is not None or known.digest != batch_digest(batch)):
         known = None  # other images or another runtime: run everything
-    reference, ref_name = reference_runner(folder, manifest, reporter=reporter, loaded=loaded,
-                                           allow_pickle=allow_pickle, model_def=model_def, channels_last=True)
+    check = None
+    if vdata.recorded is not None and loaded is None:
+        reference, ref_name, kind = _Known(vdata.recorded, manifest.preprocessing.shape), RECORDED, "pytorch-recorded"
+        if recheck:
+            check = _recheck(folder, manifest, vdata, reporter, allow_pickle, model_def)
+    else:
+        reference, ref_name = reference_runner(folder, manifest, reporter=reporter, loaded=loaded,
+                                               allow_pickle=allow_pickle, model_def=model_def, channels_last=True)
+        kind = "pytorch" if ref_name == "pytorch" else "onnx-fp32"
+        if data is not None and _has_evidence(manifest) and kind == "onnx-fp32":
+            reporter.note(f"these are not the folder's evidence images: the reference logits are recomputed with "
+                          f"{ref_name}, not read from PyTorch's record")
     entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
@@ -124,13 +178,32 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
                 candidates.append((path, precision, _Recorded(runner_for(manifest.file(path), threads=threads))))
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
-    labels = accuracy_labels(images, manifest.class_names, int(manifest.model["num_classes"]), reporter)
-    report = compare_runners(reference, candidates, batch, labels=labels, overrides=overrides,
-                             reference_name=ref_name, data_name=images.source)
+    report = compare_runners(reference, candidates, batch, labels=vdata.labels, overrides=overrides,
+                             reference_name=ref_name, data_name=vdata.info["source"])
+    report.kind, report.data_info, report.reference_check = kind, dict(vdata.info), check
     if backend is Runtime.ov:
         _describe_ov_runs(report, candidates)
     explain_fp16_failures(report, getattr(reference, "module", None), batch)
     return report
+
+
+def _has_evidence(manifest: Manifest) -> bool:
+    return isinstance(manifest.extra.get("evidence"), dict)
+
+
+def _recheck(folder: Path, manifest: Manifest, vdata: VerificationData, reporter: Reporter, allow_pickle: bool,
+             model_def: str | None) -> dict:
+    """The PyTorch source run here against its logits recorded at export, judged by the FP32 tolerance."""
+    reference, name = reference_runner(folder, manifest, allow_pickle=allow_pickle, model_def=model_def,
+                                       channels_last=True)  # silent: a missing source is this one error
+    if name != "pytorch":
+        raise InputError(f"--recheck-reference runs the PyTorch source, which is not usable here "
+                         f"({getattr(reference, 'reason', 'see above')})")
+    metrics = compare_logits(vdata.recorded, reference.infer(vdata.batch))
+    failures = judge(metrics, TOLERANCES[Precision.FP32])
+    return {"reference": "pytorch", "max_abs_diff": metrics["max_abs_diff"], "cosine_min": metrics["cosine_min"],
+            "top1_agreement": metrics["top1_agreement"], "passed": not failures,
+            "failures": [f"PyTorch here vs its recorded logits: {f}" for f in failures]}
 
 
 class Runtime(str, Enum):
@@ -285,8 +358,11 @@ def record_parity(manifest: Manifest, report: ParityReport) -> None:
     for art in report.artifacts:
         entry = manifest.artifact(art.path)
         if entry is not None:
+            info = report.data_info or {}
             entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
                                "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                               **({"held_out": info.get("held_out"), "domain": info.get("domain", True)}
+                                  if info else {}),
                                **({"note": art.note} if art.note else {})}
 
 

@@ -74,6 +74,8 @@ class BenchOptions:
     iters: int | None = None
     seconds: float | None = None
     torch_variants: bool = False
+    data: Path | None = None  # verification images for the parity of each row (default: the folder's evidence)
+    max_images: int | None = None  # most of them (deploykit.evidence.DEFAULT_MAX_IMAGES)
 
     def validate(self) -> None:
         if self.iters is not None and self.seconds is not None:

@@ -107,6 +107,7 @@ def parity_summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     metrics = parity.get("metrics") or {}
     keep = ("max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement", "accuracy", "accuracy_drop")
     return {"passed": parity.get("passed"), "reference": parity.get("reference"), "n_images": parity.get("n_images"),
+            **{k: parity[k] for k in ("data", "held_out", "domain") if k in parity},
             **{k: metrics[k] for k in keep if k in metrics}}
 
 

@@ -88,7 +88,8 @@ def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | No
 
                 torch.set_num_threads(restore)
                 torch.set_flush_denormal(False)  # torch's default, as a library call found it
-        verify_ov_rows(folder, manifest, results, options.thread_count, task)
+        verify_ov_rows(folder, manifest, results, options.thread_count, task, data=options.data,
+                       max_images=options.max_images)
         task.update(description="bench done", completed=len(cases), total=len(cases))
     add_speedups(results)
     mark_ship(results)
@@ -98,46 +99,74 @@ def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | No
 
 
 def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement], threads: int,
-                   task: Task | None = None) -> None:
-    """The parity of what each OpenVINO row ran: its file, compiled again with the same settings (the compiled-model
-    cache gives back the same program), against the folder's reference on the verification photos, judged by the
-    tolerance of the precision that ran (bf16 rows: bf16). Not the manifest's ONNX Runtime parity."""
-    rows = [m for m in results if m.backend is Backend.ov]
+                   task: Task | None = None, *, data: Path | None = None, max_images: int | None = None) -> None:
+    """The parity of each row, on the images every command judges on (the folder's evidence against PyTorch's
+    recorded logits, or ``data``): what each OpenVINO row ran, compiled again with the same settings (the
+    compiled-model cache gives back the same program), judged by the tolerance of the precision that ran (bf16
+    rows: bf16); an ONNX Runtime or TensorRT row keeps the verdict export or build recorded on those same images,
+    and is judged again here when there is none or ``data`` asks for other images."""
+    rows = [m for m in results if m.backend is not Backend.torch and m.artifact
+            and (m.backend is Backend.ov or data is not None or not _recorded_here(m, manifest))]
     if not rows:
         return
-    from deploykit.data import verification_set
     from deploykit.runners.openvino import OpenVINORunner
-    from deploykit.verify import compare_runners, reference_runner
+    from deploykit.verify import RECORDED, compare_runners, reference_runner, runner_for, verification_data
 
     if task is not None:
-        task.update(description=f"bench verifying {len(rows)} OpenVINO rows")
+        task.update(description=f"bench verifying {len(rows)} rows")
     try:
-        images = verification_set(None)
-        batch = images.load(manifest.preprocessing)
+        vdata = verification_data(manifest, data, max_images=max_images)
         fp32 = next((a["path"] for a in manifest.artifacts if a.get("precision") == "fp32"), None)
-        if manifest.source.get("path"):
+        if vdata.recorded is not None:
+            from deploykit.verify import _Known
+
+            reference, ref_name, kind = _Known(vdata.recorded, manifest.preprocessing.shape), RECORDED, \
+                "pytorch-recorded"
+        elif manifest.source.get("path"):
             reference, ref_name = reference_runner(folder, manifest)
+            kind = "pytorch" if ref_name == "pytorch" else "onnx-fp32"
         elif fp32 is not None:  # a bare ONNX file without its folder: the FP32 ONNX on ONNX Runtime is the reference
             from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-            reference, ref_name = OnnxRuntimeRunner(folder / fp32, threads=threads), fp32
+            reference, ref_name, kind = OnnxRuntimeRunner(folder / fp32, threads=threads), fp32, "onnx-fp32"
         else:
             raise InputError("no reference here (no deploykit.json beside the file)")
-        runs = [(m.artifact, m.precision.value, OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value,
-                                                              threads=threads)) for m in rows]
-        report = compare_runners(reference, runs, batch, reference_name=ref_name, data_name=images.source)
+        # the FP32 ONNX standing in as the reference is not judged against itself (on OpenVINO it is another run)
+        itself = [m for m in rows if m.artifact == ref_name and m.backend is not Backend.ov]
+        rows = [m for m in rows if m not in itself]
+        if not rows:
+            return
+        runs = [(m.artifact, m.precision.value,
+                 OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value, threads=threads)
+                 if m.backend is Backend.ov else runner_for(folder / m.artifact, threads=threads)) for m in rows]
+        report = compare_runners(reference, runs, vdata.batch, labels=vdata.labels, reference_name=ref_name,
+                                 data_name=vdata.info["source"])
     except DeployKitError as exc:
         for m in rows:
             m.note = "; ".join(filter(None, [m.note, f"not verified: {exc}"]))
+            m.parity = None  # not judged on these images: no verdict rather than another command's
         return
     for m, art in zip(rows, report.artifacts):
-        keep = ("max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement")
+        keep = ("max_abs_diff", "cosine_min", "top1_agreement", "top5_agreement", "accuracy", "accuracy_drop")
+        ran = f"openvino {m.variant.value}" if m.backend is Backend.ov else m.backend.value
         m.parity = {"passed": art.passed, "reference": report.reference, "n_images": report.n_images,
-                    "verified": f"this run (openvino {m.variant.value}, {report.data})",
-                    **{k: art.metrics[k] for k in keep}, **({"failures": art.failures} if art.failures else {})}
+                    "data": vdata.info["source"], "held_out": vdata.info.get("held_out"),
+                    "domain": vdata.info.get("domain", True), "reference_kind": kind,
+                    "verified": f"this run ({ran}, {report.data})",
+                    **{k: art.metrics[k] for k in keep if k in art.metrics},
+                    **({"failures": art.failures} if art.failures else {})}
 
 
-# ---------------------------------------------------------------------------------------------- targets
+def _recorded_here(m: Measurement, manifest: Manifest) -> bool:
+    """Whether the row's verdict from the manifest was reached on the folder's evidence images (so it is the one
+    `verify` gives): the manifest records the images' source and count with it."""
+    from deploykit.evidence import evidence_record
+
+    record = evidence_record(manifest)
+    parity = (manifest.artifact(m.artifact) or {}).get("parity") or {}
+    if not parity or record is None:
+        return bool(parity)
+    return parity.get("n_images") == record["n_images"] and parity.get("data") == record["source"]
 
 
 def latest_export(root: Path = EXPORTS_DIR) -> Path | None:
@@ -241,7 +270,7 @@ def bench_target(target: Path | None, options: BenchOptions, *, reporter: Report
             origin = {"source": str(target)}
         reporter.status(f"exporting {model.name} to a temporary folder (dynamic batch)")
         result = export_folder(model, out=Path(tmp) / "export", dynamic_batch=True, verify=True,
-                               reporter=reporter)
+                               reporter=reporter, data=options.data, max_images=options.max_images)
         if result.report is not None and not result.report.passed:
             reporter.warn(f"out of tolerance: {result.report.failure_summary()}")
         folder = result.folder

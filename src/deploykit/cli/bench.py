@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
+from deploykit.cli.options import MaxImagesOpt, check_max_images
 from deploykit.cli.render import console, err_console, literal, warn
 from deploykit.files import dumps_strict
 from deploykit.runners.base import Device
@@ -36,6 +37,10 @@ def bench(
                                                                  "once 15 s have passed].")] = None,
     seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time each case for this long instead "
                                                                        "of --iters.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Images each row's parity is judged on: a folder, or "
+                                                              "digits \\[default: the folder's evidence, against "
+                                                              "PyTorch's logits recorded at export].")] = None,
+    max_images: MaxImagesOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {host, results} JSON on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency per backend/precision, "
                                                                 "throughput vs batch.")] = None,
@@ -59,7 +64,8 @@ def bench(
                                                                                            "--backends"),
                            precisions=parse_list(precisions, Precision, "--precisions"),
                            batches=parse_batches(batch), device=device, threads=threads, warmup=warmup,
-                           iters=iters, seconds=seconds, torch_variants=torch_variants)
+                           iters=iters, seconds=seconds, torch_variants=torch_variants, data=data,
+                           max_images=check_max_images(max_images))
     options.validate()
     for path, flag in ((plot, "--plot"), (md, "--md")):
         if path is not None and path.is_dir():

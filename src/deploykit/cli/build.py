@@ -109,7 +109,8 @@ def build(
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Verification images: a folder, or digits "
-                                                                "\\[default: bundled photos].")
+                                                                "\\[default: the folder's evidence, against "
+                                                                "PyTorch's recorded logits].")
                     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verifying the engine.")] = False,
 ) -> None:

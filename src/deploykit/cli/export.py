@@ -10,9 +10,9 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.build import DynamicBatchCommand
-from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt, MeanOpt,
-                                   ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt, ResizeOpt, StdOpt,
-                                   TimingCacheOpt, WorkspaceOpt, load_options)
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt,
+                                   MaxImagesOpt, MeanOpt, ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt,
+                                   ResizeOpt, StdOpt, TimingCacheOpt, WorkspaceOpt, check_max_images, load_options)
 from deploykit.cli.render import console, literal, note, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
@@ -52,8 +52,15 @@ def export(
     labels: LabelsOpt = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Verification images: an ImageFolder (labelled: "
                                                                  "accuracy too) or a flat folder, or digits (the "
-                                                                 "held-out digits) \\[default: bundled photos].")
+                                                                 "held-out digits) \\[default: with --int8, images "
+                                                                 "of --calib held out of calibration; else the "
+                                                                 "bundled photos].")
                     ] = None,
+    max_images: MaxImagesOpt = None,
+    evidence_images: Annotated[bool, typer.Option(
+        "--evidence-images/--no-evidence-images", help="Store the verification images (as the model sees them) "
+        "in the folder beside PyTorch's logits on them, so `verify` anywhere judges against PyTorch on the same "
+        "images. --no-evidence-images for private data: `verify --data` must then supply them.")] = True,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")] = False,
@@ -130,7 +137,7 @@ def export(
     precision.validate()
     result = export_folder(model, out=None if out is None else Path(out), options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
-                           force=force)
+                           force=force, max_images=check_max_images(max_images), evidence_images=evidence_images)
     pre = result.loaded.preprocess
     console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "

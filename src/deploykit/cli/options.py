@@ -84,3 +84,15 @@ TimingCacheOpt = Annotated[Optional[Path], typer.Option(
 # -- the INT8 gate (export, verify) --------------------------------------------------------------------------
 Int8AgreementOpt = Annotated[Optional[float], typer.Option(
     "--int8-agreement", help="INT8 gate: least top-1 agreement with the reference \\[default: 0.97].")]
+
+MaxImagesOpt = Annotated[Optional[int], typer.Option(
+    "--max-images", help="Most verification images (a larger set is sampled, seed 0; what was used and why is "
+                         "printed) \\[default: 512, and at export what the folder's evidence cap holds].")]
+
+
+def check_max_images(value: int | None) -> int | None:
+    from deploykit.errors import InputError
+
+    if value is not None and not 1 <= value <= 1 << 20:
+        raise InputError(f"--max-images must be between 1 and {1 << 20}, got {value}")
+    return value

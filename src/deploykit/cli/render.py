@@ -63,8 +63,14 @@ def parity_table(report, title: str | None = None) -> Table:
         notes.append(f"note: a verdict on {report.n_images} images: one image moves top-1 by "
                      f"{100 / max(report.n_images, 1):.1f} points (95% interval in brackets); pass --data with "
                      f"{SMALL_SAMPLE}+ of your own images for a firmer one")
-    table = Table(title=title or f"parity vs {literal(report.reference)} on {report.n_images} images "
-                                 f"({literal(report.data)})",
+    info = getattr(report, "data_info", None)
+    if info:
+        from deploykit.evidence import held_out_text
+
+        what = f"of {literal(report.data)}, {held_out_text(info)}"
+    else:
+        what = f"({literal(report.data)})"
+    table = Table(title=title or f"parity vs {literal(report.reference)} on {report.n_images} images {what}",
                   caption="\n".join(notes) or None, caption_justify="left")
     for col in ("artifact", "precision", "max |diff|", "mean |diff|", "cos min", "top-1 [95% CI]", "top-5"):
         table.add_column(col, justify="left" if col in ("artifact", "precision") else "right")

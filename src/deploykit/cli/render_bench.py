@@ -29,8 +29,8 @@ def bench_table(report: BenchReport) -> Table:
     title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
     table = Table(title=literal(title), title_justify="left",
                   caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
-                          "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
-                          "export/verify (vs PyTorch), ov rows verified in this run", caption_justify="left")
+                          "PyTorch eager FP32 p50 / this p50; parity: " + parity_basis(report),
+                  caption_justify="left")
     for i in keep:
         col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
@@ -38,3 +38,14 @@ def bench_table(report: BenchReport) -> Table:
     for row in body:
         table.add_row(*[literal(row[i]) for i in keep])
     return table
+
+
+def parity_basis(report) -> str:
+    """What the parity column was judged on: the images and the reference, from the rows' verdicts."""
+    seen = sorted({(p.get("n_images"), str(p.get("data") or "the export's verification images"), p.get("reference"))
+                   for p in (m.parity for m in report.results) if p and not p.get("is_reference")},
+                  key=str)
+    if not seen:
+        return "no verdicts"
+    return "; ".join(f"on {n} images of {data} vs {ref}" for n, data, ref in seen) + \
+        " (ort/trt rows: the verdict export or build recorded on the same images; ov rows: judged in this run)"

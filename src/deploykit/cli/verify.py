@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.options import Int8AgreementOpt
+from deploykit.cli.options import Int8AgreementOpt, MaxImagesOpt, check_max_images
 from deploykit.cli.render import console, literal, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
@@ -23,7 +23,12 @@ def verify(
                                                 "model.onnx, model.fp16.onnx, model.fp16.engine, ...")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Images: ImageFolder (labelled: accuracy too) or flat "
                                                               "folder, or digits (the held-out digits) "
-                                                              "\\[default: bundled photos].")] = None,
+                                                              "\\[default: the folder's evidence, judged against "
+                                                              "PyTorch's logits recorded at export].")] = None,
+    max_images: MaxImagesOpt = None,
+    recheck_reference: Annotated[bool, typer.Option(
+        "--recheck-reference", help="Also run the PyTorch source here and check it still gives the logits "
+                                    "recorded at export (needs torch and the checkpoint).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     int8_agreement: Int8AgreementOpt = None,
     int8_accuracy_drop: Annotated[Optional[float], typer.Option(
@@ -41,7 +46,8 @@ def verify(
         "model.onnx also in bf16 where the CPU has it) or trt (the engines) \\[default: what each artifact is for: "
         "ONNX on ort, engines on trt].")] = None,
 ) -> None:
-    """Compare each artifact with the PyTorch reference: logits, cosine, top-1/top-5 (and accuracy with labels)."""
+    """Compare each artifact with the PyTorch reference (its logits recorded at export on the folder's evidence images,
+    no torch needed): logits, cosine, top-1/top-5 (and accuracy with labels)."""
     from deploykit.parity import with_overrides
     from deploykit.verify import verify_folder
 
@@ -53,14 +59,20 @@ def verify(
             raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only, allow_pickle=allow_pickle,
-                           model_def=model_def, backend=backend)
+    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only,
+                           allow_pickle=allow_pickle, model_def=model_def, backend=backend,
+                           max_images=check_max_images(max_images), recheck=recheck_reference)
     if as_json:
         print(dumps_strict(report.to_json()))
     else:
         console.print(parity_table(report))
         for line in ran_lines(report):
             console.print(literal(line), highlight=False, soft_wrap=True)
+        check = report.reference_check
+        if check is not None:
+            console.print(f"reference re-checked: PyTorch here vs its logits recorded at export: max |diff| "
+                          f"{check['max_abs_diff']:.2e}, top-1 {check['top1_agreement']:.3f} "
+                          f"({'pass' if check['passed'] else 'FAIL'})", highlight=False, soft_wrap=True)
     if not report.passed:
         raise VerificationError(f"out of tolerance: {report.failure_summary()}")
 

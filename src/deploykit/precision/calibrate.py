@@ -73,23 +73,30 @@ DEFAULT_METHOD = CalibMethod.mse  # issue 11: measured against entropy/minmax/pe
 
 
 # -- the images ----------------------------------------------------------------------------------------------
-def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, min_images: int = DEFAULT_MIN_CALIB,
-                       seed: int = 0, reporter: Reporter = SILENT) -> ImageSet:
-    """The seeded sample of usable images INT8 calibrates on.
-
-    ``calib`` None means ``./calib`` when it exists. Unreadable files are skipped with a warning; fewer than
-    ``min_images`` usable images is an error.
-    """
-    if size < 1:
-        raise InputError(f"--calib-size must be >= 1, got {size}")
-    if min_images < 1:
-        raise InputError(f"--min-calib must be >= 1, got {min_images}")
+def calibration_pool(calib: Path | None, *, reporter: Reporter = SILENT) -> ImageSet:
+    """Every usable image of ``--calib`` (``None``: ``./calib`` when it exists; ``digits``: its train split)."""
     if calib is None:
         if not DEFAULT_CALIB_DIR.is_dir():
             raise InputError("INT8 needs calibration images: pass --calib DIR (a folder of images like the ones "
                              "the model will see) or create ./calib")
         calib = DEFAULT_CALIB_DIR
-    images = resolve_images(calib, what="--calib", split="train", reporter=reporter)  # folder or digits
+    return resolve_images(calib, what="--calib", split="train", reporter=reporter)  # folder or digits
+
+
+def calibration_images(calib: Path | None, *, size: int = DEFAULT_CALIB_SIZE, min_images: int = DEFAULT_MIN_CALIB,
+                       seed: int = 0, reporter: Reporter = SILENT, pool: ImageSet | None = None) -> ImageSet:
+    """The seeded sample of usable images INT8 calibrates on.
+
+    ``calib`` None means ``./calib`` when it exists. Unreadable files are skipped with a warning; fewer than
+    ``min_images`` usable images is an error. ``pool``: the images to sample from, when the caller has them (the
+    export, after holding verification images out of them).
+    """
+    if size < 1:
+        raise InputError(f"--calib-size must be >= 1, got {size}")
+    if min_images < 1:
+        raise InputError(f"--min-calib must be >= 1, got {min_images}")
+    images = pool if pool is not None else calibration_pool(calib, reporter=reporter)
+    calib = calib or DEFAULT_CALIB_DIR
     if len(images) < min_images:
         raise InputError(f"--calib {calib} has {len(images)} usable image(s); INT8 calibration needs at least "
                          f"{min_images}: add images, or lower the bar with --min-calib")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.data import ImageSet, verification_set
+from deploykit.data import ImageSet
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
 from deploykit.parity import accuracy_labels, batch_digest, compare_logits, judge, tolerance_for, with_overrides
 from deploykit.precision.calibrate import (DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod, Ranges, calibrate,
-                                           calibration_images, check_channels, collect_stats)
+                                           calibration_images, calibration_pool, check_channels, collect_stats)
 from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.graph import qdq_counts, save_model
 from deploykit.precision.int8 import CPU_FORMAT, Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
@@ -137,20 +137,27 @@ class PrecisionResult:
 
 
 def prepare_calibration(request: PrecisionRequest, *, reporter: Reporter = SILENT) -> ImageSet | None:
-    """Check the calibration images before any export work (a bad --calib fails in a second, not a minute)."""
+    """Check the calibration images before any export work (a bad --calib fails in a second, not a minute);
+    returns every usable --calib image (the pool the export holds verification images out of)."""
     request.validate()
     if not request.int8:
         return None
     request = request.resolved()
-    return calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
-                              reporter=reporter)
+    pool = calibration_pool(request.calib, reporter=reporter)
+    calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib, pool=pool)
+    return pool
 
 
 def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Preprocess, request: PrecisionRequest, *,
                             calib_images: ImageSet | None = None, data: Path | None = None,
                             class_names=None, num_classes: int | None = None, reporter: Reporter = SILENT,
-                            max_images: int = 256) -> PrecisionResult:
-    """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``."""
+                            max_images: int | None = None, verify_set: ImageSet | None = None,
+                            verify_batch: np.ndarray | None = None) -> PrecisionResult:
+    """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``.
+
+    ``calib_images``: the images to draw the calibration sample from (default: all of --calib);
+    ``verify_set`` / ``verify_batch``: the verification images and their preprocessed batch, as the export chose
+    them (:func:`deploykit.evidence.choose_images`); default: ``data`` (or the bundled photos)."""
     import onnx
 
     step = reporter.status
@@ -163,11 +170,16 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
     request = request.resolved()
     model = onnx.load(str(fp32))
     plan = plan_trt(model)
-    verify_set = verification_set(data, reporter=reporter, max_images=max_images)
-    verify_batch = verify_set.load(preprocess)
+    if verify_set is None:
+        from deploykit.evidence import images_for
+
+        verify_set = images_for(data, preprocess, max_images=max_images, reporter=reporter).images
+    if verify_batch is None:
+        verify_batch = verify_set.load(preprocess)
 
     if request.int8:
-        images = calib_images or prepare_calibration(request, reporter=reporter)
+        images = calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
+                                    pool=calib_images, reporter=reporter)
         accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
                     "--calib-grayscale says" if request.calib_grayscale else None)
         gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
