@@ -85,6 +85,7 @@ def bench(
         print(dumps_strict(report.to_json()))
     else:
         console.print(bench_table(report))
+        console.print(f"host: {escape(report.host_line)}", highlight=False, soft_wrap=True)
         for line in ship_lines(report):
             console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:

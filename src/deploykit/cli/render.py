@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -11,9 +12,15 @@ from rich.table import Table
 from deploykit.text import printable
 from deploykit.parity import SMALL_SAMPLE
 
-# Logs and pipes get wide tables rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+
+def _width(stream) -> int | None:
+    """Logs and pipes get wide tables rather than rich's 80-column default, unless COLUMNS says otherwise (rich
+    reads it when the width is left to it; a terminal's own width wins on a terminal)."""
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+console = Console(width=_width(sys.stdout), emoji=False)
+err_console = Console(stderr=True, width=_width(sys.stderr), emoji=False)
 
 
 def literal(value: object) -> str:

@@ -24,7 +24,8 @@ def bench_table(report: BenchReport) -> Table:
         drop.add("device")
     keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
     on = f" on {devices[0]}" if len(devices) == 1 else ""
-    title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
+    # the host line is printed on its own line (soft-wrapped, never broken by rich): see `deploykit bench`
+    title = f"{model_title(report)} {shape_text(target.get('input'))}{on}"
     table = Table(title=title, title_justify="left",
                   caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
                           "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
