@@ -52,7 +52,9 @@ def verify(
             raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only, allow_pickle=allow_pickle,
+    reporter = ConsoleReporter()
+    reporter.status(f"verifying {folder}: each artifact against its reference")  # long: the heartbeat follows it
+    report = verify_folder(folder, data=data, reporter=reporter, overrides=overrides, only=only, allow_pickle=allow_pickle,
                            model_def=model_def, backend=backend)
     if as_json:
         print(dumps_strict(report.to_json()))
