@@ -903,6 +903,13 @@ def test_reexport_uses_the_calibration_cache(resnet18_sd, cli, tmp_path, monkeyp
     assert "calibration cache" in res.output and "(cached)" in res.output
     again = json.loads((tmp_path / "o" / "deploykit.json").read_text())["artifacts"][-1]["details"]["calibration"]
     assert again == first and first["cache"].startswith("calib-minmax-")
+    # another --calib-method: its own cache replaces the old one, which would otherwise linger (issue 25)
+    monkeypatch.undo()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    res = cli(*args[:-2], "percentile", "--no-verify")
+    assert res.exit_code == 0, res.output
+    assert [p.name.split("-")[1] for p in (tmp_path / "o").glob("calib-*.json")] == ["percentile"]
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"  # the user's files are still carried over
 
 
 # -- errors --------------------------------------------------------------------------------------------------

@@ -142,10 +142,27 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
                 if cache.is_file() and not cache.is_symlink():
                     _link_or_copy(cache, staging / cache.name)
         yield staging, previous
+        _drop_unused_caches(staging)
         _carry_user_files(out, staging, previous)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _drop_unused_caches(staging: Path) -> None:
+    """Calibration caches the new manifest does not name (another --calib-method, other images, no --int8 now) are
+    not kept: a re-export that calibrates otherwise leaves only its own. (Before the user's files are carried
+    over, so they are not carried either.)"""
+    import json
+
+    try:
+        record = json.loads((staging / MANIFEST_NAME).read_text())
+        used = {((a.get("details") or {}).get("calibration") or {}).get("cache") for a in record.get("artifacts", [])}
+    except (OSError, ValueError, AttributeError):
+        return  # no readable manifest: leave the folder's caches as they were
+    for cache in staging.glob(CACHE_GLOB):
+        if cache.name not in used:
+            cache.unlink(missing_ok=True)
 
 
 def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> None:
@@ -153,7 +170,7 @@ def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> No
         return
     ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME}
     for path in out.iterdir():
-        if path.name in ours or (staging / path.name).exists():
+        if path.name in ours or (staging / path.name).exists() or path.match(CACHE_GLOB):  # caches: seeded above
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.copytree(path, staging / path.name, symlinks=True)
