@@ -250,17 +250,25 @@ ONE_PASS = "one pass: each layer's quantization noise (its quantized inputs and 
 EACH_ALONE = "each layer alone in INT8, against FP32"
 
 
-def _qdq(x: np.ndarray, rng: dict[str, float], unsigned: bool) -> np.ndarray:
-    """``x`` quantized and dequantized as the INT8 graph does: symmetric int8 on the calibrated ``amax`` (TensorRT),
-    or asymmetric uint8 on the clipped ``[min, max]`` (ONNX Runtime's CPU graph, as ``int8.quantize_cpu``)."""
+def _qdq_error(x: np.ndarray, rng: dict[str, float], unsigned: bool) -> float:
+    """``sum((qdq(x) - x)^2)``: ``x`` quantized and dequantized as the INT8 graph does -- symmetric int8 on the
+    calibrated ``amax`` (TensorRT), or asymmetric uint8 on the clipped ``[min, max]`` (ONNX Runtime's CPU graph, as
+    ``int8.quantize_cpu``). In float32, in place on one buffer: this runs on every activation of the model."""
     if unsigned:
         amax = float(rng.get("amax_u8", rng["amax"]))
         lo, hi = min(max(float(rng["min"]), -amax), 0.0), max(min(float(rng["max"]), amax), 0.0)
         scale = max(hi - lo, 1e-12) / 255.0
-        zero = np.round(-lo / scale)
-        return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
-    scale = max(float(rng["amax"]), 1e-12) / 127.0
-    return np.clip(np.round(x / scale), -127, 127) * scale
+        zero = float(np.round(-lo / scale))
+        low, high = -zero, 255.0 - zero
+    else:
+        scale = max(float(rng["amax"]), 1e-12) / 127.0
+        low, high = -127.0, 127.0
+    q = np.divide(x, np.float32(scale), dtype=np.float32)
+    np.rint(q, out=q)
+    np.clip(q, low, high, out=q)
+    q *= np.float32(scale)
+    q -= x
+    return float(np.dot(q.ravel(), q.ravel()))
 
 
 def _weight_noise(w: np.ndarray, axis: int | None) -> float:
@@ -310,9 +318,9 @@ def layer_noise(fp32_path: Path, layers: Sequence, ranges: dict[str, dict[str, f
         for start in range(0, len(batch) - len(batch) % chunk if len(batch) >= chunk else 0, chunk):
             outs = dict(zip(names, runner.session.run(names, {runner.input_name: batch[start:start + chunk]})))
             for name in tensors:
-                x = np.asarray(outs[name], np.float64)
-                err[name] += float(((_qdq(x, ranges[name], unsigned) - x) ** 2).sum())
-                power[name] += float((x ** 2).sum())
+                x = np.ascontiguousarray(outs.pop(name), np.float32)
+                err[name] += _qdq_error(x, ranges[name], unsigned)
+                power[name] += float(np.dot(x.ravel(), x.ravel()))
             if advance:
                 advance(chunk)
         del runner

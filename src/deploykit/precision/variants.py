@@ -35,6 +35,9 @@ INT8_NAME = "model.int8.onnx"
 INT8_CPU_NAME = "model.int8-cpu.onnx"
 ABSMAX_IMAGES = 64  # verification images the FP16 range rule looks at (with INT8, the calibration ranges too)
 SENSITIVITY_IMAGES = 64  # ranking runs one INT8 graph per layer: a subset keeps it to minutes on ResNet-50
+# the one-pass noise of a miss without a budget: a tensor's noise power is a mean over millions of values, steady on
+# 32 images (ResNet-50, 2 busy cores: 7.9 s on 32 images, 14.4 s on 64, the same three layers first; docs/precision.md)
+NOISE_IMAGES = 32
 
 
 class Int8Target(str, Enum):
@@ -323,7 +326,7 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     step = reporter.status
     if request.accuracy_budget is None:  # no budget to fit: name the likely layers in one pass, in seconds
         step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): naming the likely layers (one pass)")
-        images = batch[:SENSITIVITY_IMAGES]
+        images = batch[:NOISE_IMAGES]
         with reporter.progress(f"quantization noise of {len(plan.layers)} INT8 layers ({int8_path.name})",
                                len(images)) as task:
             noise = layer_noise(int8_path.parent / "model.onnx", plan.layers, result.ranges.tensors, images,
