@@ -269,3 +269,5 @@ def test_names_render_literally():
     assert "\x1b" not in shown
     cell = markdown_cell("<script>|*x*")
     assert "<" not in cell and "|" not in cell.replace("\\|", "") and "\\*" in cell
+    # an entity cannot form, and a command's `&&` stays readable in the raw text (issue 25)
+    assert markdown_cell("a && b") == "a && b" and markdown_cell("&lt;b&gt; &#60;") == "&amp;lt;b&amp;gt; &amp;\\#60;"
