@@ -47,6 +47,8 @@ def ratio_cell(value: float | None, span: list | tuple | None, stable: bool = Tr
         return "-"
     low, high = span if span else (value, value)
     if not stable:
+        if high - low < 0.005 * max(abs(high), 1e-9):
+            return "unstable" if abs(value - 1.0) < 1e-9 else f"unstable ({value:.3g}x)"
         return f"unstable ({low:.3g}-{high:.3g}x)"
     return f"{value:.2f}x" + (f" ({low:.2f}-{high:.2f})" if high - low >= 0.005 else "")
 
@@ -206,7 +208,9 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
         ax_thr = axes[0][1]
         for label in dict.fromkeys(m.label for m in report.results):
             pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
-            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            shaky = any(m.unstable for m in report.results if m.label == label)
+            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        label=label + (" (unstable)" if shaky else ""), linestyle="--" if shaky else "-")
         ax_thr.set_xscale("log", base=2)
         ax_thr.set_xticks(batches, [str(b) for b in batches])
         ax_thr.set_xlabel("batch")
