@@ -195,7 +195,7 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
         lines += [f"- {md(u)}" for u in unstable]
     busy = contention_warning(host)
     if busy:
-        lines += ["", f"**Warning:** {md(busy)}"]
+        lines += ["", f"**Warning:** {busy}"]  # deploykit's words around two checked numbers: no escapes
     notes = sorted({f"{r.get('backend')} {r.get('precision')}: {r['note']}" for r in results if r.get("note")})
     if notes:
         lines += ["", "Notes:", ""] + [f"- {md(n)}" for n in notes]
