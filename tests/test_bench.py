@@ -596,3 +596,18 @@ def test_report_flags_a_bench_json_older_than_the_artifacts(cli, lenet_folder, t
     # `bench DIR` without --json leaves that file: it says where the results went
     result = cli("bench", folder, "--backends", "ort", "--precisions", "fp32", *FAST)
     assert result.exit_code == 0 and "was left as it was" in result.output
+
+
+def test_ship_line_states_the_ratio_in_the_tables_direction():
+    """"ship this ... 0.213x ORT FP32" was a latency ratio under a table of speed-ups: now a speed multiple (ORT
+    FP32's latency / this one's per round, median of rounds), > 1 for the faster file, as the `vs torch` column."""
+    from deploykit.bench import BenchReport, ship_lines
+    from deploykit.bench.results import add_speedups
+
+    ort32 = _row(Backend.ort, 1, [40.0, 42.0, 39.0])
+    int8 = _row(Backend.ort, 1, [12.7, 13.3, 12.1], precision=Precision.INT8_CPU)
+    int8.artifact, int8.parity, int8.ship = "model.int8-cpu.onnx", {"passed": True, "top1_agreement": 0.99}, True
+    add_speedups([ort32, int8])
+    line, = ship_lines(BenchReport({}, [ort32, int8], [], {}))
+    expect = float(np.median([40.0 / 12.7, 42.0 / 13.3, 39.0 / 12.1]))
+    assert f", {expect:.2f}x (" in line and "the speed of ORT FP32" in line  # 3.15x, not 0.317x
