@@ -11,7 +11,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
-from deploykit.cli.render import console, err_console, note, parity_table, status
+from deploykit.cli.render import console, err_console, note, parity_table
 from deploykit.errors import InputError
 from deploykit.tensorrt.profile import EnginePrecision
 
@@ -85,10 +85,11 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
         from deploykit.manifest import Manifest
         from deploykit.verify import record_parity, verify_folder
 
-        status(f"verifying {result.path.name}")
         from deploykit.cli.reporter import ConsoleReporter
 
-        report = verify_folder(folder, data=data, reporter=ConsoleReporter(), only=[result.path.name], loaded=loaded)
+        reporter = ConsoleReporter()
+        reporter.status(f"verifying {result.path.name}")  # a step the heartbeat names while it runs
+        report = verify_folder(folder, data=data, reporter=reporter, only=[result.path.name], loaded=loaded)
         manifest = Manifest.load(folder)
         record_parity(manifest, report)
         manifest.save(folder)
