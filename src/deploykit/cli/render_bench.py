@@ -27,9 +27,10 @@ def bench_table(report: BenchReport) -> Table:
     # the host line is printed on its own line (soft-wrapped, never broken by rich): see `deploykit bench`
     title = f"{model_title(report)} {shape_text(target.get('input'))}{on}"
     table = Table(title=title, title_justify="left",
-                  caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
-                          "PyTorch eager FP32 p50 / this p50; parity: as recorded in deploykit.json by "
-                          "export/verify (vs PyTorch), ov rows verified in this run", caption_justify="left")
+                  caption="img/s = batch / p50; vs torch = PyTorch eager FP32 p50 / this p50 in each timing "
+                          "round, the median of rounds (their range in brackets; unstable: not a result, see "
+                          "below); parity: as recorded in deploykit.json by export/verify (vs PyTorch), ov rows "
+                          "verified in this run", caption_justify="left")
     for i in keep:
         col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",
