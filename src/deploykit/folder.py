@@ -150,9 +150,10 @@ def staged_export(out: Path) -> Iterator[tuple[Path, Manifest | None]]:
 
 
 def _drop_unused_caches(staging: Path) -> None:
-    """Calibration caches the new manifest does not name (another --calib-method, other images, no --int8 now) are
-    not kept: a re-export that calibrates otherwise leaves only its own. (Before the user's files are carried
-    over, so they are not carried either.)"""
+    """Where the new export calibrated, the calibration caches its manifest does not name (another --calib-method,
+    other images) are not kept: a re-export that calibrates otherwise leaves only its own. An export without INT8
+    keeps them all, for the next one that calibrates. (Before the user's files are carried over, so they are not
+    carried either.)"""
     import json
 
     try:
@@ -160,6 +161,9 @@ def _drop_unused_caches(staging: Path) -> None:
         used = {((a.get("details") or {}).get("calibration") or {}).get("cache") for a in record.get("artifacts", [])}
     except (OSError, ValueError, AttributeError):
         return  # no readable manifest: leave the folder's caches as they were
+    used.discard(None)
+    if not used:
+        return
     for cache in staging.glob(CACHE_GLOB):
         if cache.name not in used:
             cache.unlink(missing_ok=True)
@@ -170,8 +174,9 @@ def _carry_user_files(out: Path, staging: Path, previous: Manifest | None) -> No
         return
     ours = {a["path"] for a in previous.artifacts} | {MANIFEST_NAME}
     for path in out.iterdir():
-        if path.name in ours or (staging / path.name).exists() or path.match(CACHE_GLOB):  # caches: seeded above
-            continue
+        if path.name in ours or (staging / path.name).exists() or (path.match(CACHE_GLOB) and path.is_file()
+                                                                         and not path.is_symlink()):
+            continue  # a cache: seeded above, and kept there unless _drop_unused_caches dropped it
         if path.is_dir() and not path.is_symlink():
             shutil.copytree(path, staging / path.name, symlinks=True)
         else:
