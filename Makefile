@@ -30,7 +30,7 @@ demo: install
 		     "on a Jetson: JetPack's python3-libnvinfer. Then: deploykit build $(DEMO)/export --precision fp16"; \
 	fi
 	$(DK) eval $(DEMO)/export --data digits --plot $(DEMO)/export/confusion.png
-	$(DK) bench $(DEMO)/export --batch 1,32 --iters 50 --plot $(DEMO)/export/bench.png --json > $(DEMO)/export/bench.json
+	$(DK) bench $(DEMO)/export --batch 1,32 --iters 50 --threads 1 --plot $(DEMO)/export/bench.png --json > $(DEMO)/export/bench.json
 	$(DK) report $(DEMO)/export --print
 
 test: install

@@ -93,7 +93,12 @@ def test_json_contract(cli, lenet_folder):
     assert all(r["speedup_vs_torch"] == 1.0 and r["parity"] == {"is_reference": True} for r in torch_rows)
     ort_b2 = next(r for r in results if r["backend"] == "ort" and r["batch"] == 2)
     torch_b2 = next(r for r in torch_rows if r["batch"] == 2)
-    assert ort_b2["speedup_vs_torch"] == pytest.approx(torch_b2["latency_ms"]["p50"] / ort_b2["latency_ms"]["p50"])
+    # timed in alternating rounds: the speed-up is the median of the per-round ratios, their range beside it
+    assert ort_b2["rounds"] == torch_b2["rounds"] == 3 and len(ort_b2["round_p50_ms"]) == 3
+    per_round = [t / o for t, o in zip(torch_b2["round_p50_ms"], ort_b2["round_p50_ms"])]
+    assert ort_b2["speedup_vs_torch"] == pytest.approx(float(np.median(per_round)))
+    assert ort_b2["speedup_vs_torch_range"] == pytest.approx([min(per_round), max(per_round)])
+    assert isinstance(ort_b2["stable"], bool) and ort_b2["stable"] == (ort_b2["unstable"] == [])
     # the artifact's parity from the manifest sits beside its speed
     recorded = Manifest.load(lenet_folder).artifact("model.onnx")["parity"]
     assert ort_b2["artifact"] == "model.onnx"
@@ -480,5 +485,129 @@ def test_a_case_failing_with_a_user_error_is_skipped_and_the_run_goes_on(lenet_f
     assert [(s.backend, s.precision, s.batch, s.reason) for s in report.skipped] == [
         (Backend.trt, Precision.FP16, 1, "TensorRT 10.3.0 cannot load model.fp16.engine on Orin: rebuild it here")]
     assert report.results[0].speedup_vs_torch is None  # no PyTorch row: null, as documented
-    task, = recorder.tasks  # progress through the reporter: one bar, every case counted
-    assert (task.description, task.completed, task.total) == ("bench done", 3, 3)
+    task, = recorder.tasks  # progress through the reporter: one bar, every load (3) and timing round (2) counted
+    assert (task.description, task.completed, task.total) == ("bench done", 5, 5)
+
+
+# -- issue 25: rounds, ratios within a round, unstable rows ------------------------------------------------------
+
+
+def _row(backend, batch, rounds, samples=None, precision=Precision.FP32):
+    """A measurement with given per-round p50s (ms); its pooled latency from ``samples`` (default: the rounds)."""
+    from deploykit.bench import Measurement
+
+    variant = Variant.eager if backend is Backend.torch else Variant.session
+    lat = Latency.of(np.array(samples if samples is not None else rounds, dtype=float))
+    return Measurement(backend, precision, Device.cpu, batch, variant, lat, len(rounds), "perf_counter",
+                       round_p50=[float(r) for r in rounds])
+
+
+def test_one_busy_round_moves_no_ratio_and_disagreeing_rounds_mark_a_row():
+    from deploykit.bench.results import add_speedups
+
+    # PyTorch met a busy second in round 3 (64 ms instead of 0.2): per-round ratios, then the median
+    torch_b1 = _row(Backend.torch, 1, [0.22, 0.21, 64.0, 0.22, 0.23])
+    ort_b1 = _row(Backend.ort, 1, [0.025, 0.024, 0.026, 0.025, 0.026])
+    add_speedups([torch_b1, ort_b1])
+    assert ort_b1.speedup_vs_torch == pytest.approx(0.22 / 0.025, rel=0.05)  # not 64 / 0.025 = 2560x
+    assert ort_b1.speedup_range[1] == pytest.approx(64.0 / 0.026)  # the busy round is in the range, shown
+    assert ort_b1.stable and torch_b1.stable  # one outlying round of five does not make a row unstable
+    # rounds that disagree throughout: unstable, and the cell shows the range, not a speed-up
+    flaky = _row(Backend.ort, 1, [0.025, 0.05, 0.012, 0.1, 0.025])
+    add_speedups([torch_b1, flaky])
+    assert not flaky.stable and "rounds disagree" in flaky.unstable[0]
+    from deploykit.bench import ratio_cell
+
+    cell = ratio_cell(flaky.speedup_vs_torch, flaky.speedup_range, flaky.stable)
+    assert cell.startswith("unstable (") and f"{flaky.speedup_vs_torch:.2f}x" not in cell
+    assert flaky.to_json()["stable"] is False and flaky.to_json()["unstable"] == flaky.unstable
+
+
+def test_p50_above_mean_and_batch_1_slower_than_batch_32_are_unstable():
+    from deploykit.bench.results import add_speedups
+
+    # issue 25's demo: torch batch 1 p50 63.96 ms (mean 53.21) against batch 32's 6.19 ms
+    slow_b1 = _row(Backend.torch, 1, [64.0] * 5, samples=[64.0] * 6 + [0.2] * 4)
+    torch_b32 = _row(Backend.torch, 32, [6.19] * 5)
+    ort_b1 = _row(Backend.ort, 1, [0.036] * 5)
+    add_speedups([slow_b1, torch_b32, ort_b1])
+    assert any("above its mean" in r for r in slow_b1.unstable)
+    assert any("above batch 32's" in r for r in slow_b1.unstable)
+    assert torch_b32.stable
+    # the ORT row's own rounds agree, but its speed-up is taken against an unstable row: not a result either
+    assert ort_b1.unstable == ["its PyTorch FP32 row is unstable"]
+
+
+def test_rounds_alternate_and_split_the_iterations():
+    """Every loaded case runs in every round, the order reversed every other round; --iters is split exactly."""
+    from deploykit.bench import measure_cases
+
+    calls = []
+
+    def case(name):
+        def prepare(batch):
+            return Prepared(step=lambda: calls.append(name), clock=lambda step: (step(), 1.0)[1], clock_name="test")
+        return Case(Backend.ort, Precision.FP32, Variant.session, 1, prepare, artifact=name)
+
+    results, failed = measure_cases([case("a"), case("b")], np.zeros((1, 1), np.float32),
+                                    BenchOptions(iters=7, warmup=0))
+    assert failed == [] and [m.iters for m in results] == [7, 7] and [len(m.round_p50) for m in results] == [5, 5]
+    # 7 = 2+2+1+1+1 timed calls per round, each after one untimed call; a then b, then b then a, ...
+    expect = []
+    for r, n in enumerate((2, 2, 1, 1, 1)):
+        for name in ("a", "b") if r % 2 == 0 else ("b", "a"):
+            expect += [name] * (n + 1)
+    assert calls == expect
+
+
+def test_contention_warning_reaches_the_markdown_and_drops_advice_already_taken(tmp_path):
+    from deploykit.bench import BenchReport, write_markdown
+    from deploykit.bench.host import contention_warning
+
+    host = {"cpu": "cpu", "cores_available": 2, "threads": 2, "isa": [], "load_avg_1m": 3.5,
+            "versions": {"torch": "x", "onnxruntime": "y"}}
+    assert "--threads 1" in contention_warning(host)
+    assert "--threads 1" not in contention_warning({**host, "threads": 1})
+    assert contention_warning({**host, "load_avg_1m": 0.5}) is None
+    report = BenchReport(host, [_row(Backend.torch, 1, [1.0] * 3), _row(Backend.ort, 1, [0.5] * 3)], [],
+                         {"arch": "lenet"})
+    from deploykit.bench.results import add_speedups
+
+    add_speedups(report.results)
+    text = write_markdown(report, tmp_path / "b.md").read_text()
+    assert "this host was busy" in text and "2.00x" in text
+
+
+def test_report_flags_a_bench_json_older_than_the_artifacts(cli, lenet_folder, tmp_path):
+    import os
+    import shutil
+
+    folder = tmp_path / "exp"
+    shutil.copytree(lenet_folder, folder)
+    bench = _json(cli("bench", folder, "--backends", "torch,ort", "--precisions", "fp32", *FAST, "--json"))
+    (folder / "bench.json").write_text(json.dumps(bench))
+    assert cli("report", folder).exit_code == 0
+    assert "Out of date" not in (folder / "report.md").read_text()
+    old = (folder / "model.onnx").stat().st_mtime - 3600  # a bench from an hour before this export
+    os.utime(folder / "bench.json", (old, old))
+    result = cli("report", folder)
+    assert result.exit_code == 0 and "older than model.onnx" in result.output
+    assert "**Out of date:** bench.json" in (folder / "report.md").read_text()
+    # `bench DIR` without --json leaves that file: it says where the results went
+    result = cli("bench", folder, "--backends", "ort", "--precisions", "fp32", *FAST)
+    assert result.exit_code == 0 and "was left as it was" in result.output
+
+
+def test_ship_line_states_the_ratio_in_the_tables_direction():
+    """"ship this ... 0.213x ORT FP32" was a latency ratio under a table of speed-ups: now a speed multiple (ORT
+    FP32's latency / this one's per round, median of rounds), > 1 for the faster file, as the `vs torch` column."""
+    from deploykit.bench import BenchReport, ship_lines
+    from deploykit.bench.results import add_speedups
+
+    ort32 = _row(Backend.ort, 1, [40.0, 42.0, 39.0])
+    int8 = _row(Backend.ort, 1, [12.7, 13.3, 12.1], precision=Precision.INT8_CPU)
+    int8.artifact, int8.parity, int8.ship = "model.int8-cpu.onnx", {"passed": True, "top1_agreement": 0.99}, True
+    add_speedups([ort32, int8])
+    line, = ship_lines(BenchReport({}, [ort32, int8], [], {}))
+    expect = float(np.median([40.0 / 12.7, 42.0 / 13.3, 39.0 / 12.1]))
+    assert f", {expect:.2f}x (" in line and "the speed of ORT FP32" in line  # 3.15x, not 0.317x

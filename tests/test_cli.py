@@ -272,3 +272,33 @@ def test_reexport_removes_stale_artifacts(cli, resnet18_sd):
         "calib-entropy-0123456789abcdef.json", "deploykit.json", "model.fp16.engine", "model.onnx", "notes.txt"]
     assert not list(Path(".").glob(".ex.deploykit-*"))  # no staging folder or lock left beside it
     assert [a["path"] for a in Manifest.load(Path("ex")).artifacts] == ["model.onnx"]
+
+
+def test_a_misspelt_arch_suggests_the_nearest_number_first():
+    """`--arch resnet35`: resnet34 before resnet50 (difflib alone ranks the tie by name, backwards; issue 25)."""
+    from deploykit.errors import InputError
+    from deploykit.models import get_spec
+
+    with pytest.raises(InputError, match=r"did you mean resnet34, resnet50"):
+        get_spec("resnet35")
+    with pytest.raises(InputError, match=r"did you mean efficientnet_b7,"):
+        get_spec("efficientnet_b8")
+
+
+def test_export_refuses_a_bad_out_before_loading_the_model(cli, tmp_path, monkeypatch):
+    """`--out notes.txt` and an export already running into --out are refused before the model loads (issue 25:
+    they came after 7-8 s of loading)."""
+    import deploykit.pipeline as pipeline
+    from deploykit.folder import folder_lock
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(pipeline, "load_model", never)
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("export", tmp_path / "whatever.pt", "--out", tmp_path / "notes.txt")
+    assert result.exit_code == 1 and "is not a folder" in result.output, result.output
+    with folder_lock(tmp_path / "busy"):
+        result = cli("export", tmp_path / "whatever.pt", "--out", tmp_path / "busy")
+    assert result.exit_code == 1 and "another deploykit export is writing" in result.output, result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -122,12 +122,16 @@ def test_train_digits_export_verify_eval(cli, one_thread, digits_val, tmp_path):
 
 
 def test_data_command_writes_the_held_out_split(cli):
-    result = cli("data", "digits", "--out", "held")
+    result = cli("data", "digits", "--split", "val", "--out", "held")
     assert result.exit_code == 0, result.output
     files = sorted(Path("held").rglob("*.png"))
     assert len(files) == 360 and {p.parent.name for p in files} == {str(i) for i in range(10)}
     assert cli("data", "digits", "--split", "train", "--out", "tr").exit_code == 0
     assert len(list(Path("tr").rglob("*.png"))) == 1797 - 360
+    # no --split: both, as train/ and val/ -- the layout `train --data DIR` trains and validates on (issue 25)
+    assert cli("data", "digits", "--out", "both").exit_code == 0
+    assert len(list(Path("both/train").rglob("*.png"))) == 1797 - 360
+    assert len(list(Path("both/val").rglob("*.png"))) == 360
 
 
 # -- determinism and resume -------------------------------------------------------------------------------

@@ -311,6 +311,8 @@ def test_names_render_literally():
     assert printable("a\u202eb\u2066c\u2069\u200bd\re") == "a\\u202eb\\u2066c\\u2069\\u200bd\\x0de"
     cell = markdown_cell("<script>|*x*")
     assert "<" not in cell and "|" not in cell.replace("\\|", "") and "\\*" in cell
+    # an entity cannot form, and a command's `&&` stays readable in the raw text (issue 25)
+    assert markdown_cell("a && b") == "a && b" and markdown_cell("&lt;b&gt; &#60;") == "&amp;lt;b&amp;gt; &amp;\\#60;"
 
 
 def test_openvino_cache_is_keyed_by_content(tmp_path):

@@ -30,9 +30,15 @@ class VerificationError(DeployKitError):
 
 
 class MissingDependencyError(DeployKitError):
-    """An optional dependency (TensorRT, a CUDA GPU, ...) is absent on this host."""
+    """An optional dependency (TensorRT, a CUDA GPU, ...) is absent on this host. ``lines``: the same message as
+    a first line and the lines under it (what to install, commands one per line) for the CLI to print; ``str()``
+    stays one line."""
 
     exit_code = 3
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = list(lines or [])
 
 
 class EngineBuildError(DeployKitError):

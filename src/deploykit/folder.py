@@ -190,12 +190,14 @@ def staged_export(out: Path, *, force: bool = False,
                     _link_or_copy(cache, staging / cache.name)
                     ours.add(cache.name)  # deploykit's own cache (checked when read): a re-export may rewrite it
         yield staging, previous
+        _drop_unused_caches(staging)
         _carry_user_files(shown, out, staging, previous, ours, force, notes)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+        _drop_unused_caches(staging)
 def _ours(out: Path, previous: Manifest | None) -> set[str]:
     """The names in ``out`` deploykit may replace or remove: the manifest, and each artifact it lists whose file
     still holds the bytes it recorded (a plain file, not a link)."""

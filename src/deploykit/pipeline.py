@@ -14,7 +14,7 @@ from deploykit.data import resolve_images
 from deploykit.errors import InputError
 from deploykit.export import DEFAULT_OPSET, export_onnx, onnx_io
 from deploykit.files import sha256_file
-from deploykit.folder import folder_lock, staged_export, terminate_as_interrupt
+from deploykit.folder import folder_lock, lock_path, previous_export, staged_export, terminate_as_interrupt
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.parity import ParityReport
@@ -63,6 +63,11 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     folder that deploykit did not write where the export would replace or remove it."""
     options = options or LoadOptions()
     model_path = Path(model_path)
+    if out is not None and (Path(out).exists() or lock_path(Path(out)).exists()):
+        # an --out that is a file, holds other files, or has an export running into it: refused now, not after
+        # seconds of loading the model (checked again below, under the lock, for the export itself)
+        with folder_lock(Path(out)):
+            previous_export(Path(out))
     if verify and data is not None:
         resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
     calib_images = None

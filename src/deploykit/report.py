@@ -9,6 +9,7 @@ with the numbers the commands printed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -46,6 +47,15 @@ def _bench_row(row: dict, where: str) -> None:
         raise S.SchemaError(f"{where}.parity.passed", "must be true or false")
     S.get(parity, "n_images", f"{where}.parity", S.whole(0, 1 << 24), optional=True)
     S.get(row, "artifact", where, S.text(256), optional=True)
+    S.get(row, "speedup_vs_torch_range", where, S.items(S.number(), 2, 2), optional=True)
+    S.get(row, "stable", where, _boolean, optional=True)
+    S.get(row, "unstable", where, S.items(S.text(2000), 0, 16), optional=True)
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise S.SchemaError(where, f"must be true or false, got {type(value).__name__}")
+    return value
 
 
 def _bench_skip(skip: dict, where: str) -> None:
@@ -143,12 +153,12 @@ def _int8_lines(manifest: Manifest) -> list[str]:
         calib = details.get("calibration")
         if not calib:
             continue
+        # deploykit's own words as they are (no escapes in the raw text); anything else from the file, escaped
         target = {"tensorrt": "TensorRT (Q/DQ) and OpenVINO on Intel CPUs", "cpu": "ONNX Runtime CPU",
-                  "onnxruntime-cpu": "ONNX Runtime CPU"}.get(details.get("target"),
-                                                                              details.get("target") or "?")
+                  "onnxruntime-cpu": "ONNX Runtime CPU"}.get(details.get("target")) or md(details.get("target") or "?")
         kept = details.get("fp32_layers") or []
         other = {"fp16": "FP16", "fp32": "FP32"}.get(details.get("remainder"), "FP32")  # model.int8.onnx's remainder
-        lines.append(f"- `{art['path']}` for {md(target)}: calibrated on {md(calib.get('images', '?'))} images "
+        lines.append(f"- `{art['path']}` for {target}: calibrated on {md(calib.get('images', '?'))} images "
                      f"({md(calib.get('method', '?'))})"
                      + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
                      + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
@@ -169,6 +179,9 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
             lines += [f"Host: {md(host_line(host))}", ""]
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # a hand-written or older bench.json without every host field: the table still stands
+    from deploykit.bench.host import contention_warning
+    from deploykit.bench.output import ratio_cell
+
     head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "img/s (p50)",
             "vs torch (p50)", "parity"]
     lines += ["| " + " | ".join(head) + " |",
@@ -179,9 +192,17 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
                                         md(r.get("variant") or "-"), md(r.get("device", "-")),
                                         md(r.get("batch", "-")), _num(lat.get("p50"), ".3f"),
                                         _num(lat.get("p99"), ".3f"), _num(r.get("throughput"), ".1f"),
-                                        _num(r.get("speedup_vs_torch"), ".2f") + ("x" if r.get("speedup_vs_torch")
-                                                                                  else ""),
-                                        md(verdict_text(r.get("parity")))]) + " |")
+                                        ratio_cell(r.get("speedup_vs_torch"), r.get("speedup_vs_torch_range"),
+                                                   r.get("stable", True)),
+                                        md(verdict_text(r.get("parity")))]) + " |")  # numbers: no escapes
+    unstable = [f"{r.get('backend')} {r.get('precision')} batch {r.get('batch')}: {'; '.join(r['unstable'])}"
+                for r in results if r.get("unstable")]
+    if unstable:
+        lines += ["", "Unstable rows (their figures are not results; rerun when the host is quieter):", ""]
+        lines += [f"- {md(u)}" for u in unstable]
+    busy = contention_warning(host)
+    if busy:
+        lines += ["", f"**Warning:** {busy}"]  # deploykit's words around two checked numbers: no escapes
     notes = sorted({f"{r.get('backend')} {r.get('precision')}: {r['note']}" for r in results if r.get("note")})
     if notes:
         lines += ["", "Notes:", ""] + [f"- {md(n)}" for n in notes]
@@ -253,7 +274,9 @@ def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) 
     return lines
 
 
-def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: Manifest | None = None) -> str:
+def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: Manifest | None = None,
+                  stale: str | None = None) -> str:
+    """``stale``: why the bench numbers may be of an earlier export (:func:`stale_bench`), said above them."""
     folder = Path(folder)
     manifest = manifest or Manifest.load(folder)
     model, source, pre = manifest.model, manifest.source, manifest.preprocess
@@ -298,8 +321,12 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
         lines += ["", "TensorRT engines:", ""] + engines
     lines += ["", "## Which file to ship", ""] + _ship_lines(manifest, folder, bench)
     if bench is not None:
-        lines += ["", "## Speed", "", "`deploykit bench`: latency per batch; img/s = batch / p50 and `vs torch` = "
-                  "PyTorch eager FP32 p50 / this p50 on the same device and batch.", ""] + _bench_lines(bench)
+        lines += ["", "## Speed", ""]
+        if stale:
+            lines += [f"**Out of date:** {md(stale)}", ""]
+        lines += ["`deploykit bench`: latency per batch; img/s = batch / p50; `vs torch` = PyTorch eager FP32 p50 / "
+                  "this p50 on the same device and batch, per timing round, the median of rounds (their range in "
+                  "brackets); `unstable` rows are not results.", ""] + _bench_lines(bench)
     else:
         where = printable(folder).replace("`", "'")  # inside code spans: hidden characters escaped, no backtick
         lines += ["", "## Speed", "", f"Not measured yet: the speed table comes from `{BENCH_NAME}` in this folder. "
@@ -329,8 +356,30 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
     from deploykit.evidence import check_evidence
 
     check_evidence(manifest)  # and for the images and logits they were judged on
-    text = render_report(folder, bench, manifest)
+    stale = None if bench_path is None else stale_bench(folder, Path(bench_path), manifest)
+    text = render_report(folder, bench, manifest, stale=stale)
     dest = Path(out) if out is not None else folder / REPORT_NAME
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
     return dest
+
+
+def stale_bench(folder: Path, bench_path: Path, manifest: Manifest) -> str | None:
+    """Why ``bench_path`` may hold the numbers of an earlier export (written before one of the artifacts it would
+    be read beside), or None. ``report`` says so above the speed table and on the terminal."""
+    import datetime
+
+    try:
+        written = bench_path.stat().st_mtime
+    except OSError:
+        return None
+    newer = []
+    for entry in manifest.artifacts:
+        with contextlib.suppress(OSError):
+            if (folder / entry["path"]).stat().st_mtime > written + 1.0:  # 1 s: coarse file-system clocks
+                newer.append(entry["path"])
+    if not newer:
+        return None
+    when = datetime.datetime.fromtimestamp(written).strftime("%Y-%m-%d %H:%M")
+    return (f"{bench_path.name} ({when}) is older than {', '.join(newer[:3])}{' ...' if len(newer) > 3 else ''}: "
+            f"its numbers may be of an earlier export; rerun `deploykit bench {folder} --json > {bench_path}`")

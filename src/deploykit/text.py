@@ -38,7 +38,8 @@ def printable(value: object) -> str:
 def markdown_cell(value: object) -> str:
     """``value`` as literal text inside a Markdown table cell: printable, HTML and Markdown syntax escaped."""
     text = printable(value)
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # "&" only where it would start an entity (&amp; &#60;): a raw `a && b` stays readable in report.md
+    text = re.sub(r"&(?=#?\w+;)", "&amp;", text).replace("<", "&lt;").replace(">", "&gt;")
     return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
 
 

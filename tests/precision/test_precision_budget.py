@@ -142,3 +142,30 @@ def test_fit_budget_moves_redundant_layers_back_to_int8():
     assert [s["layer"] for s in result.steps] == ["a", "b", "c", "a"] and result.steps[-1]["back_to_int8"]
 
 
+def test_sensitivity_tables_order_and_columns():
+    """The full ranking is sorted by its first numeric column, noisiest first, and shows the kept column only where a
+    budget moved layers; a one-pass ranking has its own SQNR columns (issue 25). Asserted on the tables' data."""
+    from types import SimpleNamespace
+
+    from deploykit.cli.render_precision import precision_tables
+    from deploykit.precision import Int8Target
+    from deploykit.precision.sensitivity import BudgetResult, LayerCost, LayerNoise, Score
+
+    ranking = [LayerCost("a", 3.0, 0.9, 0.8), LayerCost("b", 5.0, 0.5, 0.4), LayerCost("c", 1.0, 0.1, 0.0)]
+    ranking.sort(key=lambda c: (-c.mse_alone, -c.loss_alone))  # as rank_layers sorts
+    kept = BudgetResult(Score(9.0, 1.0), ranking, kept_fp32=["a"], final=Score(0.5, 0.1), met=True)
+    plain = BudgetResult(Score(9.0, 1.0), ranking)
+    noise = BudgetResult(Score(9.0, 1.0), [LayerNoise("c", 0.1, 1e-4), LayerNoise("a", 1e-3, 1e-5)], one_pass=True)
+    for budget, kept_column in ((kept, True), (plain, False)):
+        result = SimpleNamespace(fp16=None, int8={}, budgets={Int8Target.trt: budget}, ranges=None,
+                                 other_precision=lambda target: "FP16")
+        table = precision_tables(result)[0]
+        headers = [c.header for c in table.columns]
+        assert headers[:2] == ["layer", "mse if only INT8"] and ("kept FP16" in headers) == kept_column
+        mse = [float(v) for v in table.columns[1]._cells]
+        assert mse == sorted(mse, reverse=True)
+    result = SimpleNamespace(fp16=None, int8={}, budgets={Int8Target.trt: noise}, ranges=None,
+                             other_precision=lambda target: "FP16")
+    table, = precision_tables(result)
+    assert [c.header for c in table.columns] == ["layer", "SQNR dB", "input SQNR dB", "weight SQNR dB"]
+    assert list(table.columns[0]._cells) == ["c", "a"] and float(table.columns[1]._cells[0]) == pytest.approx(10.0, abs=0.1)

@@ -168,6 +168,31 @@ def test_accuracy_drop_gate_triggers_sensitivity(digits, tmp_path, monkeypatch):
     assert "sensitivity" in result.manifest.artifact("model.int8.onnx")["details"]["accuracy_budget"]
 
 
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+def test_a_gate_miss_without_a_budget_names_the_likely_layer_in_one_pass(target, digits, tmp_path, monkeypatch):
+    """Issue 25: without --accuracy-budget a miss builds no graph per layer (ResNet-50: 2 x 54 of them, 375 s);
+    one FP32 run with every quantized tensor as an output names the layer whose range was clipped, and the export
+    says how to run the full search."""
+    import deploykit.precision.variants as build
+    from deploykit.pipeline import export_folder
+    from deploykit.precision import Int8Target, PrecisionRequest
+
+    _clip_calibration(monkeypatch, "classifier.3")
+    probes = []
+    monkeypatch.setattr(build, "rank_layers", lambda *a, **k: probes.append(1))  # the per-layer pass: not run
+    req = PrecisionRequest(int8=True, int8_for=(Int8Target(target),), calib=digits["calib"], int8_agreement=0.0)
+    result = export_folder(digits["ckpt"], out=tmp_path / "g", precision=req, data=digits["test"], verify=True)
+    budget = result.precision.budgets[Int8Target(target)]
+    assert probes == [] and budget.one_pass and budget.met is None and budget.base.loss > 1.0
+    assert budget.ranking[0].layer == "classifier.3" and len(budget.ranking) == 5
+    assert budget.ranking[0].activation > 10 * max(n.activation for n in budget.ranking[1:])
+    assert all(0 < n.weight < 1e-3 for n in budget.ranking)  # per-channel int8 weights: small, never zero
+    record = result.manifest.artifact(result.precision.int8[Int8Target(target)].path.name)["details"]["accuracy_budget"]
+    assert record["sensitivity_method"].startswith("one pass") and record["sensitivity"][0]["layer"] == "classifier.3"
+    assert record["sensitivity_images"] == 32 and record["kept_fp32"] == []
+    assert any("classifier.3" in n and "--accuracy-budget" in n for n in result.precision.notes)
+
+
 def test_export_int8_gates_are_options(digits, cli, tmp_path, monkeypatch):
     """--int8-agreement on export moves the gate that decides sensitivity and the export's own verification."""
     _clip_calibration(monkeypatch, "classifier.3", factor=4.0)  # some image surely disagrees (any remainder)
@@ -241,5 +266,12 @@ def test_reexport_uses_the_calibration_cache(resnet18_sd, cli, tmp_path, monkeyp
     assert "calibration cache" in res.output and "(cached)" in res.output
     again = json.loads((tmp_path / "o" / "deploykit.json").read_text())["artifacts"][-1]["details"]["calibration"]
     assert again == first and first["cache"].startswith("calib-minmax-")
+    # another --calib-method: its own cache replaces the old one, which would otherwise linger (issue 25)
+    monkeypatch.undo()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    res = cli(*args[:-2], "percentile", "--no-verify")
+    assert res.exit_code == 0, res.output
+    assert [p.name.split("-")[1] for p in (tmp_path / "o").glob("calib-*.json")] == ["percentile"]
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"  # the user's files are still carried over
 
 

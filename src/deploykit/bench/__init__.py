@@ -15,10 +15,13 @@ How a case is measured (the method trtexec and ``torch.utils.benchmark`` use):
 
 * one input batch is prepared before any timing (real photos through the folder's preprocessing, tiled to the
   batch size); on CUDA it sits in pinned host memory;
-* each case loads its model, runs ``warmup`` untimed iterations, then timed iterations, one clock reading
-  around each: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU;
-* PyTorch (``torch.set_num_threads``) and ONNX Runtime (``intra_op_num_threads``, one inter-op thread) get the
-  same thread count, all cores by default;
+* every case of a batch size loads its model and runs ``warmup`` untimed iterations; then they are timed in
+  ``ROUNDS`` alternating rounds (each round runs every case, the order reversed every other round), one clock
+  reading around each call: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU;
+  a speed-up is taken within each round, then the median of rounds (its range beside it), and a row whose
+  rounds disagree is marked unstable (``results.mark_unstable``);
+* PyTorch (``torch.set_num_threads``, one inter-op thread) and ONNX Runtime (``intra_op_num_threads``, one
+  inter-op thread) get the same thread budget, all cores by default;
 * denormals are flushed to zero in every backend (``torch.set_flush_denormal(True)``, ONNX Runtime's
   ``session.set_denormal_as_zero``): random or badly scaled weights can otherwise drive one backend into
   denormal arithmetic, orders of magnitude slower, and a "speed-up" would measure that, not the graph;
@@ -26,10 +29,11 @@ How a case is measured (the method trtexec and ``torch.utils.benchmark`` use):
   ``inference_mode`` -- so bench adds nothing a hand-written loop would not.
 
 Memory: both frameworks are imported before the first case, then for each case the kernel's peak-RSS counter
-is reset (``/proc/self/clear_refs``), the model is loaded and run, and ``VmHWM`` is read back. ``rss_peak_mb``
-is the whole process's peak during the case (libraries included); ``rss_delta_mb`` is that peak minus the RSS
-before loading: what this backend and precision cost on top of an idle process. Cases run one after the other
-and each one's models are freed before the next.
+is reset (``/proc/self/clear_refs``), the model is loaded and warmed up, and ``VmHWM`` is read back.
+``rss_delta_mb`` is that peak minus the RSS before loading: what this backend and precision cost on top of the
+process; ``rss_peak_mb`` is the RSS before the batch size's first model plus that delta (what a process serving
+this one model peaks at, libraries included). The models of one batch size stay loaded through its rounds and
+are freed before the next batch size.
 
 Progress and messages go through ``reporter=`` (``deploykit.reporter``); a call from Python prints nothing.
 Heavy frameworks (torch, onnxruntime, openvino, tensorrt) are imported inside the functions that need them.
@@ -38,10 +42,12 @@ Heavy frameworks (torch, onnxruntime, openvino, tensorrt) are imported inside th
 from __future__ import annotations
 
 from deploykit.bench.host import DENORMALS, Capabilities, host_info, host_line, probe
-from deploykit.bench.measure import ORT_DENORMAL_CONFIG, Case, Prepared, TrtBenchSteps, measure, time_loop
+from deploykit.bench.measure import (ORT_DENORMAL_CONFIG, ROUNDS, Case, Prepared, TrtBenchSteps, measure, measure_cases,
+                                     time_loop)
 from deploykit.bench.options import (DEFAULT_MODEL, Backend, BenchOptions, Variant, default_backends, parse_batches,
                                      parse_list)
-from deploykit.bench.output import model_title, rows, ship_lines, skip_text, write_markdown, write_plot
+from deploykit.bench.output import (model_title, ratio_cell, rows, ship_lines, skip_text, unstable_lines,
+                                    write_markdown, write_plot)
 from deploykit.bench.plan import plan_cases
 from deploykit.bench.results import BenchReport, Latency, Measurement, Skip
 from deploykit.bench.run import (bench_artifact, bench_folder, bench_input, bench_target, default_target,
@@ -51,5 +57,6 @@ from deploykit.runners.base import Device
 __all__ = ["DEFAULT_MODEL", "DENORMALS", "ORT_DENORMAL_CONFIG", "Backend", "BenchOptions", "BenchReport",
            "Capabilities", "Case", "Device", "Latency", "Measurement", "Prepared", "Skip", "TrtBenchSteps", "Variant",
            "bench_artifact", "bench_folder", "bench_input", "bench_target", "default_backends", "default_target",
-           "host_info", "host_line", "latest_export", "measure", "model_title", "parse_batches", "parse_list",
-           "plan_cases", "probe", "rows", "ship_lines", "skip_text", "time_loop", "write_markdown", "write_plot"]
+           "host_info", "host_line", "latest_export", "measure", "measure_cases", "ROUNDS", "model_title", "parse_batches", "parse_list",
+           "plan_cases", "probe", "ratio_cell", "rows", "ship_lines", "skip_text", "time_loop", "unstable_lines",
+           "write_markdown", "write_plot"]

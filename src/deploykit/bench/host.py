@@ -231,3 +231,17 @@ def host_line(host: dict[str, Any]) -> str:
             + (f" | tensorrt {v['tensorrt']}" if v.get("tensorrt") else "")
             + (" | denormals flushed to zero" if host.get("denormals") == DENORMALS else "")
             + (f" | openvino {v['openvino']}" if v.get("openvino") else "") + load)
+
+
+def contention_warning(host: dict[str, Any]) -> str | None:
+    """The warning for a host that was busy as timing started (1-min load >= the cores bench may use), or None;
+    its advice leaves out ``--threads 1`` where that was already taken. The CLI prints it; bench's markdown and
+    ``report.md`` carry it from ``bench.json``."""
+    busy, cores = host.get("load_avg_1m"), host.get("cores_available")
+    if not isinstance(busy, (int, float)) or not isinstance(cores, int) or busy < cores:
+        return None
+    advice = ("rerun when it is quieter" if host.get("threads") == 1 else
+              "rerun when it is quieter, or with --threads 1")
+    return (f"this host was busy when timing started (1-min load {busy} on {cores} cores): timings are noisy, "
+            "PyTorch's most (its threads wait on each other when cores are taken), and rows whose rounds disagree "
+            f"are marked unstable; {advice}")

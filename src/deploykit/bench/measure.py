@@ -1,11 +1,17 @@
-"""Timing and memory of one case: load its model bound to the benchmark batch (one loader per backend), warm
-up, time back-to-back iterations, read the process's peak RSS around it.
+"""Timing and memory of the cases of one batch size: load each model bound to the benchmark batch (one loader per
+backend), warm it up, then time the cases in alternating rounds, read the process's peak RSS around each load.
+
+Rounds: a busy second on a shared host lands on whatever runs then. Timed one after another, one row meets it and
+every ratio to that row is distorted (a 1773x "speed-up"); timed in ``ROUNDS`` rounds, each round running every
+loaded case in turn (the order reversed every other round), a busy second distorts one round, and a ratio taken
+within each round, then the median over rounds, does not move (``results.add_speedups``).
 
 Clocks: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU. The step that is timed is
 the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under ``inference_mode`` -- so bench
 adds nothing a hand-written loop would not. Memory: for each case the kernel's peak-RSS counter is reset
-(``/proc/self/clear_refs``), the model is loaded and run, and ``VmHWM`` is read back; ``rss_delta_mb`` is that
-peak minus the RSS before loading.
+(``/proc/self/clear_refs``), the model is loaded and warmed up, and ``VmHWM`` is read back; ``rss_delta_mb`` is
+that peak minus the RSS before loading, ``rss_peak_mb`` the RSS before the batch's first model plus that delta
+(what a process serving this one model would peak at).
 """
 
 from __future__ import annotations
@@ -59,11 +65,12 @@ def self_clock(step: SelfTimed) -> float:
 
 
 def time_loop(step: Step, *, warmup: int, iters: int | None, seconds: float | None,
-              clock: Callable[[Step], float] = wall_ms) -> np.ndarray:
+              clock: Callable[[Step], float] = wall_ms, most: int = DEFAULT_ITERS, least: int = MIN_ITERS,
+              budget_s: float = DEFAULT_BUDGET_S) -> np.ndarray:
     """Latencies in ms of back-to-back calls of ``step`` after ``warmup`` untimed calls.
 
     ``iters``: exactly that many; ``seconds``: until that much time has passed (at least one call); neither:
-    ``DEFAULT_ITERS`` calls, or fewer (never under ``MIN_ITERS``) once ``DEFAULT_BUDGET_S`` has passed.
+    ``most`` calls, or fewer (never under ``least``) once ``budget_s`` has passed.
     """
     for _ in range(warmup):
         step()
@@ -75,7 +82,7 @@ def time_loop(step: Step, *, warmup: int, iters: int | None, seconds: float | No
         while not samples or time.perf_counter() - start < seconds:
             samples.append(clock(step))
         return np.array(samples)
-    while len(samples) < DEFAULT_ITERS and (len(samples) < MIN_ITERS or time.perf_counter() - start < DEFAULT_BUDGET_S):
+    while len(samples) < most and (len(samples) < least or time.perf_counter() - start < budget_s):
         samples.append(clock(step))
     return np.array(samples)
 
@@ -190,20 +197,113 @@ class Case:
         return f"{label(self.backend, self.precision, self.variant)} b{self.batch}"
 
 
+ROUNDS = 5  # rounds per batch size; --iters N < ROUNDS gives N rounds of one iteration
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How the timed iterations of a case are split over rounds."""
+
+    rounds: int
+    iters: tuple[int, ...] | None  # per round (--iters: their sum is exactly --iters)
+    seconds: float | None  # per round (--seconds S: S / rounds)
+    most: int  # neither: at most this many per round ...
+    least: int  # ... never fewer than this ...
+    budget_s: float  # ... stopping once this much time has passed in the round
+
+    @classmethod
+    def of(cls, options: BenchOptions) -> RoundPlan:
+        rounds = ROUNDS if options.iters is None else max(1, min(ROUNDS, options.iters))
+        iters = None
+        if options.iters is not None:
+            base, extra = divmod(options.iters, rounds)
+            iters = tuple(base + (r < extra) for r in range(rounds))
+        return cls(rounds, iters, None if options.seconds is None else options.seconds / rounds,
+                   most=-(-DEFAULT_ITERS // rounds), least=max(1, -(-MIN_ITERS // rounds)),
+                   budget_s=DEFAULT_BUDGET_S / rounds)
+
+    def time(self, prepared: Prepared, r: int) -> np.ndarray:
+        """Round ``r`` of a loaded case: one untimed call (the other cases ran since: caches are cold), then its
+        share of the iterations."""
+        return time_loop(prepared.step, warmup=1, iters=None if self.iters is None else self.iters[r],
+                         seconds=self.seconds, clock=prepared.clock, most=self.most, least=self.least,
+                         budget_s=self.budget_s)
+
+
+@dataclass
+class _Loaded:
+    case: Case
+    prepared: Prepared | None
+    rss: dict[str, float | None]
+    gpu: float | None
+    rounds: list[np.ndarray]
+
+
+def measure_cases(cases: list[Case], batch: np.ndarray, options: BenchOptions,
+                  on_step: Callable[[str], None] = lambda _: None
+                  ) -> tuple[list[Measurement], list[tuple[Case, DeployKitError]]]:
+    """Load every case (same batch size) with its warm-up, then time them in alternating rounds.
+
+    Returns the measurements, and each case that failed with a user-facing error (an engine TensorRT refuses, a
+    batch its profile does not take) with that error; the other cases still run. ``on_step(text)`` is called
+    before each load and round (progress)."""
+    plan = RoundPlan.of(options)
+    loaded: list[_Loaded] = []
+    failed: list[tuple[Case, DeployKitError]] = []
+    _release_freed_memory()
+    base = _rss()
+    try:
+        for case in cases:
+            on_step(f"loading {case.label}")
+            prepared = None
+            try:
+                with rss_window() as rss:
+                    prepared = case.prepare(batch)
+                    for _ in range(options.warmup):
+                        prepared.step()
+                    gpu = prepared.gpu_mem_mb()
+            except DeployKitError as exc:
+                if prepared is not None:
+                    prepared.close()
+                failed.append((case, exc))
+                continue
+            loaded.append(_Loaded(case, prepared, rss, gpu, []))
+        for r in range(plan.rounds):
+            on_step(f"round {r + 1}/{plan.rounds}")
+            for item in loaded if r % 2 == 0 else loaded[::-1]:
+                if item.prepared is None:
+                    continue
+                try:
+                    item.rounds.append(plan.time(item.prepared, r))
+                except DeployKitError as exc:
+                    failed.append((item.case, exc))
+                    item.prepared.close()
+                    item.prepared = None
+    finally:
+        for item in loaded:
+            if item.prepared is not None:
+                item.prepared.close()
+    out = []
+    for item in loaded:
+        if item.prepared is None:
+            continue
+        case, prepared = item.case, item.prepared
+        samples = np.concatenate(item.rounds)
+        delta = item.rss["delta"]
+        out.append(Measurement(case.backend, case.precision, options.device, case.batch, case.variant,
+                               Latency.of(samples), len(samples), clock=prepared.clock_name, artifact=case.artifact,
+                               rss_peak_mb=None if delta is None else base / 2**20 + delta, rss_delta_mb=delta,
+                               gpu_mem_mb=item.gpu, parity=case.parity, note=case.note, ran=prepared.ran,
+                               round_p50=[float(np.median(r)) for r in item.rounds]))
+    return out, failed
+
+
 def measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measurement:
-    with rss_window() as rss:
-        prepared = case.prepare(batch)
-        try:
-            samples = time_loop(prepared.step, warmup=options.warmup, iters=options.iters, seconds=options.seconds,
-                                clock=prepared.clock)
-            gpu = prepared.gpu_mem_mb()
-            clock, ran = prepared.clock_name, prepared.ran
-        finally:
-            prepared.close()
-            del prepared
-    return Measurement(case.backend, case.precision, options.device, case.batch, case.variant, Latency.of(samples),
-                       len(samples), clock=clock, artifact=case.artifact, rss_peak_mb=rss["peak"],
-                       rss_delta_mb=rss["delta"], gpu_mem_mb=gpu, parity=case.parity, note=case.note, ran=ran)
+    """One case alone, in rounds (a user-facing error raises)."""
+    results, failed = measure_cases([case], batch, options)
+    if failed:
+        raise failed[0][1]
+    return results[0]
 
 
 # ------------------------------------------------------------------------------- loaders, one per backend

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.bench.host import contention_warning
 from deploykit.bench.options import Backend, Variant
-from deploykit.bench.results import BenchReport, Skip
+from deploykit.bench.results import BenchReport, Skip, round_ratio
 from deploykit.errors import InputError
 from deploykit.parity import Precision
 from deploykit.text import plain_plot_text, printable
@@ -40,6 +41,19 @@ def parity_cell(parity: dict[str, Any] | None) -> str:
     return " ".join(bits + [verdict]).strip()
 
 
+def ratio_cell(value: float | None, span: list | tuple | None, stable: bool = True) -> str:
+    """A speed-up as a table shows it: the median of rounds with the rounds' range; an unstable row's as its range
+    only, marked, so no figure a quiet rerun would not reproduce reads as a result. Shared with ``report.py``."""
+    if value is None:
+        return "-"
+    low, high = span if span else (value, value)
+    if not stable:
+        if high - low < 0.005 * max(abs(high), 1e-9):
+            return "unstable" if abs(value - 1.0) < 1e-9 else f"unstable ({value:.3g}x)"
+        return f"unstable ({low:.3g}-{high:.3g}x)"
+    return f"{value:.2f}x" + (f" ({low:.2f}-{high:.2f})" if high - low >= 0.005 else "")
+
+
 COLUMNS = ("backend", "precision", "variant", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms",
            "img/s (p50)", "vs torch (p50)", "RSS peak MB", "RSS +MB", "GPU MB", "parity")
 
@@ -50,26 +64,36 @@ def rows(report: BenchReport) -> list[list[str]]:
         lat = m.latency
         out.append([m.backend.value, m.precision.value, m.variant.value, m.device.value, str(m.batch),
                     f"{lat.p50:.2f}", f"{lat.p90:.2f}", f"{lat.p99:.2f}", f"{lat.mean:.2f}", f"{m.throughput:.1f}",
-                    _fmt(m.speedup_vs_torch, ".2f") + ("x" if m.speedup_vs_torch else ""),
+                    ratio_cell(m.speedup_vs_torch, m.speedup_range, m.stable),
                     _fmt(m.rss_peak_mb, ".0f"), _fmt(m.rss_delta_mb, ".0f"), _fmt(m.gpu_mem_mb, ".0f"),
                     parity_cell(m.parity) + (" <- ship this" if m.ship else "")])
     return out
 
 
 def ship_lines(report: BenchReport) -> list[str]:
-    """One line per backend, device and batch: the fastest verified artifact, its p50 and its ratio to ORT FP32."""
-    ort_fp32 = {(m.device, m.batch): m.latency.p50 for m in report.results
+    """One line per backend, device and batch: the fastest verified artifact, its p50 and its speed-up over ORT
+    FP32 (ORT FP32's latency / its latency, per round, median of rounds: the table's direction, > 1 is faster)."""
+    ort_fp32 = {(m.device, m.batch): m for m in report.results
                 if m.backend is Backend.ort and m.precision is Precision.FP32}
     out = []
     for m in report.results:
         if not m.ship:
             continue
         ran = f", {m.ran['inference_precision']} hint" if m.ran and m.backend is Backend.ov else ""
-        ratio = ort_fp32.get((m.device, m.batch))
-        ratio = f", {m.latency.p50 / ratio:.3f}x ORT FP32" if ratio else ""
+        ref = ort_fp32.get((m.device, m.batch))
+        ratio = ""
+        if ref is not None and ref is not m:
+            median, low, high = round_ratio(ref, m)
+            ratio = (f", {ratio_cell(median, (low, high), m.stable and ref.stable)} the speed of ORT FP32"
+                     if m.stable and ref.stable else f", speed vs ORT FP32 {ratio_cell(median, (low, high), False)}")
         out.append(f"ship this on {m.backend.value} ({m.device.value}, batch {m.batch}): {m.artifact} "
                    f"({m.precision.value}{ran}) -- p50 {m.latency.p50:.2f} ms{ratio}; {parity_cell(m.parity)}")
     return out
+
+
+def unstable_lines(report: BenchReport) -> list[str]:
+    """One line per unstable row: which and why (its figures are not results: rerun, quieter or --threads 1)."""
+    return [f"{m.label} batch {m.batch}: {'; '.join(m.unstable)}" for m in report.results if m.unstable]
 
 
 def write_markdown(report: BenchReport, dest: Path) -> Path:
@@ -81,8 +105,10 @@ def write_markdown(report: BenchReport, dest: Path) -> Path:
              f"- model: {t.get('source', t.get('folder'))} (input {shape_text(t.get('input'))}, "
              f"{t.get('num_classes')} classes)",
              f"- iterations: {', '.join(sorted({str(m.iters) for m in report.results})) or '-'} timed per row after "
-             "warm-up; latency per batch; img/s and `vs torch` both come from the p50 latency: img/s = batch / p50, "
-             "`vs torch` = PyTorch eager FP32 p50 / this p50 (same device and batch)",
+             f"warm-up, in {max((len(m.round_p50 or ()) for m in report.results), default=0)} alternating rounds; "
+             "latency per batch; img/s = batch / p50; `vs torch` = PyTorch eager FP32 p50 / this p50 (same "
+             "device and batch) per round, the median of rounds (their range in brackets); `unstable`: rounds "
+             "disagree, p50 above the mean or a smaller batch slower than a larger one -- not a result",
              "- RSS peak: the process's peak resident memory while the row loaded and ran its model (libraries "
              "included); RSS +MB: that peak minus the resident memory before loading",
              "- parity: what export/verify recorded for the artifact in deploykit.json (top-1 agreement and lowest "
@@ -91,6 +117,13 @@ def write_markdown(report: BenchReport, dest: Path) -> Path:
              "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i < 4 or i == len(COLUMNS) - 1 else "--:"
                                                               for i in range(len(COLUMNS))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    unstable = unstable_lines(report)
+    if unstable:
+        lines += ["", "Unstable rows (their figures are not results; rerun when the host is quieter):", ""]
+        lines += [f"- {line}" for line in unstable]
+    busy = contention_warning(report.host)
+    if busy:
+        lines += ["", f"Warning: {busy}"]
     ship = ship_lines(report)
     if ship:
         lines += ["", "Ship this (fastest verified artifact per backend):", ""] + [f"- {line}" for line in ship]
@@ -147,7 +180,8 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     p50 = np.array([m.latency.p50 for m in at])
     p90 = np.array([m.latency.p90 for m in at])
     p99 = np.array([m.latency.p99 for m in at])
-    ax_lat.barh(y, p50, color=colors, height=0.6, label="p50")
+    ax_lat.barh(y, p50, color=colors, height=0.6, label="p50",
+                hatch=["//" if m.unstable else "" for m in at])  # hatched: unstable
     ax_lat.errorbar(p50, y, xerr=[np.zeros_like(p50), np.maximum(p99 - p50, 0)], fmt="none", ecolor="black",
                     elinewidth=1, capsize=3, label="p50 to p99")
     ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
@@ -161,8 +195,10 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     for yi, m in zip(y, at):
         p = m.latency.p50
         text = f" {p:.3g} ms" if p < 1000 else f" {p:,.0f} ms"
-        if m.speedup_vs_torch and not (m.backend is Backend.torch and m.precision is Precision.FP32
-                                       and m.variant is Variant.eager):
+        if m.unstable:
+            text += "  unstable: not a result"
+        elif m.speedup_vs_torch and not (m.backend is Backend.torch and m.precision is Precision.FP32
+                                         and m.variant is Variant.eager):
             text += f"  {m.speedup_vs_torch:.2f}x vs torch"
         ax_lat.text(max(m.latency.p99, m.latency.p50), yi, text, va="center", fontsize=8)
     ax_lat.set_yticks(y, [m.label for m in at], fontsize=9)
@@ -174,7 +210,9 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
         ax_thr = axes[0][1]
         for label in dict.fromkeys(m.label for m in report.results):
             pts = sorted((m.batch, m.throughput) for m in report.results if m.label == label)
-            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            shaky = any(m.unstable for m in report.results if m.label == label)
+            ax_thr.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                        label=label + (" (unstable)" if shaky else ""), linestyle="--" if shaky else "-")
         ax_thr.set_xscale("log", base=2)
         ax_thr.set_xticks(batches, [str(b) for b in batches])
         ax_thr.set_xlabel("batch")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.bench.host import Capabilities, host_info, probe
-from deploykit.bench.measure import measure
+from deploykit.bench.measure import RoundPlan, measure_cases
 from deploykit.bench.options import DEFAULT_MODEL, EXPORTS_DIR, Backend, BenchOptions
 from deploykit.bench.plan import plan_cases
 from deploykit.bench.results import BenchReport, Measurement, Skip, add_speedups, mark_ship
@@ -33,14 +33,22 @@ def bench_input(manifest: Manifest, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([arr] * reps)[:batch], dtype=np.float32)
 
 
-def _pin_threads(threads: int) -> None:
-    """Same intra-op thread count for PyTorch as ONNX Runtime gets; import both before any RSS is read."""
+def _pin_threads(threads: int) -> int | None:
+    """The thread budget ONNX Runtime and OpenVINO get, for PyTorch too: ``threads`` intra-op threads and one
+    inter-op thread (ORT's ``inter_op_num_threads = 1``; OpenVINO's one stream), so a 2-core host is not
+    oversubscribed by a second pool. PyTorch can size its inter-op pool only before the process first uses it;
+    later it keeps what it has. Import both before any RSS is read. Returns PyTorch's inter-op thread count."""
+    interop = None
     with contextlib.suppress(ImportError):
         import torch
 
         torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after parallel work ..."
+            torch.set_num_interop_threads(1)
+        interop = torch.get_num_interop_threads()
     with contextlib.suppress(ImportError):
         import onnxruntime  # noqa: F401
+    return interop
 
 
 def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | None = None,
@@ -70,18 +78,32 @@ def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | No
         import torch
 
         restore = torch.get_num_threads()
-    _pin_threads(options.thread_count)
+    interop = _pin_threads(options.thread_count)
+    if interop is not None:
+        host["torch_interop_threads"] = interop
     inputs = {b: bench_input(manifest, b) for b in sorted({c.batch for c in cases})}
+    plan = RoundPlan.of(options)
+    batches = sorted({c.batch for c in cases})
+    steps = len(cases) + plan.rounds * len(batches)  # one per load, one per round of each batch size
+    done = 0
     with reporter.progress("benchmarking") as task:
         try:
-            for i, case in enumerate(cases):
-                task.update(description=f"bench {case.label}", completed=i, total=len(cases))
-                try:
-                    results.append(measure(case, inputs[case.batch], options))
-                except DeployKitError as exc:  # this case only: the rest of the run goes on
+            for b in batches:
+                group = [c for c in cases if c.batch == b]
+
+                def step(text: str, b: int = b) -> None:
+                    nonlocal done
+                    task.update(description=f"bench batch {b}: {text}", completed=done, total=steps)
+                    done += 1
+
+                measured, failed = measure_cases(group, inputs[b], options, on_step=step)
+                results += measured
+                for case, exc in failed:  # these cases only: the rest of the run goes on
                     skip = Skip(case.backend, case.precision, str(exc), batch=case.batch)
                     if skip not in skips:  # TensorRT's two variants fail alike
                         skips.append(skip)
+            order = {(c.backend, c.precision, c.variant, c.batch): i for i, c in enumerate(cases)}
+            results.sort(key=lambda m: order[(m.backend, m.precision, m.variant, m.batch)])  # the plan's order
         finally:
             if restore is not None:
                 import torch
@@ -90,7 +112,7 @@ def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | No
                 torch.set_flush_denormal(False)  # torch's default, as a library call found it
         verify_ov_rows(folder, manifest, results, options.thread_count, task, data=options.data,
                        max_images=options.max_images)
-        task.update(description="bench done", completed=len(cases), total=len(cases))
+        task.update(description="bench done", completed=steps, total=steps)
     add_speedups(results)
     mark_ship(results)
     info = {"folder": str(folder), "arch": manifest.model.get("arch"), "input": manifest.input.get("shape"),

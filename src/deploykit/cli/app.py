@@ -65,7 +65,10 @@ class DeployKitGroup(TyperGroup):
         except DeployKitError as exc:
             if debug_enabled():
                 raise
-            _error(str(exc))
+            lines = getattr(exc, "lines", None) or [str(exc)]
+            _error(lines[0])
+            for line in lines[1:]:  # a long message's commands, one per line under the error line
+                err_console.print(f"  {literal(line)}", highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             self._interrupted(ctx)

@@ -53,8 +53,10 @@ def bench(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
+    from deploykit.bench.host import contention_warning
     from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
-                                 parse_list, ship_lines, skip_text, write_markdown, write_plot)
+                                 parse_list, ship_lines, skip_text, unstable_lines, write_markdown,
+                                 write_plot)
     from deploykit.cli.render_bench import bench_table
     from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
@@ -82,15 +84,16 @@ def bench(
                                auto_refresh=False)
     report = bench_target(target, options, reporter=reporter)
 
-    busy = report.host.get("load_avg_1m")
-    if busy is not None and busy >= report.host["cores_available"]:
-        warn(f"this host was busy when timing started (1-min load {busy} on {report.host['cores_available']} "
-             "cores): timings are noisy, PyTorch's most (its threads wait on each other when cores are taken), "
-             "so its speed-ups overstate; rerun when it is quieter, or with --threads 1")
+    busy = contention_warning(report.host)
+    if busy:
+        warn(busy)
     if as_json:
         print(dumps_strict(report.to_json()))
     else:
         console.print(bench_table(report))
+        console.print(f"host: {escape(report.host_line)}", highlight=False, soft_wrap=True)
+        for line in unstable_lines(report):
+            console.print(f"[yellow]unstable[/] {escape(line)}", highlight=False, soft_wrap=True)
         for line in ship_lines(report):
             console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for skip in report.skipped:
@@ -105,6 +108,14 @@ def bench(
         plot = plot or keep_in / "bench.png"
         err_console.print(f"wrote {literal(keep_in / BENCH_NAME)} (`deploykit report {literal(keep_in)}` puts it in report.md)",
                           highlight=False)
+    elif target is not None and Path(target).is_dir() and (Path(target) / "bench.json").is_file() \
+            and not _stdout_is(Path(target) / "bench.json"):
+        from deploykit.cli.render import note
+
+        note(f"results went to {'stdout (--json)' if as_json else 'this screen'}"
+             + "".join(f" and {p}" for p in (plot, md) if p is not None)
+             + f"; {Path(target) / 'bench.json'} is an earlier bench and was left as it was -- `deploykit report` "
+             f"reads that one: `deploykit bench {target} --json > {Path(target) / 'bench.json'}` to replace it")
     if plot is not None:
         write_plot(report, plot)
         err_console.print(f"wrote {literal(plot)}", highlight=False)
@@ -113,3 +124,14 @@ def bench(
         err_console.print(f"wrote {literal(md)}", highlight=False)
     if not report.results:
         raise InputError("nothing could be measured here: see the skipped list")
+
+
+def _stdout_is(path: Path) -> bool:
+    """Whether stdout is redirected into ``path`` (``deploykit bench DIR --json > DIR/bench.json``)."""
+    import os
+    import sys
+
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test runner's capture)
+        return False

@@ -85,10 +85,11 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
         from deploykit.manifest import Manifest
         from deploykit.verify import record_parity, verify_folder
 
-        status(f"verifying {result.path.name}")
         from deploykit.cli.reporter import ConsoleReporter
 
-        report = verify_folder(folder, data=data, reporter=ConsoleReporter(), only=[result.path.name], loaded=loaded)
+        reporter = ConsoleReporter()
+        reporter.status(f"verifying {result.path.name}")  # a step the heartbeat names while it runs
+        report = verify_folder(folder, data=data, reporter=reporter, only=[result.path.name], loaded=loaded)
         manifest = Manifest.load(folder)
         record_parity(manifest, report)
         manifest.save(folder)

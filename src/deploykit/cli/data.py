@@ -15,15 +15,20 @@ from deploykit.data import Bundled, Split
 @app.command()
 def data(
     name: Annotated[Bundled, typer.Argument(help="Bundled dataset.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write <class>/<index>.png into.")],
-    split: Annotated[Split, typer.Option("--split", help="val: the held-out images `train` validates on and "
-                                                         "`eval --data NAME` uses; train: the rest.")] = Split.val,
+    out: Annotated[Path, typer.Option("--out", help="Folder to write train/ and val/ into (with --split: "
+                                                    "<class>/<index>.png of that split).")],
+    split: Annotated[Optional[Split], typer.Option("--split", help="Only this split, straight into --out. val: "
+                                                                   "the held-out images `train` validates on and "
+                                                                   "`eval --data NAME` uses; train: the rest "
+                                                                   "\\[default: both, as train/ and val/].")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Where MNIST / FashionMNIST / CIFAR10 "
                                                                           "files are.")] = None,
 ) -> None:
     """Write digits (or MNIST / FashionMNIST / CIFAR10 from --data-root) as PNG files, one folder per class."""
     from deploykit.data import bundled_split, write_imagefolder
 
-    images = write_imagefolder(bundled_split(name, split, data_root=data_root), out)
-    console.print(f"[bold]{literal(out)}[/]: {len(images)} images in {len(images.class_names or ())} class folders "
-                  f"({name.value}, {split.value} split)", highlight=False)
+    # both splits by default: `deploykit train ARCH --data DIR` trains on train/ and validates on val/
+    for part, dest in ([(split, out)] if split is not None else [(s, out / s.value) for s in (Split.train, Split.val)]):
+        images = write_imagefolder(bundled_split(name, part, data_root=data_root), dest)
+        console.print(f"[bold]{literal(dest)}[/]: {len(images)} images in {len(images.class_names or ())} class folders "
+                      f"({name.value}, {part.value} split)", highlight=False, soft_wrap=True)

@@ -60,6 +60,7 @@ def eval_(
     worst = [row for row in sorted(report.per_class(), key=lambda row: row[2]) if row[2] < 100.0][:5]
     if worst:
         console.print("classes found least often (recall: share of a class's images predicted as that class): "
-                      + ", ".join(f"{literal(name)} {round(recall * n / 100)} of {n} ({recall:.1f}%)"
+                      + "; ".join(f"class {literal(repr(str(name)) if str(name).isdigit() else name)}: "
+                                  f"{round(recall * n / 100)} of {n} ({recall:.1f}%)"
                                   for name, n, recall in worst), highlight=False, soft_wrap=True)
     console.print(f"confusion matrix: {literal(png)}", highlight=False)

@@ -5,6 +5,10 @@ nothing at all, so :class:`PlainProgress` writes plain lines instead: one when a
 description changes (a bench case), at most one every ``DEPLOYKIT_PROGRESS_SECONDS`` (default 30) while it runs,
 and one when it completes. :func:`progress_bar` picks one of the two; both take the same calls
 (``add_task``, ``update``, ``advance``, ``remove_task``, ``refresh``, ``console.print``).
+
+A step may also take long between two updates (one slow layer, a long verification): ``ConsoleReporter``'s
+heartbeat then prints for it (:meth:`PlainProgress.heartbeat`, or a ``still ...`` line naming the last step), so a
+log never goes ``DEPLOYKIT_PROGRESS_SECONDS`` without a line while deploykit works.
 """
 
 from __future__ import annotations
@@ -16,6 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 DEFAULT_INTERVAL_S = 30.0
+_last_line = [time.monotonic()]  # when deploykit last printed a line to the user (the heartbeat reads it)
+
+
+def touch() -> None:
+    """A line was just printed: the heartbeat (``deploykit.cli.reporter``) waits a full interval from now."""
+    _last_line[0] = time.monotonic()
+
+
+def quiet_for() -> float:
+    return time.monotonic() - _last_line[0]
 
 
 def interval_s() -> float:
@@ -62,6 +76,7 @@ class PlainProgress:
     def _line(self, task: _Task) -> None:
         now = time.monotonic()
         task.last_line = now
+        touch()
         done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
         fields = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in task.fields.items()
                            if not (isinstance(v, float) and v != v))  # NaN: nothing measured yet
@@ -97,6 +112,15 @@ class PlainProgress:
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
+
+    def heartbeat(self) -> bool:
+        """A line for each running task silent for an interval (its step takes long: no update comes); False
+        when no task is running."""
+        running = [t for t in list(self._tasks.values()) if not t.finished]
+        for task in running:
+            if time.monotonic() - task.last_line >= self.interval:
+                self._line(task)
+        return bool(running)
 
     def remove_task(self, task_id: int) -> None:
         self._tasks.pop(task_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -23,9 +24,14 @@ class SafeConsole(Console):
             seg if seg.control else Segment(reveal(seg.text), seg.style, seg.control) for seg in buffer)
 
 
-# Logs and pipes get wide tables rather than rich's 80-column default.
-console = SafeConsole(width=None if sys.stdout.isatty() else 160, emoji=False)
-err_console = SafeConsole(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+def _width(stream) -> int | None:
+    """Logs and pipes get wide tables rather than rich's 80-column default, unless COLUMNS says otherwise (rich
+    reads it when the width is left to it; a terminal's own width wins on a terminal)."""
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+console = SafeConsole(width=_width(sys.stdout), emoji=False)
+err_console = SafeConsole(stderr=True, width=_width(sys.stderr), emoji=False)
 
 
 def literal(value: object) -> str:

@@ -26,11 +26,13 @@ def bench_table(report: BenchReport) -> Table:
         drop.add("device")
     keep = [i for i, col in enumerate(COLUMNS) if col not in drop]
     on = f" on {devices[0]}" if len(devices) == 1 else ""
-    title = f"{model_title(report)} {shape_text(target.get('input'))}{on} -- {report.host_line}"
+    # the host line is printed on its own line (soft-wrapped, never broken by rich): see `deploykit bench`
+    title = f"{model_title(report)} {shape_text(target.get('input'))}{on}"
     table = Table(title=literal(title), title_justify="left",
-                  caption="img/s and vs torch both from the p50 latency: img/s = batch / p50, vs torch = "
-                          "PyTorch eager FP32 p50 / this p50; parity: " + parity_basis(report),
-                  caption_justify="left")
+                  caption="img/s = batch / p50; vs torch = PyTorch eager FP32 p50 / this p50 in each timing "
+                          "round, the median of rounds (their range in brackets; unstable: not a result, see "
+                          "below); parity: as recorded in deploykit.json by export/verify (vs PyTorch), ov rows "
+                          "verified in this run", caption_justify="left")
     for i in keep:
         col = COLUMNS[i]
         table.add_column(col, justify="left" if col in ("backend", "precision", "variant", "device",

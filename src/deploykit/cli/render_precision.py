@@ -35,14 +35,31 @@ def precision_tables(result) -> list[Table]:
     for target, budget in result.budgets.items():
         name = result.int8[target].path.name if target in result.int8 else target.value
         other = result.other_precision(target)
-        t = Table(title=f"{literal(name)} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
-                        f"(mse {budget.base.mse:.3g}); noisiest layers first (each measured as the only INT8 layer)")
-        for col in ("layer", "loss pts if only INT8", "mse if only INT8", "mse added", f"kept {other}"):
-            t.add_column(col, justify="left" if col == "layer" else "right")
+        if budget.one_pass:  # a miss without --accuracy-budget: the likely layers, from one pass
+            t = Table(title=f"{literal(name)} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
+                            f"(mse {budget.base.mse:.3g}); the likely layers, most quantization noise first (one "
+                            f"pass on {budget.n_ranking} images)",
+                      caption="SQNR: signal to quantization noise of the layer's INT8 input and weight, lower is "
+                              "noisier; to find the fewest layers to keep out of INT8: --accuracy-budget PTS")
+            for col in ("layer", "SQNR dB", "input SQNR dB", "weight SQNR dB"):
+                t.add_column(col, justify="left" if col == "layer" else "right")
+            for noise in budget.ranking[:SHOWN_LAYERS]:
+                j = noise.to_json()
+                t.add_row(literal(noise.layer), *("-" if j[k] is None else f"{j[k]:.1f}"
+                                         for k in ("sqnr_db", "activation_sqnr_db", "weight_sqnr_db")))
+            tables.append(t)
+            continue
+        # the order is the first numeric column's (noisiest first); the kept column only where a budget moved any
         kept = set(budget.kept_fp32)
+        t = Table(title=f"{literal(name)} INT8 sensitivity: loss with everything INT8 {budget.base.loss:.2f} pts "
+                        f"(mse {budget.base.mse:.3g}); each layer measured as the only INT8 layer, noisiest (highest "
+                        "mse) first")
+        cols = ["layer", "mse if only INT8", "mse added", "loss pts if only INT8"] + ([f"kept {other}"] if kept else [])
+        for col in cols:
+            t.add_column(col, justify="left" if col == "layer" else "right")
         for cost in budget.ranking[:max(SHOWN_LAYERS, len(kept))]:
-            t.add_row(literal(cost.layer), f"{cost.loss_alone:.2f}", f"{cost.mse_alone:.3g}", f"{cost.mse_added:.3g}",
-                      "yes" if cost.layer in kept else "")
+            t.add_row(literal(cost.layer), f"{cost.mse_alone:.3g}", f"{cost.mse_added:.3g}", f"{cost.loss_alone:.2f}",
+                      *(["yes" if cost.layer in kept else ""] if kept else []))
         tables.append(t)
         if budget.met is not None:
             s = Table(title=f"{literal(name)} accuracy budget: layers moved to {other} in order, then back to INT8 where "

@@ -22,9 +22,17 @@ def report(
     show: Annotated[bool, typer.Option("--print", help="Also render the report on the terminal.")] = False,
 ) -> None:
     """Write report.md: source, training accuracy, each artifact's parity and accuracy, speed, and the PNGs."""
-    from deploykit.report import write_report
+    from deploykit.report import BENCH_NAME, stale_bench, write_report
 
     dest = write_report(folder, out=out, bench_path=bench)
+    bench_path = bench if bench is not None else folder / BENCH_NAME
+    if bench_path.is_file():
+        from deploykit.cli.render import warn
+        from deploykit.manifest import Manifest
+
+        stale = stale_bench(folder, bench_path, Manifest.load(folder))
+        if stale:
+            warn(stale)
     if show:
         from rich.markdown import Markdown
 
@@ -37,4 +45,5 @@ def terminal_text(markdown: str) -> str:
     text), so each figure becomes a line naming its file."""
     import re
 
-    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"figure (\1): `\2`", markdown)
+    # one list item per figure: consecutive lines of a paragraph would run together
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"- figure (\1): `\2`", markdown)

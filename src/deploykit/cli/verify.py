@@ -59,7 +59,9 @@ def verify(
             raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
     for precision in ("int8", "int8-cpu"):
         overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
-    report = verify_folder(folder, data=data, reporter=ConsoleReporter(), overrides=overrides, only=only,
+    reporter = ConsoleReporter()
+    reporter.status(f"verifying {literal(folder)}: each artifact against its reference")  # long: the heartbeat follows
+    report = verify_folder(folder, data=data, reporter=reporter, overrides=overrides, only=only,
                            allow_pickle=allow_pickle, model_def=model_def, backend=backend,
                            max_images=check_max_images(max_images), recheck=recheck_reference)
     if as_json:

@@ -28,10 +28,31 @@ def get_spec(name: str) -> ModelSpec:
     if key not in registered():
         _load_builtin(everything=True)
     if key not in registered():
-        close = difflib.get_close_matches(key, list(registered()), n=3, cutoff=0.5)
+        close = close_names(key, list(registered()))
         hint = f"; did you mean {', '.join(close)}?" if close else "; run `deploykit models` for the list"
         raise InputError(f"unknown architecture {name!r}{hint}")
     return registered()[key]
+
+
+def close_names(key: str, names: list[str], n: int = 3) -> list[str]:
+    """The ``n`` names most like ``key`` (difflib's ratio, at least 0.5); among equally close ones, the one whose
+    number is nearest first: ``resnet35`` -> resnet34 before resnet50 (difflib alone breaks ties by name,
+    backwards)."""
+    import re
+
+    def number(text: str) -> float | None:
+        found = re.findall(r"\d+", text)
+        return float(found[-1]) if found else None
+
+    wanted = number(key)
+    scored = []
+    for name in names:
+        ratio = difflib.SequenceMatcher(None, key, name).ratio()
+        if ratio >= 0.5:
+            got = number(name)
+            gap = abs(got - wanted) if wanted is not None and got is not None else float("inf")
+            scored.append((-round(ratio, 6), gap, name))
+    return [name for *_, name in sorted(scored)[:n]]
 
 
 def build_model(name: str, num_classes: int, in_channels: int | None = None):

@@ -9,6 +9,10 @@ the loss reported is the other half's (:func:`budget_split`): the accuracy drop 
 top-1 disagreement with FP32. On the search half the budget holds when the counted loss is within it *and* the
 confirmation half is predicted to count a loss within it with probability :data:`CONFIDENCE`
 (:meth:`Score.within`): a count on a hundred-odd images is too coarse to hold the expected loss alone to.
+An INT8 gate miss without ``--accuracy-budget`` only names the likely layers, from one pass
+(:func:`layer_noise`): the FP32 graph with every tensor the INT8 graph quantizes as an output, each layer ranked
+by the local noise of its quantized input and weight (as ONNX Runtime's ``qdq_loss_debug``). It does not see how
+the noise grows on its way to the logits; the per-layer search behind ``--accuracy-budget`` measures that.
 The measurements behind each rule: docs/precision.md, "Accuracy, gates, budget".
 """
 
@@ -163,6 +167,30 @@ class LayerCost:
 
 
 @dataclass
+class LayerNoise:
+    """One layer's quantization noise from :func:`layer_noise`: the relative noise power
+    ``sum((qdq(x) - x)^2) / sum(x^2)`` of its quantized activation input(s) and of its weight."""
+
+    layer: str
+    activation: float
+    weight: float
+
+    @property
+    def noise(self) -> float:
+        """The relative noise the layer's output carries from both (independent noise powers add)."""
+        return self.activation + self.weight
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "relative_noise": self.noise, "sqnr_db": _db(self.noise),
+                "activation_sqnr_db": _db(self.activation), "weight_sqnr_db": _db(self.weight)}
+
+
+def _db(noise: float) -> float | None:
+    """Signal to quantization-noise ratio in dB (None: no noise, e.g. a weight left in FP32)."""
+    return None if noise <= 0 else round(float(-10.0 * np.log10(noise)), 2)
+
+
+@dataclass
 class BudgetResult:
     base: Score  # everything INT8
     ranking: list[LayerCost]
@@ -175,6 +203,7 @@ class BudgetResult:
     n_confirm: int | None = None
     floor: Score | None = None  # no layer in INT8 (the remainder precision alone), on the ranking's images
     n_ranking: int | None = None
+    one_pass: bool = False  # ranking: LayerNoise from layer_noise() (a miss without a budget), not LayerCost
 
     @property
     def loss(self) -> float | None:
@@ -188,7 +217,97 @@ class BudgetResult:
                 "final": self.final.to_json() if self.final else None, "met": self.met,
                 "search_images": self.n_search, "confirm_images": self.n_confirm,
                 "confirm": self.confirm.to_json() if self.confirm else None,
-                "none_int8": self.floor.to_json() if self.floor else None, "sensitivity_images": self.n_ranking}
+                "none_int8": self.floor.to_json() if self.floor else None, "sensitivity_images": self.n_ranking,
+                "sensitivity_method": ONE_PASS if self.one_pass else EACH_ALONE}
+
+
+ONE_PASS = "one pass: each layer's quantization noise (its quantized inputs and weight)"
+EACH_ALONE = "each layer alone in INT8, against FP32"
+
+
+def _qdq_error(x: np.ndarray, rng: dict[str, float], unsigned: bool) -> float:
+    """``sum((qdq(x) - x)^2)``: ``x`` quantized and dequantized as the INT8 graph does -- symmetric int8 on the
+    calibrated ``amax`` (TensorRT), or asymmetric uint8 on the clipped ``[min, max]`` (ONNX Runtime's CPU graph, as
+    ``int8.quantize_cpu``). In float32, in place on one buffer: this runs on every activation of the model."""
+    if unsigned:
+        amax = float(rng.get("amax_u8", rng["amax"]))
+        lo, hi = min(max(float(rng["min"]), -amax), 0.0), max(min(float(rng["max"]), amax), 0.0)
+        scale = max(hi - lo, 1e-12) / 255.0
+        zero = float(np.round(-lo / scale))
+        low, high = -zero, 255.0 - zero
+    else:
+        scale = max(float(rng["amax"]), 1e-12) / 127.0
+        low, high = -127.0, 127.0
+    q = np.divide(x, np.float32(scale), dtype=np.float32)
+    np.rint(q, out=q)
+    np.clip(q, low, high, out=q)
+    q *= np.float32(scale)
+    q -= x
+    return float(np.dot(q.ravel(), q.ravel()))
+
+
+def _weight_noise(w: np.ndarray, axis: int | None) -> float:
+    """Relative noise power of a weight quantized to int8 symmetric per channel along ``axis``."""
+    if axis is None:
+        return 0.0
+    w = np.asarray(w, np.float64)
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.maximum(np.abs(w).max(axis=other, keepdims=True), 1e-12) / 127.0
+    q = np.clip(np.round(w / scale), -127, 127) * scale
+    return float(((q - w) ** 2).sum() / max((w ** 2).sum(), 1e-30))
+
+
+def layer_noise(fp32_path: Path, layers: Sequence, ranges: dict[str, dict[str, float]], batch: np.ndarray, *,
+                unsigned: bool = False, chunk: int = 8,
+                advance: Callable[[int], None] | None = None) -> list[LayerNoise]:
+    """Every quantized layer's noise from one run of the FP32 graph over ``batch``, noisiest first.
+
+    ``layers``: the plan's ``QuantLayer``s (activation inputs, weight, weight axis); ``ranges``: the calibrated
+    ranges per activation tensor (``min``, ``max``, ``amax``, ``amax_u8``); ``unsigned``: the CPU graph's uint8
+    activations. The graph runs with every quantized activation as an extra output, ``chunk`` images at a time,
+    and the noise sums are accumulated, so memory stays that of a few images' activations. ``advance(n)``: progress,
+    in images."""
+    import onnx
+    from onnx import numpy_helper
+
+    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+
+    model = onnx.load(str(fp32_path))
+    weights = {i.name: i for i in model.graph.initializer}
+    tensors = list(dict.fromkeys(t for layer in layers for t in layer.activations if t in ranges))
+    present = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    err = dict.fromkeys(tensors, 0.0)
+    power = dict.fromkeys(tensors, 0.0)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "taps.onnx"
+        onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 1_800_000_000)
+        runner = OnnxRuntimeRunner(path)
+        names = [o.name for o in runner.session.get_outputs()]
+        fixed = runner.session.get_inputs()[0].shape[0]
+        chunk = fixed if isinstance(fixed, int) and fixed > 0 else chunk  # a graph exported with a fixed batch
+        for start in range(0, len(batch) - len(batch) % chunk if len(batch) >= chunk else 0, chunk):
+            outs = dict(zip(names, runner.session.run(names, {runner.input_name: batch[start:start + chunk]})))
+            for name in tensors:
+                x = np.ascontiguousarray(outs.pop(name), np.float32)
+                err[name] += _qdq_error(x, ranges[name], unsigned)
+                power[name] += float(np.dot(x.ravel(), x.ravel()))
+            if advance:
+                advance(chunk)
+        del runner
+    out = []
+    for layer in layers:
+        acts = [err[t] / max(power[t], 1e-30) for t in layer.activations if t in err]
+        w = 0.0
+        if layer.weight is not None and layer.weight in weights:
+            w = _weight_noise(numpy_helper.to_array(weights[layer.weight]), layer.weight_axis)
+        out.append(LayerNoise(layer.name, float(np.mean(acts)) if acts else 0.0, w))
+    out.sort(key=lambda n: -n.noise)
+    return out
 
 
 def budget_split(n: int, seed: int = 0, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

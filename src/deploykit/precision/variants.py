@@ -25,7 +25,8 @@ from deploykit.precision.fp16 import Fp16Graph, convert_fp16
 from deploykit.precision.graph import qdq_counts, save_model
 from deploykit.precision.int8 import CPU_FORMAT, Int8Graph, TrtPlan, cpu_tensors, plan_trt, qdq_trt, quantize_cpu
 from deploykit.precision.remainder import QDQ_OPSET, Remainder, RemainderGraph, remainder_fp16, to_opset
-from deploykit.precision.sensitivity import BudgetResult, budget_split, fit_budget, logits_of, rank_layers, score
+from deploykit.precision.sensitivity import (BudgetResult, budget_split, fit_budget, layer_noise, logits_of, rank_layers,
+                                             score)
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
 
@@ -34,6 +35,9 @@ INT8_NAME = "model.int8.onnx"
 INT8_CPU_NAME = "model.int8-cpu.onnx"
 ABSMAX_IMAGES = 64  # verification images the FP16 range rule looks at (with INT8, the calibration ranges too)
 SENSITIVITY_IMAGES = 64  # ranking runs one INT8 graph per layer: a subset keeps it to minutes on ResNet-50
+# the one-pass noise of a miss without a budget: a tensor's noise power is a mean over millions of values, steady on
+# 32 images (ResNet-50, 2 busy cores: 7.9 s on 32 images, 14.4 s on 64, the same three layers first; docs/precision.md)
+NOISE_IMAGES = 32
 
 
 class Int8Target(str, Enum):
@@ -198,6 +202,8 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
 
     fp16_remainder_asked = (request.int8 and Int8Target.trt in request.int8_for
                             and request.int8_remainder is Remainder.fp16)
+    if request.fp16 or fp16_remainder_asked:
+        step("measuring FP32 activation ranges for FP16")
     absmax = _absmax(fp32, model, verify_batch, result.ranges) if request.fp16 or fp16_remainder_asked else {}
     if request.fp16:
         step("converting to FP16")
@@ -328,8 +334,24 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     if not missed:
         return []
     step = reporter.status
+    if request.accuracy_budget is None:  # no budget to fit: name the likely layers in one pass, in seconds
+        step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): naming the likely layers (one pass)")
+        images = batch[:NOISE_IMAGES]
+        with reporter.progress(f"quantization noise of {len(plan.layers)} INT8 layers ({int8_path.name})",
+                               len(images)) as task:
+            noise = layer_noise(int8_path.parent / "model.onnx", plan.layers, result.ranges.tensors, images,
+                                unsigned=target is Int8Target.cpu, advance=task.advance)
+        budget = BudgetResult(base, noise, one_pass=True)
+        budget.n_ranking = len(images)
+        result.budgets[target] = budget
+        likely = ", ".join(n.layer for n in noise[:3])
+        result.notes.append(f"{int8_path.name} missed its gate; the likely layers (most quantization noise, one "
+                            f"pass on {len(images)} images): {likely}. To find the fewest to keep out of INT8, "
+                            "export again with --accuracy-budget PTS (a per-layer search: minutes on a large "
+                            "model)")
+        return []
     step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
-    if request.accuracy_budget is None or len(confirm) == 0:
+    if len(confirm) == 0:
         search, confirm = np.arange(len(batch)), None  # ranking alone: all images
     s_batch, s_ref = batch[search], reference[search]
     s_labels = None if labels is None else labels[search]

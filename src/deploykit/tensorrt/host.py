@@ -177,8 +177,13 @@ def require_host(folder: Path, precisions, *, done: str | None = None, profile: 
     """``(tensorrt, Host)`` to build on, or MissingDependencyError (exit 3) with :func:`missing_message`."""
     probed = probe()
     if isinstance(probed, list):
+        if isinstance(precisions, (str, EnginePrecision)):
+            precisions = [precisions]
+        lines = [f"{done + '; ' if done else ''}no TensorRT engine built: {'; '.join(probed)}.",
+                 f"Get them with {TRT_INSTALL_HINT}.", "Then, on the target device, run:",
+                 *(f"  {build_command(folder, p, profile, workspace_gib)}" for p in precisions)]
         raise MissingDependencyError(missing_message(probed, folder, precisions, done=done, profile=profile,
-                                                     workspace_gib=workspace_gib))
+                                                     workspace_gib=workspace_gib), lines)
     trt, host = probed
     check_tensorrt_version(host.tensorrt)  # too old a TensorRT fails here, before any work
     return trt, host
