@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from deploykit.errors import InputError
+from deploykit.errors import DeployKitError, InputError
 
 OLDEST = (10, 0)  # deploykit's TensorRT floor (tensorrt.host.MIN_TENSORRT); JetPack 6 ships 10.3
 DEFAULT_TARGETS = ("10.3", "11.5")  # JetPack 6 and the newest 11.x with published release notes
@@ -283,7 +283,7 @@ def check_model(model, target: Target | str) -> Verdict:
             for message in _restrictions(g, node, restriction):
                 once((node.op_type, message), f"{label}: {message} -- \"{restriction}\" ({where})")
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            for message in _qdq(g, node, ops):
+            for message in _qdq(g, node, ops, where):
                 once((node.op_type, message), f"{label}: {message}")
 
     _type_notes(g, target, note)
@@ -374,7 +374,7 @@ def _resize(node, text: str) -> Iterable[str]:
         yield "antialias=1"
 
 
-def _qdq(g: _Graph, node, ops: dict) -> Iterable[str]:
+def _qdq(g: _Graph, node, ops: dict, where: str) -> Iterable[str]:
     """Q/DQ rules: symmetric (zero point 0), scale and quantized types the version takes, scale shape / axis."""
     quantize = node.op_type == "QuantizeLinear"
     inputs = list(node.input) + ["", ""]
@@ -384,10 +384,10 @@ def _qdq(g: _Graph, node, ops: dict) -> Iterable[str]:
     scale_type = g.type_name(scale)
     if scale_type and q_types and scale_type not in q_types:
         yield (f"scale {scale!r} is {scale_type}; QuantizeLinear / DequantizeLinear scales of this version are "
-               f"\"{', '.join(q_types)}\"")
+               f"\"{', '.join(q_types)}\" (QuantizeLinear types, {where})")
     quantized = g.type_name(node.output[0] if quantize else x) or (g.type_name(zero) if zero else None)
     if quantized and dq_types and quantized not in dq_types:
-        yield (f"quantized type {quantized}: DequantizeLinear supports \"{', '.join(dq_types)}\""
+        yield (f"quantized type {quantized}: DequantizeLinear supports \"{', '.join(dq_types)}\" ({where})"
                + (" (UINT8 only as network input or output)" if quantized == "UINT8" else ""))
     if zero:
         value = g.array(zero)
@@ -395,7 +395,7 @@ def _qdq(g: _Graph, node, ops: dict) -> Iterable[str]:
             yield f"zero point {zero!r} is not a constant that can be checked to be 0 -- {_QDQ_SYMMETRIC}"
         elif value.any():
             rule = ops.get(node.op_type, {}).get("restriction", "zero point must be zero")
-            yield f"zero point {zero!r} is not 0 (asymmetric) -- \"{rule}\""
+            yield f"zero point {zero!r} is not 0 (asymmetric) -- \"{rule}\" ({where})"
     if scale and not g.is_build_constant(scale):
         yield f"scale {scale!r} is computed in the graph, not a build-time constant"
     values = g.array(scale) if scale else None
@@ -543,3 +543,15 @@ def failing(checks: list[ArtifactCheck]) -> list[str]:
                 more = f" (+{len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
                 lines.append(f"{check.path} on TensorRT {version}: {verdict.problems[0]}{more}")
     return lines
+
+
+class NotReadyError(DeployKitError):
+    """An artifact that the operator table says TensorRT will not parse or build (exit 4, as a failed verdict)."""
+
+    exit_code = 4
+
+
+def require_ready(checks: list[ArtifactCheck]) -> None:
+    lines = failing(checks)
+    if lines:
+        raise NotReadyError(f"{len(lines)} artifact/target pair(s) will not build: " + " | ".join(lines))
