@@ -555,3 +555,16 @@ def require_ready(checks: list[ArtifactCheck]) -> None:
     lines = failing(checks)
     if lines:
         raise NotReadyError(f"{len(lines)} artifact/target pair(s) will not build: " + " | ".join(lines))
+
+
+def build_refusal(path: Path, tensorrt_version: str, name: str, folder: Path | None = None) -> str | None:
+    """Why the installed TensorRT will not parse ``name`` according to its operator table, or None (``build``
+    calls this before spending minutes in the builder)."""
+    target = resolve_target(str(tensorrt_version))
+    verdict = check_model(load_graph(path), target)
+    if verdict.ready:
+        return None
+    more = f" (+{len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
+    return (f"TensorRT {tensorrt_version} will not build {name}, by its operator table (TensorRT {target.table}): "
+            f"{verdict.problems[0]}{more}; `deploykit check {folder or path} --trt {target.version}` lists every "
+            "problem; re-export so the graph passes, or pass --no-trt-check to try the builder anyway")
