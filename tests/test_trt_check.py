@@ -143,6 +143,18 @@ def test_types_come_from_shape_inference():
     assert any("cast DOUBLE down to FLOAT" in n for n in notes.notes + notes.problems)
 
 
+def test_typing_notes_say_what_weak_and_strong_typing_mean_for_the_graph():
+    half = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 8, 8])]
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], inputs=half,
+                   outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    weak, strong = check_model(model, "10.3"), check_model(model, "11.5")
+    assert weak.ready and strong.ready
+    assert any("weakly typed" in n and "FP16 builder flag" in n and "I/O stays FP16" in n for n in weak.notes)
+    assert any("strongly typed (the only mode" in n and "FP16 inside" in n for n in strong.notes)
+    assert any("weak typing was removed in 11.0" in n for n in strong.notes)
+    assert any("table is used" in n for n in weak.notes)  # a borrowed table is said in every verdict
+
+
 def test_cli_json_and_exit_codes(cli, tmp_path):
     ok = cli("check", LENET, "--json")
     assert ok.exit_code == 0, ok.output

@@ -193,7 +193,7 @@ class _Graph:
         if self.is_initializer(name):
             return True
         node = self.producer.get(name)
-        if node is None or depth > 32:
+        if node is None or depth > 32 or not node.input:  # a graph input, or a source such as RandomNormal
             return False
         if node.op_type == "Shape":
             shape = self.shapes.get(node.input[0])
@@ -255,12 +255,14 @@ def check_model(model, target: Target | str) -> Verdict:
                 f"supports operators in the inclusive range of opset {lo} to opset {hi}\" ({where}); export with "
                 f"--opset {min(max(lo, 18), hi)}")
     g = _Graph(model)
-    seen: set[tuple[str, str]] = set()
+    found: dict[tuple[str, str], list] = {}  # one line per op and kind of problem: its first message and a count
 
-    def once(key: tuple[str, str], message: str) -> None:  # one line per op and kind of problem, with a count
-        if key not in seen:
-            seen.add(key)
-            problem(message)
+    def once(key: tuple[str, str], message: str) -> None:
+        key = (key[0], re.sub(r"'[^']*'", "'-'", key[1]))
+        if key in found:
+            found[key][1] += 1
+        else:
+            found[key] = [message, 1]
 
     for node in g.model.graph.node:
         label = f"{node.op_type} {node.name!r}" if node.name else node.op_type
@@ -286,6 +288,8 @@ def check_model(model, target: Target | str) -> Verdict:
             for message in _qdq(g, node, ops, where):
                 once((node.op_type, message), f"{label}: {message}")
 
+    for message, count in found.values():
+        problem(message + (f" [and {count - 1} more like it]" if count > 1 else ""))
     _type_notes(g, target, note)
     return verdict
 
