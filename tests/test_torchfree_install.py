@@ -129,6 +129,18 @@ def test_tampered_evidence_is_refused(torchfree, folder, tmp_path):
 
 
 @pytest.mark.slow
+def test_check_runs_in_the_base_install(torchfree, folder, tmp_path):
+    """`deploykit check` is a device command: onnx alone, no torch, no TensorRT; the tables ship in the package."""
+    result = run(torchfree, "check", folder, "--trt", "10.3,11.5", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    verdicts = {a["path"]: a for a in json.loads(result.stdout)["artifacts"]}
+    assert verdicts["model.int8.onnx"]["tensorrt_ready"]["10.3"] == {
+        **verdicts["model.int8.onnx"]["tensorrt_ready"]["10.3"], "ready": True, "problems": []}
+    result = run(torchfree, "check", folder / "model.int8-cpu.onnx", "--trt", "10.3", cwd=tmp_path)
+    assert result.returncode == 4 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.slow
 def test_bench_build_report(torchfree, folder, tmp_path):
     result = run(torchfree, "bench", folder, "--batch", "1,8", "--iters", "5", "--warmup", "1", "--json",
                  cwd=tmp_path)

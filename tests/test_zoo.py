@@ -164,10 +164,15 @@ def test_bare_state_dict_exports_with_fp32_parity(name, tmp_path):
     pre = spec.preprocess().replace(height=size, width=size, resize=None if spec.resize is None else size)
     _settle_batchnorm(model, torch.from_numpy(sample_images().load(pre)))
     torch.save(model.state_dict(), tmp_path / "model.pth")
+    from deploykit.tensorrt.check import parse_targets
+
     result = export_folder(tmp_path / "model.pth", out=tmp_path / "export",
-                           options=LoadOptions(input_shape=(spec.channels, size, size)), verify=True)
+                           options=LoadOptions(input_shape=(spec.channels, size, size)), verify=True,
+                           trt_targets=parse_targets("10.3,11.5"))
     assert (result.loaded.arch, result.loaded.num_classes) == (name, 7)
     assert result.manifest.artifacts[0]["path"] == "model.onnx"
+    ready = result.manifest.artifacts[0]["tensorrt_ready"]  # JetPack 6 and 11.x parse the graph, by their tables
+    assert set(ready) == {"10.3", "11.5"} and all(v["ready"] for v in ready.values()), ready
     (art,) = result.report.artifacts
     if art.passed:
         return

@@ -144,6 +144,53 @@ def test_family_fp16_and_int8_graphs(family, photos32, tmp_path):
     assert np.isfinite(got).all()
     assert compare_logits(reference, got)["cosine_min"] > 0.7, family  # random init, tiny: a loose sanity bound
 
+    # TensorRT: the FP32, FP16 and INT8 graphs (FP32 and the default FP16 remainder) pass the operator tables
+    from deploykit.precision.remainder import fp16_remainder
+
+    remainder = fp16_remainder(int8.path, tmp_path / "m.int8-fp16.onnx", absmax)
+    assert_tensorrt_ready(fp32, fp16.path, int8.path, remainder.path)
+
+
+# one per CNN structure the transformer test above does not cover: residual, depthwise + SE + hard-swish,
+# channel shuffle, inception concat, SiLU + SE, grouped RegNet
+CNN_FAMILIES = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "googlenet", "efficientnet_b0",
+                "regnet_x_400mf"]
+
+
+@pytest.mark.parametrize("arch", CNN_FAMILIES)
+def test_cnn_family_graphs_pass_the_tensorrt_check(arch, tmp_path):
+    """The FP32, FP16 and INT8 (FP16 remainder) graphs of each CNN family's representative, as deploykit writes
+    them, pass TensorRT 10.3's and 11.5's operator tables (pure graph inspection: the check itself is cheap)."""
+    from deploykit.export import export_onnx
+    from deploykit.models import get_spec
+    from deploykit.precision.calibrate import collect_stats
+    from deploykit.precision.fp16 import convert_fp16
+    from deploykit.precision.int8 import cpu_tensors, plan_trt, quantize_trt
+    from deploykit.precision.remainder import fp16_remainder
+
+    spec = get_spec(arch)
+    torch.manual_seed(0)
+    module = spec.build(num_classes=7).eval()
+    pre = spec.preprocess().replace(height=spec.min_size, width=spec.min_size, resize=None)
+    fp32 = export_onnx(LoadedModel(module, "test", arch, 7, None, pre, tmp_path / "none"), tmp_path / "m.onnx")
+    model = onnx.load(str(fp32))
+    batch = sample_images().load(pre)[:4]
+    absmax = {t: s.amax for t, s in collect_stats(fp32, sorted(cpu_tensors(model)), [batch],
+                                                   histogram=False).items()}
+    fp16 = convert_fp16(fp32, tmp_path / "m.fp16.onnx", absmax)
+    plan = plan_trt(model)
+    int8 = quantize_trt(fp32, tmp_path / "m.int8.onnx", {t: absmax[t] for t in plan.activation_tensors}, plan=plan)
+    remainder = fp16_remainder(int8.path, tmp_path / "m.int8-fp16.onnx", absmax)
+    assert_tensorrt_ready(fp32, fp16.path, int8.path, remainder.path)
+
+
+def assert_tensorrt_ready(*paths) -> None:
+    from deploykit.tensorrt.check import check_file, parse_targets
+
+    for path in paths:
+        for version, verdict in check_file(path, parse_targets("10.3,11.5")).items():
+            assert verdict.ready, (path.name, version, verdict.problems)
+
 
 def numpy_size(tensor) -> int:
     return int(np.prod(tensor.dims)) if tensor.dims else 1

@@ -29,6 +29,7 @@ class ExportResult:
     loaded: LoadedModel
     report: ParityReport | None
     precision: object | None = None  # deploykit.precision.PrecisionResult when --fp16/--int8 were asked
+    trt_checks: list | None = None  # deploykit.tensorrt.check.ArtifactCheck per ONNX artifact (--trt-targets)
 
 
 GENERIC_STEMS = {"best", "last", "model", "checkpoint", "ckpt", "weights", "final", "latest", "pytorch_model",
@@ -57,10 +58,13 @@ def _same_source(previous: Manifest, model_path: Path, sha256: str) -> bool:
 def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOptions | None = None,
                   opset: int = DEFAULT_OPSET, batch: int = 1, dynamic_batch: bool = False, verify: bool = True,
                   data: Path | None = None, reporter: Reporter = SILENT, precision=None,
-                  force: bool = False, max_images: int | None = None, evidence_images: bool = True) -> ExportResult:
+                  force: bool = False, max_images: int | None = None, evidence_images: bool = True,
+                  trt_targets: list | None = None) -> ExportResult:
     """Export ``model_path`` into an export folder, as one transaction (see :mod:`deploykit.folder`): the folder
-    appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export, and keeps (under another name) a file in the
-    folder that deploykit did not write where the export would replace or remove it."""
+    appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export, and
+    keeps (under another name) a file in the folder that deploykit did not write where the export would replace or
+    remove it. ``trt_targets`` (:class:`deploykit.tensorrt.check.Target`): check every ONNX artifact against those
+    TensorRT versions' operator tables and record ``tensorrt_ready`` per artifact in the manifest."""
     options = options or LoadOptions()
     model_path = Path(model_path)
     if out is not None and (Path(out).exists() or lock_path(Path(out)).exists()):
@@ -96,7 +100,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
                               dynamic_batch=dynamic_batch, verify=verify, data=data, reporter=reporter,
                               precision=precision, calib_images=calib_images, max_images=max_images,
-                              evidence_images=evidence_images)
+                              evidence_images=evidence_images, trt_targets=trt_targets)
         if previous is not None:
             dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
             if dropped:
@@ -115,7 +119,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
 
 def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
                  options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, reporter: Reporter, precision,
-                 calib_images, max_images: int | None = None, evidence_images: bool = True) -> ExportResult:
+                 calib_images, max_images: int | None = None, evidence_images: bool = True, trt_targets=None) -> ExportResult:
     reporter.status("exporting ONNX")
     onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
     io = onnx_io(onnx_path)
@@ -165,8 +169,15 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
 
         write_evidence(folder, manifest, vdata, report.reference_logits, images=evidence_images)
         record_parity(manifest, report)
+    checks = None
+    if trt_targets:
+        from deploykit.tensorrt.check import check_manifest, record_checks
+
+        reporter.status("checking the ONNX graphs against TensorRT's operator tables")
+        checks = check_manifest(manifest, trt_targets)
+        record_checks(manifest, checks)
     manifest.save(folder)
-    return ExportResult(folder, manifest, loaded, report, precision_result)
+    return ExportResult(folder, manifest, loaded, report, precision_result, checks)
 
 
 def _verification_images(loaded: LoadedModel, precision, calib_pool, data, fp32_bytes: int, *,

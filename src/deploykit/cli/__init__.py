@@ -5,6 +5,7 @@ from deploykit.cli import bench  # noqa: F401,E402  (deploykit bench)
 from deploykit.cli import data, eval, train  # noqa: F401  (deploykit train / eval / data)
 from deploykit.cli import build  # noqa: F401,E402  (deploykit build)
 from deploykit.cli import report  # noqa: F401,E402  (deploykit report)
+from deploykit.cli import check  # noqa: F401,E402  (deploykit check)
 from deploykit.cli.app import INTERRUPTED_EXIT, app
 from deploykit.cli.command import add_version_option, use_everywhere
 

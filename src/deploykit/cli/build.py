@@ -58,7 +58,7 @@ class DynamicBatchCommand(DeployKitCommand):
 
 def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str | None, workspace: float | None,
                      timing_cache: Path | None, data: Path | None, verify: bool, done: str | None = None,
-                     loaded=None):
+                     loaded=None, trt_check: bool = True):
     """Build the engine with a progress bar, then verify it (PyTorch reference, else the FP32 ONNX)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
@@ -71,7 +71,7 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
     reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn())
     result = build_engine(folder, precision, profile=requested, workspace_gib=workspace, timing_cache=timing_cache,
-                          reporter=reporter, done=done)
+                          reporter=reporter, done=done, trt_check=trt_check)
     for msg in result.notes:
         note(msg)
     facts = result.facts
@@ -114,6 +114,9 @@ def build(
                                                                 "PyTorch's recorded logits].")
                     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verifying the engine.")] = False,
+    no_trt_check: Annotated[bool, typer.Option(
+        "--no-trt-check", help="Build even when this TensorRT's operator table says the graph will not parse "
+                               "(`deploykit check`).")] = False,
 ) -> None:
     """Build model.<precision>.engine from an export folder with this device's TensorRT, then verify it."""
     from deploykit.errors import VerificationError
@@ -122,7 +125,8 @@ def build(
         raise InputError("build --dynamic-batch takes the batch range: --dynamic-batch MIN:OPT:MAX, e.g. 1:8:32 (a "
                          "dynamic batch dimension itself comes from `deploykit export --dynamic-batch`)")
     _, report = build_and_verify(folder, precision, profile=profile, workspace=workspace,
-                                 timing_cache=timing_cache, data=data, verify=not no_verify)
+                                 timing_cache=timing_cache, data=data, verify=not no_verify,
+                                 trt_check=not no_trt_check)
     if no_verify:
         note(f"verification skipped (--no-verify): run `deploykit verify {folder}` to check the engine")
     if report is not None and not report.passed:

@@ -97,6 +97,10 @@ def export(
     timing_cache: TimingCacheOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out; a file there that "
                                         "deploykit did not write is kept as NAME.kept, never deleted.")] = False,
+    trt_targets: Annotated[Optional[str], typer.Option(
+        "--trt-targets", help="Check every ONNX artifact against these TensorRT versions' operator tables and record "
+                              "the verdicts (tensorrt_ready) in the manifest; none: skip \\[default: 10.3,11.5].")
+                           ] = None,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
@@ -106,6 +110,9 @@ def export(
                                  param_hint="'--out'")
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
                            resize, labels)
+    from deploykit.tensorrt.check import parse_targets
+
+    checked = [] if (trt_targets or "").strip().lower() == "none" else parse_targets(trt_targets)  # fails early
     if to is not Target.trt:
         given = [flag for flag, value in (("--dynamic-batch MIN:OPT:MAX (alias --profile)", profile),
                                           ("--workspace", workspace),
@@ -137,7 +144,8 @@ def export(
     precision.validate()
     result = export_folder(model, out=None if out is None else Path(out), options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
-                           force=force, max_images=check_max_images(max_images), evidence_images=evidence_images)
+                           force=force, max_images=check_max_images(max_images), evidence_images=evidence_images,
+                           trt_targets=checked)
     pre = result.loaded.preprocess
     console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
@@ -147,6 +155,8 @@ def export(
 
         for table in precision_tables(result.precision):
             console.print(table)
+    if result.trt_checks:
+        _print_checks(result.trt_checks, checked)
     if no_verify:
         note("verification skipped (--no-verify): the artifacts are not compared with PyTorch; run "
              f"`deploykit verify {result.folder}` to check them")
@@ -157,6 +167,24 @@ def export(
     if to is Target.trt:
         _build_engines(result, fp16=fp16, int8=int8 and Int8Target.trt in precision.int8_for, profile=profile,
                        workspace=workspace, timing_cache=timing_cache, data=data, verify=not no_verify)
+
+
+def _print_checks(checks, targets) -> None:
+    """Before any engine build: which TensorRT target will fail on which artifact, and why (else one line)."""
+    from deploykit.cli.check import check_tables
+    from deploykit.cli.render import warn
+    from deploykit.tensorrt.check import failing
+
+    lines = failing(checks)
+    versions = ", ".join(t.version for t in targets)
+    if not lines:
+        console.print(f"TensorRT {versions}: every ONNX artifact passes the operator-table check "
+                      "(tensorrt_ready in deploykit.json; `deploykit check` for details)", highlight=False)
+        return
+    for table in check_tables(checks, targets):
+        console.print(table)
+    for line in lines:
+        warn(f"will not build: {line}")
 
 
 def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing_cache, data, verify) -> None:

@@ -410,13 +410,15 @@ class EngineResult:
 
 def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None = None,
                  workspace_gib: float | None = None, timing_cache: Path | None = None,
-                 reporter: Reporter = SILENT, done: str | None = None, probe: Probe = probe_host) -> EngineResult:
+                 reporter: Reporter = SILENT, done: str | None = None, probe: Probe = probe_host,
+                 trt_check: bool = True) -> EngineResult:
     """Build ``model.<precision>.engine`` from the folder's ONNX of that precision; record it in the manifest.
 
     Raises MissingDependencyError (exit 3) with the command to run on the target when TensorRT or a GPU is
     missing here (``probe`` says; ``done`` prefixes that message with what was already written),
-    EngineBuildError when TensorRT cannot parse or build. Steps go to ``reporter.status``, the build phases
-    to ``reporter.progress``.
+    EngineBuildError when TensorRT cannot parse or build, or -- before the builder, unless ``trt_check`` is
+    False -- when the installed version's operator table says it will not (:mod:`deploykit.tensorrt.check`).
+    Steps go to ``reporter.status``, the build phases to ``reporter.progress``.
     """
     folder = Path(folder)
     precision = EnginePrecision(precision)
@@ -426,18 +428,25 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
 
     with folder_lock(folder, "build"):  # one writer of the folder's manifest at a time
         return _build_locked(folder, precision, profile=profile, workspace_gib=workspace_gib,
-                             timing_cache=timing_cache, reporter=reporter, done=done, probe=probe)
+                             timing_cache=timing_cache, reporter=reporter, done=done, probe=probe,
+                             trt_check=trt_check)
 
 
 def _build_locked(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None,
                   workspace_gib: float | None, timing_cache: Path | None, reporter: Reporter, done: str | None,
-                  probe: Probe) -> EngineResult:
+                  probe: Probe, trt_check: bool = True) -> EngineResult:
     manifest = Manifest.load(folder)
     entry = onnx_entry(manifest, precision, folder)
     profile = resolve_profile(manifest, profile)
     trt, host = require_host(folder, precision, done=done, profile=profile, workspace_gib=workspace_gib,
                              probe=probe)
     plan = plan_build(host.tensorrt, precision, fp16_remainder=onnx_remainder(entry) == "fp16")
+    if trt_check:
+        from deploykit.tensorrt.check import build_refusal
+
+        refusal = build_refusal(manifest.file(entry), host.tensorrt, entry["path"], folder)
+        if refusal:
+            raise EngineBuildError(refusal)
     logger = trt_logger(trt)
     logger.reset()
     name = engine_name(precision)
