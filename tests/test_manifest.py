@@ -28,6 +28,17 @@ def _record(**changes) -> Manifest:
     return Manifest(**record)
 
 
+def _tiny_onnx(tag: str) -> bytes:
+    """A real (one Identity node) ONNX graph: ``Manifest.file`` reads an ONNX artifact's graph before handing it out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], tag, [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
 def _with_files(folder: Path, files: dict[str, bytes], precisions: dict[str, str] | None = None) -> Manifest:
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _record()
@@ -109,7 +120,7 @@ def test_artifact_kind_is_read_from_the_suffix(name, kind):
 
 
 def test_file_returns_checked_paths_and_refuses_what_the_manifest_does_not_list(tmp_path):
-    _with_files(tmp_path / "ex", {"model.onnx": b"graph", "model.fp16.onnx": b"half"},
+    _with_files(tmp_path / "ex", {"model.onnx": _tiny_onnx("graph"), "model.fp16.onnx": _tiny_onnx("half")},
                 {"model.fp16.onnx": "fp16"})
     manifest = Manifest.load(tmp_path / "ex")
     assert manifest.file("model.onnx") == tmp_path / "ex" / "model.onnx"
@@ -161,7 +172,7 @@ def test_source_path_is_relative_to_the_folder_and_reloading_flags_come_from_the
     assert _record(source={"path": "/abs/model.pth"}).source_path() == Path("/abs/model.pth")
     assert manifest.source_needs() is None
     assert _record(source={"path": "m.py", "kind": "model-def"}).source_needs() == "--model-def"
-    assert _record(source={"path": "m.pt", "options": {"allow_pickle": True}}).source_needs() == "--allow-pickle"
+    assert _record(source={"path": "m.pt", "options": {"allow_pickle": True}}).source_needs() == "--trust-code"
 
 
 def test_preprocessing_and_class_names_are_read_from_the_record():

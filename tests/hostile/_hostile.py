@@ -235,3 +235,18 @@ def edit_manifest(folder: Path, fn) -> Path:
 
 def deep_list(depth: int) -> str:
     return "[" * depth + "]" * depth
+
+
+def lenet_checkpoint(path: Path, seed: int, class_names: list[str]) -> Path:
+    import torch
+
+    from deploykit.models.checkpoint import save_checkpoint
+    from deploykit.models.registry import build_model, get_spec
+    from deploykit.preprocess import Preprocess
+
+    spec = get_spec("lenet")
+    pre = Preprocess(channels=1, height=28, width=28, mean=tuple(spec.mean), std=tuple(spec.std))
+    torch.manual_seed(seed)
+    model = build_model("lenet", num_classes=10).eval()
+    save_checkpoint(path, model, arch="lenet", num_classes=10, preprocess=pre, class_names=class_names)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _hostile import invoke
+from _hostile import invoke, lenet_checkpoint as _lenet_checkpoint
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -31,21 +31,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.hostile)
-
-
-def _lenet_checkpoint(path: Path, seed: int, class_names: list[str]) -> Path:
-    import torch
-
-    from deploykit.models.checkpoint import save_checkpoint
-    from deploykit.models.registry import build_model, get_spec
-    from deploykit.preprocess import Preprocess
-
-    spec = get_spec("lenet")
-    pre = Preprocess(channels=1, height=28, width=28, mean=tuple(spec.mean), std=tuple(spec.std))
-    torch.manual_seed(seed)
-    model = build_model("lenet", num_classes=10).eval()
-    save_checkpoint(path, model, arch="lenet", num_classes=10, preprocess=pre, class_names=class_names)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,7 @@ def hostile_set(hostile_root, digit_images):
     """A checkpoint, --labels, an export folder, an ImageFolder and an image, each named with the hostile set."""
     import shutil
 
-    from conftest import _lenet_checkpoint
+    from _hostile import lenet_checkpoint as _lenet_checkpoint
 
     root = hostile_root / "names22"
     root.mkdir()
