@@ -19,6 +19,7 @@ from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.parity import ParityReport
 from deploykit.reporter import SILENT, Reporter
+from deploykit.timings import Timings
 from deploykit.verify import record_parity, verify_folder
 
 
@@ -29,6 +30,7 @@ class ExportResult:
     loaded: LoadedModel
     report: ParityReport | None
     precision: object | None = None  # deploykit.precision.PrecisionResult when --fp16/--int8 were asked
+    timings: Timings | None = None  # seconds per stage, also in the manifest's ``timings``
 
 
 GENERIC_STEMS = {"best", "last", "model", "checkpoint", "ckpt", "weights", "final", "latest", "pytorch_model",
@@ -62,15 +64,18 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
     appears (or is replaced) only when every artifact is written. ``force`` replaces another source's export."""
     options = options or LoadOptions()
     model_path = Path(model_path)
-    if verify and data is not None:
-        resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
-    calib_images = None
-    if precision is not None and precision.any:
-        from deploykit.precision import prepare_calibration
+    timings = Timings()
+    with timings.stage("inputs"):
+        if verify and data is not None:
+            resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
+        calib_images = None
+        if precision is not None and precision.any:
+            from deploykit.precision import prepare_calibration
 
-        calib_images = prepare_calibration(precision, reporter=reporter)  # likewise a bad --calib
+            calib_images = prepare_calibration(precision, reporter=reporter)  # likewise a bad --calib
     reporter.status(f"loading {model_path}")
-    loaded = load_model(model_path, options)
+    with timings.stage("load"):
+        loaded = load_model(model_path, options)
     for msg in loaded.notes:
         reporter.note(msg)
     if precision is not None and precision.int8 and loaded.kind == "deploykit":
@@ -79,7 +84,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         from deploykit.train import trained_on_grayscale
 
         precision = _replace(precision, grayscale_trained=trained_on_grayscale(loaded.extra))
-    source_sha = sha256_file(model_path)
+    with timings.stage("load"):
+        source_sha = sha256_file(model_path)
     final = Path(out) if out else default_out(model_path, loaded.arch)
     with terminate_as_interrupt(), folder_lock(final), staged_export(final) as (folder, previous):
         if previous is not None and not force and not _same_source(previous, model_path, source_sha):
@@ -87,7 +93,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                              "choose another --out, or pass --force to replace it")
         result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
                               dynamic_batch=dynamic_batch, verify=verify, data=data, reporter=reporter,
-                              precision=precision, calib_images=calib_images)
+                              precision=precision, calib_images=calib_images, timings=timings)
         if previous is not None:
             dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
             if dropped:
@@ -104,10 +110,13 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
 
 def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
                  options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, reporter: Reporter, precision,
-                 calib_images) -> ExportResult:
+                 calib_images, timings: Timings) -> ExportResult:
     reporter.status("exporting ONNX")
-    onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
-    io = onnx_io(onnx_path)
+    with timings.stage("onnx"):
+        onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch,
+                                dynamic_batch=dynamic_batch)
+        io = onnx_io(onnx_path)
+        onnx_sha = sha256_file(onnx_path)
     manifest = Manifest(
         source={"path": _relative_to(model_path, final), "name": model_path.name, "sha256": source_sha,
                 "kind": loaded.kind, "options": options.to_dict()},
@@ -120,7 +129,7 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         folder=folder,  # the staging folder while the export is being written (artifacts are checked in it)
     )
     manifest.versions["deploykit"] = __version__
-    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
+    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": onnx_sha,
                            "bytes": onnx_path.stat().st_size, "parity": None})
     precision_result = None
     if precision is not None and precision.any:
@@ -131,7 +140,7 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         precision = precision if verify else replace(precision, check=False)
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
-            class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter)
+            class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter, timings=timings)
         for msg in precision_result.notes:
             reporter.note(msg)
     report = None
@@ -142,11 +151,13 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
             from deploykit.verify import KnownLogits
 
             known = KnownLogits(precision_result.logits_digest, precision_result.logits)
-        report = verify_folder(folder, manifest=manifest, loaded=loaded, data=data, reporter=reporter,
-                               overrides=getattr(precision, "overrides", None), known=known)
-        record_parity(manifest, report)
+        with timings.stage("verify"):
+            report = verify_folder(folder, manifest=manifest, loaded=loaded, data=data, reporter=reporter,
+                                   overrides=getattr(precision, "overrides", None), known=known)
+            record_parity(manifest, report)
+    manifest.timings = timings.to_json()
     manifest.save(folder)
-    return ExportResult(folder, manifest, loaded, report, precision_result)
+    return ExportResult(folder, manifest, loaded, report, precision_result, timings)
 
 
 def _relative_to(path: Path, folder: Path) -> str:

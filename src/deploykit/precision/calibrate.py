@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.reporter import SILENT, Reporter
+from deploykit.timings import Timings
 from deploykit.data import ImageSet, resolve_images
 from deploykit.errors import InputError
 from deploykit.files import read_json, sha256_file, write_json_atomic
@@ -474,42 +475,53 @@ def save_cache(folder: Path, ranges: Ranges) -> Path:
 
 def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, preprocess: Preprocess,
               method: CalibMethod, *, cache_dir: Path, reporter: Reporter = SILENT, bias_correction: bool = True,
-              bias_images: int | None = None, cpu: bool = False) -> Ranges:
+              bias_images: int | None = None, cpu: bool = False, timings: Timings | None = None) -> Ranges:
     """Ranges for ``tensors`` of the FP32 graph, from the cache when model, images and method match.
 
     With ``bias_correction`` the TensorRT plan's layers also get their bias shifts (:mod:`.bias_correction`),
     measured on ``bias_images`` calibration images spread over the sample with these ranges, in ``Ranges.bias``:
     local correction of every layer, then drift correction of the last ``DRIFT_ROUNDS`` (``mode="drift"``).
     ``cpu`` (``tensors`` holds every tensor ORT's quantizer asks for): the same, measured on ONNX Runtime's CPU
-    graph, in ``Ranges.bias_cpu``."""
+    graph, in ``Ranges.bias_cpu``. ``timings`` gets the seconds of the statistics pass and of bias correction."""
     import onnx
 
-    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS
     from deploykit.precision.ranges import bounded_tensors
 
-    key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction, cpu)
-    cached = load_cached(cache_dir, method, key, tensors)
-    if cached is not None:
-        return cached
-    batches = image_batches(images, preprocess)
-    with reporter.progress(f"calibrating ({method.value}, {len(images)} images)", len(images)) as task:
-        stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
-                              progress=task.advance)
-    bounded = bounded_tensors(onnx.load(str(model_path))) if method is not CalibMethod.minmax else {}
-    ranges = Ranges(method, {n: s.to_json(method, n in bounded) for n, s in stats.items()}, len(images), key)
+    timings = timings if timings is not None else Timings()
+    with timings.stage("calibration"):
+        key = cache_key(sha256_file(model_path), data_key(images, preprocess), method, tensors, bias_correction,
+                        cpu)
+        cached = load_cached(cache_dir, method, key, tensors)
+        if cached is not None:
+            return cached
+        batches = image_batches(images, preprocess)
+        with reporter.progress(f"calibrating ({method.value}, {len(images)} images)", len(images)) as task:
+            stats = collect_stats(model_path, tensors, batches, histogram=method is not CalibMethod.minmax,
+                                  progress=task.advance)
+        bounded = bounded_tensors(onnx.load(str(model_path))) if method is not CalibMethod.minmax else {}
+        ranges = Ranges(method, {n: s.to_json(method, n in bounded) for n, s in stats.items()}, len(images), key)
     if bias_correction:
-        n = min(len(images), bias_images or DEFAULT_IMAGES)
-        paths = spread(images.paths, n)
-        amax = {name: r["amax"] for name, r in ranges.tensors.items()}
-        subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
-        graphs = "TensorRT and CPU graphs" if cpu else "TensorRT graph"
-        with reporter.progress(f"bias correction ({graphs}, {n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
-            subset = list(_counted(subset, task.advance))
-            ranges.bias, ranges.drift = _shifts(model_path, amax, subset)
-            if cpu:
-                ranges.bias_cpu, ranges.drift_cpu = _shifts(model_path, amax, subset, cpu_ranges=ranges.tensors)
+        with timings.stage("bias_correction"):
+            _correct_biases(model_path, ranges, images, preprocess, reporter, bias_images, cpu)
     save_cache(cache_dir, ranges)
     return ranges
+
+
+def _correct_biases(model_path: Path, ranges: Ranges, images: ImageSet, preprocess: Preprocess, reporter: Reporter,
+                    bias_images: int | None, cpu: bool) -> None:
+    """``ranges.bias`` (and with ``cpu`` ``ranges.bias_cpu``): see :func:`calibrate`."""
+    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS
+
+    n = min(len(images), bias_images or DEFAULT_IMAGES)
+    paths = spread(images.paths, n)
+    amax = {name: r["amax"] for name, r in ranges.tensors.items()}
+    subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
+    graphs = "TensorRT and CPU graphs" if cpu else "TensorRT graph"
+    with reporter.progress(f"bias correction ({graphs}, {n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
+        subset = list(_counted(subset, task.advance))
+        ranges.bias, ranges.drift = _shifts(model_path, amax, subset)
+        if cpu:
+            ranges.bias_cpu, ranges.drift_cpu = _shifts(model_path, amax, subset, cpu_ranges=ranges.tensors)
 
 
 def _shifts(model_path: Path, amax: dict[str, float], images: list[np.ndarray], *, cpu_ranges=None):
