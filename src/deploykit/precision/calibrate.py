@@ -376,6 +376,8 @@ def _session_with_outputs(model, tensors: Sequence[str] = ()):
     import onnx
     import onnxruntime as ort
 
+    from deploykit.precision.graph import ort_providers
+
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     existing = {o.name for o in model.graph.output}
@@ -393,21 +395,7 @@ def _session_with_outputs(model, tensors: Sequence[str] = ()):
     # moves MSE ranges on flat error curves (digits MobileNetV2: held-out logit MSE +4% from that alone), so the
     # ranges would follow ORT's fusions
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=_providers())
-
-
-def _providers() -> list[str]:
-    """CUDA first where ONNX Runtime has it (onnxruntime-gpu on a CUDA host), else the CPU."""
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_device():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _cuda_device() -> bool:
-    torch = _torch()
-    return bool(torch is not None and torch.cuda.is_available())
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=ort_providers())
 
 
 class _StatsPass:

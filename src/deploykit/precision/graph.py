@@ -181,3 +181,17 @@ def free_batch(model):
             shape[0].dim_param = "batch"
     del out.graph.value_info[:]
     return out
+
+
+def ort_providers() -> list[str]:
+    """The providers of the precision stage's ONNX Runtime passes (statistics, bias correction, logits): CUDA first
+    where ONNX Runtime has it (onnxruntime-gpu) and PyTorch sees a CUDA GPU, else the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ["CPUExecutionProvider"]
+    try:
+        import torch
+    except ImportError:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]
