@@ -317,10 +317,10 @@ def _stride(n: int, cap: int) -> int:
 
 def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str]):
     """``model`` plus, per tensor, its min and max (ReduceMin/ReduceMax in the graph: scalars) and, for the tensors
-    ``histogram`` names (True: all), what its histogram reads: each image's strided sample (``[N, m]``, :func:`_sample`'s values)
-    or the whole tensor when it is small or its shape unknown. Only these leave ONNX Runtime, which then reuses
-    the activations' memory instead of copying every one out (ResNet-50's CPU tensor set: 106 MB per image ->
-    48 MB). Returns the model and, per tensor, the names of its (min, max, sample or None) outputs."""
+    ``histogram`` names (True: all), what its histogram reads: each image's strided sample (``[N, m]``, the
+    values :func:`_sample` picks) or the whole tensor when it is small or its shape unknown. Only these leave ONNX
+    Runtime, which then reuses the activations' memory instead of copying every one out (ResNet-50's CPU tensor
+    set: 106 MB per image -> 48 MB). Returns the model and, per tensor, the names of its (min, max, sample or None) outputs."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -448,8 +448,9 @@ class _StatsPass:
             for i in (0, len(chunk) - 1):
                 alone = self.session.run(self.outputs, {self.input.name: chunk[i:i + 1]})
                 for name, value in zip(self.outputs, alone):
-                    if out[name].shape[1:] != value.shape[1:] or not np.allclose(out[name][i], value[0], rtol=1e-4,
-                                                                                   atol=1e-5 * (1 + np.abs(value).max())):
+                    scale = 1 + np.abs(value).max()
+                    if out[name].shape[1:] != value.shape[1:] or \
+                            not np.allclose(out[name][i], value[0], rtol=1e-4, atol=1e-5 * scale):
                         return None
         except Exception:  # ORT's own exception types: a shape baked into the graph
             return None
@@ -462,8 +463,9 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
     """Run the FP32 graph over ``batches`` and gather :class:`TensorStats` for ``tensors``.
 
     The graph reduces each tensor to its min and max itself and hands out only the strided sample its histogram
-    reads (:func:`_stats_model`; ``histogram``: the tensors that get one, True for all). At most ``max_chunk`` images run at a time (on a fixed-batch graph, its batch:
-    the outputs are then pooled up to ``max_chunk`` images), and each chunk is folded into the running statistics
+    reads (:func:`_stats_model`; ``histogram``: the tensors that get one, True for all). At most ``max_chunk``
+    images run at a time (on a fixed-batch graph, its batch: the outputs are then pooled up to ``max_chunk``
+    images), and each chunk is folded into the running statistics
     at once (one histogram update per tensor per chunk: per image, the update overhead dominated calibration).
     """
     import onnx
