@@ -320,7 +320,8 @@ def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str
     ``histogram`` names (True: all), what its histogram reads: each image's strided sample (``[N, m]``, the
     values :func:`_sample` picks) or the whole tensor when it is small or its shape unknown. Only these leave ONNX
     Runtime, which then reuses the activations' memory instead of copying every one out (ResNet-50's CPU tensor
-    set: 106 MB per image -> 48 MB). Returns the model and, per tensor, the names of its (min, max, sample or None) outputs."""
+    set: 106 MB per image -> 48 MB). Returns the model and, per tensor, the names of its (min, max, sample or
+    None) outputs."""
     import onnx
     from onnx import helper, numpy_helper
 
