@@ -315,13 +315,14 @@ def _stride(n: int, cap: int) -> int:
     return k
 
 
-def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str]):
+def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str], shapes=None):
     """``model`` plus, per tensor, its min and max (ReduceMin/ReduceMax in the graph: scalars) and, for the tensors
     ``histogram`` names (True: all), what its histogram reads: each image's strided sample (``[N, m]``, the
     values :func:`_sample` picks) or the whole tensor when it is small or its shape unknown. Only these leave ONNX
     Runtime, which then reuses the activations' memory instead of copying every one out (ResNet-50's CPU tensor
-    set: 106 MB per image -> 48 MB). Returns the model and, per tensor, the names of its (min, max, sample or
-    None) outputs."""
+    set: 106 MB per image -> 48 MB). ``shapes``: the graph whose shapes say how many values an image has in each
+    tensor (the fixed-batch original of a freed copy, where a freed Reshape hides the batch); default ``model``.
+    Returns the model and, per tensor, the names of its (min, max, sample or None) outputs."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -330,12 +331,13 @@ def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    batch = graph.input[0].type.tensor_type.shape.dim[0] if graph.input and \
-        graph.input[0].type.tensor_type.shape.dim else None
+    shapes = model if shapes is None else shapes
+    batch = shapes.graph.input[0].type.tensor_type.shape.dim[0] if shapes.graph.input and \
+        shapes.graph.input[0].type.tensor_type.shape.dim else None
     per_image: dict[str, int] = {}
     wanted = set(tensors) if histogram is True else set(histogram or ())
     if wanted:
-        inferred = infer_shapes(model).graph
+        inferred = infer_shapes(shapes).graph
         for value in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
             dims = value.type.tensor_type.shape.dim
             if len(dims) >= 2 and all(d.HasField("dim_value") for d in dims[1:]) and batch is not None and \
@@ -414,7 +416,7 @@ class _StatsPass:
         self._open(freed if freed is not None else model)
 
     def _open(self, model) -> None:
-        stats_model, self.names = _stats_model(model, self.tensors, self.histogram)
+        stats_model, self.names = _stats_model(model, self.tensors, self.histogram, shapes=self.model)
         self.session = _session_with_outputs(stats_model)
         self.input = self.session.get_inputs()[0]
         self.fixed = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
