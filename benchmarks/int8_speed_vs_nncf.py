@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--nncf-python", type=Path, required=True)
     parser.add_argument("--eval", type=Path, help="held-out images: agreement and cosine of both graphs with FP32")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--first", choices=("deploykit", "nncf"), default="deploykit", help="who runs first in "
+                        "round 1 (then the order alternates)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "int8-speed-vs-nncf")
     parser.add_argument("--json", type=Path)
@@ -105,7 +107,8 @@ def main() -> int:
     rounds = []
     for r in range(args.rounds):
         seconds = {}
-        for who in (("deploykit", "nncf") if r % 2 == 0 else ("nncf", "deploykit")):
+        order = ("deploykit", "nncf") if args.first == "deploykit" else ("nncf", "deploykit")
+        for who in (order if r % 2 == 0 else order[::-1]):
             if who == "deploykit":
                 with tempfile.TemporaryDirectory(dir=args.out) as work:
                     line = run([sys.executable, "-c", DEPLOYKIT_CODE, str(src), str(args.calib), str(args.n),
