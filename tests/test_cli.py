@@ -72,6 +72,10 @@ def test_export_options_predict_and_labelled_verify(cli, resnet18_sd, photos, tm
     assert manifest.input["shape"] == [None, 3, 64, 64] and manifest.input["dynamic_batch"]
     assert manifest.preprocessing.resize == 73  # 64 * 256/224: the crop ratio is kept
     assert manifest.artifacts[0]["parity"]["n_images"] == 7
+    # the last line: the total of the manifest's seconds per stage (printed unwrapped)
+    last = result.output.strip().splitlines()[-1].split()
+    assert last[:2] == ["export", "took"] and float(last[2]) == pytest.approx(sum(manifest.timings.values()), abs=0.06)
+    assert {"load", "onnx", "verify"} <= set(manifest.timings)
 
     result = cli("predict", out, photos / "chelsea.png", photos / "camera_gray.bmp", "--topk", "3", "--json")
     assert result.exit_code == 0, result.output

@@ -94,6 +94,17 @@ def validate_evidence(record: Any, where: str = "evidence") -> None:
         S.get(files, key, f"{where}.files", S.record(_file), optional=True)
 
 
+def _timings(value: Any, field: str) -> dict:
+    """``{stage: seconds}`` (deploykit.timings)."""
+    record = S.any_object(value, field)
+    if len(record) > 256:
+        raise S.SchemaError(field, f"{len(record)} stages, at most 256")
+    for stage in record:
+        S.text(64, r"[A-Za-z0-9_.+-]+")(stage, f"{field} (a stage name)")
+        S.get(record, stage, field, S.number(0, 1e9))
+    return record
+
+
 def _manifest(data: dict, where: str) -> None:
     source = S.get(data, "source", where, S.any_object)
     S.get(source, "path", "source", S.text(4096, r"[^\x00]+", printable=False))  # any path a file system holds:
@@ -116,6 +127,7 @@ def _manifest(data: dict, where: str) -> None:
     S.get(data, "opset", where, S.whole(1, 100), optional=True)
     S.get(data, "versions", where, S.any_object, optional=True)
     artifacts = S.get(data, "artifacts", where, S.items(S.record(_artifact)), optional=True) or []
+    S.get(data, "timings", where, _timings, optional=True)
     paths = [a["path"] for a in artifacts]
     if len(set(paths)) != len(paths):
         raise S.SchemaError("artifacts", "the same file is listed twice")
@@ -151,6 +163,7 @@ class Manifest:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     extra: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # export stage -> wall seconds (deploykit.timings)
     folder: Path | None = field(default=None, repr=False, compare=False)  # where it was loaded from / saved to
 
     @property
@@ -231,7 +244,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "created": self.created, "source": self.source, "model": self.model,
                 "input": self.input, "output": self.output, "preprocess": self.preprocess, "opset": self.opset,
-                "versions": self.versions, "artifacts": self.artifacts, **self.extra}
+                "versions": self.versions, "artifacts": self.artifacts,
+                **({"timings": self.timings} if self.timings else {}), **self.extra}
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/deploykit.json`` -- after the same checks :meth:`load` makes, so deploykit never swaps in
@@ -257,11 +271,12 @@ class Manifest:
         data = read_json(path, "deploykit manifest")
         validate_manifest(data, str(path))
         known = {"schema", "created", "source", "model", "input", "output", "preprocess", "opset", "versions",
-                 "artifacts"}
+                 "artifacts", "timings"}
         return cls(source=data["source"], model=data["model"], input=data["input"], output=data["output"],
                    preprocess=data["preprocess"], opset=data.get("opset"), versions=data.get("versions", {}),
                    artifacts=[dict(a) for a in data.get("artifacts", [])], created=data.get("created", ""),
-                   extra={k: v for k, v in data.items() if k not in known}, folder=path.parent)
+                   extra={k: v for k, v in data.items() if k not in known}, folder=path.parent,
+                   timings=dict(data.get("timings") or {}))
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

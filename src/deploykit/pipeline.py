@@ -19,6 +19,7 @@ from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.parity import ParityReport
 from deploykit.reporter import SILENT, Reporter
+from deploykit.timings import Timings
 from deploykit.verify import record_parity, verify_folder
 
 
@@ -30,6 +31,7 @@ class ExportResult:
     report: ParityReport | None
     precision: object | None = None  # deploykit.precision.PrecisionResult when --fp16/--int8 were asked
     trt_checks: list | None = None  # deploykit.tensorrt.check.ArtifactCheck per ONNX artifact (--trt-targets)
+    timings: Timings | None = None  # seconds per stage, also in the manifest's ``timings``
 
 
 GENERIC_STEMS = {"best", "last", "model", "checkpoint", "ckpt", "weights", "final", "latest", "pytorch_model",
@@ -72,15 +74,18 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         # seconds of loading the model (checked again below, under the lock, for the export itself)
         with folder_lock(Path(out)):
             previous_export(Path(out))
-    if verify and data is not None:
-        resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
-    calib_images = None
-    if precision is not None and precision.any:
-        from deploykit.precision import prepare_calibration
+    timings = Timings()
+    with timings.stage("inputs"):
+        if verify and data is not None:
+            resolve_images(data, reporter=reporter)  # a bad --data fails before minutes of export work
+        calib_images = None
+        if precision is not None and precision.any:
+            from deploykit.precision import prepare_calibration
 
-        calib_images = prepare_calibration(precision, reporter=reporter)  # likewise a bad --calib
+            calib_images = prepare_calibration(precision, reporter=reporter)  # likewise a bad --calib
     reporter.status(f"loading {model_path}")
-    loaded = load_model(model_path, options)
+    with timings.stage("load"):
+        loaded = load_model(model_path, options)
     for msg in loaded.notes:
         reporter.note(msg)
     if precision is not None and precision.int8 and loaded.kind == "deploykit":
@@ -89,7 +94,8 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         from deploykit.train import trained_on_grayscale
 
         precision = _replace(precision, grayscale_trained=trained_on_grayscale(loaded.extra))
-    source_sha = sha256_file(model_path)
+    with timings.stage("load"):
+        source_sha = sha256_file(model_path)
     final = Path(out) if out else default_out(model_path, loaded.arch)
     kept: list[str] = []
     with terminate_as_interrupt(), folder_lock(final), staged_export(final, force=force, notes=kept) as (folder,
@@ -100,7 +106,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
         result = _export_into(folder, final, model_path, source_sha, loaded, options, opset=opset, batch=batch,
                               dynamic_batch=dynamic_batch, verify=verify, data=data, reporter=reporter,
                               precision=precision, calib_images=calib_images, max_images=max_images,
-                              evidence_images=evidence_images, trt_targets=trt_targets)
+                              evidence_images=evidence_images, trt_targets=trt_targets, timings=timings)
         if previous is not None:
             dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
             if dropped:
@@ -119,10 +125,15 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
 
 def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, loaded: LoadedModel,
                  options: LoadOptions, *, opset, batch, dynamic_batch, verify, data, reporter: Reporter, precision,
-                 calib_images, max_images: int | None = None, evidence_images: bool = True, trt_targets=None) -> ExportResult:
+                 calib_images, max_images: int | None = None, evidence_images: bool = True, trt_targets=None,
+                 timings: Timings | None = None) -> ExportResult:
+    timings = timings if timings is not None else Timings()
     reporter.status("exporting ONNX")
-    onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch, dynamic_batch=dynamic_batch)
-    io = onnx_io(onnx_path)
+    with timings.stage("onnx"):
+        onnx_path = export_onnx(loaded, folder / "model.onnx", opset=opset, batch=batch,
+                                dynamic_batch=dynamic_batch)
+        io = onnx_io(onnx_path)
+        onnx_sha = sha256_file(onnx_path)
     manifest = Manifest(
         source={"path": _relative_to(model_path, final), "name": model_path.name, "sha256": source_sha,
                 "kind": loaded.kind, "options": options.to_dict()},
@@ -135,14 +146,15 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         folder=folder,  # the staging folder while the export is being written (artifacts are checked in it)
     )
     manifest.versions["deploykit"] = __version__
-    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": sha256_file(onnx_path),
+    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": onnx_sha,
                            "bytes": onnx_path.stat().st_size, "parity": None})
     precision_result = None
     vdata = None
     if verify or (precision is not None and precision.any):
-        vdata, calib_images = _verification_images(loaded, precision, calib_images, data, onnx_path.stat().st_size,
-                                                   max_images=max_images, evidence_images=evidence_images,
-                                                   reporter=reporter)
+        with timings.stage("verification_images"):
+            vdata, calib_images = _verification_images(loaded, precision, calib_images, data,
+                                                       onnx_path.stat().st_size, max_images=max_images,
+                                                       evidence_images=evidence_images, reporter=reporter)
     if precision is not None and precision.any:
         from dataclasses import replace
 
@@ -152,7 +164,7 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
         precision_result = add_precision_artifacts(
             folder, manifest, loaded.preprocess, precision, calib_images=calib_images, data=data,
             class_names=loaded.class_names, num_classes=loaded.num_classes, reporter=reporter,
-            verify_set=vdata.selection.images, verify_batch=vdata.batch)
+            verify_set=vdata.selection.images, verify_batch=vdata.batch, timings=timings)
         for msg in precision_result.notes:
             reporter.note(msg)
     report = None
@@ -163,21 +175,25 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
             from deploykit.verify import KnownLogits
 
             known = KnownLogits(precision_result.logits_digest, precision_result.logits)
-        report = verify_folder(folder, manifest=manifest, loaded=loaded, reporter=reporter,
-                               overrides=getattr(precision, "overrides", None), known=known, images=vdata)
-        from deploykit.evidence import write_evidence
+        with timings.stage("verify"):
+            report = verify_folder(folder, manifest=manifest, loaded=loaded, reporter=reporter,
+                                   overrides=getattr(precision, "overrides", None), known=known, images=vdata)
+        with timings.stage("evidence"):
+            from deploykit.evidence import write_evidence
 
-        write_evidence(folder, manifest, vdata, report.reference_logits, images=evidence_images)
+            write_evidence(folder, manifest, vdata, report.reference_logits, images=evidence_images)
         record_parity(manifest, report)
     checks = None
     if trt_targets:
         from deploykit.tensorrt.check import check_manifest, record_checks
 
         reporter.status("checking the ONNX graphs against TensorRT's operator tables")
-        checks = check_manifest(manifest, trt_targets)
+        with timings.stage("tensorrt_check"):
+            checks = check_manifest(manifest, trt_targets)
         record_checks(manifest, checks)
+    manifest.timings = timings.to_json()
     manifest.save(folder)
-    return ExportResult(folder, manifest, loaded, report, precision_result, checks)
+    return ExportResult(folder, manifest, loaded, report, precision_result, trt_checks=checks, timings=timings)
 
 
 def _verification_images(loaded: LoadedModel, precision, calib_pool, data, fp32_bytes: int, *,

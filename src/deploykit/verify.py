@@ -395,9 +395,10 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
     if loaded is not None:
-        from deploykit.runners.torch import TorchRunner
+        from deploykit.runners.torch import TorchRunner, reference_device
 
-        return TorchRunner(loaded.module, manifest.preprocessing.shape, channels_last=channels_last), "pytorch"
+        return TorchRunner(loaded.module, manifest.preprocessing.shape, reference_device(),
+                           channels_last=channels_last), "pytorch"
     source = manifest.source_path()
     stored = manifest.source.get("options") if isinstance(manifest.source.get("options"), dict) else {}
     reason = None

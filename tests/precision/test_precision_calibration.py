@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 from PIL import Image
 
 from _precision_common import REPO_CALIB
@@ -141,6 +141,66 @@ def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
     assert sizes == [16, 16, 8]
     assert stats["r"].hi == pytest.approx(float(np.maximum(x, 0).max()))
     assert stats["y"].amax == pytest.approx(float(np.maximum(x, 0).max()))
+
+
+def _fixed_batch_graph(path: Path, baked: bool) -> Path:
+    """x [1, 300] -> Relu -> Reshape [1, 300] (torch's view: the batch in the target) -> Neg; ``baked``: a
+    Reshape to [300, 1] and back first, which no batch but 1 can run."""
+    from onnx import helper
+
+    inits = [numpy_helper.from_array(np.array([1, 300], np.int64), "flat"),
+             numpy_helper.from_array(np.array([300, 1], np.int64), "column")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    src = "r"
+    if baked:
+        nodes.append(helper.make_node("Reshape", ["r", "column"], ["c"]))
+        src = "c"
+    nodes += [helper.make_node("Reshape", [src, "flat"], ["v"]), helper.make_node("Neg", ["v"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 300])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 300])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    return path
+
+
+@pytest.mark.parametrize("baked", [False, True])
+def test_collect_stats_batches_a_fixed_batch_graph_and_keeps_its_statistics(baked, tmp_path, monkeypatch):
+    """A batch-1 graph runs 16 images at a time once its batch is freed (checked against single-image runs; a
+    graph with the batch baked in runs one at a time), and the statistics are those of per-image updates."""
+    import deploykit.precision.calibrate as calibrate_mod
+    from deploykit.precision.calibrate import TensorStats, collect_stats
+
+    src = _fixed_batch_graph(tmp_path / "g.onnx", baked)
+    sizes = []
+    real = calibrate_mod._session_with_outputs
+
+    class Recording:
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, names, feed):
+            sizes.append(next(iter(feed.values())).shape[0])
+            return self.session.run(names, feed)
+
+    monkeypatch.setattr(calibrate_mod, "_session_with_outputs", lambda *a: Recording(real(*a)))
+    monkeypatch.setattr(calibrate_mod, "HIST_SAMPLE", 64)  # 300 values an image: a strided sample (stride 5)
+    x = (np.random.default_rng(0).standard_normal((40, 300)) * np.linspace(0.1, 3, 300)).astype(np.float32)
+    stats = collect_stats(src, ["r", "y"], [x[:32], x[32:]], histogram=True)
+    if baked:
+        assert sizes[:1] == [16] and sizes[1:] == [1] * 40  # the batched try failed: one image at a time
+    else:
+        assert sizes == [16, 1, 1, 16, 8]  # the first chunk, its first and last image alone, then batched
+    for name, values in (("r", np.maximum(x, 0)), ("y", -np.maximum(x, 0))):
+        expected = TensorStats()
+        expected.update([v[None] for v in values[:16]], histogram=True)
+        expected.update([v[None] for v in values[16:32]], histogram=True)
+        expected.update([v[None] for v in values[32:]], histogram=True)
+        got = stats[name]
+        assert (got.lo, got.hi, got.edge) == (expected.lo, expected.hi, expected.edge)
+        np.testing.assert_array_equal(got.hist, expected.hist)
+        assert got.hist.sum() == 40 * 60  # 60 of each image's 300 values
 
 
 # -- errors --------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ in memory."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -75,6 +76,30 @@ def test_int8_graphs_are_verified_in_the_manifest(resnet_export):
         parity = by_path[name]["parity"]
         assert parity["reference"] == "pytorch" and "top1_agreement" in parity["metrics"]
     assert list(folder.glob("calib-entropy-*.json"))
+
+
+def test_export_records_seconds_per_stage(resnet_export):
+    from deploykit.manifest import Manifest
+
+    timings = json.loads((resnet_export.folder / "deploykit.json").read_text())["timings"]
+    for stage in ("load", "onnx", "calibration", "bias_correction", "fp16_ranges", "fp16", "reference_logits",
+                  "quantize_trt", "quantize_cpu", "gate_trt", "gate_cpu", "verify"):
+        assert timings[stage] > 0, stage
+    assert sum(timings.values()) == pytest.approx(resnet_export.timings.total, abs=0.01)
+    assert Manifest.load(resnet_export.folder).timings == timings  # read back, and kept by the next save
+
+
+def test_manifest_timings_are_checked(resnet_export, tmp_path):
+    from deploykit.errors import InputError
+    from deploykit.manifest import Manifest
+
+    shutil.copytree(resnet_export.folder, tmp_path / "f")
+    path = tmp_path / "f" / "deploykit.json"
+    data = json.loads(path.read_text())
+    for bad in ({"calibration": -1.0}, {"calibration": "fast"}, ["calibration"], {"../x": 1.0}):
+        path.write_text(json.dumps({**data, "timings": bad}))
+        with pytest.raises(InputError, match="timings"):
+            Manifest.load(tmp_path / "f")
 
 
 def _dq_consumers_through_cast(model) -> list[str]:

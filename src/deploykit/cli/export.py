@@ -146,6 +146,19 @@ def export(
                            verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
                            force=force, max_images=check_max_images(max_images), evidence_images=evidence_images,
                            trt_targets=checked)
+    try:
+        _show(result, no_verify=no_verify, checked=checked)
+        if to is Target.trt:  # on the line below, not in the manifest (the engines record their own build)
+            with result.timings.stage("tensorrt_engines"):
+                _build_engines(result, fp16=fp16, int8=int8 and Int8Target.trt in precision.int8_for,
+                               profile=profile, workspace=workspace, timing_cache=timing_cache, data=data,
+                               verify=not no_verify)
+    finally:  # the last line, also before an out-of-tolerance exit: where the export's time went
+        console.print(result.timings.summary(), highlight=False, soft_wrap=True)
+
+
+def _show(result, *, no_verify: bool, checked) -> None:
+    """The export's tables; VerificationError when an artifact is out of tolerance."""
     pre = result.loaded.preprocess
     console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
@@ -164,9 +177,6 @@ def export(
         console.print(parity_table(result.report))
         if not result.report.passed:
             raise VerificationError(f"out of tolerance: {result.report.failure_summary()}")
-    if to is Target.trt:
-        _build_engines(result, fp16=fp16, int8=int8 and Int8Target.trt in precision.int8_for, profile=profile,
-                       workspace=workspace, timing_cache=timing_cache, data=data, verify=not no_verify)
 
 
 def _print_checks(checks, targets) -> None:

@@ -200,6 +200,7 @@ def _quantized_cpu(fp32_path: Path, ranges, plan, shifts):
 def _session(model):
     import onnxruntime as ort
 
+    from deploykit.precision.graph import ort_providers
     from deploykit.runners.onnxrt import QDQ_FOLDING
 
     opts = ort.SessionOptions()
@@ -207,7 +208,7 @@ def _session(model):
     opts.log_severity_level = 3
     for key, value in QDQ_FOLDING.items():  # the Q/DQ graph's own semantics, as every deploykit session runs it
         opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=ort_providers())
 
 
 def _run_means(session, names: list[str], batches: Iterable[np.ndarray], max_chunk: int):

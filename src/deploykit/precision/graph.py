@@ -135,3 +135,63 @@ def apply_shifts(model, shifts: dict[str, np.ndarray], nodes: Iterable[str]) -> 
         node.input[2] = new_name
         changed += 1
     return changed
+
+
+def free_batch(model):
+    """A copy of a fixed-batch ``model`` whose batch dimension is free, so a pass over many images runs them in
+    batches instead of one at a time (ResNet-50 on 2 ORT threads: ~25% faster at 16); None when the graph's
+    batch is already free or cannot be freed here. torch's exporter writes the batch into Reshape targets
+    (``view(1, 2048)``): those become ``-1``. A graph with the batch baked in elsewhere (Expand, Tile,
+    ConstantOfShape) is not detected here: callers check one batched run against single-image runs."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    if len(graph.input) == 0:
+        return None
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if not dims or not dims[0].HasField("dim_value"):
+        return None
+    n = dims[0].dim_value
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    constants = {node.output[0]: node for node in out.graph.node if node.op_type == "Constant"}
+    for node in out.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name in inits:
+            target, holder = numpy_helper.to_array(inits[name]), inits[name]
+        elif name in constants and constants[name].attribute and constants[name].attribute[0].name == "value":
+            holder = constants[name].attribute[0].t
+            target = numpy_helper.to_array(holder)
+        else:
+            continue
+        if target.ndim != 1 or target.size == 0 or target[0] != n:
+            continue
+        if -1 in target[1:]:
+            return None  # another free dimension: the batch cannot be freed too
+        target = target.copy()
+        target[0] = -1
+        holder.CopyFrom(numpy_helper.from_array(target, holder.name))
+    for value in list(out.graph.input[:1]) + list(out.graph.output):
+        shape = value.type.tensor_type.shape.dim
+        if shape and shape[0].HasField("dim_value") and shape[0].dim_value == n:
+            shape[0].dim_param = "batch"
+    del out.graph.value_info[:]
+    return out
+
+
+def ort_providers() -> list[str]:
+    """The providers of the precision stage's ONNX Runtime passes (statistics, bias correction, logits): CUDA first
+    where ONNX Runtime has it (onnxruntime-gpu) and PyTorch sees a CUDA GPU, else the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ["CPUExecutionProvider"]
+    try:
+        import torch
+    except ImportError:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]

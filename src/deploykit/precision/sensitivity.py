@@ -402,6 +402,8 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
 
 
 def logits_of(path: Path, batch: np.ndarray) -> np.ndarray:
+    from deploykit.precision.graph import ort_providers
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path).infer(batch)
+    cuda = ort_providers()[0] == "CUDAExecutionProvider"  # the reference's and gates' logits: on the GPU if any
+    return OnnxRuntimeRunner(path, device="cuda" if cuda else "cpu").infer(batch)

@@ -29,6 +29,7 @@ from deploykit.precision.sensitivity import (BudgetResult, budget_split, fit_bud
                                              score)
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
+from deploykit.timings import Timings
 
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -156,15 +157,18 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
                             calib_images: ImageSet | None = None, data: Path | None = None,
                             class_names=None, num_classes: int | None = None, reporter: Reporter = SILENT,
                             max_images: int | None = None, verify_set: ImageSet | None = None,
-                            verify_batch: np.ndarray | None = None) -> PrecisionResult:
+                            verify_batch: np.ndarray | None = None,
+                            timings: Timings | None = None) -> PrecisionResult:
     """Write the requested FP16/INT8 graphs next to ``folder/model.onnx`` and register them in ``manifest``.
 
     ``calib_images``: the images to draw the calibration sample from (default: all of --calib);
     ``verify_set`` / ``verify_batch``: the verification images and their preprocessed batch, as the export chose
-    them (:func:`deploykit.evidence.choose_images`); default: ``data`` (or the bundled photos)."""
+    them (:func:`deploykit.evidence.choose_images`); default: ``data`` (or the bundled photos);
+    ``timings`` gets the seconds of each stage."""
     import onnx
 
     step = reporter.status
+    timings = timings if timings is not None else Timings()
     folder = Path(folder)
     fp32 = folder / "model.onnx"
     result = PrecisionResult()
@@ -172,14 +176,15 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         return result
     request.validate()
     request = request.resolved()
-    model = onnx.load(str(fp32))
-    plan = plan_trt(model)
-    if verify_set is None:
-        from deploykit.evidence import images_for
+    with timings.stage("precision_setup"):
+        model = onnx.load(str(fp32))
+        plan = plan_trt(model)
+        if verify_set is None:
+            from deploykit.evidence import images_for
 
-        verify_set = images_for(data, preprocess, max_images=max_images, reporter=reporter).images
-    if verify_batch is None:
-        verify_batch = verify_set.load(preprocess)
+            verify_set = images_for(data, preprocess, max_images=max_images, reporter=reporter).images
+        if verify_batch is None:
+            verify_batch = verify_set.load(preprocess)
 
     if request.int8:
         images = calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
@@ -195,7 +200,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
         step(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
         result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=folder,
-                                  reporter=reporter, cpu=Int8Target.cpu in request.int8_for)
+                                  reporter=reporter, cpu=Int8Target.cpu in request.int8_for, timings=timings)
         if result.ranges.cached:
             result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
                                 "(same model, images and method)")
@@ -204,10 +209,12 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
                             and request.int8_remainder is Remainder.fp16)
     if request.fp16 or fp16_remainder_asked:
         step("measuring FP32 activation ranges for FP16")
-    absmax = _absmax(fp32, model, verify_batch, result.ranges) if request.fp16 or fp16_remainder_asked else {}
+    with timings.stage("fp16_ranges"):
+        absmax = _absmax(fp32, model, verify_batch, result.ranges) if request.fp16 or fp16_remainder_asked else {}
     if request.fp16:
         step("converting to FP16")
-        result.fp16 = convert_fp16(fp32, folder / FP16_NAME, absmax)
+        with timings.stage("fp16"):
+            result.fp16 = convert_fp16(fp32, folder / FP16_NAME, absmax)
         _register(manifest, folder, FP16_NAME, "fp16", {
             "io": "float32", "compute": "float16",
             "kept_fp32": result.fp16.kept_fp32, "max_abs_activation_seen": result.fp16.max_seen})
@@ -218,7 +225,8 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         # `export --no-verify` unless --accuracy-budget asks for the ranking.
         judge_int8 = request.check or request.accuracy_budget is not None
         labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
-        reference = logits_of(fp32, verify_batch) if judge_int8 else None
+        with timings.stage("reference_logits"):
+            reference = logits_of(fp32, verify_batch) if judge_int8 else None
         if reference is not None:
             result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
         # the FP32 model at the FP16 remainder's opset once, not each graph's Q/DQ version once per probe
@@ -251,11 +259,15 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         for target in request.int8_for:
             name, precision, runtime, message, quantize = targets[target]
             step(message)
-            graph = quantize(folder / name)
-            excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
-                                                            folder / name, verify_batch, reference, labels, reporter)
+            with timings.stage(f"quantize_{target.value}"):
+                graph = quantize(folder / name)
+            with timings.stage(f"gate_{target.value}"):  # the INT8 graph's logits; sensitivity, when it missed
+                excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
+                                                                folder / name, verify_batch, reference, labels,
+                                                                reporter)
             if excluded:
-                graph = quantize(folder / name, excluded)
+                with timings.stage(f"quantize_{target.value}"):
+                    graph = quantize(folder / name, excluded)
                 result.logits.pop(name, None)  # logits of the graph before the budget moved layers
             result.int8[target] = graph
             _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))

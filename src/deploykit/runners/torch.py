@@ -7,6 +7,13 @@ import numpy as np
 from deploykit.runners.base import Runner
 
 
+def reference_device() -> str:
+    """Where export's PyTorch reference runs: the CUDA GPU when PyTorch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TorchRunner(Runner):
     name = "pytorch"
 
@@ -19,6 +26,12 @@ class TorchRunner(Runner):
 
             self.fixed_batch = program_batch(module)  # traced at batch 1: the base class splits and pads
             module = module.module()
+        if device != "cpu":
+            import copy
+
+            module = copy.deepcopy(module)  # the caller's module stays on the CPU (FP16 diagnostics run it there)
+            torch.backends.cuda.matmul.allow_tf32 = False  # an FP32 reference: TF32 rounds inputs to 10 bits
+            torch.backends.cudnn.allow_tf32 = False
         self.module = module.to(device)
         if hasattr(self.module, "eval") and not isinstance(self.module, torch.fx.GraphModule):
             self.module.eval()
