@@ -143,8 +143,10 @@ def test_tampered_evidence_is_refused_with_one_line(no_torch_env, lenet_export, 
         np.save(copy / name, array)
         result = run_cli(no_torch_env, "verify", copy)
         assert result.returncode != 0
-        line = result.stderr.strip()
-        assert "Traceback" not in result.stderr and len(line.splitlines()) == 1, result.stderr
+        # progress lines ("-> verifying ...") may come first; the refusal is one error line
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("-> ")]
+        assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+        line = errors[0]
         assert line.startswith("error:") and name in line and "sha256 differs" in line
 
 
