@@ -197,7 +197,26 @@ def staged_export(out: Path, *, force: bool = False,
         shutil.rmtree(staging, ignore_errors=True)
 
 
-        _drop_unused_caches(staging)
+def _drop_unused_caches(staging: Path) -> None:
+    """Where the new export calibrated, the calibration caches its manifest does not name (another --calib-method,
+    other images) are not kept: a re-export that calibrates otherwise leaves only its own. An export without INT8
+    keeps them all, for the next one that calibrates. (Before the user's files are carried over, so they are not
+    carried either.)"""
+    import json
+
+    try:
+        record = json.loads((staging / MANIFEST_NAME).read_text())
+        used = {((a.get("details") or {}).get("calibration") or {}).get("cache") for a in record.get("artifacts", [])}
+    except (OSError, ValueError, AttributeError):
+        return  # no readable manifest: leave the folder's caches as they were
+    used.discard(None)
+    if not used:
+        return
+    for cache in staging.glob(CACHE_GLOB):
+        if cache.name not in used:
+            cache.unlink(missing_ok=True)
+
+
 def _ours(out: Path, previous: Manifest | None) -> set[str]:
     """The names in ``out`` deploykit may replace or remove: the manifest, and each artifact it lists whose file
     still holds the bytes it recorded (a plain file, not a link)."""
