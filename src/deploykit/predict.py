@@ -9,7 +9,7 @@ import numpy as np
 
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest, check_graph
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, check_graph
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -130,7 +130,7 @@ def check_against_onnx(manifest: Manifest, onnx_path: Path) -> None:
                          "(input size, resize, mean or std); one was edited after export -- re-export the folder")
 
 
-def _checked(manifest: Manifest, entry: dict) -> Path:
+def _checked(manifest: Manifest, entry: Artifact) -> Path:
     """``manifest.file(entry)`` (its sha256 checked), after its metadata -- or, for an engine, the FP32 ONNX's --
     agreed with the manifest."""
     path = manifest.file(entry)
@@ -176,7 +176,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
 
         path = _checked(manifest, entry)
         return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
-                         f"{path} ({entry['precision']}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
+                         f"{path} ({entry.precision}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
     from deploykit.tensorrt.profile import is_engine
 
     if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
@@ -188,7 +188,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
 
         entry = manifest.artifact(artifact.resolve().name)
         return Predictor(TensorRTRunner(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
-                         f"{artifact} ({entry['precision']}, TensorRT)", manifest.model.get("arch"))
+                         f"{artifact} ({entry.precision}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
         from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
@@ -197,7 +197,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
             entry = manifest.artifact(artifact.resolve().name)
             runner = OnnxRuntimeRunner(_checked(manifest, entry), device=device)
             return Predictor(runner, manifest.preprocessing, manifest.class_names,
-                             f"{artifact} ({entry['precision']}, ONNX Runtime {device.upper()})",
+                             f"{artifact} ({entry.precision}, ONNX Runtime {device.upper()})",
                              manifest.model.get("arch"))
         pre, names = _onnx_metadata(artifact)
         if pre is None:

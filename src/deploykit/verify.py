@@ -18,7 +18,7 @@ import numpy as np
 
 from deploykit.evidence import VerificationData, held_out_text
 from deploykit.errors import DeployKitError, InputError
-from deploykit.manifest import Manifest
+from deploykit.manifest import Artifact, Manifest
 from deploykit.parity import (TOLERANCES, ArtifactReport, ParityReport, Precision, Tolerance, accuracy_labels, assess,
                               batch_digest, compare_logits, degenerate_reference, judge)
 from deploykit.reporter import SILENT, Reporter
@@ -138,18 +138,18 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
         if data is not None and _has_evidence(manifest) and kind == "onnx-fp32":
             reporter.note(f"these are not the folder's evidence images: the reference logits are recomputed with "
                           f"{ref_name}, not read from PyTorch's record")
-    entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
+    entries = [a for a in manifest.artifacts if _verifiable(a.path) and (only is None or a.path in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
     if backend is not None:
         entries = _for_backend(entries, backend, folder, only)
-    if ref_name in {a["path"] for a in entries} and backend is not Runtime.ov:
+    if ref_name in {a.path for a in entries} and backend is not Runtime.ov:
         # the FP32 ONNX stands in as reference: not judged by itself (on OpenVINO it is another run: judged)
-        entries = [a for a in entries if a["path"] != ref_name]
+        entries = [a for a in entries if a.path != ref_name]
         if not entries:
             raise InputError(f"no PyTorch reference ({getattr(reference, 'reason', 'see above')}) and {ref_name} is "
                              "the only artifact: nothing to compare")
-    runs = [(a["path"], a["precision"], "f32") for a in entries]
+    runs = [(a.path, a.precision, "f32") for a in entries]
     if backend is Runtime.ov:
         from deploykit.runners.openvino import native_bf16
 
@@ -229,13 +229,14 @@ class _Recorded(Runner):
         return self.inner.infer(batch)
 
 
-def _for_backend(entries: list[dict], backend: Runtime, folder: Path, only: Sequence[str] | None) -> list[dict]:
+def _for_backend(entries: list[Artifact], backend: Runtime, folder: Path,
+                 only: Sequence[str] | None) -> list[Artifact]:
     """The artifacts ``backend`` runs: ONNX files on ort/ov, engines on trt; naming another kind is an error."""
     from deploykit.tensorrt.profile import is_engine
 
-    wanted = [a for a in entries if is_engine(a["path"]) == (backend is Runtime.trt)]
+    wanted = [a for a in entries if is_engine(a.path) == (backend is Runtime.trt)]
     if only is not None and len(wanted) < len(entries):
-        other = next(a["path"] for a in entries if a not in wanted)
+        other = next(a.path for a in entries if a not in wanted)
         raise InputError(f"{other} cannot run on --backend {backend.value}: " +
                          ("TensorRT runs engines; build one with `deploykit build " + str(folder) + "`"
                           if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
@@ -356,14 +357,13 @@ def on_backend(runner: Runner, backend: Runtime | str, reporter: Reporter = SILE
 def record_parity(manifest: Manifest, report: ParityReport) -> None:
     """Store each artifact's parity result in its manifest entry (as the export does)."""
     for art in report.artifacts:
-        entry = manifest.artifact(art.path)
-        if entry is not None:
+        if manifest.artifact(art.path) is not None:
             info = report.data_info or {}
-            entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
-                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
-                               **({"held_out": info.get("held_out"), "domain": info.get("domain", True)}
-                                  if info else {}),
-                               **({"note": art.note} if art.note else {})}
+            manifest.update_artifact(art.path, parity={
+                "reference": report.reference, "data": report.data, "n_images": report.n_images,
+                "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                **({"held_out": info.get("held_out"), "domain": info.get("domain", True)} if info else {}),
+                **({"note": art.note} if art.note else {})})
 
 
 MAX_SOURCE_HASH_BYTES = 8 << 30  # hashing runs at ~1 GB/s; a checkpoint beyond this is not a classifier we reload
@@ -426,9 +426,9 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     fp32 = manifest.find(precision="fp32", kind="onnx")
     if fp32 is None:
         raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
-    reporter.warn(f"{reason}: comparing against {fp32['path']} instead of PyTorch")
+    reporter.warn(f"{reason}: comparing against {fp32.path} instead of PyTorch")
     runner = OnnxRuntimeRunner(manifest.file(fp32))
     runner.reason = reason
-    return runner, fp32["path"]
+    return runner, fp32.path
 
 

@@ -138,7 +138,7 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
         task.update(description=f"bench verifying {len(rows)} rows")
     try:
         vdata = verification_data(manifest, data, max_images=max_images)
-        fp32 = next((a["path"] for a in manifest.artifacts if a.get("precision") == "fp32"), None)
+        fp32 = next((a.path for a in manifest.artifacts if a.precision == "fp32"), None)
         if vdata.recorded is not None:
             from deploykit.verify import _Known
 
@@ -185,7 +185,8 @@ def _recorded_here(m: Measurement, manifest: Manifest) -> bool:
     from deploykit.evidence import evidence_record
 
     record = evidence_record(manifest)
-    parity = (manifest.artifact(m.artifact) or {}).get("parity") or {}
+    entry = manifest.artifact(m.artifact)
+    parity = (entry.parity if entry is not None else None) or {}
     if not parity or record is None:
         return bool(parity)
     return parity.get("n_images") == record["n_images"] and parity.get("data") == record["source"]
