@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit import runners
 from deploykit.errors import InputError
 from deploykit.files import parse_json
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, check_graph
@@ -172,10 +173,8 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         entry = manifest.find(precision="fp32", kind="onnx") or manifest.find(kind="onnx")
         if entry is None:
             raise InputError(f"{artifact} has no ONNX artifact")
-        from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
         path = _checked(manifest, entry)
-        return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
+        return Predictor(runners.open(path, device=device), manifest.preprocessing, manifest.class_names,
                          f"{path} ({entry.precision}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
     from deploykit.tensorrt.profile import is_engine
 
@@ -184,18 +183,14 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         if manifest is None:
             raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it, listing it; "
                              "copy the whole folder")
-        from deploykit.tensorrt.runner import TensorRTRunner
-
         entry = manifest.artifact(artifact.resolve().name)
-        return Predictor(TensorRTRunner(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
+        return Predictor(runners.open(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
                          f"{artifact} ({entry.precision}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
-        from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
         manifest = _listed_in_manifest(artifact)
         if manifest is not None:
             entry = manifest.artifact(artifact.resolve().name)
-            runner = OnnxRuntimeRunner(_checked(manifest, entry), device=device)
+            runner = runners.open(_checked(manifest, entry), device=device)
             return Predictor(runner, manifest.preprocessing, manifest.class_names,
                              f"{artifact} ({entry.precision}, ONNX Runtime {device.upper()})",
                              manifest.model.get("arch"))
@@ -203,7 +198,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         if pre is None:
             raise InputError(f"{artifact.name} is not listed in a {MANIFEST_NAME} beside it and has no deploykit "
                              "metadata; predict on its export folder instead")
-        return Predictor(OnnxRuntimeRunner(artifact, device=device), pre, names,
+        return Predictor(runners.open(artifact, device=device), pre, names,
                          f"{artifact} (ONNX Runtime {device.upper()})")
     from deploykit.models.loading import load_model
     from deploykit.runners.torch import TorchRunner
