@@ -402,6 +402,7 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
 
 
 def logits_of(path: Path, batch: np.ndarray) -> np.ndarray:
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
+    from deploykit import runners
 
-    return OnnxRuntimeRunner(path).infer(batch)
+    with runners.open(path, runners.Backend.ort) as runner:
+        return runner.infer(batch)
