@@ -10,7 +10,7 @@ import numpy as np
 from deploykit import runners
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, check_graph
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, artifact_kind, check_graph
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -176,9 +176,7 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         path = _checked(manifest, entry)
         return Predictor(runners.open(path, device=device), manifest.preprocessing, manifest.class_names,
                          f"{path} ({entry.precision}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
-    from deploykit.tensorrt.profile import is_engine
-
-    if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
+    if artifact_kind(artifact.name) == "engine":  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
         manifest = _listed_in_manifest(artifact)
         if manifest is None:
             raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it, listing it; "
