@@ -14,7 +14,8 @@ import pytest
 import deploykit.manifest as manifest_module
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
-from deploykit.manifest import (MANIFEST_NAME, SCHEMA, Manifest, artifact_kind, checked_file, validate_manifest)
+from deploykit.manifest import (MANIFEST_NAME, SCHEMA, Artifact, Manifest, artifact_kind, checked_file,
+                                validate_manifest)
 
 
 def _record(**changes) -> Manifest:
@@ -96,9 +97,48 @@ def test_set_artifact_replaces_the_entry_of_the_same_file():
     manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": "a" * 64})
     manifest.set_artifact({"path": "model.fp16.onnx", "precision": "fp16", "sha256": "b" * 64})
     manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": "c" * 64})
-    assert [a["path"] for a in manifest.artifacts] == ["model.fp16.onnx", "model.onnx"]
-    assert manifest.artifact("model.onnx")["sha256"] == "c" * 64
+    assert [a.path for a in manifest.artifacts] == ["model.fp16.onnx", "model.onnx"]
+    assert manifest.artifact("model.onnx").sha256 == "c" * 64
     assert manifest.artifact("model.int8.onnx") is None
+
+
+def test_an_artifact_reads_by_attribute_and_round_trips_its_json_key_for_key():
+    """Every key in its order (a null parity too), the keys this version does not know, nested facts by reference."""
+    engine = {"tensorrt": "10.3.0", "profile": {"min": [4, 3, 8, 8]}}
+    record = {"path": "model.fp16.engine", "precision": "fp16", "sha256": "a" * 64, "bytes": 9, "parity": None,
+              "engine": engine, "batch": 4, "future_key": [1, 2]}
+    entry = Artifact.from_json(record)
+    assert (entry.path, entry.precision, entry.kind, entry.batch, entry.passed) == \
+        ("model.fp16.engine", "fp16", "engine", 4, None)
+    assert entry.engine is engine and entry.extra == {"future_key": [1, 2]}
+    assert list(entry.to_json().items()) == list(record.items())
+    assert dict(entry) == record and entry["parity"] is None and entry.get("details") is None  # the JSON view
+    judged = entry.replace(parity={"passed": True, "metrics": {"accuracy": 99.0}})
+    assert judged.passed and judged.metrics == {"accuracy": 99.0} and entry.parity is None  # frozen: a copy
+    int8 = Artifact.from_json({"path": "model.int8.onnx", "precision": "int8", "sha256": "b" * 64,
+                               "details": {"target": "tensorrt", "remainder": "fp16"}})
+    assert (int8.kind, int8.target, int8.remainder) == ("onnx", "tensorrt", "fp16")
+    assert list(int8.replace(tensorrt_ready={"x": True}).to_json()) == ["path", "precision", "sha256", "details",
+                                                                         "tensorrt_ready"]  # a new key goes last
+    with pytest.raises(TypeError):
+        int8["precision"] = "fp32"  # type: ignore[index]
+
+
+def test_a_saved_manifest_is_the_json_it_was_loaded_from(tmp_path):
+    manifest = _record()
+    manifest.set_artifact({"path": "model.onnx", "precision": "fp32", "sha256": "a" * 64, "bytes": 3, "parity": None,
+                           "custom": {"kept": 1}})
+    manifest.set_artifact({"path": "model.fp16.onnx", "precision": "fp16", "sha256": "b" * 64, "parity": None,
+                           "details": {"kept_fp32": []}})
+    text = manifest.save(tmp_path).read_text()
+    loaded = Manifest.load(tmp_path)
+    loaded.update_artifact("model.onnx", parity={"passed": True})  # in place: the order of the files kept
+    assert [a.path for a in loaded.artifacts] == ["model.onnx", "model.fp16.onnx"]
+    assert loaded.find("model.onnx").passed and loaded.find("model.fp16.onnx", precision="fp32") is None
+    loaded.update_artifact("model.onnx", parity=None)
+    assert (tmp_path / MANIFEST_NAME).read_text() == text and Path(loaded.save(tmp_path)).read_text() == text
+    with pytest.raises(InputError, match="not listed"):
+        loaded.update_artifact("model.int8.onnx", parity=None)
 
 
 def test_find_by_precision_and_kind():

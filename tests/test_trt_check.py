@@ -179,8 +179,7 @@ def _with_graph(folder: Path, name: str, model) -> None:
     """Replace an artifact of a copied export folder, keeping its manifest entry's checksum true."""
     onnx.save(model, str(folder / name))
     manifest = Manifest.load(folder)
-    entry = manifest.artifact(name)
-    entry["sha256"], entry["bytes"] = sha256_file(folder / name), (folder / name).stat().st_size
+    manifest.update_artifact(name, sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size)
     manifest.save(folder)
 
 

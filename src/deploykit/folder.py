@@ -173,7 +173,7 @@ def staged_export(out: Path, *, force: bool = False,
     previous = previous_export(shown)
     ours = _ours(out, previous)
     if previous is not None and not force:
-        changed = sorted({a["path"] for a in _listed_files(previous)} - ours)
+        changed = sorted({name for name, _ in _listed_files(previous)} - ours)
         if changed:  # fail before minutes of export work
             raise _foreign(shown, changed[0], "its bytes are not the ones deploykit.json recorded")
     for stale in _stale_staging(out):  # left by a killed export; we hold the lock, so no one else owns them
@@ -205,22 +205,22 @@ def _ours(out: Path, previous: Manifest | None) -> set[str]:
     if previous is None:
         return set()
     names = {MANIFEST_NAME}
-    for artifact in _listed_files(previous):
-        path = out / artifact["path"]
+    for name, sha256 in _listed_files(previous):
+        path = out / name
         try:
-            if not path.is_symlink() and path.is_file() and sha256_file(path) == artifact["sha256"]:
-                names.add(artifact["path"])
+            if not path.is_symlink() and path.is_file() and sha256_file(path) == sha256:
+                names.add(name)
         except OSError:
             pass
     return names
 
 
-def _listed_files(manifest: Manifest) -> list[dict]:
-    """Every file a manifest records with its sha256: the artifacts, the external-data files of ONNX ones and the
+def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
+    """(name, sha256) of every file a manifest records: the artifacts, the external-data files of ONNX ones and the
     evidence files (the verification images and PyTorch's logits)."""
     evidence = manifest.extra.get("evidence")
-    recorded = list(evidence["files"].values()) if isinstance(evidence, dict) else []
-    return [f for a in manifest.artifacts for f in (a, *(a.get("external_data") or ()))] + recorded
+    recorded = [(f["path"], f["sha256"]) for f in evidence["files"].values()] if isinstance(evidence, dict) else []
+    return [(name, sha256) for a in manifest.artifacts for name, sha256, _ in a.listed_files] + recorded
 
 
 def _foreign(out: Path, name: str, why: str) -> InputError:
@@ -261,7 +261,7 @@ def _carry_user_files(shown: Path, out: Path, staging: Path, previous: Manifest 
                       force: bool, notes: list[str] | None) -> None:
     if previous is None:
         return
-    listed = {a["path"] for a in _listed_files(previous)}
+    listed = {name for name, _ in _listed_files(previous)}
     for path in sorted(out.iterdir()):
         name = path.name
         if name in ours:

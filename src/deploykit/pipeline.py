@@ -108,7 +108,7 @@ def export_folder(model_path: Path, *, out: Path | None = None, options: LoadOpt
                               precision=precision, calib_images=calib_images, max_images=max_images,
                               evidence_images=evidence_images, trt_targets=trt_targets, timings=timings)
         if previous is not None:
-            dropped = sorted({a["path"] for a in previous.artifacts} - {a["path"] for a in result.manifest.artifacts})
+            dropped = sorted({a.path for a in previous.artifacts} - {a.path for a in result.manifest.artifacts})
             if dropped:
                 reporter.note("replaced the earlier export; its artifacts the new one does not make are gone: "
                      + ", ".join(dropped))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit import runners
 from deploykit.errors import InputError
 from deploykit.files import parse_json
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest, check_graph
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, artifact_kind, check_graph
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
 from deploykit.text import class_names_from
@@ -130,7 +131,7 @@ def check_against_onnx(manifest: Manifest, onnx_path: Path) -> None:
                          "(input size, resize, mean or std); one was edited after export -- re-export the folder")
 
 
-def _checked(manifest: Manifest, entry: dict) -> Path:
+def _checked(manifest: Manifest, entry: Artifact) -> Path:
     """``manifest.file(entry)`` (its sha256 checked), after its metadata -- or, for an engine, the FP32 ONNX's --
     agreed with the manifest."""
     path = manifest.file(entry)
@@ -172,38 +173,30 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
         entry = manifest.find(precision="fp32", kind="onnx") or manifest.find(kind="onnx")
         if entry is None:
             raise InputError(f"{artifact} has no ONNX artifact")
-        from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
         path = _checked(manifest, entry)
-        return Predictor(OnnxRuntimeRunner(path, device=device), manifest.preprocessing, manifest.class_names,
-                         f"{path} ({entry['precision']}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
-    from deploykit.tensorrt.profile import is_engine
-
-    if is_engine(artifact):  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
+        return Predictor(runners.open(path, device=device), manifest.preprocessing, manifest.class_names,
+                         f"{path} ({entry.precision}, ONNX Runtime {device.upper()})", manifest.model.get("arch"))
+    if artifact_kind(artifact.name) == "engine":  # a TensorRT engine carries no metadata: preprocessing comes from its manifest
         manifest = _listed_in_manifest(artifact)
         if manifest is None:
             raise InputError(f"{artifact.name} needs the {MANIFEST_NAME} of its export folder beside it, listing it; "
                              "copy the whole folder")
-        from deploykit.tensorrt.runner import TensorRTRunner
-
         entry = manifest.artifact(artifact.resolve().name)
-        return Predictor(TensorRTRunner(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
-                         f"{artifact} ({entry['precision']}, TensorRT)", manifest.model.get("arch"))
+        return Predictor(runners.open(_checked(manifest, entry)), manifest.preprocessing, manifest.class_names,
+                         f"{artifact} ({entry.precision}, TensorRT)", manifest.model.get("arch"))
     if artifact.suffix == ".onnx":
-        from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
         manifest = _listed_in_manifest(artifact)
         if manifest is not None:
             entry = manifest.artifact(artifact.resolve().name)
-            runner = OnnxRuntimeRunner(_checked(manifest, entry), device=device)
+            runner = runners.open(_checked(manifest, entry), device=device)
             return Predictor(runner, manifest.preprocessing, manifest.class_names,
-                             f"{artifact} ({entry['precision']}, ONNX Runtime {device.upper()})",
+                             f"{artifact} ({entry.precision}, ONNX Runtime {device.upper()})",
                              manifest.model.get("arch"))
         pre, names = _onnx_metadata(artifact)
         if pre is None:
             raise InputError(f"{artifact.name} is not listed in a {MANIFEST_NAME} beside it and has no deploykit "
                              "metadata; predict on its export folder instead")
-        return Predictor(OnnxRuntimeRunner(artifact, device=device), pre, names,
+        return Predictor(runners.open(artifact, device=device), pre, names,
                          f"{artifact} (ONNX Runtime {device.upper()})")
     from deploykit.models.loading import load_model
     from deploykit.runners.torch import TorchRunner

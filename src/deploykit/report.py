@@ -108,21 +108,21 @@ def training_metrics(manifest: Manifest) -> dict[str, Any] | None:
 
 
 def _artifact_rows(manifest: Manifest) -> list[str]:
-    has_acc = any("accuracy" in (a.get("parity") or {}).get("metrics", {}) for a in manifest.artifacts)
+    has_acc = any("accuracy" in a.metrics for a in manifest.artifacts)
     head = ["artifact", "precision", "MB", "reference", "images", "max abs diff", "cos min", "top-1 agr",
             "top-5 agr"] + (["acc %", "drop pts"] if has_acc else []) + ["result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(head) - 1))
              + "|---|"]
     for art in manifest.artifacts:
-        parity = art.get("parity") or {}
+        parity = art.parity or {}
         m = parity.get("metrics", {})
         result = "-" if not parity else ("pass" if parity.get("passed") else
                                         "FAIL " + "; ".join(parity.get("failures", [])))
         if parity.get("note"):
             result += f" ({parity['note']})"
         result = md(result)
-        row = [f"`{art['path']}`",  # a checked plain file name (manifest.ARTIFACT_NAME)
- md(art.get("precision", "-")), _num(art.get("bytes", 0) / 1e6, ".2f"),
+        row = [f"`{art.path}`",  # a checked plain file name (manifest.ARTIFACT_NAME)
+ md(art.precision), _num((art.bytes or 0) / 1e6, ".2f"),
                md(parity.get("reference", "-")), md(parity.get("n_images", "-")), _num(m.get("max_abs_diff"), ".2e"),
                _num(m.get("cosine_min"), ".6f"), _num(m.get("top1_agreement"), ".3f"),
                _num(m.get("top5_agreement"), ".3f")]
@@ -135,11 +135,11 @@ def _artifact_rows(manifest: Manifest) -> list[str]:
 def _engine_lines(manifest: Manifest) -> list[str]:
     lines = []
     for art in manifest.artifacts:
-        facts = art.get("engine")
+        facts = art.engine
         if not facts:
             continue
         onnx = facts.get("onnx") or {}
-        lines.append(f"- `{art['path']}`: TensorRT {md(facts.get('tensorrt', '?'))} on {md(facts.get('gpu', '?'))} "
+        lines.append(f"- `{art.path}`: TensorRT {md(facts.get('tensorrt', '?'))} on {md(facts.get('gpu', '?'))} "
                      f"(compute capability {md(facts.get('compute_capability', '?'))}), built in "
                      f"{_num(facts.get('build_seconds'), '.1f')} s from {md(onnx.get('path', '?'))}")
     return lines
@@ -149,21 +149,21 @@ def _int8_lines(manifest: Manifest) -> list[str]:
     """How each INT8 graph was calibrated and what stayed in higher precision, from the manifest."""
     lines = []
     for art in manifest.artifacts:
-        details = art.get("details") or {}
+        details = art.details or {}
         calib = details.get("calibration")
         if not calib:
             continue
         # deploykit's own words as they are (no escapes in the raw text); anything else from the file, escaped
         target = {"tensorrt": "TensorRT (Q/DQ) and OpenVINO on Intel CPUs", "cpu": "ONNX Runtime CPU",
-                  "onnxruntime-cpu": "ONNX Runtime CPU"}.get(details.get("target")) or md(details.get("target") or "?")
+                  "onnxruntime-cpu": "ONNX Runtime CPU"}.get(art.target) or md(art.target or "?")
         kept = details.get("fp32_layers") or []
-        other = {"fp16": "FP16", "fp32": "FP32"}.get(details.get("remainder"), "FP32")  # model.int8.onnx's remainder
-        lines.append(f"- `{art['path']}` for {target}: calibrated on {md(calib.get('images', '?'))} images "
+        other = {"fp16": "FP16", "fp32": "FP32"}.get(art.remainder, "FP32")  # model.int8.onnx's remainder
+        lines.append(f"- `{art.path}` for {target}: calibrated on {md(calib.get('images', '?'))} images "
                      f"({md(calib.get('method', '?'))})"
                      + (f", cache {md(calib['cache'])}" if calib.get("cache") else "")
                      + (f"; {md(details['int8_layers'])} layers in INT8" if details.get("int8_layers") is not None
                         else "")
-                     + (f", the rest in {other}" if details.get("remainder") else "")
+                     + (f", the rest in {other}" if art.remainder else "")
                      + (f", kept in {other}: {md(', '.join(map(str, kept)))}" if kept else "") + ".")
     return lines
 
@@ -252,8 +252,7 @@ def _bench_failures(bench: dict[str, Any] | None) -> set[tuple[str, str]]:
 def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) -> list[str]:
     """Per device: the verified artifact to ship (its parity passed in the manifest, and on every bench row of that
     runtime that ran it), then what bench measured fastest."""
-    passed = {a.get("precision"): a["path"] for a in manifest.artifacts
-              if a["path"].endswith(".onnx") and (a.get("parity") or {}).get("passed")}
+    passed = {a.precision: a.path for a in manifest.artifacts if a.kind == "onnx" and a.passed}
     failed = _bench_failures(bench)
     lines = ["| device | runtime | ship |", "|---|---|---|"]
     for device, runtime, order, text in SHIP:
@@ -298,7 +297,7 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
         lines += ["## Training", "", f"Best validation accuracy {best:.2f}%"
                   + (f" after {train.get('epochs')} epochs in {train.get('seconds', 0):.1f} s" if train else "")
                   + ".", ""]
-    has_acc = any("accuracy" in ((a.get("parity") or {}).get("metrics") or {}) for a in manifest.artifacts)
+    has_acc = any("accuracy" in a.metrics for a in manifest.artifacts)
     lines += ["## Artifacts", "",
               "Each artifact against its reference on the verification images (`deploykit verify`); "
               + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
@@ -351,7 +350,7 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
         check_bench(bench, Path(bench_path))
     manifest = Manifest.load(folder)
     for entry in manifest.artifacts:  # the page vouches for these files: they must be the ones verified
-        if (folder / entry["path"]).exists() or (folder / entry["path"]).is_symlink():
+        if (folder / entry.path).exists() or (folder / entry.path).is_symlink():
             manifest.file(entry)
     from deploykit.evidence import check_evidence
 
@@ -376,8 +375,8 @@ def stale_bench(folder: Path, bench_path: Path, manifest: Manifest) -> str | Non
     newer = []
     for entry in manifest.artifacts:
         with contextlib.suppress(OSError):
-            if (folder / entry["path"]).stat().st_mtime > written + 1.0:  # 1 s: coarse file-system clocks
-                newer.append(entry["path"])
+            if (folder / entry.path).stat().st_mtime > written + 1.0:  # 1 s: coarse file-system clocks
+                newer.append(entry.path)
     if not newer:
         return None
     when = datetime.datetime.fromtimestamp(written).strftime("%Y-%m-%d %H:%M")

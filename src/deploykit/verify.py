@@ -11,18 +11,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.evidence import VerificationData, held_out_text
 from deploykit.errors import DeployKitError, InputError
-from deploykit.manifest import Manifest
+from deploykit.manifest import Artifact, Manifest, artifact_kind
 from deploykit.parity import (TOLERANCES, ArtifactReport, ParityReport, Precision, Tolerance, accuracy_labels, assess,
                               batch_digest, compare_logits, degenerate_reference, judge)
 from deploykit.reporter import SILENT, Reporter
-from deploykit.runners.base import Runner
+from deploykit import runners
+from deploykit.runners.base import Backend, Runner
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def verification_data(manifest: Manifest, data: Path | str | None = None, *, max
 def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter = SILENT,
                   overrides: dict[str, Tolerance] | None = None, max_images: int | None = None,
                   only: Sequence[str] | None = None, loaded=None, manifest: Manifest | None = None,
-                  allow_pickle: bool = False, model_def: str | None = None, backend: Runtime | str | None = None,
+                  allow_pickle: bool = False, model_def: str | None = None, backend: Backend | str | None = None,
                   threads: int | None = None, known: KnownLogits | None = None,
                   images: VerificationData | None = None, recheck: bool = False) -> ParityReport:
     """Verify every ONNX artifact and TensorRT engine of an export folder against the PyTorch reference: by
@@ -119,7 +119,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
     from deploykit.errors import MissingDependencyError
 
     folder = Path(folder)
-    backend = None if backend is None else Runtime(backend)
+    backend = None if backend is None else Backend(backend)
     manifest = manifest if manifest is not None else Manifest.load(folder)
     vdata = images if images is not None else verification_data(manifest, data, max_images=max_images,
                                                                 reporter=reporter)
@@ -138,19 +138,19 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
         if data is not None and _has_evidence(manifest) and kind == "onnx-fp32":
             reporter.note(f"these are not the folder's evidence images: the reference logits are recomputed with "
                           f"{ref_name}, not read from PyTorch's record")
-    entries = [a for a in manifest.artifacts if _verifiable(a["path"]) and (only is None or a["path"] in only)]
+    entries = [a for a in manifest.artifacts if _verifiable(a.path) and (only is None or a.path in only)]
     if not entries:
         raise InputError(f"{folder} has no ONNX artifacts or engines; run `deploykit export` again")
     if backend is not None:
         entries = _for_backend(entries, backend, folder, only)
-    if ref_name in {a["path"] for a in entries} and backend is not Runtime.ov:
+    if ref_name in {a.path for a in entries} and backend is not Backend.ov:
         # the FP32 ONNX stands in as reference: not judged by itself (on OpenVINO it is another run: judged)
-        entries = [a for a in entries if a["path"] != ref_name]
+        entries = [a for a in entries if a.path != ref_name]
         if not entries:
             raise InputError(f"no PyTorch reference ({getattr(reference, 'reason', 'see above')}) and {ref_name} is "
                              "the only artifact: nothing to compare")
-    runs = [(a["path"], a["precision"], "f32") for a in entries]
-    if backend is Runtime.ov:
+    runs = [(a.path, a.precision, "f32") for a in entries]
+    if backend is Backend.ov:
         from deploykit.runners.openvino import native_bf16
 
         bf16 = native_bf16()  # without OpenVINO: MissingDependencyError (exit 3) here
@@ -164,24 +164,24 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
             candidates.append((path, precision, _Recorded(_Known(known.logits[path], manifest.preprocessing.shape))))
             continue
         try:
-            runner = runner_for(manifest.file(path), reporter=reporter, backend=backend,
-                                inference_precision=hint, threads=threads)
+            runner = runners.open(manifest.file(path), backend, reporter=reporter, inference_precision=hint,
+                                  threads=threads)
         except (MissingDependencyError, InputError) as exc:
-            if only is not None or isinstance(exc, InputError) and backend is not Runtime.ov:
+            if only is not None or isinstance(exc, InputError) and backend is not Backend.ov:
                 raise
             reporter.warn(f"skipping {path}{'' if hint == 'f32' else f' in {hint}'}: {exc}")
             continue
         runner = _Recorded(runner)
         candidates.append((path, precision, runner))
-        if backend is Runtime.ov and precision == Precision.INT8.value:
+        if backend is Backend.ov and precision == Precision.INT8.value:
             with contextlib.suppress(DeployKitError):  # the ONNX Runtime twin: reported beside, not judged
-                candidates.append((path, precision, _Recorded(runner_for(manifest.file(path), threads=threads))))
+                candidates.append((path, precision, _Recorded(runners.open(manifest.file(path), threads=threads))))
     if not candidates:
         raise InputError(f"nothing in {folder} can be verified on this machine")
     report = compare_runners(reference, candidates, batch, labels=vdata.labels, overrides=overrides,
                              reference_name=ref_name, data_name=vdata.info["source"])
     report.kind, report.data_info, report.reference_check = kind, dict(vdata.info), check
-    if backend is Runtime.ov:
+    if backend is Backend.ov:
         _describe_ov_runs(report, candidates)
     explain_fp16_failures(report, getattr(reference, "module", None), batch)
     return report
@@ -206,14 +206,6 @@ def _recheck(folder: Path, manifest: Manifest, vdata: VerificationData, reporter
             "failures": [f"PyTorch here vs its recorded logits: {f}" for f in failures]}
 
 
-class Runtime(str, Enum):
-    """Where an artifact runs: ONNX Runtime, OpenVINO (CPU) or TensorRT (engines)."""
-
-    ort = "ort"
-    ov = "ov"
-    trt = "trt"
-
-
 class _Recorded(Runner):
     """A runner that keeps its last logits (to compare two runtimes on the same images afterwards)."""
 
@@ -225,23 +217,25 @@ class _Recorded(Runner):
         self.logits = self.inner.infer(batch)
         return self.logits
 
+    def close(self) -> None:
+        self.inner.close()
+
     def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - infer is overridden
         return self.inner.infer(batch)
 
 
-def _for_backend(entries: list[dict], backend: Runtime, folder: Path, only: Sequence[str] | None) -> list[dict]:
+def _for_backend(entries: list[Artifact], backend: Backend, folder: Path,
+                 only: Sequence[str] | None) -> list[Artifact]:
     """The artifacts ``backend`` runs: ONNX files on ort/ov, engines on trt; naming another kind is an error."""
-    from deploykit.tensorrt.profile import is_engine
-
-    wanted = [a for a in entries if is_engine(a["path"]) == (backend is Runtime.trt)]
+    wanted = [a for a in entries if (a.kind == "engine") == (backend is Backend.trt)]
     if only is not None and len(wanted) < len(entries):
-        other = next(a["path"] for a in entries if a not in wanted)
+        other = next(a.path for a in entries if a not in wanted)
         raise InputError(f"{other} cannot run on --backend {backend.value}: " +
                          ("TensorRT runs engines; build one with `deploykit build " + str(folder) + "`"
-                          if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
+                          if backend is Backend.trt else "an engine runs on TensorRT (--backend trt)"))
     if not wanted:
         raise InputError(f"{folder} has no TensorRT engine: `deploykit build {folder}` on the device" if backend is
-                         Runtime.trt else f"{folder} has no ONNX artifact: run `deploykit export` again")
+                         Backend.trt else f"{folder} has no ONNX artifact: run `deploykit export` again")
     return wanted
 
 
@@ -309,45 +303,15 @@ def fp16_stand_in_caveat(module, batch: np.ndarray, ort_metrics: dict, reference
 
 
 def _verifiable(path: str) -> bool:
-    from deploykit.tensorrt.profile import is_engine
-
-    return path.endswith(".onnx") or is_engine(path)
+    return artifact_kind(path) is not None
 
 
-def runner_for(path: Path, *, device: str = "cpu", reporter: Reporter = SILENT, backend: Runtime | str | None = None,
-               inference_precision: str = "f32", threads: int | None = None) -> Runner:
-    """The runner for an artifact file: by default ONNX Runtime for ``.onnx``, TensorRT for engines (lazy imports);
-    ``backend="ov"``: OpenVINO on the CPU for ``.onnx`` in ``inference_precision`` (f32 or bf16)."""
-    from deploykit.tensorrt.profile import is_engine
-
-    path = Path(path)
-    backend = None if backend is None else Runtime(backend)
-    engine = is_engine(path)
-    if backend is not None and engine != (backend is Runtime.trt):
-        raise InputError(f"{path.name} cannot run on --backend {backend.value}: " +
-                         ("TensorRT runs engines: `deploykit build " + str(path.parent) + "`, then pass the engine"
-                          if backend is Runtime.trt else "an engine runs on TensorRT (--backend trt)"))
-    if engine:
-        from deploykit.tensorrt.runner import TensorRTRunner
-
-        return TensorRTRunner(path, reporter=reporter)
-    if backend is Runtime.ov:
-        if device != "cpu":
-            raise InputError("deploykit runs OpenVINO on the CPU: use --device cpu")
-        from deploykit.runners.openvino import OpenVINORunner
-
-        return OpenVINORunner(path, inference_precision=inference_precision, threads=threads)
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, device=device, threads=threads)
-
-
-def on_backend(runner: Runner, backend: Runtime | str, reporter: Reporter = SILENT) -> Runner:
+def on_backend(runner: Runner, backend: Backend | str, reporter: Reporter = SILENT) -> Runner:
     """The same artifact as ``runner`` on ``backend`` (predict --backend); the reporter hears what ran."""
     path = getattr(runner, "path", None)
     if path is None:
         raise InputError("--backend applies to exported artifacts (ONNX, engines); a checkpoint runs on PyTorch")
-    runner = runner_for(path, backend=backend)
+    runner = runners.open(path, backend)
     if runner.name == "openvino":
         reporter.note(f"{path.name} on OpenVINO {runner.version}, computed in {runner.precision_text}")
     return runner
@@ -356,14 +320,13 @@ def on_backend(runner: Runner, backend: Runtime | str, reporter: Reporter = SILE
 def record_parity(manifest: Manifest, report: ParityReport) -> None:
     """Store each artifact's parity result in its manifest entry (as the export does)."""
     for art in report.artifacts:
-        entry = manifest.artifact(art.path)
-        if entry is not None:
+        if manifest.artifact(art.path) is not None:
             info = report.data_info or {}
-            entry["parity"] = {"reference": report.reference, "data": report.data, "n_images": report.n_images,
-                               "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
-                               **({"held_out": info.get("held_out"), "domain": info.get("domain", True)}
-                                  if info else {}),
-                               **({"note": art.note} if art.note else {})}
+            manifest.update_artifact(art.path, parity={
+                "reference": report.reference, "data": report.data, "n_images": report.n_images,
+                "metrics": art.metrics, "passed": art.passed, "failures": art.failures,
+                **({"held_out": info.get("held_out"), "domain": info.get("domain", True)} if info else {}),
+                **({"note": art.note} if art.note else {})})
 
 
 MAX_SOURCE_HASH_BYTES = 8 << 30  # hashing runs at ~1 GB/s; a checkpoint beyond this is not a classifier we reload
@@ -392,8 +355,6 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     A manifest is data: the ``allow_pickle`` / ``model_def`` it recorded are never honoured by themselves. When the
     source needs them, the user repeats the flag on this command line, or the FP32 ONNX stands in (and we say why).
     """
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
     if loaded is not None:
         from deploykit.runners.torch import TorchRunner, reference_device
 
@@ -427,9 +388,9 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     fp32 = manifest.find(precision="fp32", kind="onnx")
     if fp32 is None:
         raise InputError(f"no PyTorch reference ({reason}) and no FP32 ONNX in {folder} to compare against")
-    reporter.warn(f"{reason}: comparing against {fp32['path']} instead of PyTorch")
-    runner = OnnxRuntimeRunner(manifest.file(fp32))
+    reporter.warn(f"{reason}: comparing against {fp32.path} instead of PyTorch")
+    runner = runners.open(manifest.file(fp32), Backend.ort)
     runner.reason = reason
-    return runner, fp32["path"]
+    return runner, fp32.path
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from deploykit.bench.options import Backend, BenchOptions, available_cores
 from deploykit.errors import MissingDependencyError
+from deploykit.manifest import Artifact
 from deploykit.runners.base import Device
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
@@ -127,16 +128,16 @@ def _gpu_info() -> tuple[str, str] | str:
     return gpu_info()
 
 
-def engine_unusable(entry: dict[str, Any], host: Any, folder: Path) -> str | None:
+def engine_unusable(entry: Artifact, host: Any, folder: Path) -> str | None:
     """Why an engine cannot load here (built by another TensorRT or for another GPU), from its manifest facts."""
     from deploykit.errors import EngineMismatchError
     from deploykit.tensorrt.host import check_compatible
 
-    facts = entry.get("engine")
+    facts = entry.engine
     if not facts:
         return None  # no facts to check: the runner finds out when it loads the plan
     try:
-        check_compatible(facts, host, engine=entry["path"], folder=folder)
+        check_compatible(facts, host, engine=entry.path, folder=folder)
     except EngineMismatchError as exc:
         return str(exc)
     return None

@@ -367,10 +367,10 @@ def torch_prepare(folder: Path, manifest: Manifest, device: Device, variant: Var
 
 def ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit.runners.onnxrt import OnnxRuntimeRunner
+        from deploykit import runners
 
         before = cuda_used_mb() if device is Device.cuda else None
-        runner = OnnxRuntimeRunner(path, device=device.value, threads=threads, session_config=ORT_DENORMAL_CONFIG)
+        runner = runners.open(path, Backend.ort, device=device, threads=threads, session_config=ORT_DENORMAL_CONFIG)
         session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
 
         def step():  # exactly what a hand-written loop calls
@@ -384,9 +384,9 @@ def ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarra
 
 def ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit.runners.openvino import OpenVINORunner
+        from deploykit import runners
 
-        runner = OpenVINORunner(path, inference_precision=variant.value, threads=threads)
+        runner = runners.open(path, Backend.ov, inference_precision=variant.value, threads=threads)
         if runner.inference_precision != variant.value:
             raise DeployKitError(f"OpenVINO was asked for {variant.value} but reports "
                                  f"{runner.inference_precision}: not measured")
@@ -400,10 +400,10 @@ def ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarr
 
 def trt_prepare(path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit.tensorrt.runner import TensorRTRunner  # the one place bench loads TensorRT's runner
+        from deploykit import runners
 
         before = cuda_used_mb()
-        runner = TensorRTRunner(path)
+        runner = runners.open(path, Backend.trt)
         gpu = lambda: max((cuda_used_mb() or 0.0) - (before or 0.0), 0.0)  # noqa: E731
         hook = getattr(runner, "bench_steps", None)
         if hook is None:  # end-to-end through the runner's own infer(): synchronous, host arrays in and out

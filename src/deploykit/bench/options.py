@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 
 from deploykit.errors import InputError
-from deploykit.runners.base import Device
+from deploykit.runners.base import Backend, Device
 from deploykit.parity import Precision
 
 DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
@@ -17,13 +17,6 @@ DEFAULT_ITERS = 100
 DEFAULT_BUDGET_S = 15.0  # without --iters/--seconds: 100 iterations, or fewer once 15 s have passed
 MIN_ITERS = 10  # ... but never fewer than this
 EXPORTS_DIR = Path("exports")  # where `deploykit bench` with no TARGET looks for the latest export folder
-
-
-class Backend(str, Enum):
-    torch = "torch"
-    ort = "ort"
-    ov = "ov"  # OpenVINO on the CPU
-    trt = "trt"
 
 
 def default_backends() -> tuple[Backend, ...]:

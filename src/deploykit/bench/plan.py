@@ -16,7 +16,7 @@ from deploykit.bench.measure import Case, ort_prepare, ov_prepare, torch_prepare
 from deploykit.bench.options import Backend, BenchOptions, Variant
 from deploykit.bench.results import Skip, parity_summary
 from deploykit.errors import InputError
-from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
+from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest
 from deploykit.runners.base import Device
 from deploykit.parity import Precision
 from deploykit.verify import source_unusable
@@ -30,15 +30,14 @@ class Folder:
 
     path: Path
     manifest: Manifest
-    present: tuple[dict, ...]
+    present: tuple[Artifact, ...]
     where: str  # how skip reasons name the folder
     temporary: bool  # an export made on the fly for this bench: advice names no folder
 
-    def artifact(self, precision: Precision, suffixes: str | tuple[str, ...]) -> dict | None:
-        return next((a for a in self.present
-                     if a.get("precision") == precision.value and a["path"].endswith(suffixes)), None)
+    def artifact(self, precision: Precision, suffixes: str | tuple[str, ...]) -> Artifact | None:
+        return next((a for a in self.present if a.precision == precision.value and a.path.endswith(suffixes)), None)
 
-    def onnx(self, precision: Precision) -> dict | None:
+    def onnx(self, precision: Precision) -> Artifact | None:
         return self.artifact(precision, ".onnx")
 
     @property
@@ -66,7 +65,7 @@ def plan_cases(folder: Path, manifest: Manifest, options: BenchOptions, caps: Ca
     if only is not None:
         backends, precisions = _only(folder, manifest, options, only)
     present = tuple(a for a in manifest.artifacts
-                    if (folder / a["path"]).is_file() and (only is None or a["path"] == only))
+                    if (folder / a.path).is_file() and (only is None or a.path == only))
     for entry in present:
         manifest.file(entry)  # inside the folder, and the bytes the manifest recorded: else one line to re-export
     here = Folder(folder, manifest, present, where or f"{folder.name}/", where is not None)
@@ -87,7 +86,7 @@ def _only(folder: Path, manifest: Manifest, options: BenchOptions, only: str):
     if not any(k in backends for k in kinds):
         raise InputError(f"{only} runs on {kinds[0].value}, which --backends leaves out"
                          + (f", as it does {kinds[1].value}" if len(kinds) > 1 else ""))
-    precision = Precision(entry["precision"])
+    precision = Precision(entry.precision)
     if precision not in options.precisions:
         raise InputError(f"{only} is {precision.value}, which --precisions leaves out")
     precisions = {Backend.torch: tuple(p for p in options.precisions if p is Precision.FP32),
@@ -154,7 +153,7 @@ def _fixed_batch_skips(here: Folder, backend: Backend, precision: Precision, ent
     """The batch sizes an ONNX artifact takes, and a skip for each one it does not (a fixed-batch export)."""
     fixed = here.fixed_batch
     ok = [b for b in batches if fixed is None or b == fixed]
-    return ok, [Skip(backend, precision, f"{entry['path']} has a fixed batch of {fixed}: re-export with "
+    return ok, [Skip(backend, precision, f"{entry.path} has a fixed batch of {fixed}: re-export with "
                                          "--dynamic-batch", batch=b) for b in batches if b not in ok]
 
 
@@ -184,8 +183,8 @@ def plan_ort(here: Folder, precisions: tuple[Precision, ...], options: BenchOpti
         yield from skips
         for b in batches:
             yield Case(backend, precision, Variant.session, b,
-                       ort_prepare(here.path / entry["path"], options.device, options.thread_count),
-                       artifact=entry["path"], parity=parity_summary(entry), note=note)
+                       ort_prepare(here.path / entry.path, options.device, options.thread_count),
+                       artifact=entry.path, parity=parity_summary(entry), note=note)
 
 
 def plan_ov(here: Folder, precisions: tuple[Precision, ...], options: BenchOptions, caps: Capabilities) -> Planned:
@@ -219,8 +218,8 @@ def plan_ov(here: Folder, precisions: tuple[Precision, ...], options: BenchOptio
         for b in batches:
             for variant in variants:  # parity: verified after timing, on what ran (run.verify_ov_rows)
                 yield Case(backend, precision, variant, b,
-                           ov_prepare(here.path / entry["path"], variant, options.thread_count),
-                           artifact=entry["path"])
+                           ov_prepare(here.path / entry.path, variant, options.thread_count),
+                           artifact=entry.path)
 
 
 def plan_trt(here: Folder, precisions: tuple[Precision, ...], options: BenchOptions, caps: Capabilities) -> Planned:
@@ -246,19 +245,19 @@ def plan_trt(here: Folder, precisions: tuple[Precision, ...], options: BenchOpti
             yield Skip(backend, precision, "compute-only timing needs the TensorRT runner's bench_steps() hook, "
                                            "which this build lacks")
         parity = parity_summary(entry) or parity_summary(here.onnx(precision))
-        engine_batch = entry.get("batch") if isinstance(entry.get("batch"), int) else None
+        engine_batch = entry.batch if isinstance(entry.batch, int) else None
         lo, hi = _engine_batches(entry)
         for b in options.batches:
             if engine_batch is not None and b != engine_batch:
-                yield Skip(backend, precision, f"{entry['path']} was built for batch {engine_batch}", batch=b)
+                yield Skip(backend, precision, f"{entry.path} was built for batch {engine_batch}", batch=b)
                 continue
             if lo is not None and not lo <= b <= hi:
-                yield Skip(backend, precision, f"{entry['path']}'s profile takes batches {lo} to {hi}: "
+                yield Skip(backend, precision, f"{entry.path}'s profile takes batches {lo} to {hi}: "
                                                f"rebuild with --profile MIN:OPT:MAX covering {b}", batch=b)
                 continue
             for variant in variants:
-                yield Case(backend, precision, variant, b, trt_prepare(here.path / entry["path"], variant),
-                           artifact=entry["path"], parity=parity)
+                yield Case(backend, precision, variant, b, trt_prepare(here.path / entry.path, variant),
+                           artifact=entry.path, parity=parity)
 
 
 PLANNERS: dict[Backend, Callable[[Folder, tuple[Precision, ...], BenchOptions, Capabilities], Planned]] = {
@@ -268,9 +267,9 @@ PLANNERS: dict[Backend, Callable[[Folder, tuple[Precision, ...], BenchOptions, C
 # ---------------------------------------------------------------------------------------------- advice
 
 
-def _engine_batches(entry: dict) -> tuple[int | None, int | None]:
+def _engine_batches(entry: Artifact) -> tuple[int | None, int | None]:
     """The batch range of an engine's optimization profile, from its manifest facts (None, None: unknown)."""
-    profile = (entry.get("engine") or {}).get("profile") or {}
+    profile = (entry.engine or {}).get("profile") or {}
     try:
         return int(profile["min"][0]), int(profile["max"][0])
     except (KeyError, IndexError, TypeError, ValueError):

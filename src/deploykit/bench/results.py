@@ -10,6 +10,7 @@ import numpy as np
 
 from deploykit.bench.host import host_line
 from deploykit.bench.options import Backend, Variant, label
+from deploykit.manifest import Artifact
 from deploykit.runners.base import Device
 from deploykit.parity import Precision
 
@@ -109,9 +110,9 @@ class BenchReport:
         return host_line(self.host)
 
 
-def parity_summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+def parity_summary(entry: Artifact | None) -> dict[str, Any] | None:
     """The manifest's parity record of an artifact, flattened for a table row."""
-    parity = (entry or {}).get("parity")
+    parity = entry.parity if entry is not None else None
     if not parity:
         return None
     metrics = parity.get("metrics") or {}

@@ -131,14 +131,14 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
             and (m.backend is Backend.ov or data is not None or not _recorded_here(m, manifest))]
     if not rows:
         return
-    from deploykit.runners.openvino import OpenVINORunner
-    from deploykit.verify import RECORDED, compare_runners, reference_runner, runner_for, verification_data
+    from deploykit import runners
+    from deploykit.verify import RECORDED, compare_runners, reference_runner, verification_data
 
     if task is not None:
         task.update(description=f"bench verifying {len(rows)} rows")
     try:
         vdata = verification_data(manifest, data, max_images=max_images)
-        fp32 = next((a["path"] for a in manifest.artifacts if a.get("precision") == "fp32"), None)
+        fp32 = next((a.path for a in manifest.artifacts if a.precision == "fp32"), None)
         if vdata.recorded is not None:
             from deploykit.verify import _Known
 
@@ -148,9 +148,7 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
             reference, ref_name = reference_runner(folder, manifest)
             kind = "pytorch" if ref_name == "pytorch" else "onnx-fp32"
         elif fp32 is not None:  # a bare ONNX file without its folder: the FP32 ONNX on ONNX Runtime is the reference
-            from deploykit.runners.onnxrt import OnnxRuntimeRunner
-
-            reference, ref_name, kind = OnnxRuntimeRunner(folder / fp32, threads=threads), fp32, "onnx-fp32"
+            reference, ref_name, kind = runners.open(folder / fp32, Backend.ort, threads=threads), fp32, "onnx-fp32"
         else:
             raise InputError("no reference here (no deploykit.json beside the file)")
         # the FP32 ONNX standing in as the reference is not judged against itself (on OpenVINO it is another run)
@@ -159,8 +157,8 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
         if not rows:
             return
         runs = [(m.artifact, m.precision.value,
-                 OpenVINORunner(folder / m.artifact, inference_precision=m.variant.value, threads=threads)
-                 if m.backend is Backend.ov else runner_for(folder / m.artifact, threads=threads)) for m in rows]
+                 runners.open(folder / m.artifact, Backend.ov, inference_precision=m.variant.value, threads=threads)
+                 if m.backend is Backend.ov else runners.open(folder / m.artifact, threads=threads)) for m in rows]
         report = compare_runners(reference, runs, vdata.batch, labels=vdata.labels, reference_name=ref_name,
                                  data_name=vdata.info["source"])
     except DeployKitError as exc:
@@ -185,7 +183,8 @@ def _recorded_here(m: Measurement, manifest: Manifest) -> bool:
     from deploykit.evidence import evidence_record
 
     record = evidence_record(manifest)
-    parity = (manifest.artifact(m.artifact) or {}).get("parity") or {}
+    entry = manifest.artifact(m.artifact)
+    parity = (entry.parity if entry is not None else None) or {}
     if not parity or record is None:
         return bool(parity)
     return parity.get("n_images") == record["n_images"] and parity.get("data") == record["source"]

@@ -8,6 +8,7 @@ flags into a checked ``LoadOptions``.
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +17,11 @@ import typer
 from deploykit.errors import InputError
 from deploykit.models.loading import LoadOptions
 from deploykit.preprocess import parse_floats, parse_input_shape
+from deploykit.runners.base import Backend
+
+# --backend of verify and predict: the backends of runners.Backend an exported artifact runs on (torch runs the
+# checkpoint), as Typer's choices; the commands pass Backend(value) on
+ArtifactBackend = Enum("ArtifactBackend", {b.name: b.value for b in Backend if b is not Backend.torch}, type=str)
 
 # -- loading a checkpoint ---------------------------------------------------------------------------------
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Registry architecture (see `deploykit models`).")]

@@ -9,13 +9,14 @@ import typer
 from rich.table import Table
 
 from deploykit.cli.app import app
-from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
-                                   ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
+from deploykit.cli.options import (AllowPickleOpt, ArchOpt, ArtifactBackend, InputShapeOpt, LabelsOpt, MeanOpt,
+                                   ModelDefOpt, ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.cli.render import console, literal
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.reporter import SILENT
 from deploykit.files import dumps_strict
-from deploykit.verify import Runtime, on_backend
+from deploykit.runners.base import Backend
+from deploykit.verify import on_backend
 
 COMPACT_FROM = 4  # this many images or more: one table, a row per image
 
@@ -35,7 +36,7 @@ def predict(
     mean: MeanOpt = None,
     std: StdOpt = None,
     labels: LabelsOpt = None,
-    backend: Annotated[Optional[Runtime], typer.Option(
+    backend: Annotated[Optional[ArtifactBackend], typer.Option(
         "--backend", help="Run the artifact on ort, ov (OpenVINO, CPU, f32) or trt \\[default: what it is for: "
         "ONNX on ort, engines on trt].")] = None,
 ) -> None:
@@ -46,7 +47,8 @@ def predict(
                            labels)
     predictor = load_predictor(artifact, options=options)
     if backend is not None:
-        predictor.runner = on_backend(predictor.runner, backend, reporter=SILENT if as_json else ConsoleReporter())
+        predictor.runner = on_backend(predictor.runner, Backend(backend.value),
+                                      reporter=SILENT if as_json else ConsoleReporter())
         predictor.artifact = f"{predictor.artifact.rsplit(' (', 1)[0]} ({predictor.runner.name})"
     results = predictor.topk(list(images), k=topk)
     if as_json:

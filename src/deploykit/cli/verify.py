@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.options import Int8AgreementOpt, MaxImagesOpt, check_max_images
+from deploykit.cli.options import ArtifactBackend, Int8AgreementOpt, MaxImagesOpt, check_max_images
 from deploykit.cli.render import console, literal, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
-from deploykit.verify import Runtime
+from deploykit.runners.base import Backend
 
 
 @app.command()
@@ -41,7 +41,7 @@ def verify(
     model_def: Annotated[Optional[str], typer.Option(
         "--model-def", help="Your model code (path/to/model.py:factory) to rebuild a --model-def source as the "
                             "reference.")] = None,
-    backend: Annotated[Optional[Runtime], typer.Option(
+    backend: Annotated[Optional[ArtifactBackend], typer.Option(
         "--backend", help="Run the artifacts on ort (ONNX Runtime), ov (OpenVINO, CPU: the ONNX files, and "
         "model.onnx also in bf16 where the CPU has it) or trt (the engines) \\[default: what each artifact is for: "
         "ONNX on ort, engines on trt].")] = None,
@@ -62,7 +62,7 @@ def verify(
     reporter = ConsoleReporter()
     reporter.status(f"verifying {literal(folder)}: each artifact against its reference")  # long: the heartbeat follows
     report = verify_folder(folder, data=data, reporter=reporter, overrides=overrides, only=only,
-                           allow_pickle=allow_pickle, model_def=model_def, backend=backend,
+                           allow_pickle=allow_pickle, model_def=model_def, backend=backend and Backend(backend.value),
                            max_images=check_max_images(max_images), recheck=recheck_reference)
     if as_json:
         print(dumps_strict(report.to_json()))

@@ -402,8 +402,9 @@ def fit_budget(base: Score, ranking: list[LayerCost], budget: float | None,
 
 
 def logits_of(path: Path, batch: np.ndarray) -> np.ndarray:
+    from deploykit import runners
     from deploykit.precision.graph import ort_providers
-    from deploykit.runners.onnxrt import OnnxRuntimeRunner
 
     cuda = ort_providers()[0] == "CUDAExecutionProvider"  # the reference's and gates' logits: on the GPU if any
-    return OnnxRuntimeRunner(path, device="cuda" if cuda else "cpu").infer(batch)
+    with runners.open(path, runners.Backend.ort, device="cuda" if cuda else "cpu") as runner:
+        return runner.infer(batch)

@@ -17,11 +17,22 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Backend(str, Enum):
+    """Where an artifact runs (``--backend``, ``--backends``): PyTorch (a checkpoint), ONNX Runtime, OpenVINO (CPU,
+    ONNX files) or TensorRT (engines). :func:`deploykit.runners.open` maps a file and a backend to a runner."""
+
+    torch = "torch"
+    ort = "ort"
+    ov = "ov"
+    trt = "trt"
+
+
 class Runner(ABC):
     """Runs one model on float32 ``N x C x H x W`` batches and returns float32 ``N x classes`` logits.
 
     ``fixed_batch`` is set when the artifact only accepts one batch size; ``infer`` then splits (and pads the
-    last chunk) so callers never care.
+    last chunk) so callers never care. ``close()`` releases what the runner holds (a session, a compiled model,
+    GPU buffers); a runner is a context manager that closes on exit.
     """
 
     name: str = "runner"
@@ -48,6 +59,15 @@ class Runner(ABC):
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
             outputs.append(self._logits(self._run(np.ascontiguousarray(chunk)), step)[:n])
         return np.concatenate(outputs)
+
+    def close(self) -> None:
+        """Release the runtime's resources; the runner does not infer again."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _logits(self, out: np.ndarray, n: int) -> np.ndarray:
         if out.ndim != 2 or out.shape[0] != n:

@@ -70,6 +70,9 @@ class OnnxRuntimeRunner(Runner):
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.path = path
 
+    def close(self) -> None:
+        self.session = None  # ORT frees the session (its arenas, the graph) with its last reference
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
             out = self.session.run([self.output_name], {self.input_name: batch})[0]

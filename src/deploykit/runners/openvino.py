@@ -186,6 +186,9 @@ class OpenVINORunner(Runner):
         """What ran, in words: ``f32``, ``bf16``, ``int8 + f32`` (integer kernels, the rest in f32)."""
         return f"int8 + {self.inference_precision}" if self.runs_int8 else self.inference_precision
 
+    def close(self) -> None:
+        self.request = self.compiled = None  # OpenVINO frees the compiled model with its last reference
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: batch})
         return np.array(out[0], dtype=np.float32, copy=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 from deploykit.errors import DeployKitError, EngineBuildError, InputError
 from deploykit.files import atomic_path, sha256_file
-from deploykit.manifest import Manifest
+from deploykit.manifest import Artifact, Manifest
 from deploykit.reporter import SILENT, Reporter, Task
 from deploykit.tensorrt.host import (Host, Probe, as_version, check_tensorrt_version, default_timing_cache,
                                      is_jetson, probe_host, require_host, trt_logger)
@@ -331,10 +331,9 @@ def save_timing_cache(config, path: Path) -> str | None:
 # ------------------------------------------------------------------------------------- the record
 
 
-def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> dict[str, Any]:
+def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> Artifact:
     precision = EnginePrecision(precision)
-    entry = next((a for a in manifest.artifacts if a.get("precision") == precision.value
-                  and a["path"].endswith(".onnx")), None)
+    entry = manifest.find(precision=precision.value, kind="onnx")
     how = {EnginePrecision.fp32: "deploykit export", EnginePrecision.fp16: "deploykit export ... --fp16",
            EnginePrecision.int8: "deploykit export ... --int8 --calib DIR"}[precision]
     if entry is None:
@@ -343,20 +342,17 @@ def onnx_entry(manifest: Manifest, precision: EnginePrecision, folder: Path) -> 
     return entry
 
 
-def onnx_remainder(entry: dict[str, Any]) -> str | None:
+def onnx_remainder(entry: Artifact) -> str | None:
     """The precision of the non-INT8 part of an INT8 ONNX, as the precision stage recorded it ("fp16" /
     "fp32"); None for other precisions and for exports from before it was recorded (their remainder is FP32)."""
-    if entry.get("precision") != "int8":
-        return None
-    return (entry.get("details") or {}).get("remainder")
+    return entry.remainder if entry.precision == "int8" else None
 
 
 def calibration_hash(manifest: Manifest, folder: Path) -> str | None:
     """The INT8 calibration set's hash: the key of the calibration cache (image bytes, preprocessing, method
     and model), as the precision stage recorded it."""
-    int8 = next((a for a in manifest.artifacts if a.get("precision") == "int8" and a["path"].endswith(".onnx")),
-                None)
-    cache = (((int8 or {}).get("details") or {}).get("calibration") or {}).get("cache")
+    int8 = manifest.find(precision="int8", kind="onnx")
+    cache = (((int8.details if int8 is not None else None) or {}).get("calibration") or {}).get("cache")
     if not cache:
         return None
     path = folder / cache
@@ -371,7 +367,7 @@ def calibration_hash(manifest: Manifest, folder: Path) -> str | None:
 
 def engine_facts(host: Host, precision: EnginePrecision, plan: BuildPlan, profile: BatchProfile, *, input_name: str,
                  chw: tuple[int, ...], workspace_gib: float | None, seconds: float, timing_cache: Path,
-                 reused: bool, onnx: dict[str, Any], calibration_sha256: str | None) -> dict[str, Any]:
+                 reused: bool, onnx: Artifact, calibration_sha256: str | None) -> dict[str, Any]:
     """The engine's facts for ``deploykit.json`` (the ``engine`` key of its artifact record)."""
     return {
         "tensorrt": host.tensorrt, "gpu": host.gpu, "compute_capability": host.compute_capability,
@@ -379,22 +375,22 @@ def engine_facts(host: Host, precision: EnginePrecision, plan: BuildPlan, profil
         "profile": profile.to_dict(input_name, chw), "workspace_gib": workspace_gib,
         "build_seconds": round(seconds, 2),
         "timing_cache": {"path": str(timing_cache), "reused": reused},
-        "onnx": {"path": onnx["path"], "sha256": onnx.get("sha256")},
+        "onnx": {"path": onnx.path, "sha256": onnx.sha256},
         "calibration_sha256": calibration_sha256,
         "platform": {"machine": platform.machine(), "jetson": is_jetson()},
     }
 
 
 def record_engine(manifest: Manifest, folder: Path, dest: Path, facts: dict[str, Any],
-                  profile: BatchProfile) -> dict[str, Any]:
+                  profile: BatchProfile) -> Artifact:
     """List the written engine in the folder's manifest (hash, size, facts) and save it; the record."""
     record = {"path": dest.name, "precision": facts["precision"], "sha256": sha256_file(dest),
               "bytes": dest.stat().st_size, "parity": None, "engine": facts}
     if profile.is_fixed:
         record["batch"] = profile.min
-    manifest.set_artifact(record)
+    entry = manifest.set_artifact(record)
     manifest.save(folder)
-    return record
+    return entry
 
 
 # ------------------------------------------------------------------------------------------ the build
@@ -403,7 +399,7 @@ def record_engine(manifest: Manifest, folder: Path, dest: Path, facts: dict[str,
 @dataclass
 class EngineResult:
     path: Path
-    entry: dict[str, Any]
+    entry: Artifact
     facts: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
@@ -444,18 +440,18 @@ def _build_locked(folder: Path, precision: EnginePrecision, *, profile: BatchPro
     if trt_check:
         from deploykit.tensorrt.check import build_refusal
 
-        refusal = build_refusal(manifest.file(entry), host.tensorrt, entry["path"], folder)
+        refusal = build_refusal(manifest.file(entry), host.tensorrt, entry.path, folder)
         if refusal:
             raise EngineBuildError(refusal)
     logger = trt_logger(trt)
     logger.reset()
     name = engine_name(precision)
 
-    reporter.status(f"parsing {entry['path']} ({plan.typing.value}ly typed, TensorRT {host.tensorrt})")
-    parsed = network_from_onnx_path(trt, logger, manifest.file(entry), plan, onnx=entry["path"],
+    reporter.status(f"parsing {entry.path} ({plan.typing.value}ly typed, TensorRT {host.tensorrt})")
+    parsed = network_from_onnx_path(trt, logger, manifest.file(entry), plan, onnx=entry.path,
                                     tensorrt=host.tensorrt)
     config = create_config(trt, parsed.builder, plan, workspace_gib=workspace_gib)
-    input_name, chw = add_batch_profile(parsed.builder, parsed.network, config, profile, onnx=entry["path"])
+    input_name, chw = add_batch_profile(parsed.builder, parsed.network, config, profile, onnx=entry.path)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(host)
     reused = load_timing_cache(config, cache_path, host, reporter)
 

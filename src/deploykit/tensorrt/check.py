@@ -500,26 +500,23 @@ class ArtifactCheck:
 
 def check_manifest(manifest, targets: list[Target]) -> list[ArtifactCheck]:
     """Every ONNX artifact a manifest lists, each read after its sha256 is checked."""
-    from deploykit.manifest import artifact_kind
-
     results = []
     for entry in manifest.artifacts:
-        if artifact_kind(entry["path"]) != "onnx":
+        if entry.kind != "onnx":
             continue
-        precision = entry.get("precision")
+        precision = entry.precision
         if precision in NOT_FOR_TENSORRT:
-            results.append(ArtifactCheck(entry["path"], precision, {}, NOT_FOR_TENSORRT[precision]))
+            results.append(ArtifactCheck(entry.path, precision, {}, NOT_FOR_TENSORRT[precision]))
             continue
-        results.append(ArtifactCheck(entry["path"], precision, check_file(manifest.file(entry), targets)))
+        results.append(ArtifactCheck(entry.path, precision, check_file(manifest.file(entry), targets)))
     return results
 
 
 def record_checks(manifest, checks: list[ArtifactCheck]) -> None:
     """Write each artifact's ``tensorrt_ready`` into its manifest entry (skipped ones get none)."""
     for check in checks:
-        entry = manifest.artifact(check.path)
-        if entry is not None and check.skipped is None:
-            entry["tensorrt_ready"] = tensorrt_ready(check.verdicts)
+        if manifest.artifact(check.path) is not None and check.skipped is None:
+            manifest.update_artifact(check.path, tensorrt_ready=tensorrt_ready(check.verdicts))
 
 
 def check_path(path: Path, targets: list[Target]) -> list[ArtifactCheck]:

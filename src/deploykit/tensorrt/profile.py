@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import EngineBuildError, InputError
-from deploykit.manifest import ENGINE_SUFFIXES, Manifest
+from deploykit.manifest import Manifest, artifact_kind
 
 
 class EnginePrecision(str, Enum):
@@ -31,7 +31,7 @@ def engine_name(precision: EnginePrecision) -> str:
 
 
 def is_engine(path: str | Path) -> bool:
-    return str(path).endswith(ENGINE_SUFFIXES)
+    return artifact_kind(str(path)) == "engine"
 
 
 @dataclass(frozen=True)

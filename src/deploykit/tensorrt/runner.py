@@ -48,9 +48,9 @@ class TensorRTRunner(Runner):
         entry = None
         if (folder / MANIFEST_NAME).is_file():
             entry = Manifest.load(folder).artifact(path.name)
-        precision = (entry or {}).get("precision", "fp32")
+        precision = entry.precision if entry is not None else "fp32"
         trt, host = engine_host(f"cannot run {path.name}", probe=probe)
-        facts = (entry or {}).get("engine")
+        facts = entry.engine if entry is not None else None
         if facts:
             check_compatible(facts, host, engine=path.name, folder=folder, reporter=reporter)
         else:
