@@ -186,6 +186,28 @@ def test_plot_and_markdown(cli, lenet_folder, tmp_path):
     assert not list(tmp_path.glob("**/.*.tmp"))  # atomic writes leave no temporaries
 
 
+def test_plot_tick_labels_are_numbers_not_raw_mathtext(cli, lenet_folder, tmp_path, monkeypatch):
+    """Labels are drawn with mathtext off (a class name cannot be parsed); the log axis must then still read
+    as numbers, not "$\\mathdefault{10^{-1}}$"."""
+    import matplotlib.figure
+    import matplotlib.text
+
+    labels: list[str] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        fig.canvas.draw()  # tick labels exist once drawn
+        labels.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    # torch eager against ORT on LeNet spans more than a decade at batch 1 on any host: the log axis
+    result = cli("bench", lenet_folder, "--backends", "torch,ort", "--precisions", "fp32,int8", "--batch", "1,4",
+                 *FAST, "--plot", tmp_path / "b.png")
+    assert result.exit_code == 0, result.output
+    assert labels and not [t for t in labels if "$" in t or "mathdefault" in t]
+
+
 def test_model_file_is_exported_on_the_fly(cli, lenet_ckpt):
     out = _json(cli("bench", lenet_ckpt, "--backends", "ort", "--precisions", "fp32", *FAST, "--json"))
     assert [(r["backend"], r["precision"]) for r in out["results"]] == [("ort", "fp32")]

@@ -187,10 +187,14 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
     span = max(p99.max(), p50.max()) / max(p50.min(), 1e-6)
     if span > 10:
-        from matplotlib.ticker import NullFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax_lat.set_xscale("log")
-        ax_lat.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+        # 1-2-5 labels as plain numbers: labels are drawn with mathtext off (plain_plot_text), where matplotlib's
+        # default log labels would show as raw "$\mathdefault{10^{-1}}$"
+        ax_lat.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_lat.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_lat.xaxis.set_minor_formatter(NullFormatter())
     ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
     for yi, m in zip(y, at):
         p = m.latency.p50
