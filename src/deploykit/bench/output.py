@@ -154,6 +154,17 @@ def model_title(report: BenchReport) -> str:
     return f"{arch} ({where})" if where and where != arch else arch
 
 
+def log_axis(axis) -> None:
+    """A log scale labelled 1-2-5 in plain numbers. Labels are drawn with mathtext off (:func:`plain_plot_text`),
+    where matplotlib's own log labels would read as raw ``$\\mathdefault{10^{-1}}$``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 @plain_plot_text
 def write_plot(report: BenchReport, dest: Path) -> Path:
     """Latency per backend/precision at the smallest batch (bar: p50; whisker: p90 to p99, on a log axis when the
@@ -187,14 +198,7 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
     ax_lat.scatter(p90, y, marker="|", s=120, color="black", zorder=3, label="p90")
     span = max(p99.max(), p50.max()) / max(p50.min(), 1e-6)
     if span > 10:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax_lat.set_xscale("log")
-        # 1-2-5 labels as plain numbers: labels are drawn with mathtext off (plain_plot_text), where matplotlib's
-        # default log labels would show as raw "$\mathdefault{10^{-1}}$"
-        ax_lat.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax_lat.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax_lat.xaxis.set_minor_formatter(NullFormatter())
+        log_axis(ax_lat.xaxis)
     ax_lat.set_xlim(right=max(p99.max(), p50.max()) * (3.0 if span > 10 else 1.25))
     for yi, m in zip(y, at):
         p = m.latency.p50
