@@ -200,7 +200,7 @@ def held_out_text(info: dict) -> str:
     if info.get("domain") is False:
         return "not the model's kind of images"
     return {True: "held out of calibration", False: "the calibration images themselves, not held out"}.get(
-        info.get("held_out"), "no calibration to hold them out of")
+        info.get("held_out"), "not checked against a calibration set (--data, or no INT8 calibration)")
 
 
 def pixels_sha256(pixels: np.ndarray) -> str:

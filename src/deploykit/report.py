@@ -303,8 +303,9 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
               + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
     evidence = manifest.extra.get("evidence")
     if isinstance(evidence, dict):
-        held = {True: "held out of calibration", False: "the calibration images themselves, not held out"}.get(
-            evidence.get("held_out"), "no calibration to hold them out of")
+        from deploykit.evidence import held_out_text
+
+        held = held_out_text(evidence)
         if evidence.get("domain") is False:
             held = "bundled photos, not the model's kind of images: export with --data for a verdict on its own"
         files = ", ".join(f"`{f['path']}`" for f in evidence["files"].values())
