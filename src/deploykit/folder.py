@@ -242,13 +242,11 @@ def _drop_unused_caches(staging: Path) -> None:
     other images) are not kept: a re-export that calibrates otherwise leaves only its own. An export without INT8
     keeps them all, for the next one that calibrates. (Before the user's files are carried over, so they are not
     carried either.)"""
-    import json
-
     try:
-        record = json.loads((staging / MANIFEST_NAME).read_text())
-        used = {((a.get("details") or {}).get("calibration") or {}).get("cache") for a in record.get("artifacts", [])}
-    except (OSError, ValueError, AttributeError):
+        record = Manifest.load(staging)
+    except InputError:
         return  # no readable manifest: leave the folder's caches as they were
+    used = {((a.details or {}).get("calibration") or {}).get("cache") for a in record.artifacts}
     used.discard(None)
     if not used:
         return

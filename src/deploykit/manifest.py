@@ -71,12 +71,6 @@ def _file(record: dict, where: str) -> None:
     S.get(record, "bytes", where, S.whole(0, 1 << 40))
 
 
-def _flag(value: Any, where: str) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise S.SchemaError(where, "must be true, false or null")
-    return value
-
-
 def validate_evidence(record: Any, where: str = "evidence") -> None:
     """The manifest's ``"evidence"`` record, as data from a file (:mod:`deploykit.schema`)."""
     S.obj(record, where)
@@ -85,8 +79,8 @@ def validate_evidence(record: Any, where: str = "evidence") -> None:
     S.get(record, "n_images", where, S.whole(1, 1 << 24))
     S.get(record, "source", where, S.text(4096, printable=False))
     S.get(record, "selection", where, S.text(4096, printable=False), optional=True)
-    _flag(record.get("held_out"), f"{where}.held_out")
-    _flag(record.get("domain", True), f"{where}.domain")
+    S.get(record, "held_out", where, S.boolean, optional=True)  # null: not checked against a calibration set
+    S.get(record, "domain", where, S.boolean, optional=True)
     S.get(record, "reference", where, S.text(64))
     S.get(record, "pixels_sha256", where, S.text(64, r"[0-9a-f]{64}"))
     files = S.get(record, "files", where, S.any_object)

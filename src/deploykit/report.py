@@ -43,19 +43,12 @@ def _bench_row(row: dict, where: str) -> None:
     for key in ("throughput", "speedup_vs_torch"):
         S.get(row, key, where, S.number(), optional=True)
     parity = S.get(row, "parity", where, S.any_object, optional=True) or {}
-    if parity.get("passed") is not None and not isinstance(parity.get("passed"), bool):
-        raise S.SchemaError(f"{where}.parity.passed", "must be true or false")
+    S.get(parity, "passed", f"{where}.parity", S.boolean, optional=True)
     S.get(parity, "n_images", f"{where}.parity", S.whole(0, 1 << 24), optional=True)
     S.get(row, "artifact", where, S.text(256), optional=True)
     S.get(row, "speedup_vs_torch_range", where, S.items(S.number(), 2, 2), optional=True)
-    S.get(row, "stable", where, _boolean, optional=True)
+    S.get(row, "stable", where, S.boolean, optional=True)
     S.get(row, "unstable", where, S.items(S.text(2000), 0, 16), optional=True)
-
-
-def _boolean(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise S.SchemaError(where, f"must be true or false, got {type(value).__name__}")
-    return value
 
 
 def _bench_skip(skip: dict, where: str) -> None:

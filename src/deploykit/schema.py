@@ -113,5 +113,11 @@ def record(check_fields: Callable[[dict, str], Any]) -> Callable[[Any, str], dic
     return check
 
 
+def boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise SchemaError(field, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
 def any_object(value: Any, field: str) -> dict:
     return obj(value, field)
