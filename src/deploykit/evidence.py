@@ -241,16 +241,6 @@ def write_evidence(folder: Path, manifest: Manifest, data: VerificationData, log
     return record
 
 
-def evidence_record(manifest: Manifest) -> dict[str, Any] | None:
-    record = manifest.extra.get("evidence")
-    return record if isinstance(record, dict) else None
-
-
-def evidence_files(manifest: Manifest) -> list[str]:
-    record = evidence_record(manifest)
-    return [] if record is None else [f["path"] for f in record["files"].values()]
-
-
 def _load_array(folder: Path, entry: dict, what: str, dtype, shape: tuple) -> np.ndarray:
     path = checked_file(folder, entry["path"], entry["sha256"], entry["bytes"])
     try:
@@ -266,7 +256,7 @@ def _load_array(folder: Path, entry: dict, what: str, dtype, shape: tuple) -> np
 
 def check_evidence(manifest: Manifest) -> None:
     """Each evidence file is the one recorded (present, plain, sha256): a one-line InputError otherwise."""
-    record = evidence_record(manifest)
+    record = manifest.evidence
     if record is None or manifest.folder is None:
         return
     for entry in record["files"].values():
@@ -276,7 +266,7 @@ def check_evidence(manifest: Manifest) -> None:
 def recorded_data(manifest: Manifest, *, reporter: Reporter = SILENT) -> VerificationData | None:
     """The folder's evidence images and PyTorch's logits on them, checked (None: a folder without evidence).
     Evidence without images (``--no-evidence-images``) asks for --data."""
-    record = evidence_record(manifest)
+    record = manifest.evidence
     if record is None:
         return None
     folder, pre = manifest.folder, manifest.preprocessing
@@ -306,7 +296,7 @@ def recorded_data(manifest: Manifest, *, reporter: Reporter = SILENT) -> Verific
 def recorded_logits_for(manifest: Manifest, pixels: np.ndarray) -> np.ndarray | None:
     """PyTorch's recorded logits when ``pixels`` are exactly the evidence images (e.g. --data supplying images
     left out with --no-evidence-images); None otherwise."""
-    record = evidence_record(manifest)
+    record = manifest.evidence
     if record is None or pixels_sha256(pixels) != record["pixels_sha256"]:
         return None
     return _load_array(manifest.folder, record["files"]["logits"], "evidence logits", np.float32,

@@ -218,8 +218,8 @@ def _ours(out: Path, previous: Manifest | None) -> set[str]:
 def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
     """(name, sha256) of every file a manifest records: the artifacts, the external-data files of ONNX ones and the
     evidence files (the verification images and PyTorch's logits)."""
-    evidence = manifest.extra.get("evidence")
-    recorded = [(f["path"], f["sha256"]) for f in evidence["files"].values()] if isinstance(evidence, dict) else []
+    evidence = manifest.evidence
+    recorded = [(f["path"], f["sha256"]) for f in evidence["files"].values()] if evidence is not None else []
     return [(name, sha256) for a in manifest.artifacts for name, sha256, _ in a.listed_files] + recorded
 
 

@@ -269,6 +269,12 @@ class Manifest:
     def class_names(self) -> list[str] | None:
         return self.model.get("class_names")
 
+    @property
+    def evidence(self) -> dict[str, Any] | None:
+        """The ``"evidence"`` record (checked by :func:`validate_evidence` on load), or None."""
+        record = self.extra.get("evidence")
+        return record if isinstance(record, dict) else None
+
     def artifact(self, path: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.path == path), None)
 

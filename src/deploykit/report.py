@@ -294,8 +294,8 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
     lines += ["## Artifacts", "",
               "Each artifact against its reference on the verification images (`deploykit verify`); "
               + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
-    evidence = manifest.extra.get("evidence")
-    if isinstance(evidence, dict):
+    evidence = manifest.evidence
+    if evidence is not None:
         from deploykit.evidence import held_out_text
 
         held = held_out_text(evidence)

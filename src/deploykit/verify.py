@@ -188,7 +188,7 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
 
 
 def _has_evidence(manifest: Manifest) -> bool:
-    return isinstance(manifest.extra.get("evidence"), dict)
+    return manifest.evidence is not None
 
 
 def _recheck(folder: Path, manifest: Manifest, vdata: VerificationData, reporter: Reporter, allow_pickle: bool,

@@ -180,9 +180,7 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
 def _recorded_here(m: Measurement, manifest: Manifest) -> bool:
     """Whether the row's verdict from the manifest was reached on the folder's evidence images (so it is the one
     `verify` gives): the manifest records the images' source and count with it."""
-    from deploykit.evidence import evidence_record
-
-    record = evidence_record(manifest)
+    record = manifest.evidence
     entry = manifest.artifact(m.artifact)
     parity = (entry.parity if entry is not None else None) or {}
     if not parity or record is None:
