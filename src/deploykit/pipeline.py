@@ -1,11 +1,11 @@
-"""The export folder, end to end: load -> ONNX -> manifest -> verify.
-
-Later stages (precision variants, engines) add artifacts to the same folder and manifest.
+"""The export folder, end to end: load -> ONNX -> manifest -> verify (:func:`export_folder`); later, on the
+device, an engine built into the same folder, verified and recorded (:func:`build_folder`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,44 @@ def _export_into(folder: Path, final: Path, model_path: Path, source_sha: str, l
     manifest.timings = timings.to_json()
     manifest.save(folder)
     return ExportResult(folder, manifest, loaded, report, precision_result, trt_checks=checks, timings=timings)
+
+
+@dataclass
+class BuildResult:
+    engine: object  # deploykit.tensorrt.build.EngineResult: the engine's path, manifest entry, build facts, notes
+    report: ParityReport | None  # None with verify=False
+
+
+def build_folder(folder: Path, precision, *, profile=None, workspace_gib: float | None = None,
+                 timing_cache: Path | None = None, data: Path | None = None, verify: bool = True, loaded=None,
+                 done: str | None = None, trt_check: bool = True, reporter: Reporter = SILENT,
+                 on_built: Callable[[object], None] | None = None, probe=None) -> BuildResult:
+    """Build ``model.<precision>.engine`` from an export folder's ONNX (:mod:`deploykit.tensorrt.build`), then
+    verify it (``data``: other images than the folder's evidence; ``loaded``: the in-memory PyTorch model) and
+    record its verdict in the manifest -- holding the folder lock from the build to the manifest's save, so no
+    other export or build writes the folder between them. ``on_built(engine)`` runs once the engine is written,
+    before it is verified (the CLI prints the build's facts there); ``probe``: the TensorRT host probe (tests)."""
+    from deploykit.tensorrt.build import _build_locked
+    from deploykit.tensorrt.host import probe_host
+    from deploykit.tensorrt.profile import EnginePrecision
+
+    folder, precision = Path(folder), EnginePrecision(precision)
+    if workspace_gib is not None and not workspace_gib > 0:
+        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+    with folder_lock(folder, "build"):
+        engine = _build_locked(folder, precision, profile=profile, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache, reporter=reporter, done=done,
+                               probe=probe or probe_host, trt_check=trt_check)
+        if on_built is not None:
+            on_built(engine)
+        if not verify:
+            return BuildResult(engine, None)
+        reporter.status(f"verifying {engine.path.name}")  # a step the heartbeat names while it runs
+        report = verify_folder(folder, data=data, reporter=reporter, only=[engine.path.name], loaded=loaded)
+        manifest = Manifest.load(folder)
+        record_parity(manifest, report)
+        manifest.save(folder)
+    return BuildResult(engine, report)
 
 
 def _verification_images(loaded: LoadedModel, precision, calib_pool, data, fp32_bytes: int, *,

@@ -11,7 +11,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
-from deploykit.cli.render import console, err_console, literal, note, parity_table, status
+from deploykit.cli.render import console, err_console, literal, note, parity_table
 from deploykit.errors import InputError
 from deploykit.tensorrt.profile import EnginePrecision
 
@@ -59,42 +59,36 @@ class DynamicBatchCommand(DeployKitCommand):
 def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str | None, workspace: float | None,
                      timing_cache: Path | None, data: Path | None, verify: bool, done: str | None = None,
                      loaded=None, trt_check: bool = True):
-    """Build the engine with a progress bar, then verify it (PyTorch reference, else the FP32 ONNX)."""
+    """:func:`deploykit.pipeline.build_folder` with a progress bar: the engine's facts printed once it is built,
+    then its verification (PyTorch reference, else the FP32 ONNX) as a table."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from deploykit.cli.reporter import ConsoleReporter
-    from deploykit.tensorrt.build import build_engine
+    from deploykit.pipeline import build_folder
     from deploykit.tensorrt.profile import BatchProfile
 
     requested = BatchProfile.parse(profile) if profile is not None else None
     # one row per TensorRT build phase: phases have no reliable time left, so the elapsed time instead
     reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn())
-    result = build_engine(folder, precision, profile=requested, workspace_gib=workspace, timing_cache=timing_cache,
-                          reporter=reporter, done=done, trt_check=trt_check)
+    result = build_folder(folder, precision, profile=requested, workspace_gib=workspace, timing_cache=timing_cache,
+                          data=data, verify=verify, loaded=loaded, done=done, trt_check=trt_check,
+                          reporter=reporter, on_built=_print_built)
+    if result.report is not None:
+        console.print(parity_table(result.report))
+    return result.engine, result.report
+
+
+def _print_built(result) -> None:
+    """The build's notes, then one line of facts about the engine."""
     for msg in result.notes:
         note(msg)
     facts = result.facts
+    profile = facts["profile"]
     console.print(f"[bold]{literal(result.path)}[/]  TensorRT {facts['tensorrt']}  {literal(facts['gpu'])} (sm_"
                   f"{facts['compute_capability'].replace('.', '')})  {facts['typing']} typing  profile "
-                  f"{facts['profile']['min'][0]}:{facts['profile']['opt'][0]}:{facts['profile']['max'][0]}  "
-                  f"{facts['build_seconds']:.1f} s  timing cache {'reused' if facts['timing_cache']['reused'] else 'new'}",
-                  highlight=False)
-    report = None
-    if verify:
-        from deploykit.manifest import Manifest
-        from deploykit.verify import record_parity, verify_folder
-
-        from deploykit.cli.reporter import ConsoleReporter
-
-        reporter = ConsoleReporter()
-        reporter.status(f"verifying {result.path.name}")  # a step the heartbeat names while it runs
-        report = verify_folder(folder, data=data, reporter=reporter, only=[result.path.name], loaded=loaded)
-        manifest = Manifest.load(folder)
-        record_parity(manifest, report)
-        manifest.save(folder)
-        console.print(parity_table(report))
-    return result, report
+                  f"{profile['min'][0]}:{profile['opt'][0]}:{profile['max'][0]}  {facts['build_seconds']:.1f} s  "
+                  f"timing cache {'reused' if facts['timing_cache']['reused'] else 'new'}", highlight=False)
 
 
 @app.command(cls=DynamicBatchCommand)  # --dynamic-batch MIN:OPT:MAX, as export's; --profile is its alias

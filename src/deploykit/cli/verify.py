@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,17 +47,13 @@ def verify(
 ) -> None:
     """Compare each artifact with the PyTorch reference (its logits recorded at export on the folder's evidence images,
     no torch needed): logits, cosine, top-1/top-5 (and accuracy with labels)."""
-    from deploykit.parity import with_overrides
+    from deploykit.precision import PrecisionRequest
     from deploykit.verify import verify_folder
 
     folder, only = artifact_in_folder(target)
-    overrides = {}
-    for flag, value in (("--int8-agreement", int8_agreement), ("--int8-accuracy-drop", int8_accuracy_drop)):
-        hi = 1.0 if flag == "--int8-agreement" else 100.0
-        if value is not None and not (math.isfinite(value) and 0.0 <= value <= hi):
-            raise InputError(f"{flag} must be between 0 and {hi:g}, got {value}")
-    for precision in ("int8", "int8-cpu"):
-        overrides.update(with_overrides(precision, top1_agreement=int8_agreement, accuracy_drop=int8_accuracy_drop))
+    gates = PrecisionRequest(int8=True, int8_agreement=int8_agreement, int8_accuracy_drop=int8_accuracy_drop)
+    gates.validate()  # the INT8 gates export takes, checked as export checks them
+    overrides = gates.overrides
     reporter = ConsoleReporter()
     reporter.status(f"verifying {literal(folder)}: each artifact against its reference")  # long: the heartbeat follows
     report = verify_folder(folder, data=data, reporter=reporter, overrides=overrides, only=only,
