@@ -193,7 +193,8 @@ def _check_int8_for(to: Target, int8: bool, int8_for: list[Int8Target] | None) -
 def _show(result, *, no_verify: bool, checked) -> None:
     """The export's tables; VerificationError when an artifact is out of tolerance."""
     pre = result.loaded.preprocess
-    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
+    arch = literal(result.loaded.arch or result.loaded.kind)
+    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={arch}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
     if result.precision is not None:

@@ -148,7 +148,8 @@ def restrictions(g: Graph, node, text: str) -> Iterable[str]:
             return None
         strict = "initializer" in lowered or "constant tensor" in lowered
         ok = g.is_initializer(name) if strict else g.is_build_constant(name)
-        return None if ok else f"`{what}` is computed in the graph ({name!r}), not {'an initializer' if strict else 'a build-time constant'}"
+        wanted = "an initializer" if strict else "a build-time constant"
+        return None if ok else f"`{what}` is computed in the graph ({name!r}), not {wanted}"
 
     if op.startswith("Reduce") and "`axes`" in text:
         yield from filter(None, [must_be_constant(1, "axes")])
