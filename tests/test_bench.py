@@ -639,3 +639,24 @@ def test_ship_line_states_the_ratio_in_the_tables_direction():
     line, = ship_lines(BenchReport({}, [ort32, int8], [], {}))
     expect = float(np.median([40.0 / 12.7, 42.0 / 13.3, 39.0 / 12.1]))
     assert f", {expect:.2f}x (" in line and "the speed of ORT FP32" in line  # 3.15x, not 0.317x
+
+
+def test_keep_results_keeps_bench_json_only_beside_the_export_bench_chose(tmp_path):
+    """bench.run.keep_results, the one place that decides: bare `deploykit bench` (chosen) with results writes
+    bench.json (and sends the plot to bench.png) beside the export; a folder named on the command line keeps its
+    bench.json, named as the earlier one; nothing measured, nothing written."""
+    from deploykit.bench import BenchReport
+    from deploykit.bench.run import keep_results
+
+    measured = BenchReport({"cpu": "x"}, [_row(Backend.ort, 1, [1.0, 1.1])], [], {})
+    kept = keep_results(measured, tmp_path, chosen=True)
+    assert kept.json == tmp_path / "bench.json" and kept.plot == tmp_path / "bench.png" and kept.earlier is None
+    assert json.loads(kept.json.read_text()) == json.loads(json.dumps(measured.to_json()))
+    assert keep_results(measured, tmp_path, chosen=True, plot=tmp_path / "p.png").plot == tmp_path / "p.png"
+    (tmp_path / "bench.json").write_text("{}")
+    named = keep_results(measured, tmp_path, chosen=False, plot=None)
+    assert (named.json, named.plot, named.earlier) == (None, None, tmp_path / "bench.json")
+    assert (tmp_path / "bench.json").read_text() == "{}"  # left as it was
+    empty = keep_results(BenchReport({}, [], [], {}), tmp_path, chosen=True)
+    assert empty.json is None and (tmp_path / "bench.json").read_text() == "{}"
+    assert keep_results(measured, None, chosen=True).json is None  # the bundled model: no folder to keep it in

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import deploykit.manifest as manifest_module
+import deploykit.checked_files as checked_files
 from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import (MANIFEST_NAME, SCHEMA, Artifact, Manifest, artifact_kind, checked_file,
@@ -187,15 +187,15 @@ def test_checked_file_refuses_missing_resized_and_non_names(tmp_path):
 
 def test_a_checked_file_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(manifest_module, "_VERIFIED", {})
+    monkeypatch.setattr(checked_files, "_VERIFIED", {})
     (tmp_path / "model.onnx").write_bytes(b"graph")
     digest = sha256_file(tmp_path / "model.onnx")
     calls = []
-    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    monkeypatch.setattr(checked_files, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
     checked_file(tmp_path, "model.onnx", digest)
     checked_file(tmp_path, "model.onnx", digest)
     assert len(calls) == 1
-    monkeypatch.setattr(manifest_module, "_VERIFIED", {})  # a new process: the user's cache remembers it
+    monkeypatch.setattr(checked_files, "_VERIFIED", {})  # a new process: the user's cache remembers it
     checked_file(tmp_path, "model.onnx", digest)
     assert len(calls) == 1 and (tmp_path / "cache" / "verified-files.json").is_file()
     (tmp_path / "model.onnx").write_bytes(b"grapH")  # same size, new bytes: a new identity, hashed again

@@ -87,3 +87,36 @@ def test_report_errors_are_one_line(cli, digits_export, tmp_path, make_args, mes
     result = cli(*make_args(digits_export, tmp_path))
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_ship_rules_share_one_verified_test():
+    """report.recommended_artifact (what to ship per device) and bench.results.fastest_verified (the fastest
+    verified row) answer two questions with one "verified" test, manifest.verified: "passed": true only."""
+    import numpy as np
+
+    from deploykit.bench import Backend, Device, Latency, Measurement, Variant
+    from deploykit.bench.results import fastest_verified
+    from deploykit.manifest import Manifest, verified
+    from deploykit.parity import Precision
+    from deploykit.report import recommended_artifact
+
+    assert [verified(p) for p in (None, {}, {"passed": False}, {"passed": 1}, "passed", {"passed": True})] == \
+        [False] * 5 + [True]
+    arts = [{"path": "model.onnx", "precision": "fp32", "sha256": "0" * 64, "parity": {"passed": True}},
+            {"path": "model.int8.onnx", "precision": "int8", "sha256": "1" * 64, "parity": {"passed": 1}},
+            {"path": "model.int8-cpu.onnx", "precision": "int8-cpu", "sha256": "2" * 64, "parity": {"passed": True}}]
+    manifest = Manifest(source={}, model={"num_classes": 2}, input={}, output={}, preprocess={}, opset=None,
+                        artifacts=arts)
+    chosen = [(device, runtime, art.path) for device, runtime, art in recommended_artifact(manifest)]
+    assert chosen == [("NVIDIA Jetson / GPU", "TensorRT", "model.onnx"),
+                      ("other CPU (ARM, AMD)", "ONNX Runtime", "model.int8-cpu.onnx")]  # int8's 1 is not true
+    bench = {"results": [{"backend": "ort", "precision": "int8-cpu", "parity": {"passed": False}}]}
+    assert [a.path for _, _, a in recommended_artifact(manifest, bench)] == ["model.onnx", "model.onnx"]
+
+    def row(p50, parity):
+        return Measurement(Backend.ort, Precision.FP32, Device.cpu, 1, Variant.session,
+                           Latency.of(np.array([p50])), 1, "perf_counter", parity=parity)
+
+    rows = [row(1.0, {"passed": 1}), row(2.0, {"passed": True}), row(3.0, {"passed": True})]
+    fastest_verified(rows)
+    assert [r.ship for r in rows] == [False, True, False]

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from deploykit.errors import EngineMismatchError, InputError, MissingDependencyError
-from deploykit.tensorrt.build import (BuilderFlag, NetworkFlag, Typing, calibration_hash, is_out_of_memory,
-                                      oom_message, plan_build)
+from deploykit.tensorrt.build import calibration_hash
+from deploykit.tensorrt.build_errors import is_out_of_memory, oom_message
+from deploykit.tensorrt.plan import BuilderFlag, NetworkFlag, Typing, plan_build
 from deploykit.tensorrt.host import (Host, check_compatible, default_timing_cache, missing_message, probe_host)
 from deploykit.tensorrt.profile import (DEFAULT_PROFILE, BatchProfile, EnginePrecision, build_command, engine_name,
                                         resolve_profile)

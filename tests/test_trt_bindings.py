@@ -156,7 +156,7 @@ def deploykit_uses() -> Uses:
 
 def plan_flags(version: str) -> tuple[set[str], set[str], set[str]]:
     """(builder flags set -- required, network flags, builder flags cleared) over every engine precision."""
-    from deploykit.tensorrt.build import plan_build
+    from deploykit.tensorrt.plan import plan_build
     from deploykit.tensorrt.profile import EnginePrecision
 
     set_, network, clear = set(), set(), set()

@@ -18,8 +18,10 @@ from deploykit.errors import (EngineBuildError, EngineMismatchError, EngineRunti
                               MissingDependencyError)
 from deploykit.manifest import Manifest
 from deploykit.reporter import SILENT, Recorder
-from deploykit.tensorrt.build import (BuilderFlag, PhaseProgress, build_engine, build_failure, create_config,
-                                      network_creation_flags, plan_build, set_builder_flags)
+from deploykit.tensorrt.build import build_engine, create_config
+from deploykit.tensorrt.build_errors import build_failure
+from deploykit.tensorrt.build_progress import PhaseProgress
+from deploykit.tensorrt.plan import BuilderFlag, network_creation_flags, plan_build, set_builder_flags
 from deploykit.tensorrt.host import Host, engine_host, probe_host, require_host
 from deploykit.tensorrt.profile import BatchProfile, EnginePrecision, input_profile
 

@@ -1,9 +1,11 @@
-"""``deploykit.json``: the export folder's sidecar manifest (source, input, preprocessing, artifacts, parity)."""
+"""``deploykit.json``: the export folder's sidecar manifest (source, input, preprocessing, artifacts, parity) as
+typed records -- :class:`Manifest` and one :class:`Artifact` per listed file. What the file must hold is
+:mod:`deploykit.manifest_schema`; the checks a listed file passes before it is read, :mod:`deploykit.checked_files`
+(both re-exported here: callers import the manifest's names from this module)."""
 
 from __future__ import annotations
 
 import platform
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -11,13 +13,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from deploykit import schema as S
+from deploykit.checked_files import check_graph, checked_file, content_sha256, external_data_of
 from deploykit.errors import InputError
-from deploykit.files import read_json, sha256_file, user_cache_dir, write_json_atomic
+from deploykit.files import read_json, sha256_file, write_json_atomic
+from deploykit.manifest_schema import (ARTIFACT_NAME, EVIDENCE_FORMAT, LABEL, MANIFEST_NAME, MAX_CLASSES, PRECISIONS,
+                                       SCHEMA, validate_evidence, validate_manifest)
 from deploykit.preprocess import Preprocess
 
-MANIFEST_NAME = "deploykit.json"
-SCHEMA = "deploykit-manifest/1"
+__all__ = ["ARTIFACT_NAME", "ENGINE_SUFFIXES", "EVIDENCE_FORMAT", "LABEL", "MANIFEST_NAME", "MAX_CLASSES",
+           "PRECISIONS", "SCHEMA", "Artifact", "Manifest", "artifact_kind", "check_graph", "checked_file",
+           "content_sha256", "external_data_of", "validate_evidence", "validate_manifest", "verified", "versions"]
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def versions() -> dict[str, str | None]:
@@ -30,120 +36,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out.setdefault(key, None)
     return out
-
-
-# -- schema: what a deploykit.json must hold before any of it is used (see deploykit.schema for why no library) --
-MAX_CLASSES = 1_000_000
-ARTIFACT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"  # a plain file name inside the folder: no /, no .., no dotfile
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-cpu")
-_SHA256 = S.text(64, r"[0-9a-f]{64}")
-LABEL = S.text(256, printable=False)  # any text: printed literally (cli.render.literal, text.markdown_cell)
-
-
-def _tensor(record: dict, where: str) -> None:
-    S.get(record, "name", where, S.text(256))
-    S.get(record, "shape", where, S.items(S.nullable(S.whole(1, 1 << 20)), 1, 8))
-    S.get(record, "dtype", where, S.text(32))
-
-
-def _artifact(record: dict, where: str) -> None:
-    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
-    S.get(record, "precision", where, S.one_of(PRECISIONS))
-    S.get(record, "sha256", where, _SHA256)
-    S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
-    S.get(record, "parity", where, S.any_object, optional=True)
-    S.get(record, "external_data", where, S.items(S.record(_external), 0, 4096), optional=True)
-
-
-def _external(record: dict, where: str) -> None:
-    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
-    S.get(record, "sha256", where, _SHA256)
-    S.get(record, "bytes", where, S.whole(0, 1 << 50), optional=True)
-
-
-# -- the evidence the folder carries (deploykit.evidence writes and reads it) --
-EVIDENCE_FORMAT = "deploykit-evidence/1"
-
-
-def _file(record: dict, where: str) -> None:
-    S.get(record, "path", where, S.text(128, ARTIFACT_NAME))
-    S.get(record, "sha256", where, _SHA256)
-    S.get(record, "bytes", where, S.whole(0, 1 << 40))
-
-
-def validate_evidence(record: Any, where: str = "evidence") -> None:
-    """The manifest's ``"evidence"`` record, as data from a file (:mod:`deploykit.schema`)."""
-    S.obj(record, where)
-    if record.get("format") != EVIDENCE_FORMAT:
-        raise S.SchemaError(f"{where}.format", f"must be {EVIDENCE_FORMAT!r}")
-    S.get(record, "n_images", where, S.whole(1, 1 << 24))
-    S.get(record, "source", where, S.text(4096, printable=False))
-    S.get(record, "selection", where, S.text(4096, printable=False), optional=True)
-    S.get(record, "held_out", where, S.boolean, optional=True)  # null: not checked against a calibration set
-    S.get(record, "domain", where, S.boolean, optional=True)
-    S.get(record, "reference", where, S.text(64))
-    S.get(record, "pixels_sha256", where, S.text(64, r"[0-9a-f]{64}"))
-    files = S.get(record, "files", where, S.any_object)
-    S.get(files, "logits", f"{where}.files", S.record(_file))
-    for key in ("images", "labels"):
-        S.get(files, key, f"{where}.files", S.record(_file), optional=True)
-
-
-def _timings(value: Any, field: str) -> dict:
-    """``{stage: seconds}`` (deploykit.timings)."""
-    record = S.any_object(value, field)
-    if len(record) > 256:
-        raise S.SchemaError(field, f"{len(record)} stages, at most 256")
-    for stage in record:
-        S.text(64, r"[A-Za-z0-9_.+-]+")(stage, f"{field} (a stage name)")
-        S.get(record, stage, field, S.number(0, 1e9))
-    return record
-
-
-def _manifest(data: dict, where: str) -> None:
-    source = S.get(data, "source", where, S.any_object)
-    S.get(source, "path", "source", S.text(4096, r"[^\x00]+", printable=False))  # any path a file system holds:
-    # printed through text.printable, so a checkpoint named with an escape sequence re-reads its own manifest
-    S.get(source, "sha256", "source", _SHA256, optional=True)
-    S.get(source, "kind", "source", S.text(64), optional=True)
-    S.get(source, "options", "source", S.any_object, optional=True)
-    model = S.get(data, "model", where, S.any_object)
-    n = S.get(model, "num_classes", "model", S.whole(1, MAX_CLASSES))
-    S.get(model, "arch", "model", S.text(128), optional=True)
-    names = S.get(model, "class_names", "model", S.items(LABEL, 1, MAX_CLASSES), optional=True)
-    if names is not None and len(names) != n:
-        raise S.SchemaError("model.class_names", f"{len(names)} names for {n} classes")
-    if names is not None and len(set(names)) != len(names):
-        raise S.SchemaError("model.class_names", f"names {next(x for x in names if names.count(x) > 1)!r} twice")
-    S.get(model, "best_val_acc", "model", S.number(0, 100), optional=True)
-    S.get(data, "input", where, S.record(_tensor))
-    S.get(data, "output", where, S.record(_tensor))
-    S.get(data, "preprocess", where, S.any_object)
-    S.get(data, "opset", where, S.whole(1, 100), optional=True)
-    S.get(data, "versions", where, S.any_object, optional=True)
-    artifacts = S.get(data, "artifacts", where, S.items(S.record(_artifact)), optional=True) or []
-    S.get(data, "timings", where, _timings, optional=True)
-    paths = [a["path"] for a in artifacts]
-    if len(set(paths)) != len(paths):
-        raise S.SchemaError("artifacts", "the same file is listed twice")
-    if data.get("evidence") is not None:
-        validate_evidence(data["evidence"], "evidence")
-        if set(paths) & {f["path"] for f in data["evidence"]["files"].values()}:
-            raise S.SchemaError("evidence.files", "an artifact's name")
-
-
-def validate_manifest(data: object, where: str) -> None:
-    """Raise InputError naming ``where`` and the first bad field when ``data`` is not a usable manifest."""
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise InputError(f"{where} is not a deploykit manifest ({SCHEMA}); re-run `deploykit export`")
-    try:
-        _manifest(data, "")
-    except S.SchemaError as exc:
-        raise InputError(f"{where}: {exc}; re-run `deploykit export`") from None
-    try:
-        Preprocess.from_dict(data["preprocess"])
-    except InputError as exc:
-        raise InputError(f"{where}: field preprocess: {exc}; re-run `deploykit export`") from None
 
 
 @dataclass(frozen=True)
@@ -219,6 +111,11 @@ class Artifact(Mapping):
     def passed(self) -> bool | None:
         """The parity verdict: True / False, or None while unverified."""
         return (self.parity or {}).get("passed")
+
+    @property
+    def verified(self) -> bool:
+        """Its parity passed (:func:`verified`)."""
+        return verified(self.parity)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -395,66 +292,8 @@ class Manifest:
                    timings=dict(data.get("timings") or {}))
 
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_GRAPH_FACTS: dict[str, tuple[list[str], list[str]]] = {}
-
-
-def _graph_facts(path: Path) -> tuple[list[str], list[str]]:
-    """(external-data files, control-flow op types) of an ONNX file, read once per file identity in a process."""
-    path = Path(path)
-    key = _identity(path, path.stat())
-    if key not in _GRAPH_FACTS:
-        import onnx
-
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # protobuf's DecodeError and friends
-            raise InputError(f"{path.name} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
-        nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
-        tensors = list(model.graph.initializer) + [a.t for n in nodes for a in n.attribute if a.HasField("t")]
-        external = set()
-        for tensor in tensors:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-                if not re.fullmatch(ARTIFACT_NAME, location):
-                    raise InputError(f"{path.name} reads a tensor from {location[:80]!r}, which is not a file beside "
-                                     "it; re-export it")
-                external.add(location)
-        graphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        control = {n.op_type for n in nodes if any(a.type in graphs for a in n.attribute)}
-        _GRAPH_FACTS[key] = (sorted(external), sorted(control))
-    return _GRAPH_FACTS[key]
-
-
-def external_data_of(path: Path) -> list[str]:
-    """The external-data files an ONNX file reads its tensors from (``location`` of each external initializer or
-    Constant), sorted; [] for a self-contained graph. A location that is not a plain name beside it is refused."""
-    return _graph_facts(path)[0]
-
-
-def check_graph(path: Path) -> None:
-    """Refuse a graph with control flow (Loop, If, Scan: any op that carries a subgraph): no graph deploykit writes
-    has one -- an image classifier's forward pass is a fixed sequence of ops -- and a Loop's trip count is data
-    that can keep a runtime busy forever."""
-    control = _graph_facts(path)[1]
-    if control:
-        raise InputError(f"{path.name} holds control flow ({', '.join(control)}), which no graph deploykit exports "
-                         "contains; deploykit runs image classifiers exported with `deploykit export`")
-
-
-def content_sha256(path: Path) -> str:
-    """The sha256 of ``path``'s bytes, from the checked-files cache when this very file (same identity, ctime
-    included) was hashed before -- e.g. by :meth:`Manifest.file` -- else computed."""
-    path = Path(path)
-    key = _identity(path, path.stat())
-    known = _VERIFIED.get(key) or _known_hash(key)
-    if known is None:
-        known = sha256_file(path)
-        _remember_hash(key, known)
-    return known
-
-
 def artifact_kind(name: str) -> str | None:
+    """``onnx`` or ``engine`` from a file name (None for neither): the one answer to "what kind of file"."""
     if name.endswith(".onnx"):
         return "onnx"
     if name.endswith(ENGINE_SUFFIXES):
@@ -462,71 +301,9 @@ def artifact_kind(name: str) -> str | None:
     return None
 
 
-# Hashing a 45 MB ResNet-18 graph takes ~60 ms, 4% of a whole `deploykit predict`. A file already checked is
-# remembered by identity -- device, inode, size, mtime and ctime (ctime cannot be set back by a user: any write or
-# rename of the file moves it) -- in the process and in the user's cache, so a second predict does not hash again.
-_VERIFIED: dict[str, str] = {}
-_CACHE_ENTRIES = 512
-
-
-def _identity(path: Path, stat) -> str:
-    return f"{path.resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
-
-
-def _hash_cache() -> Path:
-    return user_cache_dir() / "verified-files.json"
-
-
-def _known_hash(key: str) -> str | None:
-    if key in _VERIFIED:
-        return _VERIFIED[key]
-    try:
-        data = read_json(_hash_cache(), "hash cache")
-    except InputError:
-        return None
-    value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _remember_hash(key: str, sha256: str) -> None:
-    _VERIFIED[key] = sha256
-    path = _hash_cache()
-    try:
-        data = read_json(path, "hash cache") if path.is_file() else {}
-    except InputError:
-        data = {}
-    data = {k: v for k, v in (data.items() if isinstance(data, dict) else []) if isinstance(v, str)}
-    data.pop(key, None)
-    data[key] = sha256
-    try:
-        write_json_atomic(path, dict(list(data.items())[-_CACHE_ENTRIES:]))
-    except (InputError, OSError):
-        pass  # a read-only home (a device's service account) only costs the next run a hash
-
-
-def checked_file(folder: Path, name: str, sha256: str | None, size: int | None = None) -> Path:
-    """``folder/name`` after checking it is a plain file inside ``folder`` whose content has ``sha256``."""
-    folder = Path(folder)
-    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name \
-            or "\x00" in name:
-        raise InputError(f"{folder / MANIFEST_NAME} lists {name!r}, which is not a file name inside the folder; "
-                         "re-run `deploykit export`")
-    path = folder / name
-    if path.is_symlink():
-        raise InputError(f"{path} is a symbolic link; an export folder holds its own files: re-run `deploykit export`")
-    if not path.is_file():
-        raise InputError(f"{path} is missing: the export folder is incomplete; re-run `deploykit export` (or "
-                         "`deploykit build` for an engine)")
-    stat = path.stat()
-    if size is not None and stat.st_size != size:
-        raise InputError(f"{path} does not match {MANIFEST_NAME} ({stat.st_size} bytes, the manifest says {size}); "
-                         "changed since export: re-run `deploykit export`")
-    if sha256 is None:
-        return path
-    key = _identity(path, stat)
-    if _known_hash(key) != sha256:
-        if sha256_file(path) != sha256:
-            raise InputError(f"{path} does not match {MANIFEST_NAME} (sha256 differs): changed since export; "
-                             "re-run `deploykit export`")
-        _remember_hash(key, sha256)
-    return path
+def verified(parity: Any) -> bool:
+    """Whether a parity record says its artifact passed verification: ``"passed": true``, nothing else (no
+    record, a failed or unjudged one). The one "verified" test: an artifact's (:attr:`Artifact.verified`), a bench
+    row's (``bench.results.fastest_verified``) and the report's choice of what to ship
+    (``report.recommended_artifact``) all ask it."""
+    return isinstance(parity, Mapping) and parity.get("passed") is True

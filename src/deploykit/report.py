@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import schema as S
+from deploykit.bench.results import BENCH_NAME
 from deploykit.errors import InputError
 from deploykit.files import atomic_path, read_json
-from deploykit.manifest import Manifest
+from deploykit.manifest import Artifact, Manifest, verified
 from deploykit.text import markdown_cell, printable
 
 REPORT_NAME = "report.md"
-BENCH_NAME = "bench.json"
 
 
 def _num(value: Any, spec: str) -> str:
@@ -209,12 +209,13 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
     return lines
 
 
-# Which runtime runs which artifact on which device (README "Which artifact to ship"); a row is shown when the
-# folder holds the file and its parity passed.
-SHIP = (("NVIDIA Jetson / GPU", "TensorRT", ("int8", "fp16", "fp32"),
-         "an engine built on the device from `{path}`: `deploykit build {folder} --precision {precision}`"),
-        ("Intel CPU", "OpenVINO", ("int8",), "`{path}` as it is (the file TensorRT builds from; integer kernels)"),
-        ("other CPU (ARM, AMD)", "ONNX Runtime", ("int8-cpu", "fp32"), "`{path}`"))
+# Which runtime runs which artifact on which device (README "Which artifact to ship"): per device its runtime, the
+# precisions that runtime takes (best first) and how the file is shipped; recommended_artifact picks from it.
+RECOMMENDED = (("NVIDIA Jetson / GPU", "TensorRT", ("int8", "fp16", "fp32"),
+                "an engine built on the device from `{path}`: `deploykit build {folder} --precision {precision}`"),
+               ("Intel CPU", "OpenVINO", ("int8",),
+                "`{path}` as it is (the file TensorRT builds from; integer kernels)"),
+               ("other CPU (ARM, AMD)", "ONNX Runtime", ("int8-cpu", "fp32"), "`{path}`"))
 
 
 def verdict_text(parity: Any) -> str:
@@ -237,26 +238,38 @@ def _bench_failures(bench: dict[str, Any] | None) -> set[tuple[str, str]]:
     out = set()
     for r in (bench or {}).get("results", []):
         parity = r.get("parity") if isinstance(r.get("parity"), dict) else {}
-        if r.get("backend") != "torch" and not parity.get("is_reference") and parity.get("passed") is not True:
+        if r.get("backend") != "torch" and not parity.get("is_reference") and not verified(parity):
             out.add((str(r.get("backend")), str(r.get("precision"))))
     return out
 
 
-def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) -> list[str]:
-    """Per device: the verified artifact to ship (its parity passed in the manifest, and on every bench row of that
-    runtime that ran it), then what bench measured fastest."""
-    passed = {a.precision: a.path for a in manifest.artifacts if a.kind == "onnx" and a.passed}
+def recommended_artifact(manifest: Manifest, bench: dict[str, Any] | None = None) -> list[tuple[str, str, Artifact]]:
+    """Which artifact to ship per device, whatever its speed: ``(device, runtime, artifact)`` in
+    :data:`RECOMMENDED`'s order, the first precision that device's runtime takes whose ONNX is verified
+    (:func:`deploykit.manifest.verified`: its parity passed in the manifest) and did not fail on a bench row of that
+    runtime. A device with no such file is left out. (The fastest verified bench row is another question:
+    ``bench.results.fastest_verified``.)"""
+    passed = {a.precision: a for a in manifest.artifacts if a.kind == "onnx" and a.verified}
     failed = _bench_failures(bench)
-    lines = ["| device | runtime | ship |", "|---|---|---|"]
-    for device, runtime, order, text in SHIP:
+    chosen = []
+    for device, runtime, order, _ in RECOMMENDED:
         precision = next((p for p in order if p in passed and (BENCH_BACKEND[runtime], p) not in failed), None)
         if precision is not None:
-            lines.append(f"| {device} | {runtime} | " + text.format(path=passed[precision], folder=md(str(folder)),
-                                                                      precision=precision) + " |")
+            chosen.append((device, runtime, passed[precision]))
+    return chosen
+
+
+def _ship_lines(manifest: Manifest, folder: Path, bench: dict[str, Any] | None) -> list[str]:
+    """Per device: the verified artifact to ship (:func:`recommended_artifact`), then the rows bench marked fastest
+    verified."""
+    how = {device: text for device, _, _, text in RECOMMENDED}
+    lines = ["| device | runtime | ship |", "|---|---|---|"]
+    for device, runtime, art in recommended_artifact(manifest, bench):
+        lines.append(f"| {device} | {runtime} | " + how[device].format(path=art.path, folder=md(str(folder)),
+                                                                         precision=art.precision) + " |")
     if len(lines) == 2:
         return ["No artifact of this folder has passed verification yet: `deploykit verify " + md(str(folder)) + "`."]
-    fastest = [r for r in (bench or {}).get("results", [])
-               if r.get("ship") and isinstance(r.get("parity"), dict) and r["parity"].get("passed") is True]
+    fastest = [r for r in (bench or {}).get("results", []) if r.get("ship") and verified(r.get("parity"))]
     if fastest:
         lines += ["", "Fastest verified on the bench host (`deploykit bench`):", ""]
         lines += [f"- {md(r.get('backend'))} ({md(r.get('device'))}, batch {md(r.get('batch'))}): "

@@ -10,10 +10,12 @@ import numpy as np
 
 from deploykit.bench.host import host_line
 from deploykit.bench.options import Backend, Variant, label
-from deploykit.manifest import Artifact
+from deploykit.manifest import Artifact, verified
 from deploykit.runners.base import Device
 from deploykit.parity import Precision
 
+BENCH_NAME = "bench.json"  # the record beside an export folder (`deploykit report` reads it)
+BENCH_PLOT = "bench.png"  # the plot beside it
 
 @dataclass(frozen=True)
 class Latency:
@@ -49,7 +51,7 @@ class Measurement:
     parity: dict[str, Any] | None = None
     note: str | None = None
     ran: dict[str, Any] | None = None  # what the runtime reports it ran (OpenVINO: precision, layer precisions)
-    ship: bool = False  # the fastest verified row of its backend, device and batch
+    ship: bool = False  # the fastest verified row of its backend, device and batch (fastest_verified)
     round_p50: list[float] | None = None  # the p50 of each timing round (bench.measure: alternating rounds)
     speedup_range: tuple[float, float] | None = None  # lowest and highest per-round speed-up vs torch
     unstable: list[str] = field(default_factory=list)  # why this row's figures are not to be taken as results
@@ -196,11 +198,13 @@ def mark_unstable(results: list[Measurement], base: dict | None = None) -> None:
             m.unstable.append("its PyTorch FP32 row is unstable")
 
 
-def mark_ship(results: list[Measurement]) -> None:
-    """Per backend, device and batch: the fastest row whose artifact passed its tolerance ("ship this")."""
+def fastest_verified(results: list[Measurement]) -> None:
+    """Per backend, device and batch: mark (``ship``) the fastest row whose artifact passed its tolerance
+    (:func:`deploykit.manifest.verified`, the one "verified" test) -- what ``<- ship this`` names. Which artifact
+    to ship per device, whatever its speed, is the report's question (``report.recommended_artifact``)."""
     best: dict[tuple, Measurement] = {}
     for m in results:
-        if m.backend is Backend.torch or not (m.parity or {}).get("passed"):
+        if m.backend is Backend.torch or not verified(m.parity):
             continue
         key = (m.backend, m.device, m.batch)
         if key not in best or m.latency.p50 < best[key].latency.p50:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from deploykit.bench.host import Capabilities, host_info, probe
 from deploykit.bench.measure import RoundPlan, measure_cases
 from deploykit.bench.options import DEFAULT_MODEL, EXPORTS_DIR, Backend, BenchOptions
 from deploykit.bench.plan import plan_cases
-from deploykit.bench.results import BenchReport, Measurement, Skip, add_speedups, mark_ship
+from deploykit.bench.results import (BENCH_NAME, BENCH_PLOT, BenchReport, Measurement, Skip, add_speedups,
+                                     fastest_verified)
 from deploykit.errors import DeployKitError, InputError
+from deploykit.files import write_json_atomic
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
 from deploykit.reporter import Reporter, Task, reporter_or_silent
 from deploykit.runners.base import Device
@@ -114,7 +117,7 @@ def bench_folder(folder: Path, options: BenchOptions, *, reporter: Reporter | No
                        max_images=options.max_images)
         task.update(description="bench done", completed=steps, total=steps)
     add_speedups(results)
-    mark_ship(results)
+    fastest_verified(results)
     info = {"folder": str(folder), "arch": manifest.model.get("arch"), "input": manifest.input.get("shape"),
             "num_classes": manifest.model.get("num_classes"), **(target or {})}
     return BenchReport(host, results, skips, info)
@@ -295,3 +298,25 @@ def bench_target(target: Path | None, options: BenchOptions, *, reporter: Report
         folder = result.folder
         del result  # the export's in-memory model would otherwise sit in every RSS reading
         return bench_folder(folder, options, reporter=reporter, target={**origin, "exported": "on the fly"})
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Where a bench's record went besides the screen (``deploykit bench`` says so)."""
+
+    json: Path | None = None  # bench.json written beside the export folder bench chose itself
+    plot: Path | None = None  # where the plot goes: the one asked for, else bench.png beside that bench.json
+    earlier: Path | None = None  # the benched folder's bench.json from an earlier bench, left as it was
+
+
+def keep_results(report: BenchReport, target: Path | None, *, chosen: bool, plot: Path | None = None) -> Kept:
+    """When a bench's record is kept: bare ``deploykit bench`` benches the latest export (``chosen``) and, when
+    anything was measured, keeps the record beside it as ``bench.json`` (what ``deploykit report`` reads), the
+    plot going to ``bench.png`` there unless ``plot`` names a file. A folder named on the command line keeps the
+    ``bench.json`` it has (``earlier``): ``deploykit bench DIR --json > DIR/bench.json`` replaces it."""
+    if chosen and target is not None and report.results:
+        kept = Path(target) / BENCH_NAME
+        write_json_atomic(kept, report.to_json())
+        return Kept(json=kept, plot=plot or Path(target) / BENCH_PLOT)
+    earlier = Path(target) / BENCH_NAME if target is not None and Path(target).is_dir() else None
+    return Kept(plot=plot, earlier=earlier if earlier is not None and earlier.is_file() else None)

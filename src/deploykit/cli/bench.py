@@ -50,16 +50,47 @@ def bench(
     = False,
 ) -> None:
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
+    from deploykit.bench import bench_target, default_target, write_markdown, write_plot
     from deploykit.bench.host import contention_warning
-    from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
-                                 parse_list, ship_lines, skip_text, unstable_lines, write_markdown,
-                                 write_plot)
-    from deploykit.cli.render_bench import bench_table
+    from deploykit.bench.run import keep_results
     from deploykit.cli.reporter import ConsoleReporter
     from deploykit.errors import InputError
+
+    options = _options(backends, precisions, batch, device, threads, warmup, iters, seconds, torch_variants, data,
+                       max_images)
+    for path, flag in ((plot, "--plot"), (md, "--md")):
+        if path is not None and path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; give a file name")
+    chosen = target is None  # bare `deploykit bench` on your latest export: results kept beside it
+    if chosen:  # say what is benched on the first line (stderr under --json: stdout is the JSON)
+        target, said = default_target()
+        (err_console if as_json else console).print(literal(said), highlight=False, soft_wrap=True)
+
+    # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
+    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               auto_refresh=False)
+    report = bench_target(target, options, reporter=reporter)
+    busy = contention_warning(report.host)
+    if busy:
+        warn(busy)
+    _show(report, as_json)
+    kept = keep_results(report, target, chosen=chosen, plot=plot)
+    _say_kept(kept, target, as_json=as_json, md=md)
+    if kept.plot is not None:
+        write_plot(report, kept.plot)
+        err_console.print(f"wrote {literal(kept.plot)}", highlight=False)
+    if md is not None:
+        write_markdown(report, md)
+        err_console.print(f"wrote {literal(md)}", highlight=False)
+    if not report.results:
+        raise InputError("nothing could be measured here: see the skipped list")
+
+
+def _options(backends, precisions, batch, device, threads, warmup, iters, seconds, torch_variants, data, max_images):
+    """The command's flags as checked :class:`~deploykit.bench.BenchOptions`."""
+    from deploykit.bench import Backend, BenchOptions, default_backends, parse_batches, parse_list
     from deploykit.parity import Precision
 
     options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
@@ -69,61 +100,44 @@ def bench(
                            iters=iters, seconds=seconds, torch_variants=torch_variants, data=data,
                            max_images=check_max_images(max_images))
     options.validate()
-    for path, flag in ((plot, "--plot"), (md, "--md")):
-        if path is not None and path.is_dir():
-            raise InputError(f"{flag} {path} is a folder; give a file name")
+    return options
 
-    keep_in = None  # bare `deploykit bench` on your latest export: results kept beside it for `deploykit report`
-    if target is None:  # say what is benched on the first line (stderr under --json: stdout is the JSON)
-        target, said = default_target()
-        (err_console if as_json else console).print(literal(said), highlight=False, soft_wrap=True)
-        keep_in = target
 
-    # No auto-refresh: a redraw thread would take CPU from the runs being timed; the bar moves between cases.
-    reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               auto_refresh=False)
-    report = bench_target(target, options, reporter=reporter)
+def _show(report, as_json: bool) -> None:
+    """The results: JSON on stdout (--json), else the table, the host, unstable rows, what to ship, skips, notes."""
+    from rich.markup import escape
 
-    busy = contention_warning(report.host)
-    if busy:
-        warn(busy)
+    from deploykit.bench import ship_lines, skip_text, unstable_lines
+    from deploykit.cli.render_bench import bench_table
+
     if as_json:
         print(dumps_strict(report.to_json()))
-    else:
-        console.print(bench_table(report))
-        console.print(f"host: {escape(report.host_line)}", highlight=False, soft_wrap=True)
-        for line in unstable_lines(report):
-            console.print(f"[yellow]unstable[/] {escape(line)}", highlight=False, soft_wrap=True)
-        for line in ship_lines(report):
-            console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
-        for skip in report.skipped:
-            console.print(f"[dim]skipped[/] {literal(skip_text(skip))}", highlight=False, soft_wrap=True)
-        for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
-            console.print(f"[dim]note[/] {literal(line)}", highlight=False, soft_wrap=True)
-    if keep_in is not None and report.results:
-        from deploykit.files import write_json_atomic
-        from deploykit.report import BENCH_NAME
+        return
+    console.print(bench_table(report))
+    console.print(f"host: {escape(report.host_line)}", highlight=False, soft_wrap=True)
+    for line in unstable_lines(report):
+        console.print(f"[yellow]unstable[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in ship_lines(report):
+        console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    for skip in report.skipped:
+        console.print(f"[dim]skipped[/] {literal(skip_text(skip))}", highlight=False, soft_wrap=True)
+    for line in sorted({f"{m.backend.value} {m.precision.value}: {m.note}" for m in report.results if m.note}):
+        console.print(f"[dim]note[/] {literal(line)}", highlight=False, soft_wrap=True)
 
-        write_json_atomic(keep_in / BENCH_NAME, report.to_json())
-        plot = plot or keep_in / "bench.png"
-        err_console.print(f"wrote {literal(keep_in / BENCH_NAME)} (`deploykit report {literal(keep_in)}` puts it in report.md)",
-                          highlight=False)
-    elif target is not None and Path(target).is_dir() and (Path(target) / "bench.json").is_file() \
-            and not _stdout_is(Path(target) / "bench.json"):
+
+def _say_kept(kept, target, *, as_json: bool, md) -> None:
+    """Where the record went: bench.json kept beside the export, or an earlier bench.json left as it was (unless
+    stdout is being redirected into it)."""
+    if kept.json is not None:
+        err_console.print(f"wrote {literal(kept.json)} (`deploykit report {literal(kept.json.parent)}` puts it in "
+                          "report.md)", highlight=False)
+    elif kept.earlier is not None and not _stdout_is(kept.earlier):
         from deploykit.cli.render import note
 
         note(f"results went to {'stdout (--json)' if as_json else 'this screen'}"
-             + "".join(f" and {p}" for p in (plot, md) if p is not None)
-             + f"; {Path(target) / 'bench.json'} is an earlier bench and was left as it was -- `deploykit report` "
-             f"reads that one: `deploykit bench {target} --json > {Path(target) / 'bench.json'}` to replace it")
-    if plot is not None:
-        write_plot(report, plot)
-        err_console.print(f"wrote {literal(plot)}", highlight=False)
-    if md is not None:
-        write_markdown(report, md)
-        err_console.print(f"wrote {literal(md)}", highlight=False)
-    if not report.results:
-        raise InputError("nothing could be measured here: see the skipped list")
+             + "".join(f" and {p}" for p in (kept.plot, md) if p is not None)
+             + f"; {kept.earlier} is an earlier bench and was left as it was -- `deploykit report` "
+             f"reads that one: `deploykit bench {target} --json > {kept.earlier}` to replace it")
 
 
 def _stdout_is(path: Path) -> bool:

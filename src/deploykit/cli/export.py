@@ -27,19 +27,70 @@ class Target(str, Enum):
     trt = "trt"
 
 
+# -- the options only export takes (the shared ones are in cli/options.py) ---------------------------------------
+ModelArg = Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
+                                               "TorchScript, torch.export .pt2, or a pickled module.")]
+ToOpt = Annotated[Target, typer.Option("--to", help="Final artifact.")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Fixed batch size.")]
+DynamicBatchOpt = Annotated[bool, typer.Option(
+    "--dynamic-batch", help="Dynamic batch dimension. With --to trt it may take the engine's batch profile: "
+                            "--dynamic-batch MIN:OPT:MAX \\[default: 1:8:32] (alias: --profile MIN:OPT:MAX).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Verification images: an ImageFolder (labelled: "
+                                                             "accuracy too) or a flat folder, or digits (the "
+                                                             "held-out digits) \\[default: with --int8, images "
+                                                             "of --calib held out of calibration; else the "
+                                                             "bundled photos].")]
+EvidenceImagesOpt = Annotated[bool, typer.Option(
+    "--evidence-images/--no-evidence-images", help="Store the verification images (as the model sees them) "
+    "in the folder beside PyTorch's logits on them, so `verify` anywhere judges against PyTorch on the same "
+    "images. --no-evidence-images for private data: `verify --data` must then supply them.")]
+NoVerifyOpt = Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images: a folder (ImageFolder "
+                                                              "or flat) or digits (its training split) "
+                                                              "\\[default: ./calib].")]
+CalibSizeOpt = Annotated[Optional[int], typer.Option(
+    "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")]
+CalibMethodOpt = Annotated[Optional[CalibMethod], typer.Option(
+    "--calib-method", help="How ranges are chosen \\[default: mse; ReLU6/Clip outputs keep their range; bias "
+                           "correction].")]
+CalibGrayscaleOpt = Annotated[bool, typer.Option(
+    "--calib-grayscale", help="Calibrate a colour model on grayscale images (converted to RGB) without a "
+                              "warning: the model sees such images. Not needed for a `deploykit train` "
+                              "checkpoint, which records it.")]
+MinCalibOpt = Annotated[Optional[int], typer.Option(
+    "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")]
+Int8ForOpt = Annotated[Optional[list[Int8Target]], typer.Option(
+    "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
+                       "(fastest for ONNX "
+                       "Runtime CPU). Repeat for both \\[default: trt].")]
+Int8RemainderOpt = Annotated[Optional[Remainder], typer.Option(
+    "--int8-remainder", help="Precision of what model.int8.onnx (TensorRT) does not run in INT8: fp16 (in the "
+                             "graph; TensorRT < 10.12 builds it with INT8 + FP16) or fp32 \\[default: fp16].")]
+AccuracyBudgetOpt = Annotated[Optional[float], typer.Option(
+    "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
+                              "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")]
+Int8AccuracyDropOpt = Annotated[Optional[float], typer.Option(
+    "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0, "
+                                 "or --accuracy-budget].")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out; a file there "
+                                        "that deploykit did not write is kept as NAME.kept, never deleted.")]
+TrtTargetsOpt = Annotated[Optional[str], typer.Option(
+    "--trt-targets", help="Check every ONNX artifact against these TensorRT versions' operator tables and record "
+                          "the verdicts (tensorrt_ready) in the manifest; none: skip \\[default: 10.3,11.5].")]
+
+
 @app.command(cls=DynamicBatchCommand)  # --dynamic-batch [MIN:OPT:MAX]
 def export(
-    model: Annotated[Path, typer.Argument(help="Checkpoint: .pth/.pt state_dict or deploykit checkpoint, "
-                                               "TorchScript, torch.export .pt2, or a pickled module.")],
-    to: Annotated[Target, typer.Option("--to", help="Final artifact.")] = Target.onnx,
-    out: Annotated[Optional[str], typer.Option("--out", help="Export folder \\[default: exports/<model stem>/].")
-                   ] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = DEFAULT_OPSET,
-    batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option(
-        "--dynamic-batch", help="Dynamic batch dimension. With --to trt it may take the engine's batch profile: "
-                                "--dynamic-batch MIN:OPT:MAX \\[default: 1:8:32] (alias: --profile MIN:OPT:MAX).")
-                             ] = False,
+    model: ModelArg,
+    to: ToOpt = Target.onnx,
+    out: OutOpt = None,
+    opset: OpsetOpt = DEFAULT_OPSET,
+    batch: BatchOpt = 1,
+    dynamic_batch: DynamicBatchOpt = False,
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
     model_def: ModelDefOpt = None,
@@ -50,102 +101,51 @@ def export(
     std: StdOpt = None,
     resize: ResizeOpt = None,
     labels: LabelsOpt = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Verification images: an ImageFolder (labelled: "
-                                                                 "accuracy too) or a flat folder, or digits (the "
-                                                                 "held-out digits) \\[default: with --int8, images "
-                                                                 "of --calib held out of calibration; else the "
-                                                                 "bundled photos].")
-                    ] = None,
+    data: DataOpt = None,
     max_images: MaxImagesOpt = None,
-    evidence_images: Annotated[bool, typer.Option(
-        "--evidence-images/--no-evidence-images", help="Store the verification images (as the model sees them) "
-        "in the folder beside PyTorch's logits on them, so `verify` anywhere judges against PyTorch on the same "
-        "images. --no-evidence-images for private data: `verify --data` must then supply them.")] = True,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification against PyTorch.")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (FP16 compute, FP32 I/O).")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write INT8 graphs calibrated on --calib images.")] = False,
-    calib: Annotated[Optional[Path], typer.Option("--calib", help="INT8 calibration images: a folder (ImageFolder "
-                                                                  "or flat) or digits (its training split) "
-                                                                  "\\[default: ./calib].")] = None,
-    calib_size: Annotated[Optional[int], typer.Option(
-        "--calib-size", help=f"Images to calibrate on (seeded sample) \\[default: {DEFAULT_CALIB_SIZE}].")] = None,
-    calib_method: Annotated[Optional[CalibMethod], typer.Option(
-        "--calib-method", help="How ranges are chosen \\[default: mse; ReLU6/Clip outputs keep their range; bias correction].")] = None,
-    calib_grayscale: Annotated[bool, typer.Option(
-        "--calib-grayscale", help="Calibrate a colour model on grayscale images (converted to RGB) without a "
-                                  "warning: the model sees such images. Not needed for a `deploykit train` "
-                                  "checkpoint, which records it.")] = False,
-    min_calib: Annotated[Optional[int], typer.Option(
-        "--min-calib", help=f"Fewest calibration images accepted \\[default: {DEFAULT_MIN_CALIB}].")] = None,
-    int8_for: Annotated[Optional[list[Int8Target]], typer.Option(
-        "--int8-for", help="Implies --int8. trt: model.int8.onnx (Q/DQ for TensorRT); cpu: model.int8-cpu.onnx "
-                           "(fastest for ONNX "
-                           "Runtime CPU). Repeat for both \\[default: trt].")] = None,
-    int8_remainder: Annotated[Optional[Remainder], typer.Option(
-        "--int8-remainder", help="Precision of what model.int8.onnx (TensorRT) does not run in INT8: fp16 (in the "
-                                 "graph; TensorRT < 10.12 builds it with INT8 + FP16) or fp32 \\[default: fp16].")
-                              ] = None,
-    accuracy_budget: Annotated[Optional[float], typer.Option(
-        "--accuracy-budget", help="INT8 may lose at most this many points (accuracy with labelled --data, else "
-                                  "top-1 disagreement); the most sensitive layers stay FP32 to meet it.")] = None,
+    evidence_images: EvidenceImagesOpt = True,
+    no_verify: NoVerifyOpt = False,
+    fp16: Fp16Opt = False,
+    int8: Int8Opt = False,
+    calib: CalibOpt = None,
+    calib_size: CalibSizeOpt = None,
+    calib_method: CalibMethodOpt = None,
+    calib_grayscale: CalibGrayscaleOpt = False,
+    min_calib: MinCalibOpt = None,
+    int8_for: Int8ForOpt = None,
+    int8_remainder: Int8RemainderOpt = None,
+    accuracy_budget: AccuracyBudgetOpt = None,
     int8_agreement: Int8AgreementOpt = None,
-    int8_accuracy_drop: Annotated[Optional[float], typer.Option(
-        "--int8-accuracy-drop", help="INT8 gate with labelled --data: most accuracy points lost \\[default: 1.0, "
-                                     "or --accuracy-budget].")] = None,
+    int8_accuracy_drop: Int8AccuracyDropOpt = None,
     profile: ProfileOpt = None,
     workspace: WorkspaceOpt = None,
     timing_cache: TimingCacheOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an export of another model in --out; a file there that "
-                                        "deploykit did not write is kept as NAME.kept, never deleted.")] = False,
-    trt_targets: Annotated[Optional[str], typer.Option(
-        "--trt-targets", help="Check every ONNX artifact against these TensorRT versions' operator tables and record "
-                              "the verdicts (tensorrt_ready) in the manifest; none: skip \\[default: 10.3,11.5].")
-                           ] = None,
+    force: ForceOpt = False,
+    trt_targets: TrtTargetsOpt = None,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
     from deploykit.pipeline import export_folder
+    from deploykit.precision import PrecisionRequest
 
     if out is not None and not out.strip():  # a str, not a Path: Path("") would be the current folder
         raise typer.BadParameter("an empty --out names no folder; give the export folder, e.g. --out exports/model",
                                  param_hint="'--out'")
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std,
                            resize, labels)
-    from deploykit.tensorrt.check import parse_targets
-
-    checked = [] if (trt_targets or "").strip().lower() == "none" else parse_targets(trt_targets)  # fails early
-    if to is not Target.trt:
-        given = [flag for flag, value in (("--dynamic-batch MIN:OPT:MAX (alias --profile)", profile),
-                                          ("--workspace", workspace),
-                                          ("--timing-cache", timing_cache)) if value is not None]
-        if given:
-            raise InputError(f"{', '.join(given)} only apply with --to trt")
-    engine_profile = None
-    if profile is not None:
-        from deploykit.tensorrt.profile import BatchProfile
-
-        engine_profile = BatchProfile.parse(profile)  # a bad --profile fails before minutes of export work
-        if not engine_profile.is_fixed:
-            dynamic_batch = True  # a batch range needs a dynamic batch dimension in the ONNX
-    if workspace is not None and not workspace > 0:
-        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace:g}")
-    from deploykit.precision import PrecisionRequest
-
-    if int8_for and not int8:
-        int8 = True  # --int8-for names which INT8 graph(s): it asks for INT8
-    if to is Target.trt and int8 and int8_for and Int8Target.trt not in int8_for:
-        raise InputError("--to trt --int8 builds the INT8 engine from model.int8.onnx, which --int8-for cpu alone "
-                         "does not make: add --int8-for trt (keep --int8-for cpu for the CPU graph too), or drop "
-                         "--to trt")
+    checked = _trt_targets(trt_targets)  # fails early
+    dynamic_batch = _check_engine_options(to, profile, workspace, timing_cache) or dynamic_batch
+    int8 = int8 or bool(int8_for)  # --int8-for names which INT8 graph(s): it asks for INT8
+    _check_int8_for(to, int8, int8_for)
     precision = PrecisionRequest(fp16=fp16, int8=int8, int8_for=tuple(dict.fromkeys(int8_for or [Int8Target.trt])),
                                  calib=calib, calib_size=calib_size, calib_method=calib_method, min_calib=min_calib,
                                  accuracy_budget=accuracy_budget, int8_agreement=int8_agreement,
                                  int8_accuracy_drop=int8_accuracy_drop, calib_grayscale=calib_grayscale,
                                  int8_remainder=int8_remainder)
     precision.validate()
-    result = export_folder(model, out=None if out is None else Path(out), options=options, opset=opset, batch=batch, dynamic_batch=dynamic_batch,
-                           verify=not no_verify, data=data, reporter=ConsoleReporter(), precision=precision,
-                           force=force, max_images=check_max_images(max_images), evidence_images=evidence_images,
-                           trt_targets=checked)
+    result = export_folder(model, out=None if out is None else Path(out), options=options, opset=opset, batch=batch,
+                           dynamic_batch=dynamic_batch, verify=not no_verify, data=data, reporter=ConsoleReporter(),
+                           precision=precision, force=force, max_images=check_max_images(max_images),
+                           evidence_images=evidence_images, trt_targets=checked)
     try:
         _show(result, no_verify=no_verify, checked=checked)
         if to is Target.trt:  # on the line below, not in the manifest (the engines record their own build)
@@ -157,10 +157,44 @@ def export(
         console.print(result.timings.summary(), highlight=False, soft_wrap=True)
 
 
+def _trt_targets(text: str | None) -> list:
+    """--trt-targets as TensorRT targets ([] for none; the defaults when not given)."""
+    from deploykit.tensorrt.check import parse_targets
+
+    return [] if (text or "").strip().lower() == "none" else parse_targets(text)
+
+
+def _check_engine_options(to: Target, profile: str | None, workspace: float | None, timing_cache) -> bool:
+    """The engine flags, before minutes of export work: only with --to trt, a valid --profile, a positive
+    --workspace. True when the profile is a batch range (the ONNX then needs a dynamic batch dimension)."""
+    if to is not Target.trt:
+        given = [flag for flag, value in (("--dynamic-batch MIN:OPT:MAX (alias --profile)", profile),
+                                          ("--workspace", workspace),
+                                          ("--timing-cache", timing_cache)) if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --to trt")
+    ranged = False
+    if profile is not None:
+        from deploykit.tensorrt.profile import BatchProfile
+
+        ranged = not BatchProfile.parse(profile).is_fixed
+    if workspace is not None and not workspace > 0:
+        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace:g}")
+    return ranged
+
+
+def _check_int8_for(to: Target, int8: bool, int8_for: list[Int8Target] | None) -> None:
+    if to is Target.trt and int8 and int8_for and Int8Target.trt not in int8_for:
+        raise InputError("--to trt --int8 builds the INT8 engine from model.int8.onnx, which --int8-for cpu alone "
+                         "does not make: add --int8-for trt (keep --int8-for cpu for the CPU graph too), or drop "
+                         "--to trt")
+
+
 def _show(result, *, no_verify: bool, checked) -> None:
     """The export's tables; VerificationError when an artifact is out of tolerance."""
     pre = result.loaded.preprocess
-    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={literal(result.loaded.arch or result.loaded.kind)}  "
+    arch = literal(result.loaded.arch or result.loaded.kind)
+    console.print(f"[bold]{literal(result.folder)}/model.onnx[/]  arch={arch}  "
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
     if result.precision is not None:

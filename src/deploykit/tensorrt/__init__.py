@@ -1,5 +1,6 @@
-"""TensorRT: host probing (``host``), the engine vocabulary (``profile``), the build steps (``build``) and the
-runner (``runner``).
+"""TensorRT: host probing (``host``), the engine vocabulary (``profile``), the build plan (``plan``), the build
+steps (``build``, with ``build_progress`` and ``build_errors``), the runner (``runner``), and the offline
+operator-table check (``check``, with ``targets`` and ``check_rules``).
 
 Importing this package imports nothing heavy: neither ``tensorrt`` nor ``cuda`` (each module imports them inside
 the function that needs them), nor its own submodules until a name is asked for (PEP 562 ``__getattr__``), so
@@ -16,8 +17,9 @@ _EXPORTS = {
              "parse_version", "probe_host", "require_host", "trt_logger"),
     "profile": ("DEFAULT_PROFILE", "BatchProfile", "EnginePrecision", "build_command", "engine_name", "is_engine",
                 "resolve_profile"),
-    "build": ("BuildPlan", "BuilderFlag", "EngineResult", "NetworkFlag", "PhaseProgress", "Typing", "build_engine",
-              "plan_build"),
+    "plan": ("BuildPlan", "BuilderFlag", "NetworkFlag", "Typing", "plan_build"),
+    "build_progress": ("PhaseProgress",),
+    "build": ("EngineResult", "build_engine"),
     "runner": ("TensorRTRunner",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -4,9 +4,11 @@
                -> engine_from_network -> save_engine / save_timing_cache -> record_engine
 
 :func:`build_engine` runs them for one export folder and precision. The decisions are pure functions of the
-TensorRT version and the folder (:func:`plan_build`, :func:`~deploykit.tensorrt.profile.input_profile`,
-:func:`engine_facts`, :func:`build_failure`) and are unit tested without a GPU; the steps that call TensorRT take
-the ``tensorrt`` module as an argument, so they run against a fake one too.
+TensorRT version and the folder (:func:`~deploykit.tensorrt.plan.plan_build`,
+:func:`~deploykit.tensorrt.profile.input_profile`, :func:`engine_facts`,
+:func:`~deploykit.tensorrt.build_errors.build_failure`) and are unit tested without a GPU; the steps that call
+TensorRT take the ``tensorrt`` module as an argument, so they run against a fake one too. The build phases reach
+the reporter through :mod:`deploykit.tensorrt.build_progress`.
 
 What each step follows -- strong typing on TensorRT >= 10.12 and 11.x (precision from the graph, no precision
 flag), builder flags on older 10.x, never both; one batch profile; the workspace limit; a timing cache per
@@ -17,109 +19,23 @@ docs/precision.md, "Building the TensorRT engine".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import re
-import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from deploykit.errors import DeployKitError, EngineBuildError, InputError
 from deploykit.files import atomic_path, sha256_file
 from deploykit.manifest import Artifact, Manifest
-from deploykit.reporter import SILENT, Reporter, Task
-from deploykit.tensorrt.host import (Host, Probe, as_version, check_tensorrt_version, default_timing_cache,
-                                     is_jetson, probe_host, require_host, trt_logger)
-from deploykit.tensorrt.profile import (BatchProfile, EnginePrecision, build_command, engine_name, input_profile,
-                                        resolve_profile)
-
-STRONG_TYPING_SINCE = (10, 12)  # NVIDIA: strong typing fully available from 10.12 (deprecates weak typing)
-
-
-class Typing(str, Enum):
-    strong = "strong"  # STRONGLY_TYPED network: precision from the graph, no precision flags
-    weak = "weak"  # TensorRT < 10.12: precision flags on the builder config
-
-
-class NetworkFlag(str, Enum):
-    """``trt.NetworkDefinitionCreationFlag`` members deploykit sets (value = the TensorRT name)."""
-
-    STRONGLY_TYPED = "STRONGLY_TYPED"
-
-
-class BuilderFlag(str, Enum):
-    """``trt.BuilderFlag`` members deploykit sets or clears (value = the TensorRT name)."""
-
-    FP16 = "FP16"
-    INT8 = "INT8"
-    TF32 = "TF32"
-
-
-# ------------------------------------------------------------------------------------------ the plan
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """How one engine is built on one TensorRT version: typing, network flags, builder flags set and cleared."""
-
-    typing: Typing
-    network_flags: tuple[NetworkFlag, ...]
-    set_flags: tuple[BuilderFlag, ...]
-    clear_flags: tuple[BuilderFlag, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"typing": self.typing.value, "network_flags": [f.value for f in self.network_flags],
-                "builder_flags": [f.value for f in self.set_flags],
-                "cleared_flags": [f.value for f in self.clear_flags]}
-
-
-def plan_build(tensorrt_version: str | tuple[int, ...], precision: EnginePrecision, *,
-               fp16_remainder: bool = False) -> BuildPlan:
-    """Strongly typed on TensorRT >= 10.12 (and 11.x, where it is the only mode); weakly typed with the
-    FP16 / INT8 builder flag before that. Never both: a strongly typed network rejects precision flags.
-
-    FP32 engines clear TF32 (on by default) so that "fp32" is FP32 and meets the FP32 parity tolerance.
-    A weakly typed INT8 build sets INT8 and, when ``fp16_remainder`` (the graph's non-INT8 part is FP16: the
-    manifest's ``"remainder": "fp16"``), FP16 too, so TensorRT may pick FP16 kernels for it; an FP32 remainder
-    (or an export from before the remainder was recorded) gets INT8 alone.
-    """
-    version = check_tensorrt_version(as_version(tensorrt_version))
-    precision = EnginePrecision(precision)
-    clear = (BuilderFlag.TF32,) if precision is EnginePrecision.fp32 else ()
-    if version[:2] >= STRONG_TYPING_SINCE:
-        return BuildPlan(Typing.strong, (NetworkFlag.STRONGLY_TYPED,), (), clear)
-    flags = {EnginePrecision.fp32: (), EnginePrecision.fp16: (BuilderFlag.FP16,),
-             EnginePrecision.int8: (BuilderFlag.INT8, BuilderFlag.FP16) if fp16_remainder else (BuilderFlag.INT8,),
-             }[precision]
-    return BuildPlan(Typing.weak, (), flags, clear)
-
-
-def network_creation_flags(trt, plan: BuildPlan) -> int:
-    """The ``create_network`` bit mask for ``plan``; a flag this TensorRT lacks is left out (TensorRT 11 may drop
-    STRONGLY_TYPED: every network is strongly typed there)."""
-    flags = 0
-    for flag in plan.network_flags:
-        member = getattr(trt.NetworkDefinitionCreationFlag, flag.value, None)
-        if member is not None:
-            flags |= 1 << int(member)
-    return flags
-
-
-def set_builder_flags(trt, config, plan: BuildPlan) -> None:
-    """Set the plan's builder flags (each must exist) and clear the ones to clear (where they exist)."""
-    for flag in plan.set_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag.value))
-    for flag in plan.clear_flags:
-        member = getattr(trt.BuilderFlag, flag.value, None)
-        if member is not None:
-            config.clear_flag(member)
-
-
-# ------------------------------------------------------------------------------------------ the steps
+from deploykit.reporter import SILENT, Reporter
+from deploykit.tensorrt.build_errors import build_failure
+from deploykit.tensorrt.build_progress import PhaseProgress, progress_monitor
+from deploykit.tensorrt.host import Host, Probe, default_timing_cache, is_jetson, probe_host, require_host, trt_logger
+from deploykit.tensorrt.plan import BuildPlan, network_creation_flags, plan_build, set_builder_flags
+from deploykit.tensorrt.profile import BatchProfile, EnginePrecision, engine_name, input_profile, resolve_profile
 
 
 @dataclass
@@ -184,72 +100,6 @@ def load_timing_cache(config, path: Path, host: Host, reporter: Reporter = SILEN
     return False
 
 
-class PhaseProgress:
-    """TensorRT's build phases as reporter tasks: one ``reporter.progress`` per phase, a nested phase its own.
-
-    TensorRT calls the monitor from its own threads; a reporter failure must not cancel the build, so every
-    call is guarded (a False from ``step_complete`` would cancel it).
-    """
-
-    def __init__(self, reporter: Reporter) -> None:
-        self.reporter = reporter
-        self._open: dict[str, tuple[contextlib.ExitStack, Task, int]] = {}
-        self._lock = threading.Lock()
-
-    def started(self, phase: str, parent: str | None, steps: int) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            self._close(phase)
-            stack = contextlib.ExitStack()
-            total = max(int(steps), 1)
-            task = stack.enter_context(self.reporter.progress(str(phase), total=total))
-            self._open[phase] = (stack, task, total)
-
-    def stepped(self, phase: str, step: int) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            if phase in self._open:
-                _, task, total = self._open[phase]
-                task.update(completed=min(int(step) + 1, total))
-
-    def finished(self, phase: str) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            if phase in self._open:
-                _, task, total = self._open[phase]
-                task.update(completed=total)
-            self._close(phase)
-
-    def close(self) -> None:
-        """End every phase still open (a failed or cancelled build), innermost first."""
-        with self._lock:
-            for phase in reversed(list(self._open)):
-                with contextlib.suppress(Exception):
-                    self._close(phase)
-
-    def _close(self, phase: str) -> None:
-        entry = self._open.pop(phase, None)
-        if entry is not None:
-            entry[0].close()
-
-
-def progress_monitor(trt, phases: PhaseProgress):
-    """A ``trt.IProgressMonitor`` forwarding TensorRT's build phases to ``phases``."""
-
-    class Monitor(trt.IProgressMonitor):
-        def __init__(self):
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            phases.started(phase_name, parent_phase, num_steps)
-
-        def step_complete(self, phase_name, step):
-            phases.stepped(phase_name, step)
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name):
-            phases.finished(phase_name)
-
-    return Monitor()
-
-
 def engine_from_network(trt, parsed: ParsedNetwork, config, logger, *,
                         reporter: Reporter = SILENT) -> tuple[bytes | None, float]:
     """``(serialized plan or None when the build failed, seconds)``; the logger holds TensorRT's reasons."""
@@ -266,51 +116,6 @@ def engine_from_network(trt, parsed: ParsedNetwork, config, logger, *,
     finally:
         phases.close()
     return serialized, time.perf_counter() - started
-
-
-_OOM_PATTERNS = ("out of memory", "outofmemory", "cudaerrormemoryallocation", "insufficient memory",
-                 "requested amount of gpu memory", "failed to allocate", "could not allocate", "allocation failed",
-                 "cuda_error_out_of_memory", "not enough memory")
-# TensorRT's *warnings* when tactics do not fit: "Tactic Device request: 1234MB Available: 512MB. Device memory is
-# insufficient to use tactic.", "Skipping tactic 3 due to insufficient memory on requested size of ..." (also
-# spelled "insuficient" by some releases). With every tactic of a layer skipped, the build then fails with
-# "Could not find any implementation for node ...": on a Jetson that is an out-of-memory build.
-_TACTIC_MEMORY = re.compile(r"memory is insuf+icient|insuf+icient (device |gpu |host )?memory|device request: .*"
-                            r"available:|not enough (device |gpu )?memory", re.IGNORECASE)
-_NO_IMPLEMENTATION = "could not find any implementation"
-
-
-def is_out_of_memory(errors: list[str], warnings: list[str] = ()) -> bool:
-    """Whether a failed build ran out of GPU memory: an out-of-memory error, or tactics skipped for lack of
-    memory (warnings) followed by no error at all or TensorRT's "Could not find any implementation"."""
-    text = " ".join(errors).lower()
-    if any(p in text for p in _OOM_PATTERNS):
-        return True
-    starved = any(_TACTIC_MEMORY.search(w) for w in warnings)
-    return starved and (not errors or _NO_IMPLEMENTATION in text)
-
-
-def oom_message(engine: str, workspace_gib: float | None, folder: Path, precision: EnginePrecision,
-                profile: BatchProfile) -> str:
-    smaller = max((workspace_gib or 2.0) / 2, 0.25)
-    lower = (f" or a smaller batch profile (e.g. --profile {profile.min}:{max(profile.min, profile.opt // 2)}:"
-             f"{max(profile.min, profile.max // 2)})" if not profile.is_fixed else "")
-    ws = f"a {workspace_gib:g} GiB workspace" if workspace_gib else "TensorRT's default workspace (all free memory)"
-    return (f"TensorRT ran out of GPU memory building {engine} with {ws}: re-run with a smaller workspace"
-            f"{lower}, e.g. {build_command(folder, precision, profile, smaller)}; on a Jetson also close other "
-            "GPU programs and add swap")
-
-
-def build_failure(errors: list[str], warnings: list[str], *, tensorrt: str, folder: Path,
-                  precision: EnginePrecision, profile: BatchProfile,
-                  workspace_gib: float | None) -> EngineBuildError:
-    """The one-line error for a build that returned no plan: out of memory (with the smaller command), or
-    TensorRT's first error."""
-    name = engine_name(precision)
-    if is_out_of_memory(errors, warnings):
-        return EngineBuildError(oom_message(name, workspace_gib, folder, precision, profile))
-    first = errors[0] if errors else "no error message from TensorRT"
-    return EngineBuildError(f"TensorRT {tensorrt} could not build {name}: {first}")
 
 
 def save_engine(dest: Path, serialized) -> None:
