@@ -211,17 +211,16 @@ def build_folder(folder: Path, precision, *, profile=None, workspace_gib: float 
     record its verdict in the manifest -- holding the folder lock from the build to the manifest's save, so no
     other export or build writes the folder between them. ``on_built(engine)`` runs once the engine is written,
     before it is verified (the CLI prints the build's facts there); ``probe``: the TensorRT host probe (tests)."""
-    from deploykit.tensorrt.build import _build_locked
+    from deploykit.tensorrt.build import build_in_locked_folder, check_workspace
     from deploykit.tensorrt.host import probe_host
     from deploykit.tensorrt.profile import EnginePrecision
 
     folder, precision = Path(folder), EnginePrecision(precision)
-    if workspace_gib is not None and not workspace_gib > 0:
-        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+    check_workspace(workspace_gib)
     with folder_lock(folder, "build"):
-        engine = _build_locked(folder, precision, profile=profile, workspace_gib=workspace_gib,
-                               timing_cache=timing_cache, reporter=reporter, done=done,
-                               probe=probe or probe_host, trt_check=trt_check)
+        engine = build_in_locked_folder(folder, precision, profile=profile, workspace_gib=workspace_gib,
+                                        timing_cache=timing_cache, reporter=reporter, done=done,
+                                        probe=probe or probe_host, trt_check=trt_check)
         if on_built is not None:
             on_built(engine)
         if not verify:

@@ -143,9 +143,9 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
         vdata = verification_data(manifest, data, max_images=max_images)
         fp32 = next((a.path for a in manifest.artifacts if a.precision == "fp32"), None)
         if vdata.recorded is not None:
-            from deploykit.verify import _Known
+            from deploykit.verify import FixedLogits
 
-            reference, ref_name, kind = _Known(vdata.recorded, manifest.preprocessing.shape), RECORDED, \
+            reference, ref_name, kind = FixedLogits(vdata.recorded, manifest.preprocessing.shape), RECORDED, \
                 "pytorch-recorded"
         elif manifest.source.get("path"):
             reference, ref_name = reference_runner(folder, manifest)

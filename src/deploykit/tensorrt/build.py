@@ -223,19 +223,25 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
     """
     folder = Path(folder)
     precision = EnginePrecision(precision)
-    if workspace_gib is not None and not workspace_gib > 0:
-        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+    check_workspace(workspace_gib)
     from deploykit.folder import folder_lock
 
     with folder_lock(folder, "build"):  # one writer of the folder's manifest at a time
-        return _build_locked(folder, precision, profile=profile, workspace_gib=workspace_gib,
+        return build_in_locked_folder(folder, precision, profile=profile, workspace_gib=workspace_gib,
                              timing_cache=timing_cache, reporter=reporter, done=done, probe=probe,
                              trt_check=trt_check)
 
 
-def _build_locked(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None,
-                  workspace_gib: float | None, timing_cache: Path | None, reporter: Reporter, done: str | None,
-                  probe: Probe, trt_check: bool = True) -> EngineResult:
+def check_workspace(workspace_gib: float | None) -> None:
+    """``--workspace`` is checked before the folder is locked (a usage error, exit 2)."""
+    if workspace_gib is not None and not workspace_gib > 0:
+        raise InputError(f"--workspace is in GiB and must be > 0, got {workspace_gib:g}")
+
+
+def build_in_locked_folder(folder: Path, precision: EnginePrecision, *, profile: BatchProfile | None,
+                           workspace_gib: float | None, timing_cache: Path | None, reporter: Reporter,
+                           done: str | None, probe: Probe, trt_check: bool = True) -> EngineResult:
+    """:func:`build_engine`'s steps for a caller that already holds the folder lock (``pipeline.build_folder``)."""
     manifest = Manifest.load(folder)
     entry = onnx_entry(manifest, precision, folder)
     profile = resolve_profile(manifest, profile)

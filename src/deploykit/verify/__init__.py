@@ -13,7 +13,6 @@ from deploykit.verify.reference import (MAX_SOURCE_HASH_BYTES, RECORDED, FixedLo
 from deploykit.verify.run import (KnownLogits, compare_runners, on_backend, parity_record, record_parity,
                                   verify_folder)
 
-_Known = FixedLogits  # the name bench.run imports
 
 __all__ = ["MAX_SOURCE_HASH_BYTES", "RECORDED", "FixedLogits", "KnownLogits", "Reference", "choose_reference",
            "compare_runners", "explain_fp16_failures", "fp16_stand_in_caveat", "on_backend", "parity_record",
