@@ -79,14 +79,18 @@ def verify_folder(folder: Path, *, data: Path | None = None, reporter: Reporter 
         runs = with_bf16(runs)  # without OpenVINO: MissingDependencyError (exit 3) here
     candidates = _open_runs(manifest, runs, backend=backend, known=known, only=only, threads=threads,
                             reporter=reporter)
-    if not candidates:
-        raise InputError(f"nothing in {folder} can be verified on this machine")
-    report = compare_runners(ref.runner, candidates, vdata.batch, labels=vdata.labels, overrides=overrides,
-                             reference_name=ref.name, data_name=vdata.info["source"])
-    report.kind, report.data_info, report.reference_check = ref.kind, dict(vdata.info), ref.check
-    if backend is Backend.ov:
-        describe_ov_runs(report, candidates)
-    explain_fp16_failures(report, getattr(ref.runner, "module", None), vdata.batch)
+    try:
+        if not candidates:
+            raise InputError(f"nothing in {folder} can be verified on this machine")
+        report = compare_runners(ref.runner, candidates, vdata.batch, labels=vdata.labels, overrides=overrides,
+                                 reference_name=ref.name, data_name=vdata.info["source"])
+        report.kind, report.data_info, report.reference_check = ref.kind, dict(vdata.info), ref.check
+        if backend is Backend.ov:
+            describe_ov_runs(report, candidates)
+        explain_fp16_failures(report, getattr(ref.runner, "module", None), vdata.batch)
+    finally:  # sessions, compiled models and engines go now, not when the garbage collector gets to them
+        for _, _, runner in candidates:
+            runner.close()
     return report
 
 
