@@ -1,4 +1,5 @@
-"""``runners.open``: the one place that maps a file and a backend to a runner; runners close and are context managers.
+"""``runners.open``: the one place that maps a file and a backend to a runner; the runners' lifecycle (``__init__``
+stores, ``activate`` opens, the first use activates, ``close`` releases, ``with`` does both).
 
 A graph of two ops built here (GlobalAveragePool -> Flatten: 3 channels in, 3 "logits" out): no model, no torch.
 """
@@ -44,9 +45,46 @@ def test_open_picks_onnx_runtime_for_onnx_and_the_runner_closes_on_exit(tmp_path
     with runners.open(path) as runner:
         assert isinstance(runner, OnnxRuntimeRunner) and runner.path == path
         np.testing.assert_allclose(runner.infer(batch), batch.mean(axis=(2, 3)), rtol=1e-6)
-    assert runner.session is None  # closed: ONNX Runtime's session released
+    assert not runner.active and runner.__dict__["_session"] is None  # closed: ONNX Runtime's session released
     with runners.open(str(path), "ort", threads=1) as again:
         assert isinstance(again, OnnxRuntimeRunner)
+
+
+def test_a_runner_opens_on_activate_or_first_use_and_again_after_close(tmp_path):
+    path = tmp_path / "model.onnx"
+    runner = OnnxRuntimeRunner(path, threads=1)  # stores the path: nothing is read yet (the file does not exist)
+    assert not runner.active
+    with pytest.raises(InputError, match="ONNX file not found"):
+        runner.activate()
+    assert not runner.active
+    _graph(path)
+    batch = np.ones((2, 3, 4, 4), np.float32)
+    assert runner.infer(batch).shape == (2, 3) and runner.active  # the first infer activates
+    runner.close()
+    assert runner.input_shape == (3, 4, 4) and runner.active  # reading what activate() sets opens it again
+    assert runner.session.get_inputs()[0].name == runner.input_name == "input"
+    runner.close()
+    runner.close()  # closing twice is harmless
+
+
+def test_open_activates_so_a_broken_file_fails_there_unless_asked_not_to(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not an onnx graph")
+    with pytest.raises(InputError, match="ONNX Runtime cannot load model.onnx"):
+        runners.open(path)  # verify skips, and bench reports, a file that cannot load at open
+    lazy = runners.open(path, activate=False)
+    assert not lazy.active
+    with pytest.raises(InputError, match="ONNX Runtime cannot load model.onnx"):
+        lazy.infer(np.ones((1, 3, 4, 4), np.float32))
+    assert not lazy.active
+
+
+def test_bench_times_the_bare_session_call_of_an_activated_runner(tmp_path):
+    from deploykit.bench.measure import ort_step
+
+    batch = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    with runners.open(_graph(tmp_path / "model.onnx")) as runner:
+        np.testing.assert_allclose(ort_step(runner, batch)()[0], runner.infer(batch), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name, backend, device, says", [

@@ -1,5 +1,5 @@
 """TensorRT: host probing (``host``), the engine vocabulary (``profile``), the build steps (``build``) and the
-runner (``runner``).
+offline check (``check``). The runner is ``deploykit.runners.tensorrt``: this package imports no runner.
 
 Importing this package imports nothing heavy: neither ``tensorrt`` nor ``cuda`` (each module imports them inside
 the function that needs them), nor its own submodules until a name is asked for (PEP 562 ``__getattr__``), so
@@ -11,14 +11,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "host": ("Host", "MIN_TENSORRT", "TRT_INSTALL_HINT", "cache_dir", "check_compatible", "cuda_check", "cudart",
-             "default_timing_cache", "engine_host", "gpu_info", "import_tensorrt", "is_jetson", "missing_message",
+    "host": ("Host", "MIN_TENSORRT", "TRT_INSTALL_HINT", "cache_dir", "check_compatible", "cuda_check", "cuda_handle",
+             "cudart", "default_timing_cache", "engine_host", "gpu_info", "import_tensorrt", "is_jetson", "missing_message",
              "parse_version", "probe_host", "require_host", "trt_logger"),
     "profile": ("DEFAULT_PROFILE", "BatchProfile", "EnginePrecision", "build_command", "engine_name", "is_engine",
                 "resolve_profile"),
     "build": ("BuildPlan", "BuilderFlag", "EngineResult", "NetworkFlag", "PhaseProgress", "Typing", "build_engine",
               "plan_build"),
-    "runner": ("TensorRTRunner",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
