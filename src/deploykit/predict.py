@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from deploykit import runners
+from deploykit.data import scan_images
 from deploykit.errors import InputError
 from deploykit.files import parse_json
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, artifact_kind, check_graph
+from deploykit.models.loading import load_model
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
+from deploykit.runners.torch import TorchRunner
 from deploykit.text import class_names_from
 
 CHUNK = 64  # images preprocessed and run at a time
@@ -65,8 +68,6 @@ class NonFiniteLogits(InputError):
 
 def expand_images(paths: list[Path]) -> list[Path]:
     """Image files as given; a folder becomes its readable images (subfolders too), sorted by path."""
-    from deploykit.data import scan_images
-
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -198,9 +199,6 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
                              "metadata; predict on its export folder instead")
         return Predictor(runners.open(artifact, device=device), pre, names,
                          f"{artifact} (ONNX Runtime {device.upper()})")
-    from deploykit.models.loading import load_model
-    from deploykit.runners.torch import TorchRunner
-
     loaded = load_model(artifact, options)
     return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names,
                      f"{artifact} (PyTorch, {loaded.arch or loaded.kind})", loaded.arch)

@@ -39,6 +39,7 @@ from deploykit.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner
 from deploykit.runners.base import Device
 from deploykit.runners.torch import TorchRunner
 from deploykit.tensorrt.host import cuda_check, cuda_handle
+from deploykit.verify import reference_runner
 
 ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
 
@@ -298,8 +299,6 @@ def measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measurement
 
 def _reference_module(folder: Path, manifest: Manifest):
     """The PyTorch module the folder was exported from, as ``verify.reference_runner`` loads it."""
-    from deploykit.verify import reference_runner
-
     runner, _ = reference_runner(folder, manifest)
     if not isinstance(runner, TorchRunner):
         raise DeployKitError(f"no PyTorch reference: {getattr(runner, 'reason', None) or 'its source is unusable'}")

@@ -19,6 +19,7 @@ from deploykit.errors import InputError
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest
 from deploykit.runners.base import Device
 from deploykit.parity import Precision
+from deploykit.runners.openvino import OV_INSTALL_HINT
 from deploykit.verify import source_unusable
 
 Planned = Iterator["Case | Skip"]
@@ -193,8 +194,6 @@ def plan_ov(here: Folder, precisions: tuple[Precision, ...], options: BenchOptio
         yield Skip(backend, None, "deploykit runs OpenVINO on the CPU: use --device cpu")
         return
     if not caps.openvino:
-        from deploykit.runners.openvino import OV_INSTALL_HINT
-
         yield Skip(backend, None, f"OpenVINO is not installed: {OV_INSTALL_HINT}")
         return
     for precision in precisions:

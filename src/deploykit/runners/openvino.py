@@ -29,6 +29,7 @@ import numpy as np
 
 from deploykit.errors import InputError, MissingDependencyError
 from deploykit.files import user_cache_dir
+from deploykit.manifest import content_sha256
 from deploykit.runners.base import Opened, Runner
 
 OV_INSTALL_HINT = "pip install 'deploykit[openvino]'"
@@ -83,8 +84,6 @@ def model_cache_dir(path: Path, root: Path | None = None) -> Path | None:
     path = Path(path).resolve()
     by_path = (Path(root) if root is not None else user_cache_dir()) / "openvino" / \
         hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    from deploykit.manifest import content_sha256
-
     identity = content_sha256(path)[:32]  # the bytes, not size/mtime/inode (a file replaced in place keeps those)
     folder = by_path / identity
     try:
