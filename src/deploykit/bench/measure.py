@@ -1,17 +1,14 @@
-"""Timing and memory of the cases of one batch size: load each model bound to the benchmark batch (one loader per
-backend), warm it up, then time the cases in alternating rounds, read the process's peak RSS around each load.
+"""Timing and memory of the cases of one batch size: load each case's model bound to the benchmark batch (one loader
+per backend; artifacts through ``runners.open``), warm it up, then time the cases in alternating rounds and read the
+process's peak RSS around each load.
 
-Rounds: a busy second on a shared host lands on whatever runs then. Timed one after another, one row meets it and
-every ratio to that row is distorted (a 1773x "speed-up"); timed in ``ROUNDS`` rounds, each round running every
-loaded case in turn (the order reversed every other round), a busy second distorts one round, and a ratio taken
-within each round, then the median over rounds, does not move (``results.add_speedups``).
-
-Clocks: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU. The step that is timed is
-the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under ``inference_mode`` -- so bench
-adds nothing a hand-written loop would not. Memory: for each case the kernel's peak-RSS counter is reset
-(``/proc/self/clear_refs``), the model is loaded and warmed up, and ``VmHWM`` is read back; ``rss_delta_mb`` is
-that peak minus the RSS before loading, ``rss_peak_mb`` the RSS before the batch's first model plus that delta
-(what a process serving this one model would peak at).
+Rounds: each round runs every loaded case in turn (the order reversed every other round), so a busy second on a
+shared host distorts one round, not one row; ratios are taken within a round, then the median over rounds
+(``results.add_speedups``; docs/bench.md). The timed step is the bare call a hand-written loop makes on the activated
+runner: ``session.run`` with a feed built beforehand, ``request.infer``, ``module(x)`` under ``inference_mode``,
+TensorRT's ``execute_async_v3`` timed with CUDA events. Memory: ``rss_delta_mb`` is the peak RSS (``VmHWM``, reset
+through ``/proc/self/clear_refs``) over a case's load and warm-up minus the RSS before it; ``rss_peak_mb`` is the
+RSS before the batch's first model plus that delta.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +63,8 @@ def cuda_events_ms(step: Step) -> float:
     return start.elapsed_time(end)
 
 
-def self_clock(step: SelfTimed) -> float:
+def self_clock(step: Callable[[], float]) -> float:
+    """The clock of a step that times itself (``TrtSteps``: CUDA events on the runner's stream) and returns ms."""
     return step()
 
 
@@ -159,12 +157,6 @@ class Prepared:
     close: Callable[[], None] = lambda: None
     gpu_mem_mb: Callable[[], float | None] = lambda: None
     ran: dict[str, Any] | None = None
-
-
-class SelfTimed(Protocol):
-    """A step that times itself (CUDA events on its own stream) and returns milliseconds."""
-
-    def __call__(self) -> float: ...
 
 
 @dataclass
@@ -361,8 +353,7 @@ def ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarra
 
 
 def ort_step(runner: OnnxRuntimeRunner, batch: np.ndarray) -> Step:
-    """The bare call bench times on an activated ONNX Runtime runner: ``session.run`` with a feed built beforehand
-    (exactly what a hand-written loop calls)."""
+    """The bare call bench times on an activated ONNX Runtime runner: ``session.run`` with a feed built beforehand."""
     session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
     return lambda: session.run(outputs, feed)
 
@@ -398,13 +389,8 @@ def trt_prepare(path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared
         except BaseException:
             runner.close()
             raise
-
-        def close() -> None:
-            steps.close()
-            runner.close()
-
         step = steps.end_to_end if variant is Variant.end_to_end else steps.compute
-        return Prepared(step, self_clock, "cuda-events", close=close, gpu_mem_mb=gpu)
+        return Prepared(step, self_clock, "cuda-events", close=lambda: (steps.close(), runner.close()), gpu_mem_mb=gpu)
 
     return prepare
 
