@@ -12,9 +12,9 @@ import importlib
 
 _EXPORTS = {
     "host": ("Host", "MIN_TENSORRT", "TRT_INSTALL_HINT", "cache_dir", "check_compatible", "cuda_check", "cuda_handle",
-             "cudart", "default_timing_cache", "engine_host", "gpu_info", "import_tensorrt", "is_jetson", "missing_message",
-             "parse_version", "probe_host", "require_host", "trt_logger"),
-    "profile": ("DEFAULT_PROFILE", "BatchProfile", "EnginePrecision", "build_command", "engine_name", "is_engine",
+             "cudart", "default_timing_cache", "engine_host", "gpu_info", "import_tensorrt", "is_jetson",
+             "missing_message", "parse_version", "probe_host", "require_host", "trt_logger"),
+    "profile": ("DEFAULT_PROFILE", "BatchProfile", "EnginePrecision", "build_command", "engine_name",
                 "resolve_profile"),
     "build": ("BuildPlan", "BuilderFlag", "EngineResult", "NetworkFlag", "PhaseProgress", "Typing", "build_engine",
               "plan_build"),
