@@ -121,8 +121,9 @@ LAZY_RULE = ("deploykit.runners.", "deploykit.models.", "deploykit.train.", "dep
              "deploykit.data", "deploykit.evidence", "deploykit.export", "deploykit.folder", "deploykit.bench.host",
              "deploykit.bench.measure", "deploykit.bench.output", "deploykit.bench.plan", "deploykit.tensorrt.host",
              "deploykit.tensorrt.profile", "deploykit.cli", "deploykit.cli.app", "deploykit.cli.check",
-             "deploykit.cli.command", "deploykit.cli.eval", "deploykit.cli.predict", "deploykit.cli.render",
-             "deploykit.cli.report", "deploykit.cli.train")
+             "deploykit.cli.command", "deploykit.cli.data", "deploykit.cli.eval", "deploykit.cli.models",
+             "deploykit.cli.predict", "deploykit.cli.render", "deploykit.cli.report", "deploykit.cli.train",
+             "deploykit.bench.options")
 
 
 def _follows_lazy_rule(mod: str) -> bool:
