@@ -125,6 +125,7 @@ def verified_forms(folder: Path, threads: int) -> dict[str, dict]:
 def forms(folder: Path, threads: int) -> dict[str, tuple]:
     """Every form, loaded: name -> (step, runner) where step() runs one inference on the benchmark input."""
     from deploykit.bench import bench_input
+    from deploykit.bench.measure import ort_step, ov_step
     from deploykit.manifest import Manifest
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
     from deploykit.runners.openvino import OpenVINORunner, native_bf16
@@ -133,14 +134,13 @@ def forms(folder: Path, threads: int) -> dict[str, tuple]:
     x = bench_input(manifest, 1)
     out = {}
     for path in ("model.onnx", "model.int8-cpu.onnx", "model.int8.onnx"):
-        r = OnnxRuntimeRunner(folder / path, threads=threads)
-        feed, names = {r.input_name: x}, [r.output_name]
-        out[f"ort {path} session"] = (lambda s=r.session, f=feed, n=names: s.run(n, f), r)
+        r = OnnxRuntimeRunner(folder / path, threads=threads).activate()
+        out[f"ort {path} session"] = (ort_step(r, x), r)
     hints = ("f32", "bf16") if native_bf16() else ("f32",)
     for path in ("model.onnx", "model.int8.onnx"):
         for hint in hints:
-            r = OpenVINORunner(folder / path, inference_precision=hint, threads=threads)
-            out[f"ov {path} {hint}"] = (r.bench_step(x), r)
+            r = OpenVINORunner(folder / path, inference_precision=hint, threads=threads).activate()
+            out[f"ov {path} {hint}"] = (ov_step(r, x), r)
     return out
 
 

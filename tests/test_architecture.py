@@ -169,3 +169,53 @@ def test_every_size_exemption_is_still_needed():
     stale = [m for m in LONG_MODULES if modules.get(m, 0) <= MAX_MODULE_LINES] + \
         [f for f in LONG_FUNCTIONS if functions.get(f, 0) <= MAX_FUNCTION_LINES]
     assert stale == [], "within the limits now: remove these from LONG_MODULES / LONG_FUNCTIONS"
+
+
+# -- lazy imports: the one pattern (docs/architecture.md, "Lazy imports") ------------------------------------------
+FRAMEWORKS = OPTIONAL | {"[onnx]", "[onnxruntime]", "[skimage]"}
+# the modules that follow the rule (a name ending in "." is a package: all its modules); the others still import
+# some deploykit modules inside functions and join the list as they are reworked
+LAZY_RULE = ("deploykit.runners.", "deploykit.models.", "deploykit.train.", "deploykit.predict", "deploykit.evaluate",
+             "deploykit.data", "deploykit.evidence", "deploykit.export", "deploykit.folder", "deploykit.bench.host",
+             "deploykit.bench.measure", "deploykit.bench.output", "deploykit.bench.plan", "deploykit.tensorrt.host",
+             "deploykit.tensorrt.profile", "deploykit.cli", "deploykit.cli.app", "deploykit.cli.check",
+             "deploykit.cli.command", "deploykit.cli.data", "deploykit.cli.eval", "deploykit.cli.models",
+             "deploykit.cli.predict", "deploykit.cli.render", "deploykit.cli.report", "deploykit.cli.train",
+             "deploykit.bench.options")
+
+
+def _follows_lazy_rule(mod: str) -> bool:
+    return any(mod == p or (p.endswith(".") and (mod + ".").startswith(p)) for p in LAZY_RULE)
+
+
+def _unjustified_lazy_imports(g: dict[str, dict[str, str]]) -> list[str]:
+    """Each in-function import of a deploykit module by a module under the rule that neither keeps a framework out
+    (the imported module's module-level closure imports none) nor breaks a cycle (that closure does not reach back)."""
+    def closure(mod: str) -> set[str]:
+        seen, todo = set(), [mod]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += [d for d, how in g.get(m, {}).items() if how == "top" and not d.startswith("[")]
+        return seen
+
+    wrong = []
+    for mod, deps in g.items():
+        for dep, how in deps.items():
+            if how != "lazy" or dep.startswith("[") or not _follows_lazy_rule(mod):
+                continue
+            reach = closure(dep)
+            heavy = any(d in FRAMEWORKS for m in reach for d, h in g.get(m, {}).items() if h == "top")
+            if not heavy and mod not in reach:
+                wrong.append(f"{mod} imports {dep} inside a function")
+    return wrong
+
+
+def test_deploykit_modules_are_imported_lazily_only_to_keep_a_framework_out():
+    g = module_graph.graph()
+    assert _follows_lazy_rule("deploykit.runners.tensorrt") and not _follows_lazy_rule("deploykit.verify")
+    assert g["deploykit.models.registry"]["deploykit.models.zoo"] == "lazy"  # kept: zoo imports torch
+    assert _unjustified_lazy_imports(g) == [], "import it at the top of the file (docs/architecture.md, Lazy imports)"
+    broken = {**g, "deploykit.predict": {**g["deploykit.predict"], "deploykit.files": "lazy"}}
+    assert _unjustified_lazy_imports(broken) == ["deploykit.predict imports deploykit.files inside a function"]

@@ -447,11 +447,11 @@ def _facts(precision: str, tensorrt: str = "10.3.0.30", lo: int = 1, hi: int = 8
             "profile": {"input": "input", "min": [lo, 1, 28, 28], "opt": [lo, 1, 28, 28], "max": [hi, 1, 28, 28]}}
 
 
-def _orin(compute: bool = True) -> Capabilities:
+def _orin() -> Capabilities:
     """A Jetson Orin with TensorRT 10.3, as the planner sees it."""
     from deploykit.tensorrt.host import Host
 
-    return Capabilities(cuda=True, trt=True, trt_host=Host("10.3.0.30", "Orin", "8.7"), trt_compute=compute)
+    return Capabilities(cuda=True, trt=True, trt_host=Host("10.3.0.30", "Orin", "8.7"))
 
 
 def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path):
@@ -466,14 +466,6 @@ def test_trt_cases_that_cannot_run_are_skipped_one_by_one(lenet_folder, tmp_path
     assert "profile takes batches 1 to 8" in reasons[(Precision.FP32, 16)]
     assert "built by TensorRT 10.0.1" in reasons[(Precision.FP16, None)]
     assert "deploykit build" in reasons[(Precision.FP16, None)]
-
-
-def test_trt_runner_without_bench_steps_times_end_to_end_only(lenet_folder, tmp_path):
-    folder = _with_engines(lenet_folder, tmp_path, {"model.fp32.engine": _facts("fp32")})
-    options = BenchOptions(backends=(Backend.trt,), precisions=(Precision.FP32,), device=Device.cuda)
-    cases, skips = plan_cases(folder, Manifest.load(folder), options, _orin(compute=False))
-    assert [c.variant for c in cases] == [Variant.end_to_end]
-    assert len(skips) == 1 and "bench_steps() hook" in skips[0].reason
 
 
 def test_trt_without_cuda_python_is_skipped_with_the_reason(lenet_folder, tmp_path, monkeypatch):

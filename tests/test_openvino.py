@@ -110,7 +110,7 @@ def test_bf16_is_asked_for_and_judged_as_bf16(export, photos_batch):
 
     if not native_bf16():
         with pytest.raises(MissingDependencyError, match="no native bf16"):
-            OpenVINORunner(export / "model.onnx", inference_precision="bf16")
+            OpenVINORunner(export / "model.onnx", inference_precision="bf16").activate()
         return
     runner = OpenVINORunner(export / "model.onnx", inference_precision="bf16", threads=2)
     assert runner.inference_precision == "bf16" and set(runner.layer_precisions) == {"bf16"}
@@ -127,7 +127,7 @@ def test_onnxruntime_cpu_graph_is_a_one_line_error(export):
     from deploykit.runners.openvino import OpenVINORunner
 
     with pytest.raises(InputError) as exc:
-        OpenVINORunner(export / "model.int8-cpu.onnx")
+        OpenVINORunner(export / "model.int8-cpu.onnx").activate()
     assert "cannot read model.int8-cpu.onnx" in str(exc.value) and "model.int8.onnx" in str(exc.value)
     assert "\n" not in str(exc.value)
 

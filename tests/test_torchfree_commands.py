@@ -68,7 +68,7 @@ def test_blocker_really_blocks_torch(no_torch_env):
 
 def test_cli_import_pulls_in_no_heavy_framework():
     code = ("import sys, deploykit.cli, deploykit.tensorrt, deploykit.tensorrt.host, deploykit.tensorrt.build, "
-            "deploykit.tensorrt.runner, deploykit.predict, deploykit.verify; "
+            "deploykit.runners.tensorrt, deploykit.predict, deploykit.verify; "
             "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'cuda', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

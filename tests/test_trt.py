@@ -407,8 +407,9 @@ def trt_folder(lenet_ckpt, tmp_path_factory) -> Path:
 def test_build_verify_and_run_engines(cli, trt_folder, precision, photos, monkeypatch, tmp_path):
     import tensorrt as trt
 
+    from deploykit.bench.measure import TrtSteps
     from deploykit.runners.onnxrt import OnnxRuntimeRunner
-    from deploykit.tensorrt.runner import TensorRTRunner
+    from deploykit.runners.tensorrt import TensorRTRunner
 
     monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", str(tmp_path / "cache"))
     result = cli("build", trt_folder, "--precision", precision, "--profile", "1:4:8", "--workspace", "1")
@@ -427,13 +428,16 @@ def test_build_verify_and_run_engines(cli, trt_folder, precision, photos, monkey
     # same interface and close numbers as ONNX Runtime on the same graph; batches outside the profile are chunked
     onnx = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}[precision]
     batch = np.random.default_rng(0).standard_normal((11, 1, 28, 28)).astype(np.float32)
-    runner = TensorRTRunner(path)
+    runner = TensorRTRunner(path)  # activated by its first infer
     got, want = runner.infer(batch), OnnxRuntimeRunner(trt_folder / onnx).infer(batch)
     assert got.shape == (11, 10) and got.dtype == np.float32
     assert (got.argmax(1) == want.argmax(1)).mean() >= (1.0 if precision == "fp32" else 0.9)
-    steps = runner.bench_steps(batch[:4])
+    steps = TrtSteps(runner, batch[:4])
     assert steps.end_to_end() > 0 and steps.compute() > 0
     steps.close()
+    runner.close()
+    assert not runner.active and runner.infer(batch[:2]).shape == (2, 10)  # a closed runner opens again on use
+    runner.close()
     # a second build reuses the timing cache
     again = cli("build", trt_folder, "--precision", precision, "--profile", "1:4:8", "--no-verify")
     assert again.exit_code == 0, again.output

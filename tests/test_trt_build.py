@@ -368,11 +368,13 @@ def test_probe_host_says_what_is_missing():
 
 
 def test_the_runner_needs_a_host(tmp_path):
-    from deploykit.tensorrt.runner import TensorRTRunner
+    from deploykit.runners.tensorrt import TensorRTRunner
 
     (tmp_path / "model.fp32.engine").write_bytes(b"plan")
+    runner = TensorRTRunner(tmp_path / "model.fp32.engine", probe=lambda: ["no CUDA GPU is visible (0 devices)"])
     with pytest.raises(MissingDependencyError, match="cannot run model.fp32.engine: no CUDA GPU is visible"):
-        TensorRTRunner(tmp_path / "model.fp32.engine", probe=lambda: ["no CUDA GPU is visible (0 devices)"])
+        runner.activate()  # __init__ only stores the path: activate() (or the first infer) loads
+    assert not runner.active
     with pytest.raises(MissingDependencyError, match="cannot run TensorRT engines: x"):
         engine_host(probe=lambda: ["x"])
 
@@ -392,7 +394,7 @@ def test_the_package_imports_no_framework_and_no_rich():
     import sys
 
     code = ("import sys, deploykit.tensorrt as t; before = 'deploykit.tensorrt.build' in sys.modules; "
-            "import deploykit.tensorrt.host, deploykit.tensorrt.build, deploykit.tensorrt.runner; "
+            "import deploykit.tensorrt.host, deploykit.tensorrt.build, deploykit.runners.tensorrt; "
             "print(before, sorted(m for m in ('tensorrt', 'cuda', 'rich', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False []"

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deploykit.errors import InputError
+from deploykit.files import atomic_path, ensure_writable_dir
 from deploykit.preprocess import Preprocess, open_image
 from deploykit.reporter import SILENT, Reporter
 
@@ -408,8 +409,6 @@ def _labelled(images: ImageSet, folder: Path, min_classes: int = 2) -> ImageSet:
 
 def write_imagefolder(data: LabelledImages, out: Path) -> ImageSet:
     """Write ``data`` as PNGs in ``out/<class>/<index>.png`` (lossless: the same pixels as in memory)."""
-    from deploykit.files import atomic_path, ensure_writable_dir
-
     out = ensure_writable_dir(Path(out), flag="--out")
     width = len(str(max(len(data) - 1, 1)))
     for name in data.class_names:

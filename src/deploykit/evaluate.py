@@ -15,6 +15,8 @@ import numpy as np
 from deploykit.data import (Bundled, LabelledImages, Split, bundled, bundled_split, scan_images,
                             val_folder)
 from deploykit.errors import InputError
+from deploykit.files import atomic_path
+from deploykit.predict import load_predictor
 from deploykit.reporter import SILENT, Reporter
 from deploykit.text import plain_plot_text, printable
 
@@ -119,8 +121,6 @@ def evaluate_model(model: Path, data: str | Path, *, data_root: Path | None = No
                    reporter: Reporter = SILENT) -> EvalReport:
     """Run ``model`` on every labelled image of ``data`` (a folder or a bundled dataset's held-out split); a bar
     and notes (how class folders map onto the model's outputs) on ``reporter``."""
-    from deploykit.predict import load_predictor
-
     predictor = load_predictor(Path(model), options=options)
     num_classes = _num_classes(predictor)
     names = list(predictor.class_names) if predictor.class_names else [str(i) for i in range(num_classes)]
@@ -164,8 +164,6 @@ def plot_confusion(report: EvalReport, dest: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from deploykit.files import atomic_path
 
     present = [i for i in range(len(report.class_names)) if report.confusion[i].sum() or report.confusion[:, i].sum()]
     matrix = report.confusion[np.ix_(present, present)]

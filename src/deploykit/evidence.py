@@ -22,6 +22,7 @@ import numpy as np
 
 from deploykit.data import Bundled, ImageSet, bundled, resolve_images
 from deploykit.errors import InputError
+from deploykit.files import atomic_path, sha256_file
 from deploykit.manifest import EVIDENCE_FORMAT, MANIFEST_NAME, Manifest, checked_file
 from deploykit.preprocess import Preprocess
 from deploykit.reporter import SILENT, Reporter
@@ -218,8 +219,6 @@ def load_selection(selection: Selection, preprocess: Preprocess, labels: np.ndar
 def write_evidence(folder: Path, manifest: Manifest, data: VerificationData, logits: np.ndarray, *,
                    images: bool = True) -> dict[str, Any]:
     """Write the evidence files into ``folder`` (the export's staging folder) and record them in ``manifest``."""
-    from deploykit.files import atomic_path, sha256_file
-
     folder = Path(folder)
     arrays = {"logits": (LOGITS_NAME, np.ascontiguousarray(logits, np.float32))}
     if images and data.pixels is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from deploykit.errors import DeployKitError, InputError, interrupt_requested
 from deploykit.files import atomic_path
 from deploykit.models.loading import LoadedModel
+from deploykit.models.program import program_input
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,8 +47,6 @@ def export_onnx(loaded: LoadedModel, dest: Path, *, opset: int = DEFAULT_OPSET, 
                          "or drop --dynamic-batch")
     example_batch = max(2, batch) if dynamic_batch and not is_script else batch
     if is_program:
-        from deploykit.models.program import program_input
-
         traced = program_input(module)  # the batch it was traced with (a dynamic one: its example's)
         example_batch = int(traced.shape[0]) if traced is not None and len(traced.shape) else batch
     example = torch.zeros(example_batch, *loaded.preprocess.shape)

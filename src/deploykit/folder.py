@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deploykit.errors import InputError, interrupt, interrupt_requested
-from deploykit.files import ensure_writable_dir, umask
+from deploykit.files import ensure_writable_dir, sha256_file, umask
 from deploykit.manifest import MANIFEST_NAME, Manifest
 
 STAGING_TAG = ".deploykit-staging-"
@@ -200,8 +200,6 @@ def staged_export(out: Path, *, force: bool = False,
 def _ours(out: Path, previous: Manifest | None) -> set[str]:
     """The names in ``out`` deploykit may replace or remove: the manifest, and each artifact it lists whose file
     still holds the bytes it recorded (a plain file, not a link)."""
-    from deploykit.files import sha256_file
-
     if previous is None:
         return set()
     names = {MANIFEST_NAME}

@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from deploykit import runners
+from deploykit.data import scan_images
 from deploykit.errors import InputError
 from deploykit.files import parse_json
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest, artifact_kind, check_graph
+from deploykit.models.loading import load_model
 from deploykit.preprocess import Preprocess
 from deploykit.runners.base import Runner
+from deploykit.runners.torch import TorchRunner
 from deploykit.text import class_names_from
 
 CHUNK = 64  # images preprocessed and run at a time
@@ -65,8 +68,6 @@ class NonFiniteLogits(InputError):
 
 def expand_images(paths: list[Path]) -> list[Path]:
     """Image files as given; a folder becomes its readable images (subfolders too), sorted by path."""
-    from deploykit.data import scan_images
-
     out: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -89,7 +90,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 MAX_METADATA_CHARS = 16 << 20
 
 
-def _onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
+def onnx_metadata(path: Path) -> tuple[Preprocess | None, list[str] | None]:
     """The preprocessing and class names deploykit stored in an ONNX file's metadata (after the graph check every
     reader of an ONNX makes: no control flow)."""
     import onnx
@@ -122,7 +123,7 @@ def check_against_onnx(manifest: Manifest, onnx_path: Path) -> None:
     """The class names and preprocessing a manifest gives must be the ones its ONNX file carries in its own metadata
     (written by the same export): a manifest edited to reorder the classes or change mean/std is refused, not
     believed. A graph without deploykit metadata has nothing to disagree with."""
-    pre, names = _onnx_metadata(onnx_path)
+    pre, names = onnx_metadata(onnx_path)
     if names is not None and names != manifest.class_names:
         raise InputError(f"{manifest.folder / MANIFEST_NAME} and {onnx_path.name} disagree on the class names; one "
                          "was edited after export -- re-export the folder")
@@ -192,15 +193,12 @@ def _load(artifact: Path, *, device: str, options) -> Predictor:
             return Predictor(runner, manifest.preprocessing, manifest.class_names,
                              f"{artifact} ({entry.precision}, ONNX Runtime {device.upper()})",
                              manifest.model.get("arch"))
-        pre, names = _onnx_metadata(artifact)
+        pre, names = onnx_metadata(artifact)
         if pre is None:
             raise InputError(f"{artifact.name} is not listed in a {MANIFEST_NAME} beside it and has no deploykit "
                              "metadata; predict on its export folder instead")
         return Predictor(runners.open(artifact, device=device), pre, names,
                          f"{artifact} (ONNX Runtime {device.upper()})")
-    from deploykit.models.loading import load_model
-    from deploykit.runners.torch import TorchRunner
-
     loaded = load_model(artifact, options)
     return Predictor(TorchRunner(loaded.module, loaded.preprocess.shape), loaded.preprocess, loaded.class_names,
                      f"{artifact} (PyTorch, {loaded.arch or loaded.kind})", loaded.arch)

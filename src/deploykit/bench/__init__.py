@@ -42,7 +42,7 @@ Heavy frameworks (torch, onnxruntime, openvino, tensorrt) are imported inside th
 from __future__ import annotations
 
 from deploykit.bench.host import DENORMALS, Capabilities, host_info, host_line, probe
-from deploykit.bench.measure import (ORT_DENORMAL_CONFIG, ROUNDS, Case, Prepared, TrtBenchSteps, measure, measure_cases,
+from deploykit.bench.measure import (ORT_DENORMAL_CONFIG, ROUNDS, Case, Prepared, TrtSteps, measure, measure_cases,
                                      time_loop)
 from deploykit.bench.options import (DEFAULT_MODEL, Backend, BenchOptions, Variant, default_backends, parse_batches,
                                      parse_list)
@@ -55,7 +55,7 @@ from deploykit.bench.run import (bench_artifact, bench_folder, bench_input, benc
 from deploykit.runners.base import Device
 
 __all__ = ["DEFAULT_MODEL", "DENORMALS", "ORT_DENORMAL_CONFIG", "Backend", "BenchOptions", "BenchReport",
-           "Capabilities", "Case", "Device", "Latency", "Measurement", "Prepared", "Skip", "TrtBenchSteps", "Variant",
+           "Capabilities", "Case", "Device", "Latency", "Measurement", "Prepared", "Skip", "TrtSteps", "Variant",
            "bench_artifact", "bench_folder", "bench_input", "bench_target", "default_backends", "default_target",
            "host_info", "host_line", "latest_export", "measure", "measure_cases", "ROUNDS", "model_title", "parse_batches", "parse_list",
            "plan_cases", "probe", "ratio_cell", "rows", "ship_lines", "skip_text", "time_loop", "unstable_lines",

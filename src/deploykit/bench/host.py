@@ -2,8 +2,7 @@
 run (:func:`probe` -> :class:`Capabilities`, probed once per bench and handed to the planner).
 
 Every question bench asks TensorRT or CUDA goes through this module: :func:`probe`, :func:`gpu_name`,
-:func:`cuda_used_mb` and :func:`engine_unusable`. The TensorRT runner itself is loaded in one place,
-``deploykit.bench.measure``.
+:func:`cuda_used_mb` and :func:`engine_unusable`. The runners bench times are loaded in ``deploykit.bench.measure``.
 """
 
 from __future__ import annotations
@@ -19,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+import deploykit.tensorrt.host as tensorrt_host  # looked up at call time: tests hand it a fake probe
 from deploykit.bench.options import Backend, BenchOptions, available_cores
-from deploykit.errors import MissingDependencyError
+from deploykit.errors import EngineMismatchError, MissingDependencyError
 from deploykit.manifest import Artifact
 from deploykit.runners.base import Device
+from deploykit.runners.openvino import native_bf16, openvino_available
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimdhp", "asimddp")
@@ -54,7 +55,6 @@ class Capabilities:
     trt: bool = False  # TensorRT, deploykit's TensorRT runner, cuda-python and a GPU
     trt_missing: str = NOT_PROBED
     trt_host: Any = None  # the TensorRT and GPU engines load on (deploykit.tensorrt.host.Host), checked against their facts
-    trt_compute: bool = False  # the runner has bench_steps(): compute-only timing besides end-to-end
 
     def require_cuda(self) -> None:
         """--device cuda needs a CUDA GPU; only the PyTorch rows need torch, ONNX Runtime and TensorRT rows do not."""
@@ -93,51 +93,38 @@ def probe(backends: Iterable[Backend] = tuple(Backend), device: Device = Device.
         except ImportError:
             pass
     if Backend.ov in backends:
-        from deploykit.runners.openvino import native_bf16, openvino_available
-
         found["openvino"] = openvino_available()
         found["ov_bf16"] = found["openvino"] and cpu and native_bf16()
     if Backend.trt in backends and not cpu:
-        found["trt_missing"], found["trt_host"], found["trt_compute"] = _probe_trt()
+        found["trt_missing"], found["trt_host"] = _probe_trt()
         found["trt"] = found["trt_host"] is not None
     return Capabilities(**found)
 
 
-def _probe_trt() -> tuple[str, Any, bool]:
-    """``(why not, Host, has bench_steps)``: Host is None where TensorRT engines cannot run here."""
+def _probe_trt() -> tuple[str, Any]:
+    """``(why not, Host)``: Host is None where TensorRT engines cannot run here."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return TRT_MISSING, None, False
-    try:
-        from deploykit.tensorrt.runner import TensorRTRunner
-    except ImportError as exc:
-        return f"deploykit's TensorRT runner is not available ({exc})", None, False
-    from deploykit.tensorrt.host import TRT_INSTALL_HINT, probe_host
-
-    probed = probe_host()
+        return TRT_MISSING, None
+    probed = tensorrt_host.probe_host()
     if isinstance(probed, list):
-        return f"{'; '.join(probed)}: {TRT_INSTALL_HINT}", None, False
-    return "", probed[1], hasattr(TensorRTRunner, "bench_steps")
+        return f"{'; '.join(probed)}: {tensorrt_host.TRT_INSTALL_HINT}", None
+    return "", probed[1]
 
 
 def _gpu_info() -> tuple[str, str] | str:
     """``(name, compute capability)`` from cuda-python, or why there is none."""
-    from deploykit.tensorrt.host import gpu_info
-
-    return gpu_info()
+    return tensorrt_host.gpu_info()
 
 
 def engine_unusable(entry: Artifact, host: Any, folder: Path) -> str | None:
     """Why an engine cannot load here (built by another TensorRT or for another GPU), from its manifest facts."""
-    from deploykit.errors import EngineMismatchError
-    from deploykit.tensorrt.host import check_compatible
-
     facts = entry.engine
     if not facts:
         return None  # no facts to check: the runner finds out when it loads the plan
     try:
-        check_compatible(facts, host, engine=entry.path, folder=folder)
+        tensorrt_host.check_compatible(facts, host, engine=entry.path, folder=folder)
     except EngineMismatchError as exc:
         return str(exc)
     return None
@@ -145,9 +132,7 @@ def engine_unusable(entry: Artifact, host: Any, folder: Path) -> str | None:
 
 def cuda_used_mb() -> float | None:
     """Device-wide GPU memory in use (MiB): cuda-python's cudaMemGetInfo, else PyTorch's; None without either."""
-    from deploykit.tensorrt.host import cudart
-
-    rt = cudart()
+    rt = tensorrt_host.cudart()
     if rt is not None:
         with contextlib.suppress(Exception):
             err, free, total = rt.cudaMemGetInfo()

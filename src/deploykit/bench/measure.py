@@ -1,39 +1,42 @@
-"""Timing and memory of the cases of one batch size: load each model bound to the benchmark batch (one loader per
-backend), warm it up, then time the cases in alternating rounds, read the process's peak RSS around each load.
+"""Timing and memory of the cases of one batch size: load each case's model bound to the benchmark batch (one loader
+per backend; artifacts through ``runners.open``), warm it up, then time the cases in alternating rounds and read the
+process's peak RSS around each load.
 
-Rounds: a busy second on a shared host lands on whatever runs then. Timed one after another, one row meets it and
-every ratio to that row is distorted (a 1773x "speed-up"); timed in ``ROUNDS`` rounds, each round running every
-loaded case in turn (the order reversed every other round), a busy second distorts one round, and a ratio taken
-within each round, then the median over rounds, does not move (``results.add_speedups``).
-
-Clocks: ``time.perf_counter_ns`` on the CPU, CUDA events plus synchronisation on the GPU. The step that is timed is
-the bare call -- ``session.run`` with a feed built beforehand, ``module(x)`` under ``inference_mode`` -- so bench
-adds nothing a hand-written loop would not. Memory: for each case the kernel's peak-RSS counter is reset
-(``/proc/self/clear_refs``), the model is loaded and warmed up, and ``VmHWM`` is read back; ``rss_delta_mb`` is
-that peak minus the RSS before loading, ``rss_peak_mb`` the RSS before the batch's first model plus that delta
-(what a process serving this one model would peak at).
+Rounds: each round runs every loaded case in turn (the order reversed every other round), so a busy second on a
+shared host distorts one round, not one row; ratios are taken within a round, then the median over rounds
+(``results.add_speedups``; docs/bench.md). The timed step is the bare call a hand-written loop makes on the activated
+runner: ``session.run`` with a feed built beforehand, ``request.infer``, ``module(x)`` under ``inference_mode``,
+TensorRT's ``execute_async_v3`` timed with CUDA events. Memory: ``rss_delta_mb`` is the peak RSS (``VmHWM``, reset
+through ``/proc/self/clear_refs``) over a case's load and warm-up minus the RSS before it; ``rss_peak_mb`` is the
+RSS before the batch's first model plus that delta.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from deploykit import runners
 from deploykit.bench.host import cuda_used_mb
 from deploykit.bench.options import (DEFAULT_BUDGET_S, DEFAULT_ITERS, MIN_ITERS, Backend, BenchOptions, Variant,
                                      label)
 from deploykit.bench.results import Latency, Measurement
-from deploykit.errors import DeployKitError
+from deploykit.errors import DeployKitError, EngineRuntimeError, InputError
 from deploykit.manifest import Manifest
-from deploykit.runners.base import Device
 from deploykit.parity import Precision
+from deploykit.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner
+from deploykit.runners.base import Device
+from deploykit.runners.torch import TorchRunner
+from deploykit.tensorrt.host import cuda_check, cuda_handle
+from deploykit.verify import reference_runner
 
 ORT_DENORMAL_CONFIG = {"session.set_denormal_as_zero": "1"}
 
@@ -60,7 +63,8 @@ def cuda_events_ms(step: Step) -> float:
     return start.elapsed_time(end)
 
 
-def self_clock(step: SelfTimed) -> float:
+def self_clock(step: Callable[[], float]) -> float:
+    """The clock of a step that times itself (``TrtSteps``: CUDA events on the runner's stream) and returns ms."""
     return step()
 
 
@@ -121,8 +125,6 @@ def _release_freed_memory() -> None:
     by what earlier cases freed -- and a case cannot hide its own cost by reusing those pages."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
@@ -155,28 +157,6 @@ class Prepared:
     close: Callable[[], None] = lambda: None
     gpu_mem_mb: Callable[[], float | None] = lambda: None
     ran: dict[str, Any] | None = None
-
-
-class SelfTimed(Protocol):
-    """A step that times itself (CUDA events on its own stream) and returns milliseconds."""
-
-    def __call__(self) -> float: ...
-
-
-class TrtBenchSteps(Protocol):
-    """What ``deploykit.tensorrt.runner``'s runner hands bench through ``bench_steps(batch)``: the TensorRT hook.
-
-    ``end_to_end()``: copy the batch from pinned host memory to the device, execute, copy the logits back;
-    ``compute()``: execute on device buffers only. Each runs one iteration on the runner's stream, waits for
-    it, and returns its time in ms measured with CUDA events (as trtexec reports "Latency" and "GPU Compute
-    Time"). ``close()`` frees the buffers.
-    """
-
-    def end_to_end(self) -> float: ...
-
-    def compute(self) -> float: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -311,9 +291,6 @@ def measure(case: Case, batch: np.ndarray, options: BenchOptions) -> Measurement
 
 def _reference_module(folder: Path, manifest: Manifest):
     """The PyTorch module the folder was exported from, as ``verify.reference_runner`` loads it."""
-    from deploykit.runners.torch import TorchRunner
-    from deploykit.verify import reference_runner
-
     runner, _ = reference_runner(folder, manifest)
     if not isinstance(runner, TorchRunner):
         raise DeployKitError(f"no PyTorch reference: {getattr(runner, 'reason', None) or 'its source is unusable'}")
@@ -367,49 +344,104 @@ def torch_prepare(folder: Path, manifest: Manifest, device: Device, variant: Var
 
 def ort_prepare(path: Path, device: Device, threads: int) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit import runners
-
         before = cuda_used_mb() if device is Device.cuda else None
         runner = runners.open(path, Backend.ort, device=device, threads=threads, session_config=ORT_DENORMAL_CONFIG)
-        session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
-
-        def step():  # exactly what a hand-written loop calls
-            return session.run(outputs, feed)
-
         gpu = (lambda: max((cuda_used_mb() or 0.0) - (before or 0.0), 0.0)) if device is Device.cuda else (lambda: None)
-        return Prepared(step, wall_ms, "perf_counter", gpu_mem_mb=gpu)
+        return Prepared(ort_step(runner, batch), wall_ms, "perf_counter", close=runner.close, gpu_mem_mb=gpu)
 
     return prepare
 
 
+def ort_step(runner: OnnxRuntimeRunner, batch: np.ndarray) -> Step:
+    """The bare call bench times on an activated ONNX Runtime runner: ``session.run`` with a feed built beforehand."""
+    session, outputs, feed = runner.session, [runner.output_name], {runner.input_name: batch}
+    return lambda: session.run(outputs, feed)
+
+
 def ov_prepare(path: Path, variant: Variant, threads: int) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit import runners
-
         runner = runners.open(path, Backend.ov, inference_precision=variant.value, threads=threads)
         if runner.inference_precision != variant.value:
+            runner.close()
             raise DeployKitError(f"OpenVINO was asked for {variant.value} but reports "
                                  f"{runner.inference_precision}: not measured")
         ran = {"runtime": f"openvino {runner.version}", "inference_precision": runner.inference_precision,
                "layer_precisions": runner.layer_precisions, "compile_s": runner.compile_s,
                "loaded_from_cache": runner.loaded_from_cache}
-        return Prepared(runner.bench_step(batch), wall_ms, "perf_counter", ran=ran)
+        return Prepared(ov_step(runner, batch), wall_ms, "perf_counter", close=runner.close, ran=ran)
 
     return prepare
+
+
+def ov_step(runner: OpenVINORunner, batch: np.ndarray) -> Step:
+    """The bare call bench times on an activated OpenVINO runner: ``request.infer`` on a batch prepared beforehand."""
+    request, feed = runner.request, {0: np.ascontiguousarray(batch, dtype=np.float32)}
+    return lambda: request.infer(feed)
 
 
 def trt_prepare(path: Path, variant: Variant) -> Callable[[np.ndarray], Prepared]:
     def prepare(batch: np.ndarray) -> Prepared:
-        from deploykit import runners
-
         before = cuda_used_mb()
         runner = runners.open(path, Backend.trt)
         gpu = lambda: max((cuda_used_mb() or 0.0) - (before or 0.0), 0.0)  # noqa: E731
-        hook = getattr(runner, "bench_steps", None)
-        if hook is None:  # end-to-end through the runner's own infer(): synchronous, host arrays in and out
-            return Prepared(lambda: runner.infer(batch), wall_ms, "perf_counter", gpu_mem_mb=gpu)
-        steps: TrtBenchSteps = hook(batch)
+        try:
+            steps = TrtSteps(runner, batch)
+        except BaseException:
+            runner.close()
+            raise
         step = steps.end_to_end if variant is Variant.end_to_end else steps.compute
-        return Prepared(step, self_clock, "cuda-events", close=steps.close, gpu_mem_mb=gpu)
+        return Prepared(step, self_clock, "cuda-events", close=lambda: (steps.close(), runner.close()), gpu_mem_mb=gpu)
 
     return prepare
+
+
+class TrtSteps:
+    """One timed iteration on an activated TensorRT runner's stream, measured with CUDA events: ``end_to_end()``
+    copies the batch from pinned host memory to the device, executes and copies the logits back (trtexec's
+    "Latency"); ``compute()`` executes on device buffers only ("GPU Compute Time"). Each returns ms; ``close()``
+    frees the pinned buffers and events."""
+
+    def __init__(self, runner: TensorRTRunner, batch: np.ndarray) -> None:
+        rt = runner.rt
+        self.runner, self.rt = runner, rt
+        batch = np.ascontiguousarray(batch, dtype=runner.dtypes[runner.input_name])
+        n = batch.shape[0]
+        if not runner.min_batch <= n <= runner.max_batch:
+            raise InputError(f"{runner.path.name} takes batches of {runner.min_batch} to {runner.max_batch}, not {n}")
+        out_shape = runner.shapes_for(n)[runner.output_name]
+        self.in_bytes = batch.nbytes
+        self.out_bytes = int(np.prod(out_shape)) * runner.dtypes[runner.output_name].itemsize
+        # pinned host buffers, as trtexec uses for its H2D/D2H copies
+        self.host_in = cuda_check(rt.cudaMallocHost(self.in_bytes))
+        self.host_out = cuda_check(rt.cudaMallocHost(self.out_bytes))
+        ctypes.memmove(int(self.host_in), batch.ctypes.data, self.in_bytes)
+        self.start = cuda_check(rt.cudaEventCreate())
+        self.end = cuda_check(rt.cudaEventCreate())
+
+    def _timed(self, copies: bool) -> float:
+        rt, r = self.rt, self.runner
+        cuda_check(rt.cudaEventRecord(self.start, r.stream))
+        if copies:
+            cuda_check(rt.cudaMemcpyAsync(r.buffers[r.input_name], self.host_in, self.in_bytes,
+                                          rt.cudaMemcpyKind.cudaMemcpyHostToDevice, r.stream))
+        if not r.context.execute_async_v3(cuda_handle(r.stream)):
+            raise EngineRuntimeError(f"TensorRT failed to execute {r.path.name}")
+        if copies:
+            cuda_check(rt.cudaMemcpyAsync(self.host_out, r.buffers[r.output_name], self.out_bytes,
+                                          rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, r.stream))
+        cuda_check(rt.cudaEventRecord(self.end, r.stream))
+        cuda_check(rt.cudaEventSynchronize(self.end))
+        return float(cuda_check(rt.cudaEventElapsedTime(self.start, self.end)))
+
+    def end_to_end(self) -> float:
+        return self._timed(copies=True)
+
+    def compute(self) -> float:
+        return self._timed(copies=False)
+
+    def close(self) -> None:
+        rt = self.rt
+        for event in (self.start, self.end):
+            rt.cudaEventDestroy(event)
+        rt.cudaFreeHost(self.host_in)
+        rt.cudaFreeHost(self.host_out)

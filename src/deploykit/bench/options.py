@@ -10,6 +10,7 @@ from pathlib import Path
 from deploykit.errors import InputError
 from deploykit.runners.base import Backend, Device
 from deploykit.parity import Precision
+from deploykit.runners.openvino import openvino_available
 
 DEFAULT_MODEL = "resnet18"  # what `deploykit bench` with no TARGET measures: seeded weights, 1000 classes, 224x224
 DEFAULT_WARMUP = 5
@@ -21,8 +22,6 @@ EXPORTS_DIR = Path("exports")  # where `deploykit bench` with no TARGET looks fo
 
 def default_backends() -> tuple[Backend, ...]:
     """Every backend; OpenVINO only where it is installed (asked for by name without it: a skipped row)."""
-    from deploykit.runners.openvino import openvino_available
-
     return tuple(b for b in Backend if b is not Backend.ov or openvino_available())
 
 

@@ -13,6 +13,7 @@ from deploykit.bench.host import contention_warning
 from deploykit.bench.options import Backend, Variant
 from deploykit.bench.results import BenchReport, Skip, round_ratio
 from deploykit.errors import InputError
+from deploykit.files import atomic_path
 from deploykit.parity import Precision
 from deploykit.text import plain_plot_text, printable
 
@@ -97,8 +98,6 @@ def unstable_lines(report: BenchReport) -> list[str]:
 
 
 def write_markdown(report: BenchReport, dest: Path) -> Path:
-    from deploykit.files import atomic_path
-
     t = report.target
     lines = [f"# deploykit bench: {t.get('arch') or 'model'}", "",
              f"- host: {report.host_line}",
@@ -174,8 +173,6 @@ def write_plot(report: BenchReport, dest: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from deploykit.files import atomic_path
 
     if not report.results:
         raise InputError("nothing was measured, so there is nothing to plot (see the skipped list)")

@@ -19,6 +19,7 @@ from deploykit.errors import InputError
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Artifact, Manifest
 from deploykit.runners.base import Device
 from deploykit.parity import Precision
+from deploykit.runners.openvino import OV_INSTALL_HINT
 from deploykit.verify import source_unusable
 
 Planned = Iterator["Case | Skip"]
@@ -193,8 +194,6 @@ def plan_ov(here: Folder, precisions: tuple[Precision, ...], options: BenchOptio
         yield Skip(backend, None, "deploykit runs OpenVINO on the CPU: use --device cpu")
         return
     if not caps.openvino:
-        from deploykit.runners.openvino import OV_INSTALL_HINT
-
         yield Skip(backend, None, f"OpenVINO is not installed: {OV_INSTALL_HINT}")
         return
     for precision in precisions:
@@ -230,7 +229,6 @@ def plan_trt(here: Folder, precisions: tuple[Precision, ...], options: BenchOpti
     if not caps.trt:
         yield Skip(backend, None, caps.trt_missing)
         return
-    variants = [Variant.end_to_end, Variant.compute] if caps.trt_compute else [Variant.end_to_end]
     for precision in precisions:
         entry = here.artifact(precision, ENGINE_SUFFIXES)
         if entry is None:
@@ -241,9 +239,6 @@ def plan_trt(here: Folder, precisions: tuple[Precision, ...], options: BenchOpti
         if unusable:
             yield Skip(backend, precision, unusable)
             continue
-        if not caps.trt_compute:
-            yield Skip(backend, precision, "compute-only timing needs the TensorRT runner's bench_steps() hook, "
-                                           "which this build lacks")
         parity = parity_summary(entry) or parity_summary(here.onnx(precision))
         engine_batch = entry.batch if isinstance(entry.batch, int) else None
         lo, hi = _engine_batches(entry)
@@ -255,7 +250,7 @@ def plan_trt(here: Folder, precisions: tuple[Precision, ...], options: BenchOpti
                 yield Skip(backend, precision, f"{entry.path}'s profile takes batches {lo} to {hi}: "
                                                f"rebuild with --profile MIN:OPT:MAX covering {b}", batch=b)
                 continue
-            for variant in variants:
+            for variant in (Variant.end_to_end, Variant.compute):
                 yield Case(backend, precision, variant, b, trt_prepare(here.path / entry.path, variant),
                            artifact=entry.path, parity=parity)
 

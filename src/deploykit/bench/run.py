@@ -249,9 +249,9 @@ def _manifest_from_onnx(path: Path) -> Manifest:
     shape from its graph, the precision from its name (``model.<precision>.onnx``, else fp32)."""
     import onnx
 
-    from deploykit.predict import _onnx_metadata
+    from deploykit.predict import onnx_metadata
 
-    pre, names = _onnx_metadata(path)
+    pre, names = onnx_metadata(path)
     if pre is None:
         raise InputError(f"{path.name} has no {MANIFEST_NAME} beside it and no deploykit metadata; bench its export "
                          "folder instead")

@@ -8,6 +8,7 @@ from deploykit.cli import report  # noqa: F401,E402  (deploykit report)
 from deploykit.cli import check  # noqa: F401,E402  (deploykit check)
 from deploykit.cli.app import INTERRUPTED_EXIT, app
 from deploykit.cli.command import add_version_option, use_everywhere
+from deploykit.errors import interrupt, interrupt_requested
 
 
 use_everywhere(app)
@@ -22,8 +23,6 @@ def main() -> None:
     import os
     import signal
     import sys
-
-    from deploykit.errors import interrupt, interrupt_requested
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupt)

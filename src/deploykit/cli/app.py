@@ -17,8 +17,10 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+from deploykit.cli.command import check_numbers
 from deploykit.cli.render import err_console, literal
-from deploykit.errors import DeployKitError, interrupt_requested
+from deploykit.errors import DeployKitError, interrupt_requested, missing_extra
+from deploykit.preprocess import set_image_limits
 
 INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE
 INTERRUPTED_EXIT = 130
@@ -36,8 +38,6 @@ class DeployKitGroup(TyperGroup):
     """Catches every exception once for every command: one line on stderr and a distinct exit code."""
 
     def invoke(self, ctx):
-        from deploykit.cli.command import check_numbers
-
         try:
             check_numbers(ctx)  # the group's own options (--max-image-pixels); each command checks its own
             result = super().invoke(ctx)
@@ -118,8 +118,6 @@ class MissingExtras(TyperGroup):
         try:
             return super().invoke(ctx)
         except ImportError as exc:
-            from deploykit.errors import missing_extra
-
             missing = missing_extra(exc, ctx.invoked_subcommand)
             if missing is None:
                 raise
@@ -148,6 +146,4 @@ def _global_options(
     if debug:
         os.environ["DEPLOYKIT_DEBUG"] = "1"
     if max_image_pixels is not None:
-        from deploykit.preprocess import set_image_limits
-
         set_image_limits(max_pixels=max_image_pixels)

@@ -9,6 +9,8 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.render import console, literal
+from deploykit.files import dumps_strict
+from deploykit.tensorrt.check import check_path, parse_targets, require_ready
 
 TrtOpt = Annotated[Optional[str], typer.Option(
     "--trt", help="TensorRT versions to check against, comma-separated \\[default: 10.3,11.5: JetPack 6 and the "
@@ -23,9 +25,6 @@ def check(
 ) -> None:
     """Check ONNX graphs against TensorRT's published ONNX operator support, per TensorRT version (exit 4: one
     will not build). Pure graph inspection: no TensorRT or GPU needed."""
-    from deploykit.files import dumps_strict
-    from deploykit.tensorrt.check import check_path, parse_targets, require_ready
-
     targets = parse_targets(trt)
     checks = check_path(target, targets)
     if as_json:

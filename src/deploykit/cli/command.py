@@ -13,6 +13,9 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
+from deploykit import __version__
+from deploykit.errors import InputError
+
 
 class FlagsWithoutType:
     """A flag takes no value, so its help row shows no type (Typer would show ``<bool>``)."""
@@ -41,8 +44,6 @@ NUMBER_RANGES: dict[str, tuple[float | None, float | None]] = {
 def check_numbers(ctx) -> None:
     """Refuse, in one line, a number option outside its range (``NUMBER_RANGES``) or not finite (inf, 1e309)."""
     import math
-
-    from deploykit.errors import InputError
 
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
@@ -87,8 +88,6 @@ def use_everywhere(app) -> None:
 
 def _print_version(value: bool) -> None:
     if value:
-        from deploykit import __version__
-
         print(f"deploykit {__version__}")
         raise typer.Exit()
 

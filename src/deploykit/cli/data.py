@@ -9,7 +9,7 @@ import typer
 
 from deploykit.cli.app import app
 from deploykit.cli.render import console, literal
-from deploykit.data import Bundled, Split
+from deploykit.data import Bundled, Split, bundled_split, write_imagefolder
 
 
 @app.command()
@@ -25,8 +25,6 @@ def data(
                                                                           "files are.")] = None,
 ) -> None:
     """Write digits (or MNIST / FashionMNIST / CIFAR10 from --data-root) as PNG files, one folder per class."""
-    from deploykit.data import bundled_split, write_imagefolder
-
     # both splits by default: `deploykit train ARCH --data DIR` trains on train/ and validates on val/
     for part, dest in ([(split, out)] if split is not None else [(s, out / s.value) for s in (Split.train, Split.val)]):
         images = write_imagefolder(bundled_split(name, part, data_root=data_root), dest)

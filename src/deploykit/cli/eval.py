@@ -11,6 +11,9 @@ from rich.table import Table
 from deploykit.cli.app import app
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
                                    ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
+from deploykit.cli.reporter import ConsoleReporter
+from deploykit.errors import InputError
+from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
 from deploykit.files import dumps_strict
 from deploykit.cli.render import console, err_console, literal
 
@@ -37,10 +40,6 @@ def eval_(
 ) -> None:
     """Accuracy of a checkpoint or an exported artifact on labelled images, with a confusion matrix."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-
-    from deploykit.cli.reporter import ConsoleReporter
-    from deploykit.errors import InputError
-    from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
 
     if plot is not None and plot.is_dir():
         raise InputError(f"--plot {plot} is a folder; give a file name such as {plot / 'confusion.png'}")

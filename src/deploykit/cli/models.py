@@ -10,6 +10,7 @@ from rich.table import Table
 from deploykit.cli.app import app
 from deploykit.files import dumps_strict
 from deploykit.cli.render import console
+from deploykit.models import get_spec, list_models
 
 
 def _millions(n: int) -> str:
@@ -19,8 +20,6 @@ def _millions(n: int) -> str:
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the architectures deploykit builds, by family, with parameters, input size and normalisation."""
-    from deploykit.models import get_spec, list_models
-
     specs = sorted((get_spec(n) for n in list_models()), key=lambda s: (s.family, s.params(), s.name))
     rows = [{"name": s.name, "family": s.family, "input": [s.channels, s.size, s.size], "resize": s.resize,
              "mean": list(s.mean), "std": list(s.std), "min_size": s.min_size, "params": s.params(),

@@ -13,6 +13,7 @@ from deploykit.cli.options import (AllowPickleOpt, ArchOpt, ArtifactBackend, Inp
                                    ModelDefOpt, ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.cli.render import console, literal
 from deploykit.cli.reporter import ConsoleReporter
+from deploykit.predict import load_predictor
 from deploykit.reporter import SILENT
 from deploykit.files import dumps_strict
 from deploykit.runners.base import Backend
@@ -41,8 +42,6 @@ def predict(
         "ONNX on ort, engines on trt].")] = None,
 ) -> None:
     """Classify images with a checkpoint or an exported artifact (preprocessing from the manifest)."""
-    from deploykit.predict import load_predictor
-
     options = load_options(arch, num_classes, model_def, model_kwargs, allow_pickle, input_shape, mean, std, None,
                            labels)
     predictor = load_predictor(artifact, options=options)

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.segment import Segment
 from rich.table import Table
 
+from deploykit.evidence import held_out_text
 from deploykit.text import printable, reveal
 from deploykit.parity import SMALL_SAMPLE
 
@@ -71,8 +72,6 @@ def parity_table(report, title: str | None = None) -> Table:
                      f"{SMALL_SAMPLE}+ of your own images for a firmer one")
     info = getattr(report, "data_info", None)
     if info:
-        from deploykit.evidence import held_out_text
-
         what = f"of {literal(report.data)}, {held_out_text(info)}"
     else:
         what = f"({literal(report.data)})"

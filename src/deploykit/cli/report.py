@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.render import console, literal
+from deploykit.cli.render import console, literal, warn
+from deploykit.manifest import Manifest
+from deploykit.report import BENCH_NAME, stale_bench, write_report
 
 
 @app.command()
@@ -22,14 +24,9 @@ def report(
     show: Annotated[bool, typer.Option("--print", help="Also render the report on the terminal.")] = False,
 ) -> None:
     """Write report.md: source, training accuracy, each artifact's parity and accuracy, speed, and the PNGs."""
-    from deploykit.report import BENCH_NAME, stale_bench, write_report
-
     dest = write_report(folder, out=out, bench_path=bench)
     bench_path = bench if bench is not None else folder / BENCH_NAME
     if bench_path.is_file():
-        from deploykit.cli.render import warn
-        from deploykit.manifest import Manifest
-
         stale = stale_bench(folder, bench_path, Manifest.load(folder))
         if stale:
             warn(stale)

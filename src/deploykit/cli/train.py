@@ -10,7 +10,10 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.options import AllowPickleOpt
 from deploykit.cli.render import console, err_console, literal
+from deploykit.cli.reporter import ConsoleReporter
+from deploykit.errors import InputError
 from deploykit.runners.base import Device
+from deploykit.train import TrainConfig, fit
 
 
 @app.command()
@@ -53,10 +56,6 @@ def train(
 ) -> None:
     """Train or fine-tune a classifier; the checkpoint goes straight to `deploykit export`."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    from deploykit.cli.reporter import ConsoleReporter
-    from deploykit.errors import InputError
-    from deploykit.train import TrainConfig, fit
 
     if threads is not None:
         if threads < 1:

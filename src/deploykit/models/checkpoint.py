@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
+from deploykit.files import atomic_path
 from deploykit.preprocess import Preprocess
+from deploykit.text import class_names_from
 
 CHECKPOINT_FORMAT = "deploykit-checkpoint/1"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params", "ema")
@@ -239,8 +241,6 @@ def is_deploykit_checkpoint(obj: Any) -> bool:
 
 def check_deploykit_checkpoint(obj: Mapping, path: Path) -> None:
     """The fields of a deploykit checkpoint are data from a file: check their types before using them."""
-    from deploykit.text import class_names_from
-
     arch = obj.get("arch")
     if arch is not None and (not isinstance(arch, str) or not 0 < len(arch) <= 128):
         raise CheckpointError(f"{path.name}: field arch must be an architecture name; re-save the checkpoint")
@@ -268,8 +268,6 @@ def save_checkpoint(path: Path, model, *, arch: str, num_classes: int, preproces
                     class_names: list[str] | None = None, **extra: Any) -> None:
     """Write a self-describing checkpoint that ``torch.load(weights_only=True)`` can read."""
     import torch
-
-    from deploykit.files import atomic_path
 
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "num_classes": int(num_classes),
                "class_names": list(class_names) if class_names else None, "preprocess": preprocess.to_dict(),

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from functools import cache, lru_cache
 from pathlib import Path
 
+from deploykit import __version__
 from deploykit.errors import CheckpointError
 from deploykit.files import user_cache_dir
 from deploykit.models.checkpoint import rekeyed
@@ -47,8 +48,7 @@ def _zoo_signatures() -> dict[str, dict[str, tuple[int, ...]]]:
     import os
     from importlib import metadata
 
-    import deploykit
-    from deploykit.models import zoo
+    from deploykit.models import zoo  # torch at module level: lazy (registry loads it on first need too)
 
     names = list_models()
     versions = []
@@ -57,7 +57,7 @@ def _zoo_signatures() -> dict[str, dict[str, tuple[int, ...]]]:
             versions.append(metadata.version(dist))
         except metadata.PackageNotFoundError:
             versions.append("-")
-    tag = hashlib.sha1(json.dumps([_SIGNATURE_CACHE_VERSION, deploykit.__version__, versions, names,
+    tag = hashlib.sha1(json.dumps([_SIGNATURE_CACHE_VERSION, __version__, versions, names,
                                    hashlib.sha1(Path(zoo.__file__).read_bytes()).hexdigest()]).encode()).hexdigest()
     path = user_cache_dir() / f"zoo-signatures-{tag[:16]}.json"
     try:

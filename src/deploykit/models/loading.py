@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploykit import schema as S
 from deploykit.errors import CheckpointError, InputError
 from deploykit.models.checkpoint import (check_deploykit_checkpoint, check_dense, detect_kind, find_state_dict,
                                          is_deploykit_checkpoint, read_pickle, read_safetensors, read_torchscript,
@@ -24,8 +25,10 @@ from deploykit.models.checkpoint import (check_deploykit_checkpoint, check_dense
 from deploykit.models.checkpoint import save_checkpoint  # noqa: F401 -- bench.py imports it from here
 from deploykit.models.identify import (NBT, closest_architectures, describe_mismatch, drop_aux, explain_misfit,
                                        infer_architecture, infer_num_classes, state_shapes)
+from deploykit.models.program import program_input_shape, read_program
 from deploykit.models.registry import get_spec
 from deploykit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, parse_input_shape
+from deploykit.text import unique_names
 
 
 @dataclass
@@ -56,8 +59,6 @@ class LoadOptions:
                 raise InputError(f"--labels: class name {bad[:40]!r}... is over 256 characters")
             if not self.class_names:
                 raise InputError("--labels holds no class names")
-            from deploykit.text import unique_names
-
             unique_names(self.class_names, "--labels")
 
     def to_dict(self) -> dict:
@@ -71,8 +72,6 @@ class LoadOptions:
     def from_dict(cls, data: Mapping) -> LoadOptions:
         """The options a manifest recorded (data from a file: checked, and ``allow_pickle``/``model_def`` dropped --
         only the command line grants those)."""
-        from deploykit import schema as S
-
         where = "source.options"
         try:
             S.obj(data, where)
@@ -175,8 +174,6 @@ def _from_module(module, kind: str, what: str, source: Path, opts: LoadOptions, 
 
 
 def _from_program(path: Path, opts: LoadOptions, notes: list[str]) -> LoadedModel:
-    from deploykit.models.program import program_input_shape, read_program
-
     program = read_program(path, allow_pickle=opts.allow_pickle)
     shape = program_input_shape(program)
     if opts.input_shape is None and shape is not None:

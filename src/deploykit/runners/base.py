@@ -27,19 +27,59 @@ class Backend(str, Enum):
     trt = "trt"
 
 
+class Opened:
+    """An attribute that ``activate()`` sets (a session, the input shape): reading it activates a runner that is not
+    active yet, so a runner made without ``with`` or ``activate()`` opens on first use, as ``infer`` does."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, runner, owner=None):
+        if runner is None:
+            return self
+        if not runner.active:
+            runner.activate()
+        try:
+            return runner.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(f"{type(runner).__name__}.{self.name} is set by activate()") from None
+
+    def __set__(self, runner, value) -> None:
+        runner.__dict__[self.slot] = value
+
+
 class Runner(ABC):
     """Runs one model on float32 ``N x C x H x W`` batches and returns float32 ``N x classes`` logits.
 
+    Lifecycle (as Polygraphy's runners): ``__init__`` stores the file and options; ``activate()`` opens what the
+    runner runs on (an ONNX Runtime session, an OpenVINO compiled model, a TensorRT engine) and sets
+    ``input_shape``, ``fixed_batch`` and the backend's handles; the first ``infer`` (or read of an :class:`Opened`
+    attribute) activates a runner nobody activated; ``close()`` releases what it holds, and a later use opens it
+    again. A runner is a context manager: ``with`` activates it and closes it on exit.
+
     ``fixed_batch`` is set when the artifact only accepts one batch size; ``infer`` then splits (and pads the
-    last chunk) so callers never care. ``close()`` releases what the runner holds (a session, a compiled model,
-    GPU buffers); a runner is a context manager that closes on exit.
+    last chunk) so callers never care.
     """
 
     name: str = "runner"
     input_shape: tuple[int, ...]  # C, H, W
     fixed_batch: int | None = None
+    active: bool = False
+
+    def activate(self) -> Runner:
+        """Open the session / compiled model / engine (a no-op when active); a load error raises here and leaves
+        the runner closed."""
+        if not self.active:
+            self.active = True  # what _activate sets is read back as it is set, not re-activated
+            try:
+                self._activate()
+            except BaseException:
+                self.close()
+                raise
+        return self
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.activate()
         batch = np.asarray(batch)
         if batch.ndim == len(self.input_shape):
             batch = batch[None]
@@ -61,13 +101,24 @@ class Runner(ABC):
         return np.concatenate(outputs)
 
     def close(self) -> None:
-        """Release the runtime's resources; the runner does not infer again."""
+        """Release the runtime's resources (a no-op when not active)."""
+        if self.active:
+            try:
+                self._release()
+            finally:
+                self.active = False
 
     def __enter__(self):
-        return self
+        return self.activate()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _activate(self) -> None:
+        """Open the runtime (subclasses with something to open)."""
+
+    def _release(self) -> None:
+        """Drop what ``_activate`` opened; called on a partial activation too, so read handles with a default."""
 
     def _logits(self, out: np.ndarray, n: int) -> np.ndarray:
         if out.ndim != 2 or out.shape[0] != n:

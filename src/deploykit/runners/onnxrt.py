@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import InputError, MissingDependencyError
-from deploykit.runners.base import Runner
+from deploykit.runners.base import Opened, Runner
 
 
 def _ort():
@@ -33,21 +33,26 @@ QDQ_FOLDING = {"session.disable_quant_qdq": "1"}
 
 class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
+    session, input_name, output_name, input_shape, fixed_batch = Opened(), Opened(), Opened(), Opened(), Opened()
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None,
                  session_config: dict[str, str] | None = None, fold_qdq: bool = True) -> None:
+        self.path, self.device, self.threads = Path(path), device, threads
+        # e.g. bench's session.set_denormal_as_zero; fold_qdq=False: ORT's default fused Q/DQ path (QDQ_FOLDING)
+        self.session_config = {**(QDQ_FOLDING if fold_qdq else {}), **(session_config or {})}
+
+    def _activate(self) -> None:
         ort = _ort()
-        path = Path(path)
+        path = self.path
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        # e.g. bench's session.set_denormal_as_zero; fold_qdq=False: ORT's default fused Q/DQ path (QDQ_FOLDING)
-        for key, value in {**(QDQ_FOLDING if fold_qdq else {}), **(session_config or {})}.items():
+        for key, value in self.session_config.items():
             opts.add_session_config_entry(key, value)
-        if device == "cuda":
+        if self.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise MissingDependencyError("ONNX Runtime has no CUDA provider here: pip install onnxruntime-gpu")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -68,9 +73,8 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = outputs[0].name
         self.input_shape = tuple(int(d) for d in inp.shape[1:])
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.path = path
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None  # ORT frees the session (its arenas, the graph) with its last reference
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

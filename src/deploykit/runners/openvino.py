@@ -29,7 +29,8 @@ import numpy as np
 
 from deploykit.errors import InputError, MissingDependencyError
 from deploykit.files import user_cache_dir
-from deploykit.runners.base import Runner
+from deploykit.manifest import content_sha256
+from deploykit.runners.base import Opened, Runner
 
 OV_INSTALL_HINT = "pip install 'deploykit[openvino]'"
 PRECISIONS = ("f32", "bf16")  # INFERENCE_PRECISION_HINT values deploykit asks for
@@ -83,8 +84,6 @@ def model_cache_dir(path: Path, root: Path | None = None) -> Path | None:
     path = Path(path).resolve()
     by_path = (Path(root) if root is not None else user_cache_dir()) / "openvino" / \
         hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    from deploykit.manifest import content_sha256
-
     identity = content_sha256(path)[:32]  # the bytes, not size/mtime/inode (a file replaced in place keeps those)
     folder = by_path / identity
     try:
@@ -126,22 +125,30 @@ class OpenVINORunner(Runner):
     """
 
     name = "openvino"
+    compiled, request, input_shape, fixed_batch = Opened(), Opened(), Opened(), Opened()
+    # what activate() read back: seconds to compile, the cache folder, whether the cache served it, the version, and
+    # the precision the compiled model computes in (an ov.Type name: "f32", "bf16", "f16")
+    compile_s, cache_dir, loaded_from_cache, version, inference_precision = (Opened(), Opened(), Opened(), Opened(),
+                                                                             Opened())
 
     def __init__(self, path: Path, *, inference_precision: str = "f32", threads: int | None = None,
                  cache: Path | None | bool = None) -> None:
-        _ov()
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"model file not found: {path}")
         if inference_precision not in PRECISIONS:
             raise InputError(f"OpenVINO inference precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {inference_precision!r}")
-        if inference_precision == "bf16" and not native_bf16():
+        self.path, self.hint, self.cache = Path(path), inference_precision, cache
+        self.threads = threads or os.cpu_count() or 1
+
+    def _activate(self) -> None:
+        _ov()
+        path, cache = self.path, self.cache
+        if not path.is_file():
+            raise InputError(f"model file not found: {path}")
+        if self.hint == "bf16" and not native_bf16():
             raise MissingDependencyError("this CPU has no native bf16 (OpenVINO's CPU capabilities lack BF16): "
                                          "run in f32")
-        self.threads = threads or os.cpu_count() or 1
         cache_dir = None if cache is False else model_cache_dir(path, None if cache in (None, True) else cache)
-        config = compile_config(inference_precision, self.threads, cache_dir)
+        config = compile_config(self.hint, self.threads, cache_dir)
         start = time.perf_counter()
         try:
             self.compiled = core().compile_model(str(path), "CPU", config)
@@ -152,9 +159,8 @@ class OpenVINORunner(Runner):
                     if path.name.endswith(".int8-cpu.onnx") else "")
             raise InputError(f"OpenVINO {ov_version()} cannot read {path.name}: {_first_lines(exc)}{hint}") from None
         self.compile_s = time.perf_counter() - start
-        self.path, self.cache_dir, self.version = path, cache_dir, ov_version()
+        self.cache_dir, self.version = cache_dir, ov_version()
         self.loaded_from_cache = bool(cache_dir is not None and self.compiled.get_property("LOADED_FROM_CACHE"))
-        # what the compiled model computes in, read back (an ov.Type: "f32", "bf16", "f16")
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if len(self.compiled.inputs) != 1:
             raise InputError(f"{path.name} has {len(self.compiled.inputs)} inputs; deploykit runs classifiers with "
@@ -186,17 +192,12 @@ class OpenVINORunner(Runner):
         """What ran, in words: ``f32``, ``bf16``, ``int8 + f32`` (integer kernels, the rest in f32)."""
         return f"int8 + {self.inference_precision}" if self.runs_int8 else self.inference_precision
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.request = self.compiled = None  # OpenVINO frees the compiled model with its last reference
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: batch})
         return np.array(out[0], dtype=np.float32, copy=True)
-
-    def bench_step(self, batch: np.ndarray):
-        """The bare call bench times: ``request.infer`` on a batch prepared beforehand (what a hand loop calls)."""
-        request, feed = self.request, {0: np.ascontiguousarray(batch, dtype=np.float32)}
-        return lambda: request.infer(feed)
 
 
 __all__ = ["OV_INSTALL_HINT", "OpenVINORunner", "compile_config", "core", "model_cache_dir", "native_bf16", "openvino_available",

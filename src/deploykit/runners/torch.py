@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deploykit.models.program import program_batch
 from deploykit.runners.base import Runner
 
 
@@ -22,8 +23,6 @@ class TorchRunner(Runner):
         import torch
 
         if isinstance(module, torch.export.ExportedProgram):
-            from deploykit.models.program import program_batch
-
             self.fixed_batch = program_batch(module)  # traced at batch 1: the base class splits and pads
             module = module.module()
         if device != "cpu":

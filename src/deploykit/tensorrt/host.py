@@ -115,6 +115,16 @@ def cuda_check(result, *, runtime=None):
     return values[0] if len(values) == 1 else values
 
 
+def cuda_handle(obj) -> int:
+    """The integer address of a cuda-python handle (a stream), as TensorRT takes it (``get_cuda_native_handle``
+    from cuda-bindings 13, ``int()`` before)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+        return int(get_cuda_native_handle(obj))
+    except (ImportError, TypeError):
+        return int(obj)
+
+
 def gpu_info(device: int = 0, *, load_cudart: Callable[[], Any] = cudart) -> tuple[str, str] | str:
     """``(name, "major.minor")`` of CUDA device ``device``, or a sentence saying why there is none."""
     rt = load_cudart()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploykit.errors import EngineBuildError, InputError
-from deploykit.manifest import Manifest, artifact_kind
+from deploykit.manifest import Manifest
 
 
 class EnginePrecision(str, Enum):
@@ -28,10 +28,6 @@ class EnginePrecision(str, Enum):
 
 def engine_name(precision: EnginePrecision) -> str:
     return f"model.{EnginePrecision(precision).value}.engine"
-
-
-def is_engine(path: str | Path) -> bool:
-    return artifact_kind(str(path)) == "engine"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,23 +36,23 @@ class TrainConfig:
     allow_pickle: bool = False
     workers: int | None = None  # DataLoader workers for image folders [default: cores - 1, at most 8]
 
-    def __post_init__(self) -> None:
-        if self.batch_size is None or self.lr is None:
-            spec = get_spec(self.arch)
-            if self.batch_size is None:
-                object.__setattr__(self, "batch_size", spec.train_batch_size)
-            if self.lr is None:
-                object.__setattr__(self, "lr", spec.train_lr)
+    def resolved(self) -> TrainConfig:
+        """This run as it trains: the architecture's batch size and learning rate where none was given."""
+        if self.batch_size is not None and self.lr is not None:
+            return self
+        spec = get_spec(self.arch)
+        return replace(self, batch_size=spec.train_batch_size if self.batch_size is None else self.batch_size,
+                       lr=spec.train_lr if self.lr is None else self.lr)
 
     def validate(self) -> None:
+        spec = get_spec(self.arch)  # an unknown architecture is the first thing said
         if self.epochs < 1:
             raise InputError("--epochs must be >= 1")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size must be >= 1")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise InputError("--lr must be > 0")
         if self.img_size is not None:
-            spec = get_spec(self.arch)
             if self.img_size > MAX_INPUT_SIDE:
                 raise InputError(f"--img-size {self.img_size} is above {MAX_INPUT_SIDE}, beyond any image classifier; "
                                  "use the size your images are (e.g. 224)")

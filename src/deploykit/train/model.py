@@ -8,6 +8,7 @@ from typing import Any
 
 from deploykit.errors import CheckpointError, InputError
 from deploykit.models.identify import state_shapes
+from deploykit.models.loading import LoadOptions, load_model
 from deploykit.models.registry import ModelSpec
 from deploykit.train.config import TrainConfig
 
@@ -55,8 +56,6 @@ def replace_head(module, num_classes: int) -> str:
 
 def load_pretrained(config: TrainConfig, spec: ModelSpec):
     """``--from CKPT`` through the loader (any kind it understands), read as ``spec``'s architecture."""
-    from deploykit.models.loading import LoadOptions, load_model
-
     return load_model(Path(config.from_ckpt), LoadOptions(arch=spec.name, allow_pickle=config.allow_pickle))
 
 

@@ -21,6 +21,7 @@ def fit(config: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult
     notes. Only rank 0 reports and writes files under torchrun.
     """
     config.validate()
+    config = config.resolved()
     spec = get_spec(config.arch)
     dist = dist_env()
     if dist.world > 1:

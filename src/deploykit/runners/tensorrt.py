@@ -6,7 +6,7 @@ Follows the TensorRT 10.x/11.x name-based runtime API ("Appendix: Python Migrati
 ``get_tensor_mode`` / ``get_tensor_dtype`` / ``get_tensor_shape`` / ``get_tensor_profile_shape``,
 ``context.set_input_shape``, ``context.set_tensor_address`` for every I/O tensor, then
 ``context.execute_async_v3(stream)``. Memory and streams come from cuda-python's runtime bindings
-(``cudaMalloc``, ``cudaMemcpyAsync``, ``cudaStreamSynchronize``, CUDA events for bench timing).
+(``cudaMalloc``, ``cudaMemcpyAsync``, ``cudaStreamSynchronize``).
 
 Before deserializing, the engine's facts in ``deploykit.json`` are checked against the running TensorRT and
 GPU (:func:`deploykit.tensorrt.host.check_compatible`), so an engine from another version or GPU gives one
@@ -16,7 +16,6 @@ cannot run (no execution context, a CUDA error, a failed execution) raises Engin
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +23,26 @@ import numpy as np
 from deploykit.reporter import SILENT, Reporter
 from deploykit.errors import EngineMismatchError, EngineRuntimeError, InputError
 from deploykit.manifest import MANIFEST_NAME, Manifest
-from deploykit.runners.base import Runner
-from deploykit.tensorrt.host import Probe, check_compatible, cuda_check, cudart, engine_host, probe_host, trt_logger
-
-
-def _handle(obj) -> int:
-    """The integer address of a cuda-python handle (``get_cuda_native_handle`` from cuda-bindings 13)."""
-    try:
-        from cuda.bindings.utils import get_cuda_native_handle
-        return int(get_cuda_native_handle(obj))
-    except (ImportError, TypeError):
-        return int(obj)
+from deploykit.runners.base import Opened, Runner
+from deploykit.tensorrt.host import (Probe, check_compatible, cuda_check, cuda_handle, cudart, engine_host, probe_host,
+                                     trt_logger)
 
 
 class TensorRTRunner(Runner):
+    """``activate()`` checks the engine's manifest facts against this host, deserializes the plan, and allocates
+    device buffers for the largest batch its profile takes (``buffers``, by tensor name) on its own ``stream``."""
+
     name = "tensorrt"
+    engine, context, stream, buffers, dtypes = Opened(), Opened(), Opened(), Opened(), Opened()
+    input_name, output_name, output_names = Opened(), Opened(), Opened()
+    input_shape, fixed_batch, min_batch, max_batch = Opened(), Opened(), Opened(), Opened()
+    rt, host, runtime = Opened(), Opened(), Opened()  # cuda-python's runtime; the TensorRT and GPU; trt.Runtime
 
     def __init__(self, path: Path, *, reporter: Reporter = SILENT, probe: Probe = probe_host) -> None:
-        path = Path(path)
+        self.path, self.reporter, self.probe = Path(path), reporter, probe
+
+    def _activate(self) -> None:
+        path, reporter = self.path, self.reporter
         if not path.is_file():
             raise InputError(f"engine not found: {path}")
         folder = path.parent
@@ -49,31 +50,28 @@ class TensorRTRunner(Runner):
         if (folder / MANIFEST_NAME).is_file():
             entry = Manifest.load(folder).artifact(path.name)
         precision = entry.precision if entry is not None else "fp32"
-        trt, host = engine_host(f"cannot run {path.name}", probe=probe)
+        trt, host = engine_host(f"cannot run {path.name}", probe=self.probe)
         facts = entry.engine if entry is not None else None
         if facts:
             check_compatible(facts, host, engine=path.name, folder=folder, reporter=reporter)
         else:
             reporter.warn(f"{path.name} has no facts in {MANIFEST_NAME}: cannot check its TensorRT version and GPU first")
-        self.trt, self.host, self.path = trt, host, path
-        self.rt = cudart()
+        self.host, self.rt, self.buffers, self.stream = host, cudart(), {}, None
         logger = trt_logger(trt)
         logger.reset()
-        self.runtime = trt.Runtime(logger)
-        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
+        self.runtime = trt.Runtime(logger)  # kept: it outlives the engines it deserialized
+        self.engine = engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
             why = logger.errors[0] if logger.errors else "not a TensorRT plan, or built by another TensorRT"
             raise EngineMismatchError(f"TensorRT {host.tensorrt} cannot load {path.name} on {host.gpu}: {why}; "
                                       f"rebuild it here: deploykit build {folder} --precision {precision}")
-        engine = self.engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or not outputs:
             raise InputError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; deploykit runs "
                              "classifiers with one image input")
-        self.input_name, self.output_names = inputs[0], outputs
-        self.output_name = outputs[0]
+        self.input_name, self.output_names, self.output_name = inputs[0], outputs, outputs[0]
         shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name))
         self.input_shape = shape[1:]
         if shape[0] < 0:
@@ -88,17 +86,16 @@ class TensorRTRunner(Runner):
         if self.context is None:
             raise EngineRuntimeError(f"TensorRT could not create an execution context for {path.name} (GPU memory?)")
         self.stream = cuda_check(self.rt.cudaStreamCreate())
-        self._buffers: dict[str, int] = {}
         self._out_shapes: dict[str, tuple[int, ...]] = {}
-        self._shape_for(self.max_batch)  # output shapes at the largest batch size the buffers must hold
+        self.shapes_for(self.max_batch)  # output shapes at the largest batch size the buffers must hold
         for n in names:
             count = int(np.prod(self._out_shapes[n] if n in self._out_shapes else (self.max_batch, *self.input_shape)))
-            self._buffers[n] = cuda_check(self.rt.cudaMalloc(max(count, 1) * self.dtypes[n].itemsize))
-            if not self.context.set_tensor_address(n, self._buffers[n]):
+            self.buffers[n] = cuda_check(self.rt.cudaMalloc(max(count, 1) * self.dtypes[n].itemsize))
+            if not self.context.set_tensor_address(n, self.buffers[n]):
                 raise EngineRuntimeError(f"TensorRT rejected the buffer address of {n!r}")
 
     # -- shapes ------------------------------------------------------------------------------------
-    def _shape_for(self, n: int) -> dict[str, tuple[int, ...]]:
+    def shapes_for(self, n: int) -> dict[str, tuple[int, ...]]:
         """Output shapes for a batch of ``n``; a dynamic batch is set on the context first (set_input_shape)."""
         if self.fixed_batch is not None:
             if n != self.fixed_batch:
@@ -123,92 +120,33 @@ class TensorRTRunner(Runner):
 
     def _execute(self, chunk: np.ndarray) -> np.ndarray:
         rt = self.rt
-        shapes = self._shape_for(chunk.shape[0])
+        shapes = self.shapes_for(chunk.shape[0])
         host_in = np.ascontiguousarray(chunk, dtype=self.dtypes[self.input_name])
         host_out = np.empty(shapes[self.output_name], dtype=self.dtypes[self.output_name])
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        cuda_check(rt.cudaMemcpyAsync(self._buffers[self.input_name], host_in.ctypes.data, host_in.nbytes, h2d,
+        cuda_check(rt.cudaMemcpyAsync(self.buffers[self.input_name], host_in.ctypes.data, host_in.nbytes, h2d,
                                       self.stream))
-        if not self.context.execute_async_v3(_handle(self.stream)):
+        if not self.context.execute_async_v3(cuda_handle(self.stream)):
             raise EngineRuntimeError(f"TensorRT failed to execute {self.path.name}")
-        cuda_check(rt.cudaMemcpyAsync(host_out.ctypes.data, self._buffers[self.output_name], host_out.nbytes, d2h,
+        cuda_check(rt.cudaMemcpyAsync(host_out.ctypes.data, self.buffers[self.output_name], host_out.nbytes, d2h,
                                       self.stream))
         cuda_check(rt.cudaStreamSynchronize(self.stream))
         return host_out
 
-    # -- bench hook (deploykit.bench's TrtBenchSteps) -------------------------------------------------
-    def bench_steps(self, batch: np.ndarray) -> _BenchSteps:
-        return _BenchSteps(self, np.ascontiguousarray(batch, dtype=self.dtypes[self.input_name]))
-
-    def close(self) -> None:
+    def _release(self) -> None:
         rt = getattr(self, "rt", None)
-        if rt is None:
-            return
-        for ptr in getattr(self, "_buffers", {}).values():
-            rt.cudaFree(ptr)
-        self._buffers = {}
-        if getattr(self, "stream", None) is not None:
-            rt.cudaStreamDestroy(self.stream)
-            self.stream = None
-        self.context = None
-        self.engine = None
+        if rt is not None:
+            for ptr in (getattr(self, "buffers", None) or {}).values():
+                rt.cudaFree(ptr)
+            if getattr(self, "stream", None) is not None:
+                rt.cudaStreamDestroy(self.stream)
+        self.buffers, self.stream, self.context, self.engine, self.runtime = {}, None, None, None, None
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # interpreter shutdown: CUDA may be gone already
             pass
-
-
-class _BenchSteps:
-    """One timed iteration on the runner's stream, measured with CUDA events (trtexec's "Latency" = copies +
-    compute, "GPU Compute Time" = compute)."""
-
-    def __init__(self, runner: TensorRTRunner, batch: np.ndarray) -> None:
-        rt = runner.rt
-        self.runner, self.rt = runner, rt
-        n = batch.shape[0]
-        if not runner.min_batch <= n <= runner.max_batch:
-            raise InputError(f"{runner.path.name} takes batches of {runner.min_batch} to {runner.max_batch}, not {n}")
-        shapes = runner._shape_for(n)
-        out_shape = shapes[runner.output_name]
-        out_dtype = runner.dtypes[runner.output_name]
-        self.in_bytes = batch.nbytes
-        self.out_bytes = int(np.prod(out_shape)) * out_dtype.itemsize
-        # pinned host buffers, as trtexec uses for its H2D/D2H copies
-        self.host_in = cuda_check(rt.cudaMallocHost(self.in_bytes))
-        self.host_out = cuda_check(rt.cudaMallocHost(self.out_bytes))
-        ctypes.memmove(int(self.host_in), batch.ctypes.data, self.in_bytes)
-        self.start = cuda_check(rt.cudaEventCreate())
-        self.end = cuda_check(rt.cudaEventCreate())
-
-    def _timed(self, copies: bool) -> float:
-        rt, r = self.rt, self.runner
-        cuda_check(rt.cudaEventRecord(self.start, r.stream))
-        if copies:
-            cuda_check(rt.cudaMemcpyAsync(r._buffers[r.input_name], self.host_in, self.in_bytes,
-                                          rt.cudaMemcpyKind.cudaMemcpyHostToDevice, r.stream))
-        if not r.context.execute_async_v3(_handle(r.stream)):
-            raise EngineRuntimeError(f"TensorRT failed to execute {r.path.name}")
-        if copies:
-            cuda_check(rt.cudaMemcpyAsync(self.host_out, r._buffers[r.output_name], self.out_bytes,
-                                          rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, r.stream))
-        cuda_check(rt.cudaEventRecord(self.end, r.stream))
-        cuda_check(rt.cudaEventSynchronize(self.end))
-        return float(cuda_check(rt.cudaEventElapsedTime(self.start, self.end)))
-
-    def end_to_end(self) -> float:
-        return self._timed(copies=True)
-
-    def compute(self) -> float:
-        return self._timed(copies=False)
-
-    def close(self) -> None:
-        rt = self.rt
-        for event in (self.start, self.end):
-            rt.cudaEventDestroy(event)
-        rt.cudaFreeHost(self.host_in)
-        rt.cudaFreeHost(self.host_out)
 
 
 __all__ = ["TensorRTRunner"]
