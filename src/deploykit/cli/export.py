@@ -9,17 +9,24 @@ from typing import Annotated, Optional
 import typer
 
 from deploykit.cli.app import app
-from deploykit.cli.build import DynamicBatchCommand
+from deploykit.cli.build import DynamicBatchCommand, build_and_verify
+from deploykit.cli.check import check_tables
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8AgreementOpt, LabelsOpt,
                                    MaxImagesOpt, MeanOpt, ModelDefOpt, ModelKwargsOpt, NumClassesOpt, ProfileOpt,
                                    ResizeOpt, StdOpt, TimingCacheOpt, WorkspaceOpt, check_max_images, load_options)
-from deploykit.cli.render import console, literal, note, parity_table
+from deploykit.cli.render import console, literal, note, parity_table, warn
+from deploykit.cli.render_precision import precision_tables
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
-from deploykit.precision.variants import Int8Target
+from deploykit.pipeline import export_folder
+from deploykit.precision import PrecisionRequest
 from deploykit.precision.calibrate import DEFAULT_CALIB_SIZE, DEFAULT_MIN_CALIB, CalibMethod
 from deploykit.precision.remainder import Remainder
+from deploykit.precision.variants import Int8Target
+from deploykit.tensorrt.check import failing, parse_targets
+from deploykit.tensorrt.host import require_host
+from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
 
 
 class Target(str, Enum):
@@ -124,9 +131,6 @@ def export(
     trt_targets: TrtTargetsOpt = None,
 ) -> None:
     """Export a PyTorch classifier to a verified export folder (model.onnx + deploykit.json)."""
-    from deploykit.pipeline import export_folder
-    from deploykit.precision import PrecisionRequest
-
     if out is not None and not out.strip():  # a str, not a Path: Path("") would be the current folder
         raise typer.BadParameter("an empty --out names no folder; give the export folder, e.g. --out exports/model",
                                  param_hint="'--out'")
@@ -159,8 +163,6 @@ def export(
 
 def _trt_targets(text: str | None) -> list:
     """--trt-targets as TensorRT targets ([] for none; the defaults when not given)."""
-    from deploykit.tensorrt.check import parse_targets
-
     return [] if (text or "").strip().lower() == "none" else parse_targets(text)
 
 
@@ -175,8 +177,6 @@ def _check_engine_options(to: Target, profile: str | None, workspace: float | No
             raise InputError(f"{', '.join(given)} only apply with --to trt")
     ranged = False
     if profile is not None:
-        from deploykit.tensorrt.profile import BatchProfile
-
         ranged = not BatchProfile.parse(profile).is_fixed
     if workspace is not None and not workspace > 0:
         raise InputError(f"--workspace is in GiB and must be > 0, got {workspace:g}")
@@ -198,8 +198,6 @@ def _show(result, *, no_verify: bool, checked) -> None:
                   f"classes={result.loaded.num_classes}  input={'x'.join(map(str, pre.shape))}  "
                   f"opset={result.manifest.opset}", highlight=False)
     if result.precision is not None:
-        from deploykit.cli.render_precision import precision_tables
-
         for table in precision_tables(result.precision):
             console.print(table)
     if result.trt_checks:
@@ -215,10 +213,6 @@ def _show(result, *, no_verify: bool, checked) -> None:
 
 def _print_checks(checks, targets) -> None:
     """Before any engine build: which TensorRT target will fail on which artifact, and why (else one line)."""
-    from deploykit.cli.check import check_tables
-    from deploykit.cli.render import warn
-    from deploykit.tensorrt.check import failing
-
     lines = failing(checks)
     versions = ", ".join(t.version for t in targets)
     if not lines:
@@ -234,10 +228,6 @@ def _print_checks(checks, targets) -> None:
 def _build_engines(result, *, fp16: bool, int8: bool, profile, workspace, timing_cache, data, verify) -> None:
     """--to trt: one engine per precision asked for (FP32 when neither --fp16 nor --int8), each verified.
     Without TensorRT or a GPU here: exit 3 naming what is missing and the `deploykit build` command(s)."""
-    from deploykit.cli.build import build_and_verify
-    from deploykit.tensorrt.host import require_host
-    from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
-
     precisions = [p for p, on in ((EnginePrecision.fp16, fp16), (EnginePrecision.int8, int8)) if on] or \
         [EnginePrecision.fp32]
     done = f"{result.folder}: ONNX artifacts written" + (" and verified" if result.report is not None else "")
