@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from deploykit.bench import (Backend, BenchOptions, bench_target, default_backends, default_target, parse_batches,
+                             parse_list, ship_lines, skip_text, unstable_lines, write_markdown, write_plot)
+from deploykit.bench.host import contention_warning
+from deploykit.bench.run import keep_results
 from deploykit.cli.app import app
 from deploykit.cli.options import MaxImagesOpt, check_max_images
-from deploykit.cli.render import console, err_console, literal, warn
+from deploykit.cli.render import console, err_console, literal, note, warn
+from deploykit.cli.render_bench import bench_table
+from deploykit.cli.reporter import ConsoleReporter
+from deploykit.errors import InputError
 from deploykit.files import dumps_strict
+from deploykit.parity import Precision
 from deploykit.runners.base import Device
 
 
@@ -52,12 +62,6 @@ def bench(
     """Time every backend and precision on this machine, beside PyTorch eager FP32 and the artifact's parity."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    from deploykit.bench import bench_target, default_target, write_markdown, write_plot
-    from deploykit.bench.host import contention_warning
-    from deploykit.bench.run import keep_results
-    from deploykit.cli.reporter import ConsoleReporter
-    from deploykit.errors import InputError
-
     options = _options(backends, precisions, batch, device, threads, warmup, iters, seconds, torch_variants, data,
                        max_images)
     for path, flag in ((plot, "--plot"), (md, "--md")):
@@ -90,9 +94,6 @@ def bench(
 
 def _options(backends, precisions, batch, device, threads, warmup, iters, seconds, torch_variants, data, max_images):
     """The command's flags as checked :class:`~deploykit.bench.BenchOptions`."""
-    from deploykit.bench import Backend, BenchOptions, default_backends, parse_batches, parse_list
-    from deploykit.parity import Precision
-
     options = BenchOptions(backends=default_backends() if backends is None else parse_list(backends, Backend,
                                                                                            "--backends"),
                            precisions=parse_list(precisions, Precision, "--precisions"),
@@ -106,9 +107,6 @@ def _options(backends, precisions, batch, device, threads, warmup, iters, second
 def _show(report, as_json: bool) -> None:
     """The results: JSON on stdout (--json), else the table, the host, unstable rows, what to ship, skips, notes."""
     from rich.markup import escape
-
-    from deploykit.bench import ship_lines, skip_text, unstable_lines
-    from deploykit.cli.render_bench import bench_table
 
     if as_json:
         print(dumps_strict(report.to_json()))
@@ -132,8 +130,6 @@ def _say_kept(kept, target, *, as_json: bool, md) -> None:
         err_console.print(f"wrote {literal(kept.json)} (`deploykit report {literal(kept.json.parent)}` puts it in "
                           "report.md)", highlight=False)
     elif kept.earlier is not None and not _stdout_is(kept.earlier):
-        from deploykit.cli.render import note
-
         note(f"results went to {'stdout (--json)' if as_json else 'this screen'}"
              + "".join(f" and {p}" for p in (kept.plot, md) if p is not None)
              + f"; {kept.earlier} is an earlier bench and was left as it was -- `deploykit report` "
@@ -142,9 +138,6 @@ def _say_kept(kept, target, *, as_json: bool, md) -> None:
 
 def _stdout_is(path: Path) -> bool:
     """Whether stdout is redirected into ``path`` (``deploykit bench DIR --json > DIR/bench.json``)."""
-    import os
-    import sys
-
     try:
         return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(path))
     except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test runner's capture)
