@@ -11,24 +11,29 @@ from typing import Any
 
 import numpy as np
 
+from deploykit import runners
 from deploykit.bench.host import Capabilities, host_info, probe
 from deploykit.bench.measure import RoundPlan, measure_cases
 from deploykit.bench.options import DEFAULT_MODEL, EXPORTS_DIR, Backend, BenchOptions
 from deploykit.bench.plan import plan_cases
 from deploykit.bench.results import (BENCH_NAME, BENCH_PLOT, BenchReport, Measurement, Skip, add_speedups,
                                      fastest_verified)
+from deploykit.data import sample_images
 from deploykit.errors import DeployKitError, InputError
 from deploykit.files import write_json_atomic
 from deploykit.manifest import ENGINE_SUFFIXES, MANIFEST_NAME, Manifest
+from deploykit.models import build_model, get_spec
+from deploykit.models.loading import save_checkpoint
+from deploykit.parity import Precision
+from deploykit.pipeline import export_folder
+from deploykit.predict import onnx_metadata
 from deploykit.reporter import Reporter, Task, reporter_or_silent
 from deploykit.runners.base import Device
-from deploykit.parity import Precision
+from deploykit.verify import RECORDED, FixedLogits, compare_runners, reference_runner, verification_data
 
 
 def bench_input(manifest: Manifest, batch: int) -> np.ndarray:
     """A fixed batch of real photos (scikit-image samples) through the folder's preprocessing, tiled to ``batch``."""
-    from deploykit.data import sample_images
-
     pre = manifest.preprocessing
     images = sample_images().sample(min(batch, 8))
     arr = images.load(pre)
@@ -134,17 +139,12 @@ def verify_ov_rows(folder: Path, manifest: Manifest, results: list[Measurement],
             and (m.backend is Backend.ov or data is not None or not _recorded_here(m, manifest))]
     if not rows:
         return
-    from deploykit import runners
-    from deploykit.verify import RECORDED, compare_runners, reference_runner, verification_data
-
     if task is not None:
         task.update(description=f"bench verifying {len(rows)} rows")
     try:
         vdata = verification_data(manifest, data, max_images=max_images)
         fp32 = next((a.path for a in manifest.artifacts if a.precision == "fp32"), None)
         if vdata.recorded is not None:
-            from deploykit.verify import FixedLogits
-
             reference, ref_name, kind = FixedLogits(vdata.recorded, manifest.preprocessing.shape), RECORDED, \
                 "pytorch-recorded"
         elif manifest.source.get("path"):
@@ -218,9 +218,6 @@ def default_model(directory: Path) -> Path:
     """
     import torch
 
-    from deploykit.models import build_model, get_spec
-    from deploykit.models.loading import save_checkpoint
-
     torch.manual_seed(0)
     spec = get_spec(DEFAULT_MODEL)
     path = Path(directory) / f"{DEFAULT_MODEL}_seed0.pt"
@@ -248,8 +245,6 @@ def _manifest_from_onnx(path: Path) -> Manifest:
     """A stand-in manifest for a bare deploykit ONNX: preprocessing and class names from its metadata, the input
     shape from its graph, the precision from its name (``model.<precision>.onnx``, else fp32)."""
     import onnx
-
-    from deploykit.predict import onnx_metadata
 
     pre, names = onnx_metadata(path)
     if pre is None:
@@ -280,8 +275,6 @@ def bench_target(target: Path | None, options: BenchOptions, *, reporter: Report
         raise InputError(f"{target} not found: pass an export folder or a model file")
     if target is not None and (Path(target).suffix == ".onnx" or Path(target).name.endswith(ENGINE_SUFFIXES)):
         return bench_artifact(Path(target), options, reporter=reporter)
-    from deploykit.pipeline import export_folder
-
     with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         if target is None:
             model = default_model(Path(tmp))
