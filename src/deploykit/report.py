@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from deploykit import schema as S
+from deploykit.bench.host import contention_warning, host_line
+from deploykit.bench.output import ratio_cell
 from deploykit.bench.results import BENCH_NAME
 from deploykit.errors import InputError
+from deploykit.evidence import check_evidence, held_out_text
 from deploykit.files import atomic_path, read_json
 from deploykit.manifest import Artifact, Manifest, verified
 from deploykit.text import markdown_cell, printable
@@ -166,15 +169,10 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
     results = bench.get("results", [])
     lines = []
     if isinstance(host.get("versions"), dict):
-        from deploykit.bench import host_line
-
         try:
             lines += [f"Host: {md(host_line(host))}", ""]
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # a hand-written or older bench.json without every host field: the table still stands
-    from deploykit.bench.host import contention_warning
-    from deploykit.bench.output import ratio_cell
-
     head = ["backend", "precision", "variant", "device", "batch", "p50 ms", "p99 ms", "img/s (p50)",
             "vs torch (p50)", "parity"]
     lines += ["| " + " | ".join(head) + " |",
@@ -309,8 +307,6 @@ def render_report(folder: Path, bench: dict[str, Any] | None = None, manifest: M
               + ("accuracy in percent, " if has_acc else "") + "agreement as a fraction.", ""]
     evidence = manifest.evidence
     if evidence is not None:
-        from deploykit.evidence import held_out_text
-
         held = held_out_text(evidence)
         if evidence.get("domain") is False:
             held = "bundled photos, not the model's kind of images: export with --data for a verdict on its own"
@@ -359,8 +355,6 @@ def write_report(folder: Path, out: Path | None = None, bench_path: Path | None 
     for entry in manifest.artifacts:  # the page vouches for these files: they must be the ones verified
         if (folder / entry.path).exists() or (folder / entry.path).is_symlink():
             manifest.file(entry)
-    from deploykit.evidence import check_evidence
-
     check_evidence(manifest)  # and for the images and logits they were judged on
     stale = None if bench_path is None else stale_bench(folder, Path(bench_path), manifest)
     text = render_report(folder, bench, manifest, stale=stale)
