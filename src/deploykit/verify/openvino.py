@@ -17,6 +17,7 @@ from deploykit.errors import DeployKitError
 from deploykit.manifest import Manifest
 from deploykit.parity import ArtifactReport, ParityReport, Precision, compare_logits
 from deploykit.runners.base import Runner
+from deploykit.runners.openvino import native_bf16
 
 Run = tuple[str, str, str]  # (file name, precision it is judged as, OpenVINO inference precision)
 
@@ -43,8 +44,6 @@ def with_bf16(runs: Sequence[Run], bf16: bool | None = None) -> list[Run]:
     """``runs`` plus the FP32 ONNX in bf16 where the CPU has native bf16 (``bf16``: None asks OpenVINO, which
     raises MissingDependencyError, exit 3, where it is not installed)."""
     if bf16 is None:
-        from deploykit.runners.openvino import native_bf16
-
         bf16 = native_bf16()
     fp32 = next((path for path, precision, _ in runs if precision == Precision.FP32.value), None)
     return [*runs, (fp32, Precision.BF16.value, "bf16")] if bf16 and fp32 else list(runs)

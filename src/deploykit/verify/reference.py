@@ -13,11 +13,14 @@ import numpy as np
 
 from deploykit import runners
 from deploykit.errors import InputError
-from deploykit.evidence import VerificationData, held_out_text
+from deploykit.evidence import VerificationData, held_out_text, images_for, recorded_data, recorded_logits_for
+from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
+from deploykit.models.loading import LoadOptions, load_model
 from deploykit.parity import TOLERANCES, Precision, accuracy_labels, compare_logits, judge
 from deploykit.reporter import SILENT, Reporter
 from deploykit.runners.base import Backend, Runner
+from deploykit.runners.torch import TorchRunner, reference_device
 
 RECORDED = "pytorch (recorded)"  # the reference name of PyTorch's logits read from the folder's evidence
 MAX_SOURCE_HASH_BYTES = 8 << 30  # hashing runs at ~1 GB/s; a checkpoint beyond this is not a classifier we reload
@@ -56,8 +59,6 @@ def verification_data(manifest: Manifest, data: Path | str | None = None, *, max
     """The images a command judges on: the folder's evidence (PyTorch's recorded logits on them) unless ``data``
     overrides; ``data`` whose pixels are exactly the evidence images (left out with --no-evidence-images) gets the
     recorded logits too. A folder exported before evidence was recorded falls back to the bundled photos."""
-    from deploykit.evidence import images_for, recorded_data, recorded_logits_for
-
     if data is None:
         recorded = recorded_data(manifest, reporter=reporter)
         if recorded is not None:
@@ -125,8 +126,6 @@ def source_unusable(manifest: Manifest) -> str | None:
         return f"the source checkpoint {source} is not here"
     if source.stat().st_size > MAX_SOURCE_HASH_BYTES:
         return f"the source checkpoint {source} is too large to check against the manifest"
-    from deploykit.files import sha256_file
-
     if sha256_file(source) != manifest.source.get("sha256"):
         return f"{source} changed since export (sha256 differs)"
     return None
@@ -155,15 +154,10 @@ def reference_runner(folder: Path, manifest: Manifest, *, reporter: Reporter = S
     """The PyTorch model the folder was exported from (``loaded``: already in memory); the FP32 ONNX when torch
     or the source is missing, or the source needs a flag this command line did not repeat (we say why)."""
     if loaded is not None:
-        from deploykit.runners.torch import TorchRunner, reference_device
-
         return TorchRunner(loaded.module, manifest.preprocessing.shape, reference_device(),
                            channels_last=channels_last), "pytorch"
     reason = _why_not_pytorch(manifest, allow_pickle, model_def)
     if reason is None:
-        from deploykit.models.loading import LoadOptions, load_model
-        from deploykit.runners.torch import TorchRunner
-
         stored = manifest.source.get("options") if isinstance(manifest.source.get("options"), dict) else {}
         options = LoadOptions.from_dict(stored)
         options.allow_pickle = allow_pickle
