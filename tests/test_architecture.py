@@ -182,7 +182,8 @@ LAZY_RULE = ("deploykit.runners.", "deploykit.models.", "deploykit.train.", "dep
              "deploykit.cli.command", "deploykit.cli.data", "deploykit.cli.eval", "deploykit.cli.models",
              "deploykit.cli.predict", "deploykit.cli.render", "deploykit.cli.report", "deploykit.cli.train",
              "deploykit.bench.options", "deploykit.cli.export", "deploykit.cli.bench", "deploykit.bench.run", "deploykit.report",
-             "deploykit.verify.reference", "deploykit.verify.openvino")
+             "deploykit.verify.reference", "deploykit.verify.openvino", "deploykit.cli.build", "deploykit.cli.verify",
+             "deploykit.cli.options")
 
 
 def _follows_lazy_rule(mod: str) -> bool:

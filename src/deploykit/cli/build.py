@@ -12,8 +12,10 @@ from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
 from deploykit.cli.render import console, err_console, literal, note, parity_table
-from deploykit.errors import InputError
-from deploykit.tensorrt.profile import EnginePrecision
+from deploykit.cli.reporter import ConsoleReporter
+from deploykit.errors import InputError, VerificationError
+from deploykit.pipeline import build_folder
+from deploykit.tensorrt.profile import BatchProfile, EnginePrecision
 
 # The value `--dynamic-batch` may take: MIN:OPT:MAX or N; malformed ranges too, so that they fail with the
 # profile's own message rather than as a stray MODEL argument.
@@ -63,10 +65,6 @@ def build_and_verify(folder: Path, precision: EnginePrecision, *, profile: str |
     then its verification (PyTorch reference, else the FP32 ONNX) as a table."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from deploykit.cli.reporter import ConsoleReporter
-    from deploykit.pipeline import build_folder
-    from deploykit.tensorrt.profile import BatchProfile
-
     requested = BatchProfile.parse(profile) if profile is not None else None
     # one row per TensorRT build phase: phases have no reliable time left, so the elapsed time instead
     reporter = ConsoleReporter(err_console, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -113,8 +111,6 @@ def build(
                                "(`deploykit check`).")] = False,
 ) -> None:
     """Build model.<precision>.engine from an export folder with this device's TensorRT, then verify it."""
-    from deploykit.errors import VerificationError
-
     if dynamic_batch and profile is None:
         raise InputError("build --dynamic-batch takes the batch range: --dynamic-batch MIN:OPT:MAX, e.g. 1:8:32 (a "
                          "dynamic batch dimension itself comes from `deploykit export --dynamic-batch`)")

@@ -97,8 +97,6 @@ MaxImagesOpt = Annotated[Optional[int], typer.Option(
 
 
 def check_max_images(value: int | None) -> int | None:
-    from deploykit.errors import InputError
-
     if value is not None and not 1 <= value <= 1 << 20:
         raise InputError(f"--max-images must be between 1 and {1 << 20}, got {value}")
     return value

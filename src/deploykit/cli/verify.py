@@ -13,7 +13,10 @@ from deploykit.cli.render import console, literal, parity_table
 from deploykit.cli.reporter import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
+from deploykit.manifest import MANIFEST_NAME, Manifest
+from deploykit.precision import PrecisionRequest
 from deploykit.runners.base import Backend
+from deploykit.verify import verify_folder
 
 
 @app.command()
@@ -47,9 +50,6 @@ def verify(
 ) -> None:
     """Compare each artifact with the PyTorch reference (its logits recorded at export on the folder's evidence images,
     no torch needed): logits, cosine, top-1/top-5 (and accuracy with labels)."""
-    from deploykit.precision import PrecisionRequest
-    from deploykit.verify import verify_folder
-
     folder, only = artifact_in_folder(target)
     gates = PrecisionRequest(int8=True, int8_agreement=int8_agreement, int8_accuracy_drop=int8_accuracy_drop)
     gates.validate()  # the INT8 gates export takes, checked as export checks them
@@ -95,8 +95,6 @@ def ran_lines(report) -> list[str]:
 def artifact_in_folder(target: Path) -> tuple[Path, list[str] | None]:
     """``(folder, None)`` for an export folder; ``(its folder, [name])`` for one artifact listed in the
     deploykit.json beside it."""
-    from deploykit.manifest import MANIFEST_NAME, Manifest
-
     if not target.exists():
         raise InputError(f"not found: {target}")
     if target.is_dir():
