@@ -177,8 +177,8 @@ FRAMEWORKS = OPTIONAL | {"[onnx]", "[onnxruntime]", "[skimage]"}
 # some deploykit modules inside functions and join the list as they are reworked
 LAZY_RULE = ("deploykit.runners.", "deploykit.models.", "deploykit.train.", "deploykit.predict", "deploykit.evaluate",
              "deploykit.data", "deploykit.evidence", "deploykit.export", "deploykit.folder", "deploykit.bench.host",
-             "deploykit.bench.measure", "deploykit.bench.output", "deploykit.bench.plan", "deploykit.tensorrt.host",
-             "deploykit.tensorrt.profile", "deploykit.cli", "deploykit.cli.app", "deploykit.cli.check",
+             "deploykit.bench.measure", "deploykit.bench.output", "deploykit.bench.plan", "deploykit.tensorrt.",
+             "deploykit.cli", "deploykit.cli.app", "deploykit.cli.check",
              "deploykit.cli.command", "deploykit.cli.data", "deploykit.cli.eval", "deploykit.cli.models",
              "deploykit.cli.predict", "deploykit.cli.render", "deploykit.cli.report", "deploykit.cli.train",
              "deploykit.bench.options", "deploykit.cli.export", "deploykit.cli.bench", "deploykit.bench.run", "deploykit.report",

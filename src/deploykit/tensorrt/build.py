@@ -29,10 +29,12 @@ from typing import Any
 
 from deploykit.errors import DeployKitError, EngineBuildError, InputError
 from deploykit.files import atomic_path, sha256_file
+from deploykit.folder import folder_lock
 from deploykit.manifest import Artifact, Manifest
 from deploykit.reporter import SILENT, Reporter
 from deploykit.tensorrt.build_errors import build_failure
 from deploykit.tensorrt.build_progress import PhaseProgress, progress_monitor
+from deploykit.tensorrt.check import build_refusal
 from deploykit.tensorrt.host import Host, Probe, default_timing_cache, is_jetson, probe_host, require_host, trt_logger
 from deploykit.tensorrt.plan import BuildPlan, network_creation_flags, plan_build, set_builder_flags
 from deploykit.tensorrt.profile import BatchProfile, EnginePrecision, engine_name, input_profile, resolve_profile
@@ -224,8 +226,6 @@ def build_engine(folder: Path, precision: EnginePrecision, *, profile: BatchProf
     folder = Path(folder)
     precision = EnginePrecision(precision)
     check_workspace(workspace_gib)
-    from deploykit.folder import folder_lock
-
     with folder_lock(folder, "build"):  # one writer of the folder's manifest at a time
         return build_in_locked_folder(folder, precision, profile=profile, workspace_gib=workspace_gib,
                              timing_cache=timing_cache, reporter=reporter, done=done, probe=probe,
@@ -249,8 +249,6 @@ def build_in_locked_folder(folder: Path, precision: EnginePrecision, *, profile:
                              probe=probe)
     plan = plan_build(host.tensorrt, precision, fp16_remainder=onnx_remainder(entry) == "fp16")
     if trt_check:
-        from deploykit.tensorrt.check import build_refusal
-
         refusal = build_refusal(manifest.file(entry), host.tensorrt, entry.path, folder)
         if refusal:
             raise EngineBuildError(refusal)

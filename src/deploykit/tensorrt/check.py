@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from deploykit.errors import DeployKitError, InputError
+from deploykit.manifest import Manifest
 from deploykit.tensorrt.check_rules import Graph, check_types, qdq, restrictions, type_notes
 from deploykit.tensorrt.targets import DEFAULT_TARGETS, OLDEST, Target, known_targets, parse_targets, resolve_target
 
@@ -183,14 +184,10 @@ def check_path(path: Path, targets: list[Target]) -> list[ArtifactCheck]:
     """An export folder (every ONNX artifact it lists) or one ONNX file."""
     path = Path(path)
     if path.is_dir():
-        from deploykit.manifest import Manifest
-
         return check_manifest(Manifest.load(path), targets)
     if path.suffix.lower() != ".onnx" and path.name != "deploykit.json":
         raise InputError(f"{path}: give an export folder or an .onnx file")
     if path.name == "deploykit.json":
-        from deploykit.manifest import Manifest
-
         return check_manifest(Manifest.load(path), targets)
     return [ArtifactCheck(path.name, None, check_file(path, targets))]
 

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from deploykit.errors import InputError
+from deploykit.tensorrt.capabilities_data import DATA
 
 OLDEST = (10, 0)  # deploykit's TensorRT floor (tensorrt.host.MIN_TENSORRT); JetPack 6 ships 10.3
 DEFAULT_TARGETS = ("10.3", "11.5")  # JetPack 6 and the newest 11.x with published release notes
 STRONG_TYPING_SINCE = (10, 12)  # NVIDIA: strong typing fully available from 10.12 (deprecates weak typing)
-
-
-@lru_cache(maxsize=1)
-def _data() -> dict[str, Any]:
-    from deploykit.tensorrt.capabilities_data import DATA
-
-    return DATA
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -41,20 +34,20 @@ class Target:
 
     @property
     def opset(self) -> tuple[int, int]:
-        lo, hi = _data()["tables"][self.table]["opset"]
+        lo, hi = DATA["tables"][self.table]["opset"]
         return lo, hi
 
     def source(self) -> dict[str, Any]:
-        return dict(_data()["tables"][self.table]["source"])
+        return dict(DATA["tables"][self.table]["source"])
 
     def operator_table(self) -> dict[str, Any]:
         """The published table the check reads: ``operators`` (per op: supported, types, restriction),
         ``opset``, ``header_version``, ``source``."""
-        return _data()["tables"][self.table]
+        return DATA["tables"][self.table]
 
 
 def known_targets() -> list[str]:
-    return sorted(_data()["targets"], key=_key)
+    return sorted(DATA["targets"], key=_key)
 
 
 def resolve_target(text: str | tuple[int, ...]) -> Target:
@@ -71,7 +64,7 @@ def resolve_target(text: str | tuple[int, ...]) -> Target:
     version = f"{major_minor[0]}.{major_minor[1]}"
     if major_minor < OLDEST:
         raise InputError(f"TensorRT {version} is older than deploykit supports (10.0; JetPack 6 ships 10.3)")
-    data = _data()
+    data = DATA
     known = data["targets"].get(version)
     if known is not None:
         return Target(version, known["table"], known["typing"], known["platform"], known["gap"],
