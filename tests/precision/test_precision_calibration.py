@@ -84,8 +84,9 @@ def test_histogram_of_a_strided_sample_keeps_the_ranges(monkeypatch):
     """Large tensors are histogrammed on an evenly strided sample (min/max still read every value): over a
     calibration set's worth of images the ranges each method derives must stay those of the full histogram, and
     the stride must not stripe one column."""
-    import deploykit.precision.calibrate as calibrate_mod
-    from deploykit.precision.calibrate import CalibMethod, TensorStats, _sample
+    import deploykit.precision.stats as calibrate_mod
+    from deploykit.precision.calibrate import CalibMethod, TensorStats
+    from deploykit.precision.stats import _sample
 
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
@@ -114,7 +115,7 @@ def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
     """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
     from onnx import helper
 
-    import deploykit.precision.calibrate as calibrate_mod
+    import deploykit.precision.stats as calibrate_mod
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
@@ -166,7 +167,7 @@ def _fixed_batch_graph(path: Path, baked: bool) -> Path:
 def test_collect_stats_batches_a_fixed_batch_graph_and_keeps_its_statistics(baked, tmp_path, monkeypatch):
     """A batch-1 graph runs 16 images at a time once its batch is freed (checked against single-image runs; a
     graph with the batch baked in runs one at a time), and the statistics are those of per-image updates."""
-    import deploykit.precision.calibrate as calibrate_mod
+    import deploykit.precision.stats as calibrate_mod
     from deploykit.precision.calibrate import TensorStats, collect_stats
 
     src = _fixed_batch_graph(tmp_path / "g.onnx", baked)
