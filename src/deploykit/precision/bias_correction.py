@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +115,8 @@ def _reapply(graph, act, tensor: str, fp32_inits: dict, constants: dict, known: 
 def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np.ndarray], *, plan=None,
                    skip_depthwise: bool = False, shifts: dict[str, np.ndarray] | None = None,
                    max_chunk: int = 16, mode: str = "local", rounds: int = DRIFT_ROUNDS,
-                   damping: float = 1.0, cpu_ranges: dict[str, dict[str, float]] | None = None
-                   ) -> dict[str, np.ndarray]:
+                   damping: float = 1.0, cpu_ranges: dict[str, dict[str, float]] | None = None,
+                   targets: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per quantized Conv/Gemm node, the per-output-channel shift to add to its bias (see the module doc).
 
     ``mode="local"``: ``shifts`` (from an earlier call) are applied to the quantized graph first: each layer's
@@ -126,8 +126,11 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     ``mode="drift"`` (NNCF's full bias correction, on the last ``rounds`` layers): after the local shifts (or
     ``shifts``), the last ``rounds`` quantized layers in graph order are corrected one after the other, each to
     the FP32 *model's* per-channel output mean on clean inputs: ``shift += damping * (fp32_mean - q_mean)``, with
-    every correction before it applied. One pass over the FP32 graph, one (twin) pass for the local shifts and one
-    pass over the quantized graph per round; ``rounds >= len(layers)`` is NNCF's sequential correction of every
+    every correction before it applied. One pass over the FP32 graph (none when ``targets`` holds those means,
+    node -> mean, as the statistics pass measures them: :func:`drift_tail`), one (twin) pass for the local shifts,
+    one pass over the quantized graph for the first round and, for each later round, a pass over the graph's tail
+    only (the nodes downstream of the corrected layers, fed what the first round saw upstream of them: nothing
+    upstream changes between rounds). ``rounds >= len(layers)`` is NNCF's sequential correction of every
     layer. Correcting all layers at once from one measurement (Jacobi) diverges: a layer's drift is mostly its
     upstream's, so each layer takes out what upstream corrections also take out, and the surplus grows with
     depth (docs/precision.md, "Tried and not kept").
@@ -137,42 +140,115 @@ def measure_shifts(fp32_path: Path, amax: dict[str, float], batches: Iterable[np
     observed range, ORT's own choice of what to quantize) -- the shifts ``model.int8-cpu.onnx`` needs. The
     TensorRT graph's shifts carry the error of its clipped, symmetric activation ranges, which the CPU graph does
     not have (its own shifts lower its held-out logit MSE: docs/precision.md)."""
-    import onnx
+    if mode not in ("local", "drift"):
+        raise ValueError(f"bias correction mode {mode!r}: 'local' or 'drift'")
+    corrector = _Corrector(fp32_path, amax, plan, cpu_ranges, skip_depthwise, max_chunk)
+    if mode == "local":
+        return corrector.local(batches, shifts)
+    batches = [np.ascontiguousarray(b, np.float32) for b in batches]
+    current = corrector.local(batches, None) if shifts is None else shifts
+    return corrector.drift(batches, current, rounds, targets, damping)
 
+
+def local_and_drift(fp32_path: Path, amax: dict[str, float], batches: Sequence[np.ndarray], *, plan=None,
+                    cpu_ranges: dict[str, dict[str, float]] | None = None, rounds: int = DRIFT_ROUNDS,
+                    targets: dict[str, np.ndarray] | None = None):
+    """The bias shifts of calibration (local, then drift correction of the last ``rounds`` layers) and their drift
+    part: :func:`measure_shifts` twice, sharing the loaded graph (and ORT's CPU graph, built once)."""
+    corrector = _Corrector(fp32_path, amax, plan, cpu_ranges)
+    batches = [np.ascontiguousarray(b, np.float32) for b in batches]
+    local = corrector.local(batches, None)
+    bias = corrector.drift(batches, local, rounds, targets)
+    drift = {k: (v - local.get(k, 0.0)).astype(np.float32) for k, v in bias.items()
+             if k not in local or np.any(v != local[k])}
+    return bias, drift
+
+
+def drift_tail(model, plan=None, rounds: int = DRIFT_ROUNDS) -> list[tuple[str, str, list[int]]]:
+    """The layers drift correction corrects in ``model`` (the FP32 graph): ``(node name, output tensor, axes)``
+    per layer, the axes a per-channel mean of its output reduces besides the batch -- what the statistics pass
+    measures so that drift correction needs no FP32 pass of its own."""
     from deploykit.precision.graph import name_nodes
     from deploykit.precision.int8 import plan_trt
 
-    fp32 = onnx.load(str(fp32_path))
-    name_nodes(fp32)
-    plan = plan or plan_trt(fp32)
+    model = _copy(model)
+    name_nodes(model)
+    plan = plan or plan_trt(model)
+    nodes = {n.name: n for n in model.graph.node}
+    out = []
+    for layer in _tail_layers(model, plan, rounds):
+        node = nodes.get(layer.node)
+        axes = None if node is None else _channel_axes(node, _output_rank(model, node))
+        if axes is not None:
+            out.append((layer.node, node.output[0], [a for a in axes if a != 0]))
+    return out
+
+
+def _tail_layers(fp32, plan, rounds: int, skip_depthwise: bool = False) -> list:
     layers = [layer for layer in plan.layers if layer.op_type in CORRECTED_OPS and layer.weight is not None]
     if skip_depthwise:
         layers = [layer for layer in layers if not _depthwise(fp32, layer)]
-
-    def build(current):
-        return _quantized(fp32, amax, plan, current) if cpu_ranges is None else \
-            _quantized_cpu(fp32_path, cpu_ranges, plan, current)
-
-    if mode == "local":
-        return _local(fp32, build, batches, layers, shifts, max_chunk)
-    if mode != "drift":
-        raise ValueError(f"bias correction mode {mode!r}: 'local' or 'drift'")
-    batches = [np.ascontiguousarray(b, np.float32) for b in batches]
-    if shifts is None:
-        current = _local(fp32, build, batches, layers, None, max_chunk)
-    else:
-        current = {k: np.asarray(v, np.float32) for k, v in shifts.items()}
     order = {n.name: i for i, n in enumerate(fp32.graph.node)}
-    tail = sorted(layers, key=lambda layer: order.get(layer.node, -1))[-rounds:] if rounds > 0 else []
-    targets = _layer_means(fp32, tail, batches, max_chunk)
-    for layer in tail:
-        if layer.node not in targets:
-            continue
-        means = _layer_means(build(current), [layer], batches, max_chunk)
-        if layer.node in means:
-            step = damping * (targets[layer.node] - means[layer.node])
-            current[layer.node] = (current.get(layer.node, 0.0) + step).astype(np.float32)
-    return current
+    return sorted(layers, key=lambda layer: order.get(layer.node, -1))[-rounds:] if rounds > 0 else []
+
+
+class _Corrector:
+    """One FP32 graph's bias correction: the quantized graph for a set of shifts, its local and drift passes."""
+
+    def __init__(self, fp32_path: Path, amax, plan, cpu_ranges, skip_depthwise: bool = False,
+                 max_chunk: int = 16) -> None:
+        import onnx
+
+        from deploykit.precision.graph import name_nodes
+        from deploykit.precision.int8 import plan_trt
+
+        self.fp32_path, self.amax, self.cpu_ranges, self.max_chunk = Path(fp32_path), amax, cpu_ranges, max_chunk
+        self.fp32 = onnx.load(str(fp32_path))
+        name_nodes(self.fp32)
+        self.plan = plan or plan_trt(self.fp32)
+        self.skip_depthwise = skip_depthwise
+        self.layers = [layer for layer in self.plan.layers if layer.op_type in CORRECTED_OPS and
+                       layer.weight is not None]
+        if skip_depthwise:
+            self.layers = [layer for layer in self.layers if not _depthwise(self.fp32, layer)]
+        self._cpu_base = None
+
+    def build(self, shifts):
+        """The quantized graph with ``shifts``: TensorRT's by :func:`qdq_trt` (in memory, fast); ORT's CPU graph
+        built once by ORT's quantizer, then given each set of shifts in its int32 biases (:func:`_cpu_shifted`:
+        what the quantizer writes for them), rebuilt only where that cannot be done."""
+        if self.cpu_ranges is None:
+            return _quantized(self.fp32, self.amax, self.plan, shifts)
+        if self._cpu_base is None:  # every corrected layer with a bias (zeros where it had none) to write into
+            self._cpu_base = _quantized_cpu(self.fp32_path, self.cpu_ranges, self.plan, _zero_shifts(self.fp32,
+                                                                                                     self.layers))
+        if not shifts:
+            return _copy(self._cpu_base)
+        shifted = _cpu_shifted(self._cpu_base, self.fp32, shifts, {layer.node for layer in self.plan.layers})
+        return shifted if shifted is not None else _quantized_cpu(self.fp32_path, self.cpu_ranges, self.plan, shifts)
+
+    def local(self, batches, shifts) -> dict[str, np.ndarray]:
+        return _local(self.fp32, self.build, batches, self.layers, shifts, self.max_chunk)
+
+    def drift(self, batches, current, rounds: int, targets=None, damping: float = 1.0) -> dict[str, np.ndarray]:
+        current = {k: np.asarray(v, np.float32) for k, v in current.items()}
+        tail = _tail_layers(self.fp32, self.plan, rounds, self.skip_depthwise)
+        if targets is None or any(layer.node not in targets for layer in tail):
+            targets, _ = _layer_means(self.fp32, tail, batches, self.max_chunk)
+        upstream = None  # what the first round saw upstream of the tail: later rounds run the tail alone
+        for layer in tail:
+            if layer.node not in targets:
+                continue
+            model = self.build(current)
+            means = _tail_means(model, [layer], upstream) if upstream is not None else {}
+            if not means:
+                later = layer is not tail[-1]
+                means, upstream = _layer_means(model, [layer], batches, self.max_chunk,
+                                               keep_for={t.node for t in tail} if later else None)
+            if layer.node in means:
+                step = damping * (targets[layer.node] - means[layer.node])
+                current[layer.node] = (current.get(layer.node, 0.0) + step).astype(np.float32)
+        return current
 
 
 def _quantized(fp32, amax, plan, shifts):
@@ -197,6 +273,84 @@ def _quantized_cpu(fp32_path: Path, ranges, plan, shifts):
         return onnx.load(str(path))
 
 
+def _zero_shifts(fp32, layers) -> dict[str, np.ndarray]:
+    """A zero shift per layer (so that ORT's quantizer gives every one an int32 bias, zeros where it had none:
+    adding 0 changes no output)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in fp32.graph.initializer}
+    nodes = {n.name: n for n in fp32.graph.node}
+    out = {}
+    for layer in layers:
+        node = nodes.get(layer.node)
+        weight = None if node is None or len(node.input) < 2 else inits.get(node.input[1])
+        if weight is None or len(weight.dims) < 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        channels = weight.dims[1] if node.op_type == "Gemm" and not trans_b else weight.dims[0]
+        if len(node.input) > 2 and node.input[2] in inits:
+            channels = int(np.prod(numpy_helper.to_array(inits[node.input[2]]).shape))
+        out[layer.node] = np.zeros(channels, np.float32)
+    return out
+
+
+INT32_SAFE = 2.0 ** 31 / 1.0001  # beyond this ORT's quantizer would raise the weight's scale instead (not redone here)
+
+
+def _cpu_shifted(base, fp32, shifts: dict[str, np.ndarray], int8_nodes: set[str]):
+    """``base`` (ORT's CPU Q/DQ graph built without shifts) with ``shifts`` added to the biases of ``int8_nodes``,
+    as ORT's quantizer would have written them had the shifts been in the FP32 biases: an int32 bias becomes
+    ``round((bias + shift) / scale)`` with its own scale (input scale x weight scale, which the bias does not
+    change), a float one ``bias + shift``. None where the graph is not in that shape (a shared or missing bias, a
+    value near int32's limit): the caller then rebuilds with ORT's quantizer."""
+    from onnx import TensorProto, numpy_helper
+
+    model = _copy(base)
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in shifts or node.name not in int8_nodes:
+            continue
+        src = fp32_nodes.get(node.name)
+        delta = np.asarray(shifts[node.name], np.float32)
+        if src is None or len(node.input) < 3:
+            return None
+        if len(src.input) < 3 or not src.input[2]:
+            old = np.zeros_like(delta)  # the zero bias the base graph was given
+        elif src.input[2] in fp32_inits:
+            old = numpy_helper.to_array(fp32_inits[src.input[2]]).astype(np.float32)
+        else:
+            return None
+        if old.shape != delta.shape:
+            continue  # as apply_shifts: a shift of another shape is not applied
+        biased = (old + delta).astype(np.float32)
+        dq = producer.get(node.input[2])
+        if dq is None:  # a float bias the quantizer left as it was
+            target = inits.get(node.input[2])
+            if target is None or users[node.input[2]] != 1 or target.data_type != TensorProto.FLOAT:
+                return None
+            target.CopyFrom(numpy_helper.from_array(biased.reshape(tuple(target.dims)), target.name))
+            continue
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits or \
+                users[dq.input[0]] != 1 or users[node.input[2]] != 1:
+            return None
+        q = inits[dq.input[0]]
+        if q.data_type != TensorProto.INT32:
+            return None
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        value = np.round(biased.astype(np.float64) / scale)  # ORT's quantize_bias_static_impl, to the bit
+        if not np.all(np.isfinite(value)) or np.any(np.abs(value) > INT32_SAFE):
+            return None
+        q.CopyFrom(numpy_helper.from_array(value.astype(np.int32).reshape(tuple(q.dims)), q.name))
+    return model
+
+
 def _session(model):
     import onnxruntime as ort
 
@@ -211,24 +365,119 @@ def _session(model):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=ort_providers())
 
 
-def _run_means(session, names: list[str], batches: Iterable[np.ndarray], max_chunk: int):
-    """Image-weighted means of the graph outputs ``names`` over ``batches`` (None: no image ran)."""
+def _run_means(session, names: list[str], batches: Iterable[np.ndarray], max_chunk: int, keep: Sequence[str] = ()):
+    """Image-weighted means of the graph outputs ``names`` over ``batches`` (None: no image ran), and per run the
+    outputs ``keep`` (``(feeds, images)``, to feed a tail graph :func:`_tail_means`; None when they would hold
+    more than ``UPSTREAM_BYTES``)."""
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    sums = [None] * len(names)
-    count = 0
-    for batch in batches:
-        step = fixed or max(1, min(len(batch), max_chunk))
-        for start in range(0, len(batch), step):
-            chunk = np.ascontiguousarray(batch[start:start + step], np.float32)
-            if fixed and len(chunk) < fixed:
-                continue  # a padded image would bias the means; the shift is an average, a few images fewer is fine
-            values = session.run(names, {inp.name: chunk})
-            weight = len(chunk)
-            for i, v in enumerate(values):
-                sums[i] = v.astype(np.float64) * weight if sums[i] is None else sums[i] + v * weight
-            count += weight
+    feeds: list | None = [] if keep else None
+    held = 0
+
+    def runs():
+        nonlocal feeds, held
+        for batch in batches:
+            step = fixed or max(1, min(len(batch), max_chunk))
+            for start in range(0, len(batch), step):
+                chunk = np.ascontiguousarray(batch[start:start + step], np.float32)
+                if fixed and len(chunk) < fixed:
+                    continue  # a padded image would bias the means; the shift is an average: a few images fewer
+                values = session.run(list(names) + (list(keep) if feeds is not None else []), {inp.name: chunk})
+                if feeds is not None:
+                    feeds.append((dict(zip(keep, values[len(names):])), len(chunk)))
+                    held += sum(v.nbytes for v in values[len(names):])
+                    if held > UPSTREAM_BYTES:
+                        feeds = None
+                yield values[:len(names)], len(chunk)
+
+    means = _weighted_means(runs(), len(names))
+    return means, (feeds or None)
+
+
+def _weighted_means(runs, n: int):
+    sums, count = [None] * n, 0
+    for values, weight in runs:
+        for i, v in enumerate(values):
+            sums[i] = v.astype(np.float64) * weight if sums[i] is None else sums[i] + v * weight
+        count += weight
     return None if count == 0 else [s / count for s in sums]
+
+
+UPSTREAM_BYTES = 1 << 29  # what the first drift round keeps for the later ones (ResNet-50, 64 images: ~35 MB)
+
+
+def _split(model, changed: set[str]):
+    """The tail of ``model`` below the nodes ``changed`` (their bias is what later drift rounds change): the
+    indices of the nodes to run again (those downstream of ``changed``, and the constant nodes they read) and the
+    tensors they read from upstream (the frontier, the same in every round). None when the graph has subgraphs or
+    the tail reads the graph input itself."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    inputs = {i.name for i in graph.input if i.name not in inits}
+    dynamic, downstream, tail = set(inputs), set(), set()
+    producer = {}
+    for i, node in enumerate(graph.node):
+        if any(a.type in (5, 10) for a in node.attribute):  # GRAPH / GRAPHS: If, Loop, Scan
+            return None
+        ins = [x for x in node.input if x]
+        for out in node.output:
+            producer[out] = i
+        if any(x in dynamic for x in ins):
+            dynamic.update(node.output)
+        if node.name in changed or any(x in downstream for x in ins):
+            downstream.update(node.output)
+            tail.add(i)
+    frontier, todo = set(), [x for i in tail for x in graph.node[i].input if x]
+    while todo:
+        x = todo.pop()
+        if x not in producer or producer[x] in tail:
+            if x in inputs:
+                return None
+            continue
+        if x in dynamic:
+            frontier.add(x)
+        else:  # a constant subgraph (a weight's DequantizeLinear): run it in the tail too
+            tail.add(producer[x])
+            todo.extend(y for y in graph.node[producer[x]].input if y)
+    return sorted(tail), sorted(frontier)
+
+
+def _tail_means(model, layers, upstream) -> dict[str, np.ndarray]:
+    """:func:`_layer_means` of ``model`` on the tail below ``upstream.changed`` alone, fed ``upstream.feeds``."""
+    import onnx
+    from onnx import helper
+
+    model, names, found = _with_means(model, layers)
+    split = _split(model, upstream.changed)
+    if not names or split is None or split[1] != upstream.frontier:
+        return {}
+    keep, frontier = split
+    first = upstream.feeds[0][0]
+    tail = onnx.ModelProto()
+    tail.CopyFrom(model)
+    graph = tail.graph
+    nodes = [graph.node[i] for i in keep]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {x for n in nodes for x in n.input}
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    del graph.input[:]
+    graph.input.extend(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first[name].dtype), None)
+                       for name in frontier)
+    del graph.output[:]
+    graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    session = _session(tail)
+    values = _weighted_means(((session.run(names, feeds), n) for feeds, n in upstream.feeds), len(names))
+    return {} if values is None else dict(zip(found, values))
+
+
+class _Upstream:
+    """What the first drift round saw upstream of the tail layers: the frontier tensors per run."""
+
+    def __init__(self, changed: set[str], frontier: list[str], feeds: list) -> None:
+        self.changed, self.frontier, self.feeds = changed, frontier, feeds
 
 
 def _channel_axes(node, weight_rank: int | None) -> list[int] | None:
@@ -249,8 +498,9 @@ def _add_mean(graph, tensor: str, axes_name: str, mean: str) -> str:
     return mean
 
 
-def _layer_means(model, layers, batches, max_chunk: int) -> dict[str, np.ndarray]:
-    """Per layer (by node name), the per-output-channel mean of its output in ``model`` (FP32 or Q/DQ)."""
+def _with_means(model, layers):
+    """A copy of ``model`` with the per-output-channel mean of each of ``layers``' outputs as a graph output; the
+    names of those outputs and of their layers."""
     from onnx import numpy_helper
 
     model = _copy(model)
@@ -268,12 +518,28 @@ def _layer_means(model, layers, batches, max_chunk: int) -> dict[str, np.ndarray
         graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
         names.append(_add_mean(graph, node.output[0], axes_name, f"{layer.node}__drift_mean"))
         found.append(layer.node)
+    return model, names, found
+
+
+def _layer_means(model, layers, batches, max_chunk: int, keep_for: set[str] | None = None):
+    """Per layer (by node name), the per-output-channel mean of its output in ``model`` (FP32 or Q/DQ); with
+    ``keep_for`` (node names) also an :class:`_Upstream` of what the nodes below them read from above, so that
+    rounds which change only those nodes' biases run the tail alone (None where that cannot be done)."""
+    model, names, found = _with_means(model, layers)
     if not names:
-        return {}
-    values = _run_means(_session(model), names, batches, max_chunk)
+        return {}, None
+    split = _split(model, keep_for) if keep_for else None
+    frontier = [] if split is None else split[1]
+    graph = model.graph
+    existing = {o.name for o in graph.output}
+    from onnx import helper
+
+    graph.output.extend(helper.make_empty_tensor_value_info(x) for x in frontier if x not in existing)
+    values, feeds = _run_means(_session(model), names, batches, max_chunk, keep=frontier)
+    upstream = _Upstream(set(keep_for), frontier, feeds) if split is not None and feeds else None
     if values is None:
-        return {}
-    return {node: v for node, v in zip(found, values)}
+        return {}, None
+    return {node: v for node, v in zip(found, values)}, upstream
 
 
 def _copy(model):
@@ -304,7 +570,7 @@ def _local(fp32, build, batches, layers, shifts, max_chunk) -> dict[str, np.ndar
     qdq = build(shifts)
     model, outputs = _twin_graph(qdq, fp32, layers)
     names = [n for _, q, f in outputs for n in (q, f)]
-    means = _run_means(_session(model), names, batches, max_chunk) if names else None
+    means = _run_means(_session(model), names, batches, max_chunk)[0] if names else None
     if means is None:
         return dict(shifts or {})
     return {node: (means[2 * j + 1] - means[2 * j]).astype(np.float32) for j, (node, _, _) in enumerate(outputs)}

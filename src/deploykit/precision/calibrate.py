@@ -39,7 +39,8 @@ from deploykit.files import sha256_file
 from deploykit.precision.calib_cache import Ranges, cache_key, load_cached, save_cache
 from deploykit.precision.ranges import CalibMethod
 # TensorStats, collect_stats and image_batches: imported from here by callers that calibrate by hand
-from deploykit.precision.stats import MAX_CHUNK, TensorStats, collect_stats, image_batches  # noqa: F401
+from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS, drift_tail, local_and_drift
+from deploykit.precision.stats import MAX_CHUNK, ChannelMeans, TensorStats, collect_stats, image_batches  # noqa: F401
 from deploykit.preprocess import Preprocess, open_image
 from deploykit.reporter import SILENT, Reporter
 from deploykit.timings import Timings
@@ -135,13 +136,18 @@ def calibrate(model_path: Path, tensors: Sequence[str], images: ImageSet, prepro
         batches = image_batches(images, preprocess)
         model = onnx.load(str(model_path))
         bounded = bounded_tensors(model) if method is not CalibMethod.minmax else {}
+        subset = spread_indices(len(images), min(len(images), bias_images or DEFAULT_IMAGES))
+        tail = drift_tail(model) if bias_correction else []
+        # drift correction's FP32 targets: the tail layers' per-channel means on the bias-correction images
+        means = ChannelMeans({t: axes for _, t, axes in tail}, frozenset(subset)) if tail else None
         with reporter.progress(f"calibrating ({method.value}, {len(images)} images)", len(images)) as task:
             stats = collect_stats(model_path, tensors, batches, histogram=_clipped(model, tensors, method, bounded),
-                                  progress=task.advance)
+                                  progress=task.advance, means=means)
         ranges = Ranges(method, {n: s.to_json(method, n in bounded) for n, s in stats.items()}, len(images), key)
     if bias_correction:
+        targets = {node: means.mean(t) for node, t, _ in tail if means.mean(t) is not None}
         with timings.stage("bias_correction"):
-            _correct_biases(model_path, ranges, images, preprocess, reporter, bias_images, cpu)
+            _correct_biases(model_path, ranges, images, preprocess, reporter, subset, cpu, targets)
     save_cache(cache_dir, ranges)
     return ranges
 
@@ -163,40 +169,33 @@ def _clipped(model, tensors: Sequence[str], method: CalibMethod, bounded) -> set
 
 
 def _correct_biases(model_path: Path, ranges: Ranges, images: ImageSet, preprocess: Preprocess, reporter: Reporter,
-                    bias_images: int | None, cpu: bool) -> None:
-    """``ranges.bias`` (and with ``cpu`` ``ranges.bias_cpu``): see :func:`calibrate`."""
-    from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS
-
-    n = min(len(images), bias_images or DEFAULT_IMAGES)
-    paths = spread(images.paths, n)
+                    subset: list[int], cpu: bool, targets: dict[str, np.ndarray]) -> None:
+    """``ranges.bias`` (and with ``cpu`` ``ranges.bias_cpu``), measured on the images ``subset`` (indices);
+    ``targets``: drift correction's FP32 targets, from the statistics pass. See :func:`calibrate`."""
+    n = len(subset)
+    paths = [images.paths[i] for i in subset]
     amax = {name: r["amax"] for name, r in ranges.tensors.items()}
     subset = (preprocess.batch(paths[i:i + MAX_CHUNK]) for i in range(0, n, MAX_CHUNK))
     graphs = "TensorRT and CPU graphs" if cpu else "TensorRT graph"
     with reporter.progress(f"bias correction ({graphs}, {n} images, {DRIFT_ROUNDS} drift rounds)", n) as task:
         subset = list(_counted(subset, task.advance))
-        ranges.bias, ranges.drift = _shifts(model_path, amax, subset)
+        ranges.bias, ranges.drift = local_and_drift(model_path, amax, subset, targets=targets)
         if cpu:
-            ranges.bias_cpu, ranges.drift_cpu = _shifts(model_path, amax, subset, cpu_ranges=ranges.tensors)
-
-
-def _shifts(model_path: Path, amax: dict[str, float], images: list[np.ndarray], *, cpu_ranges=None):
-    """Bias shifts (local, then drift correction of the last layers) and their drift part."""
-    from deploykit.precision.bias_correction import DRIFT_ROUNDS, measure_shifts
-
-    local = measure_shifts(model_path, amax, images, mode="local", cpu_ranges=cpu_ranges)
-    bias = measure_shifts(model_path, amax, images, mode="drift", rounds=DRIFT_ROUNDS, shifts=local,
-                          cpu_ranges=cpu_ranges)
-    drift = {k: (v - local.get(k, 0.0)).astype(np.float32) for k, v in bias.items()
-             if k not in local or np.any(v != local[k])}
-    return bias, drift
+            ranges.bias_cpu, ranges.drift_cpu = local_and_drift(model_path, amax, subset, cpu_ranges=ranges.tensors,
+                                                                targets=targets)
 
 
 def spread(paths: Sequence[Path], n: int) -> list[Path]:
     """``n`` of ``paths`` evenly spaced: a sample is in path order, so an ImageFolder's first ``n`` would be its
     first classes."""
-    if n >= len(paths):
-        return list(paths)
-    return [paths[int(i * len(paths) / n)] for i in range(n)]
+    return [paths[i] for i in spread_indices(len(paths), n)]
+
+
+def spread_indices(total: int, n: int) -> list[int]:
+    """The indices :func:`spread` picks."""
+    if n >= total:
+        return list(range(total))
+    return [int(i * total / n) for i in range(n)]
 
 
 def _counted(batches: Iterable[np.ndarray], advance: Callable[[int], None]) -> Iterable[np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -175,14 +175,17 @@ def _stride(n: int, cap: int) -> int:
     return k
 
 
-def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str], shapes=None):
+def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str], shapes=None,
+                 means: dict[str, list[int]] | None = None):
     """``model`` plus, per tensor, its min and max (ReduceMin/ReduceMax in the graph: scalars) and, for the tensors
     ``histogram`` names (True: all), what its histogram reads: each image's strided sample (``[N, m]``, the
     values :func:`_sample` picks) or the whole tensor when it is small or its shape unknown. Only these leave ONNX
     Runtime, which then reuses the activations' memory instead of copying every one out (ResNet-50's CPU tensor
     set: 106 MB per image -> 48 MB). ``shapes``: the graph whose shapes say how many values an image has in each
     tensor (the fixed-batch original of a freed copy, where a freed Reshape hides the batch); default ``model``.
-    Returns the model and, per tensor, the names of its (min, max, sample or None) outputs."""
+    ``means``: tensors (-> the axes besides the batch to reduce) whose per-image, per-channel means are also
+    handed out (:class:`ChannelMeans`). Returns the model, per tensor the names of its (min, max, sample or None)
+    outputs, and per ``means`` tensor the name of its output."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -231,7 +234,18 @@ def _stats_model(model, tensors: Sequence[str], histogram: bool | Collection[str
                 graph.output.append(helper.make_empty_tensor_value_info(name))
                 existing.add(name)
         names.append((lo, hi, sample))
-    return out, names
+    mean_names = {}
+    for j, (tensor, axes) in enumerate((means or {}).items()):
+        name = tensor
+        if axes:
+            name, axes_name = f"__dk_mean_{j}", f"__dk_mean_{j}_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+            graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [name], keepdims=0, name=name))
+        if name not in existing:
+            graph.output.append(helper.make_empty_tensor_value_info(name))
+            existing.add(name)
+        mean_names[tensor] = name
+    return out, names, mean_names
 
 
 def _session_with_outputs(model, tensors: Sequence[str] = ()):
@@ -266,21 +280,25 @@ class _StatsPass:
     own, or :func:`~deploykit.precision.graph.free_batch`'s, checked on the first chunk against single-image
     runs) ``max_chunk`` images a run, else the graph's fixed batch."""
 
-    def __init__(self, model, tensors: Sequence[str], histogram: bool | Collection[str], max_chunk: int) -> None:
+    def __init__(self, model, tensors: Sequence[str], histogram: bool | Collection[str], max_chunk: int,
+                 means: dict[str, list[int]] | None = None) -> None:
         from deploykit.precision.graph import free_batch
 
         self.model, self.tensors, self.histogram, self.max_chunk = model, list(tensors), histogram, max_chunk
+        self.means = means
         self.outputs = [o.name for o in model.graph.output]
         freed = free_batch(model)
         self.unchecked = freed is not None
         self._open(freed if freed is not None else model)
 
     def _open(self, model) -> None:
-        stats_model, self.names = _stats_model(model, self.tensors, self.histogram, shapes=self.model)
+        stats_model, self.names, self.mean_names = _stats_model(model, self.tensors, self.histogram,
+                                                                shapes=self.model, means=self.means)
         self.session = _session_with_outputs(stats_model)
         self.input = self.session.get_inputs()[0]
         self.fixed = self.input.shape[0] if isinstance(self.input.shape[0], int) else None
         self.fetch = [n for triple in self.names for n in triple if n is not None]
+        self.fetch += [n for n in self.mean_names.values() if n not in self.fetch]
         self.fetch += [o for o in self.outputs if o not in self.fetch]
 
     def chunks(self, batch: np.ndarray):
@@ -322,7 +340,7 @@ class _StatsPass:
 
 def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np.ndarray], *,
                   histogram: bool | Collection[str], progress: Callable[[int], None] | None = None,
-                  max_chunk: int = MAX_CHUNK) -> dict[str, TensorStats]:
+                  max_chunk: int = MAX_CHUNK, means: ChannelMeans | None = None) -> dict[str, TensorStats]:
     """Run the FP32 graph over ``batches`` and gather :class:`TensorStats` for ``tensors``.
 
     The graph reduces each tensor to its min and max itself and hands out only the strided sample its histogram
@@ -330,6 +348,7 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
     images run at a time (on a fixed-batch graph, its batch: the outputs are then pooled up to ``max_chunk``
     images), and each chunk is folded into the running statistics
     at once (one histogram update per tensor per chunk: per image, the update overhead dominated calibration).
+    ``means``: per-channel means the same pass measures on some of the images (filled in place).
     """
     import onnx
 
@@ -337,9 +356,9 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
     model = onnx.load(str(model_path))
     graph_inputs = {i.name for i in model.graph.input}
     stats = {name: TensorStats(exact=name in graph_inputs) for name in tensors}
-    runner = _StatsPass(model, tensors, histogram, max_chunk)
+    runner = _StatsPass(model, tensors, histogram, max_chunk, None if means is None else means.axes)
     pending: list[list] = [[] for _ in tensors]
-    pooled = 0
+    pooled = seen = 0
 
     def reduce() -> None:
         for name, parts in zip(tensors, pending):
@@ -357,7 +376,10 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
                 if value is not None and runner.fixed and real < runner.fixed:
                     value = value[:real]
                 parts.append((float(out[lo]), float(out[hi]), value))
+            if means is not None:
+                means.add({t: out[name][:real] for t, name in runner.mean_names.items()}, seen)
             pooled += real
+            seen += real
             if pooled >= max_chunk:
                 reduce()
                 pooled = 0
@@ -365,6 +387,32 @@ def collect_stats(model_path: Path, tensors: Sequence[str], batches: Iterable[np
             progress(len(batch))
     reduce()
     return stats
+
+
+@dataclass
+class ChannelMeans:
+    """Per-channel means of some tensors over some of the images (by their place in the pass), measured by the
+    statistics pass: drift correction's FP32 targets (:func:`~deploykit.precision.bias_correction.drift_tail`),
+    which then need no FP32 pass of their own."""
+
+    axes: dict[str, list[int]]  # tensor -> the axes of an image's values a channel's mean reduces ([] for [N, C])
+    images: frozenset[int]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, per_image: dict[str, np.ndarray], first: int) -> None:
+        """Fold in a run's per-image means (``[n, C]`` per tensor) of the images ``first``, ``first + 1``..."""
+        n = len(next(iter(per_image.values()))) if per_image else 0
+        rows = [i for i in range(n) if first + i in self.images]
+        if not rows:
+            return
+        for tensor, values in per_image.items():
+            part = values[rows].astype(np.float64).sum(axis=0)
+            self.sums[tensor] = part if tensor not in self.sums else self.sums[tensor] + part
+        self.count += len(rows)
+
+    def mean(self, tensor: str) -> np.ndarray | None:
+        return None if tensor not in self.sums or not self.count else self.sums[tensor] / self.count
 
 
 def image_batches(images: ImageSet, preprocess: Preprocess, batch: int = 32) -> Iterable[np.ndarray]:
