@@ -296,8 +296,9 @@ def test_min_calib_is_checked_against_the_sample(resnet18_sd, cli, tmp_path):
 
 # -- bias correction's shortcuts -------------------------------------------------------------------------------
 def _residual_net(path):
-    """x -> Conv 3x3 (no bias) -> Relu -> Conv 3x3 -> Add(x') -> Relu -> GAP -> Flatten -> Gemm: a residual block
-    whose first conv has no bias (ORT's quantizer then gets a zero one to write shifts into)."""
+    """x -> Conv 1x1 (no bias) -> Conv 3x3 (no bias) -> Relu -> Conv 3x3 -> Add -> Relu -> depthwise 3x3 stride 2
+    (pads 0,0,1,1) -> GAP -> Flatten -> Gemm: a residual block whose first convs have no bias (ORT's quantizer then
+    gets a zero one to write shifts into), then a strided, grouped, unevenly padded conv."""
     from onnx import helper
 
     rng = np.random.default_rng(3)
@@ -310,6 +311,7 @@ def _residual_net(path):
     inits.append(w(6, 6, 3, 3))
     inits.append(w(6, 6, 3, 3))
     inits.append(w(6, scale=0.1))
+    inits.append(w(6, 1, 3, 3, scale=1.0))
     inits.append(w(4, 6))
     inits.append(w(4, scale=0.1))
     names = [i.name for i in inits]
@@ -319,9 +321,11 @@ def _residual_net(path):
              helper.make_node("Conv", ["r1", names[2], names[3]], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "s"], ["a"], name="add"),
              helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             helper.make_node("Conv", ["r2", names[4]], ["d"], name="dw", group=6, strides=[2, 2],
+                              pads=[0, 0, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"], name="gap"),
              helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", names[4], names[5]], ["y"], name="fc", transB=1)]
+             helper.make_node("Gemm", ["f", names[5], names[6]], ["y"], name="fc", transB=1)]
     graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
@@ -331,9 +335,10 @@ def _residual_net(path):
 
 
 def test_bias_correction_shortcuts_give_the_full_passes_shifts(tmp_path, monkeypatch):
-    """The drift targets read from the statistics pass, the later drift rounds run on the graph's tail alone, and
-    the CPU graph's shifts written into its int32 biases give what the full passes give: the same targets, the
-    same shifts, the same bias integers as ORT's quantizer writes when rebuilt with the shifts."""
+    """The drift targets read from the statistics pass, the FP32 twin's means computed from the layer input's
+    mean, the later drift rounds run on the graph's tail alone, and the CPU graph's shifts written into its int32
+    biases give what the full passes give: the same targets, the same shifts, the same bias integers as ORT's
+    quantizer writes when rebuilt with the shifts."""
     from deploykit.precision import bias_correction as bc
     from deploykit.precision.calibrate import CalibMethod, collect_stats
     from deploykit.precision.int8 import cpu_tensors, plan_trt
@@ -344,7 +349,7 @@ def test_bias_correction_shortcuts_give_the_full_passes_shifts(tmp_path, monkeyp
     model = onnx.load(str(src))
     plan = plan_trt(model)
     tail = bc.drift_tail(model, plan)
-    assert [node for node, _, _ in tail] == ["conv2", "fc"]
+    assert [node for node, _, _ in tail] == ["dw", "fc"]
     means = ChannelMeans({t: axes for _, t, axes in tail}, frozenset(range(0, 24, 3)))
     tensors = list(dict.fromkeys(list(plan.activation_tensors) + cpu_tensors(model)))
     stats = collect_stats(src, tensors, [x], histogram=False, means=means)
@@ -364,8 +369,9 @@ def test_bias_correction_shortcuts_give_the_full_passes_shifts(tmp_path, monkeyp
         shortcut = bc.local_and_drift(src, amax, subset, plan=plan, cpu_ranges=cpu, targets=targets)[0]
         with monkeypatch.context() as m:
             m.setattr(bc, "_tail_means", lambda *a: {})  # every round a full pass, targets from an FP32 pass
+            m.setattr(bc, "_linear_mean", lambda *a: None)  # an FP32 twin node per layer
             full = bc.local_and_drift(src, amax, subset, plan=plan, cpu_ranges=cpu)[0]
-        assert set(shortcut) == set(full) == {"stem", "conv1", "conv2", "fc"}
+        assert set(shortcut) == set(full) == {"stem", "conv1", "conv2", "dw", "fc"}
         for node in full:
             np.testing.assert_allclose(shortcut[node], full[node], rtol=1e-4, atol=1e-6, err_msg=node)
     assert len(ran) == 2  # one tail round per graph

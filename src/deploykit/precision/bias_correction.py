@@ -13,9 +13,10 @@ input it really gets, not the one it would add on clean FP32 input, which is wha
 and depthwise convolutions are corrected too (NNCF's fast variant skips them; on depthwise networks they carry
 most of the shift: a 3x3 depthwise kernel has 9 weights per channel to round).
 
-One ONNX Runtime pass over the quantized graph does it for every layer at once: each quantized Conv/Gemm gets an
-FP32 twin fed the same (unquantized) input and original weights, and both outputs are reduced to per-channel
-means inside the graph. The result is a ``{node name: shift}`` map that the TensorRT and CPU quantizers add to
+One ONNX Runtime pass over the quantized graph does it for every layer at once: each quantized Conv/Gemm's output
+and its (unquantized) input are reduced to means inside the graph, and the FP32 twin's mean output -- the original
+weights on that input -- is computed from the input's mean (the layer is linear: :func:`_linear_mean`; a twin
+node where that is not worked out). Running the twins cost as much as the quantized graph itself. The result is a ``{node name: shift}`` map that the TensorRT and CPU quantizers add to
 the biases of the layers they put in INT8 (a layer kept in FP32 keeps its own bias).
 
 ``mode="drift"`` (the default of ``calibrate()``) then corrects the last ``rounds`` layers, one after the other,
@@ -39,8 +40,12 @@ DRIFT_ROUNDS = 2  # drift mode: layers (from the last) corrected to the FP32 mod
 DEFAULT_IMAGES = 64  # images the shift is measured on: per-channel means settle well before that
 
 
-def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, str, str]]]:
-    """The Q/DQ graph plus, per layer, an FP32 twin and per-channel ReduceMean of both outputs."""
+def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple]]:
+    """The Q/DQ graph plus, per layer, the per-channel ReduceMean of its output and what gives the FP32 twin's: the
+    mean over the images of the layer's float input, from which :func:`_linear_mean` computes the mean output of
+    the layer with its FP32 weights (a Conv/Gemm is linear: the mean of its output is its weights applied to the
+    means of the input windows), or, where that is not worked out (auto_pad, not 2-D), an FP32 twin node and its
+    ReduceMean. ``(node, q mean output, f output, f -> twin mean or None)`` per layer."""
     from onnx import helper, numpy_helper
 
     graph = qdq_model.graph
@@ -71,6 +76,20 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
             x = refolded[x]
         if x is None or x not in known:
             continue  # the quantizer renamed the layer's input: no twin, no shift for this layer
+        axes_name = f"{layer.node}__bc_axes"
+        added_inits[axes_name] = numpy_helper.from_array(np.array(axes, np.int64), axes_name)
+        twin = _linear_mean(node, numpy_helper.to_array(weight), _constant(graph, node.input[2])
+                            if len(node.input) > 2 and node.input[2] else 0.0)
+        if twin is not None:
+            x_mean = f"{layer.node}__bc_mean_x"
+            graph.node.append(helper.make_node("ReduceMean", [x, f"{layer.node}__bc_batch"], [x_mean], keepdims=0,
+                                               name=x_mean))
+            added_inits[f"{layer.node}__bc_batch"] = numpy_helper.from_array(np.array([0], np.int64),
+                                                                             f"{layer.node}__bc_batch")
+            graph.output.append(helper.make_empty_tensor_value_info(x_mean))
+            q_mean = _add_mean(graph, node.output[0], axes_name, f"{layer.node}__bc_mean_q")
+            outputs.append((layer.node, q_mean, x_mean, twin))
+            continue
         wname = f"{src.input[1]}__fp32_twin"
         if wname not in added_inits:
             added_inits[wname] = numpy_helper.from_array(numpy_helper.to_array(weight), wname)
@@ -78,11 +97,9 @@ def _twin_graph(qdq_model, fp32_model, layers) -> tuple[object, list[tuple[str, 
         twin_out = f"{layer.node}__fp32_twin_out"
         graph.node.append(helper.make_node(node.op_type, twin_in, [twin_out], name=f"{layer.node}__fp32_twin",
                                            **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
-        axes_name = f"{layer.node}__bc_axes"
-        added_inits[axes_name] = numpy_helper.from_array(np.array(axes, np.int64), axes_name)
         names = [_add_mean(graph, tensor, axes_name, f"{layer.node}__bc_mean_{tag}")
                  for tensor, tag in ((node.output[0], "q"), (twin_out, "f"))]
-        outputs.append((layer.node, names[0], names[1]))
+        outputs.append((layer.node, names[0], names[1], None))
     graph.initializer.extend(added_inits.values())
     return qdq_model, outputs
 
@@ -569,11 +586,76 @@ def _local(fp32, build, batches, layers, shifts, max_chunk) -> dict[str, np.ndar
     module doc)."""
     qdq = build(shifts)
     model, outputs = _twin_graph(qdq, fp32, layers)
-    names = [n for _, q, f in outputs for n in (q, f)]
+    names = [n for _, q, f, _ in outputs for n in (q, f)]
     means = _run_means(_session(model), names, batches, max_chunk)[0] if names else None
     if means is None:
         return dict(shifts or {})
-    return {node: (means[2 * j + 1] - means[2 * j]).astype(np.float32) for j, (node, _, _) in enumerate(outputs)}
+    return {node: ((twin(means[2 * j + 1]) if twin else means[2 * j + 1]) - means[2 * j]).astype(np.float32)
+            for j, (node, _, _, twin) in enumerate(outputs)}
+
+
+def _constant(graph, name: str):
+    """The value of ``name`` in ``graph`` when it is an initializer or the DequantizeLinear of initializers (a
+    quantized bias); None otherwise."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+    node = next((n for n in graph.node if name in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input if i):
+        return None
+    if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        return None
+    q, scale = (numpy_helper.to_array(inits[node.input[i]]).astype(np.float64) for i in (0, 1))
+    zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] \
+        else 0.0
+    return (q - zero) * scale
+
+
+def _linear_mean(node, weight: np.ndarray, bias):
+    """For a 2-D Conv (explicit pads) or a Gemm, the function from the mean over the images of its input
+    (``[C, H, W]`` or ``[K]``) to the per-channel mean of its output with ``weight`` and ``bias``; None for any other
+    layer, or a bias not known (the twin node is used there)."""
+    if bias is None:
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    weight = weight.astype(np.float64)
+    if node.op_type == "Gemm":
+        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
+        beta = attrs["beta"].f if "beta" in attrs else 1.0
+        if "transA" in attrs and attrs["transA"].i or weight.ndim != 2:
+            return None
+        w = weight.T if "transB" in attrs and attrs["transB"].i else weight
+        return lambda x: alpha * (np.asarray(x, np.float64) @ w) + beta * np.asarray(bias)
+    auto_pad = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+    if node.op_type != "Conv" or weight.ndim != 4 or auto_pad not in ("", "NOTSET"):
+        return None
+    kh, kw = weight.shape[2:]
+    pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+    strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
+    dil = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
+    group = attrs["group"].i if "group" in attrs else 1
+
+    def mean(x):
+        x = np.asarray(x, np.float64)
+        if x.ndim != 3 or x.shape[0] != weight.shape[1] * group:
+            raise ValueError(f"{node.name}: input mean of shape {x.shape}")
+        xp = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        oh = (xp.shape[1] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+        ow = (xp.shape[2] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+        windows = np.empty((x.shape[0], kh, kw))  # each kernel tap's mean input over the output grid
+        for i in range(kh):
+            for j in range(kw):
+                r, c = i * dil[0], j * dil[1]
+                windows[:, i, j] = xp[:, r:r + strides[0] * (oh - 1) + 1:strides[0],
+                                      c:c + strides[1] * (ow - 1) + 1:strides[1]].mean(axis=(1, 2))
+        out_ch = weight.shape[0]
+        w = weight.reshape(group, out_ch // group, *weight.shape[1:])
+        m = windows.reshape(group, weight.shape[1], kh, kw)
+        return np.einsum("goikl,gikl->go", w, m).reshape(out_ch) + np.asarray(bias)
+
+    return mean
 
 
 def _depthwise(model, layer) -> bool:
