@@ -16,8 +16,9 @@ most of the shift: a 3x3 depthwise kernel has 9 weights per channel to round).
 One ONNX Runtime pass over the quantized graph does it for every layer at once: each quantized Conv/Gemm's output
 and its (unquantized) input are reduced to means inside the graph, and the FP32 twin's mean output -- the original
 weights on that input -- is computed from the input's mean (the layer is linear: :func:`_linear_mean`; a twin
-node where that is not worked out). Running the twins cost as much as the quantized graph itself. The result is a ``{node name: shift}`` map that the TensorRT and CPU quantizers add to
-the biases of the layers they put in INT8 (a layer kept in FP32 keeps its own bias).
+node where that is not worked out). Running the twins cost as much as the quantized graph itself. The result is
+a ``{node name: shift}`` map that the TensorRT and CPU quantizers add to the biases of the layers they put in INT8
+(a layer kept in FP32 keeps its own bias).
 
 ``mode="drift"`` (the default of ``calibrate()``) then corrects the last ``rounds`` layers, one after the other,
 to the FP32 *model's* output means on clean inputs (NNCF's full bias correction, on the tail): the drift that
@@ -27,14 +28,19 @@ docs/precision.md, "INT8 noise on depthwise networks").
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-CORRECTED_OPS = ("Conv", "Gemm")
+from deploykit.precision.bias_passes import CORRECTED_OPS, add_mean as _add_mean
+from deploykit.precision.bias_passes import channel_axes as _channel_axes, copy_model as _copy
+from deploykit.precision.bias_passes import layer_means as _layer_means, output_rank as _output_rank
+from deploykit.precision.bias_passes import run_means as _run_means, session as _session
+from deploykit.precision.bias_passes import tail_means as _tail_means
+from deploykit.precision.cpu_bias import cpu_shifted as _cpu_shifted, quantized_cpu as _quantized_cpu
+from deploykit.precision.cpu_bias import zero_shifts as _zero_shifts
+
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # ORT's quantizer drops these where the next Q's range clips the same way
 DRIFT_ROUNDS = 2  # drift mode: layers (from the last) corrected to the FP32 model's means, one pass each
 DEFAULT_IMAGES = 64  # images the shift is measured on: per-channel means settle well before that
@@ -232,8 +238,8 @@ class _Corrector:
 
     def build(self, shifts):
         """The quantized graph with ``shifts``: TensorRT's by :func:`qdq_trt` (in memory, fast); ORT's CPU graph
-        built once by ORT's quantizer, then given each set of shifts in its int32 biases (:func:`_cpu_shifted`:
-        what the quantizer writes for them), rebuilt only where that cannot be done."""
+        built once by ORT's quantizer, then given each set of shifts in its int32 biases
+        (:func:`.cpu_bias.cpu_shifted`: what the quantizer writes for them), rebuilt only where that cannot be done."""
         if self.cpu_ranges is None:
             return _quantized(self.fp32, self.amax, self.plan, shifts)
         if self._cpu_base is None:  # every corrected layer with a bias (zeros where it had none) to write into
@@ -275,310 +281,6 @@ def _quantized(fp32, amax, plan, shifts):
     model = _copy(fp32)
     qdq_trt(model, amax, plan=plan, bias=shifts)
     return model
-
-
-def _quantized_cpu(fp32_path: Path, ranges, plan, shifts):
-    """ONNX Runtime's CPU graph of the FP32 model with ``shifts``, in its Q/DQ form (the same quantization as the
-    QOperator artifact, with every float tensor still named)."""
-    import onnx
-
-    from deploykit.precision.int8 import CpuFormat, quantize_cpu
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "q.onnx"
-        quantize_cpu(fp32_path, path, ranges, plan=plan, fmt=CpuFormat.qdq_u8s8, bias=shifts)
-        return onnx.load(str(path))
-
-
-def _zero_shifts(fp32, layers) -> dict[str, np.ndarray]:
-    """A zero shift per layer (so that ORT's quantizer gives every one an int32 bias, zeros where it had none:
-    adding 0 changes no output)."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in fp32.graph.initializer}
-    nodes = {n.name: n for n in fp32.graph.node}
-    out = {}
-    for layer in layers:
-        node = nodes.get(layer.node)
-        weight = None if node is None or len(node.input) < 2 else inits.get(node.input[1])
-        if weight is None or len(weight.dims) < 2:
-            continue
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        channels = weight.dims[1] if node.op_type == "Gemm" and not trans_b else weight.dims[0]
-        if len(node.input) > 2 and node.input[2] in inits:
-            channels = int(np.prod(numpy_helper.to_array(inits[node.input[2]]).shape))
-        out[layer.node] = np.zeros(channels, np.float32)
-    return out
-
-
-INT32_SAFE = 2.0 ** 31 / 1.0001  # beyond this ORT's quantizer would raise the weight's scale instead (not redone here)
-
-
-def _cpu_shifted(base, fp32, shifts: dict[str, np.ndarray], int8_nodes: set[str]):
-    """``base`` (ORT's CPU Q/DQ graph built without shifts) with ``shifts`` added to the biases of ``int8_nodes``,
-    as ORT's quantizer would have written them had the shifts been in the FP32 biases: an int32 bias becomes
-    ``round((bias + shift) / scale)`` with its own scale (input scale x weight scale, which the bias does not
-    change), a float one ``bias + shift``. None where the graph is not in that shape (a shared or missing bias, a
-    value near int32's limit): the caller then rebuilds with ORT's quantizer."""
-    from onnx import TensorProto, numpy_helper
-
-    model = _copy(base)
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    users: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    fp32_nodes = {n.name: n for n in fp32.graph.node}
-    fp32_inits = {i.name: i for i in fp32.graph.initializer}
-    for node in model.graph.node:
-        if node.name not in shifts or node.name not in int8_nodes:
-            continue
-        src = fp32_nodes.get(node.name)
-        delta = np.asarray(shifts[node.name], np.float32)
-        if src is None or len(node.input) < 3:
-            return None
-        if len(src.input) < 3 or not src.input[2]:
-            old = np.zeros_like(delta)  # the zero bias the base graph was given
-        elif src.input[2] in fp32_inits:
-            old = numpy_helper.to_array(fp32_inits[src.input[2]]).astype(np.float32)
-        else:
-            return None
-        if old.shape != delta.shape:
-            continue  # as apply_shifts: a shift of another shape is not applied
-        biased = (old + delta).astype(np.float32)
-        dq = producer.get(node.input[2])
-        if dq is None:  # a float bias the quantizer left as it was
-            target = inits.get(node.input[2])
-            if target is None or users[node.input[2]] != 1 or target.data_type != TensorProto.FLOAT:
-                return None
-            target.CopyFrom(numpy_helper.from_array(biased.reshape(tuple(target.dims)), target.name))
-            continue
-        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits or \
-                users[dq.input[0]] != 1 or users[node.input[2]] != 1:
-            return None
-        q = inits[dq.input[0]]
-        if q.data_type != TensorProto.INT32:
-            return None
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        value = np.round(biased.astype(np.float64) / scale)  # ORT's quantize_bias_static_impl, to the bit
-        if not np.all(np.isfinite(value)) or np.any(np.abs(value) > INT32_SAFE):
-            return None
-        q.CopyFrom(numpy_helper.from_array(value.astype(np.int32).reshape(tuple(q.dims)), q.name))
-    return model
-
-
-def _session(model):
-    import onnxruntime as ort
-
-    from deploykit.precision.graph import ort_providers
-    from deploykit.runners.onnxrt import QDQ_FOLDING
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    opts.log_severity_level = 3
-    for key, value in QDQ_FOLDING.items():  # the Q/DQ graph's own semantics, as every deploykit session runs it
-        opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=ort_providers())
-
-
-def _run_means(session, names: list[str], batches: Iterable[np.ndarray], max_chunk: int, keep: Sequence[str] = ()):
-    """Image-weighted means of the graph outputs ``names`` over ``batches`` (None: no image ran), and per run the
-    outputs ``keep`` (``(feeds, images)``, to feed a tail graph :func:`_tail_means`; None when they would hold
-    more than ``UPSTREAM_BYTES``)."""
-    inp = session.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    feeds: list | None = [] if keep else None
-    held = 0
-
-    def runs():
-        nonlocal feeds, held
-        for batch in batches:
-            step = fixed or max(1, min(len(batch), max_chunk))
-            for start in range(0, len(batch), step):
-                chunk = np.ascontiguousarray(batch[start:start + step], np.float32)
-                if fixed and len(chunk) < fixed:
-                    continue  # a padded image would bias the means; the shift is an average: a few images fewer
-                values = session.run(list(names) + (list(keep) if feeds is not None else []), {inp.name: chunk})
-                if feeds is not None:
-                    feeds.append((dict(zip(keep, values[len(names):])), len(chunk)))
-                    held += sum(v.nbytes for v in values[len(names):])
-                    if held > UPSTREAM_BYTES:
-                        feeds = None
-                yield values[:len(names)], len(chunk)
-
-    means = _weighted_means(runs(), len(names))
-    return means, (feeds or None)
-
-
-def _weighted_means(runs, n: int):
-    sums, count = [None] * n, 0
-    for values, weight in runs:
-        for i, v in enumerate(values):
-            sums[i] = v.astype(np.float64) * weight if sums[i] is None else sums[i] + v * weight
-        count += weight
-    return None if count == 0 else [s / count for s in sums]
-
-
-UPSTREAM_BYTES = 1 << 29  # what the first drift round keeps for the later ones (ResNet-50, 64 images: ~35 MB)
-
-
-def _split(model, changed: set[str]):
-    """The tail of ``model`` below the nodes ``changed`` (their bias is what later drift rounds change): the
-    indices of the nodes to run again (those downstream of ``changed``, and the constant nodes they read) and the
-    tensors they read from upstream (the frontier, the same in every round). None when the graph has subgraphs or
-    the tail reads the graph input itself."""
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    inputs = {i.name for i in graph.input if i.name not in inits}
-    dynamic, downstream, tail = set(inputs), set(), set()
-    producer = {}
-    for i, node in enumerate(graph.node):
-        if any(a.type in (5, 10) for a in node.attribute):  # GRAPH / GRAPHS: If, Loop, Scan
-            return None
-        ins = [x for x in node.input if x]
-        for out in node.output:
-            producer[out] = i
-        if any(x in dynamic for x in ins):
-            dynamic.update(node.output)
-        if node.name in changed or any(x in downstream for x in ins):
-            downstream.update(node.output)
-            tail.add(i)
-    frontier, todo = set(), [x for i in tail for x in graph.node[i].input if x]
-    while todo:
-        x = todo.pop()
-        if x not in producer or producer[x] in tail:
-            if x in inputs:
-                return None
-            continue
-        if x in dynamic:
-            frontier.add(x)
-        else:  # a constant subgraph (a weight's DequantizeLinear): run it in the tail too
-            tail.add(producer[x])
-            todo.extend(y for y in graph.node[producer[x]].input if y)
-    return sorted(tail), sorted(frontier)
-
-
-def _tail_means(model, layers, upstream) -> dict[str, np.ndarray]:
-    """:func:`_layer_means` of ``model`` on the tail below ``upstream.changed`` alone, fed ``upstream.feeds``."""
-    import onnx
-    from onnx import helper
-
-    model, names, found = _with_means(model, layers)
-    split = _split(model, upstream.changed)
-    if not names or split is None or split[1] != upstream.frontier:
-        return {}
-    keep, frontier = split
-    first = upstream.feeds[0][0]
-    tail = onnx.ModelProto()
-    tail.CopyFrom(model)
-    graph = tail.graph
-    nodes = [graph.node[i] for i in keep]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {x for n in nodes for x in n.input}
-    kept_inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
-    del graph.input[:]
-    graph.input.extend(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(first[name].dtype), None)
-                       for name in frontier)
-    del graph.output[:]
-    graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
-    session = _session(tail)
-    values = _weighted_means(((session.run(names, feeds), n) for feeds, n in upstream.feeds), len(names))
-    return {} if values is None else dict(zip(found, values))
-
-
-class _Upstream:
-    """What the first drift round saw upstream of the tail layers: the frontier tensors per run."""
-
-    def __init__(self, changed: set[str], frontier: list[str], feeds: list) -> None:
-        self.changed, self.frontier, self.feeds = changed, frontier, feeds
-
-
-def _channel_axes(node, weight_rank: int | None) -> list[int] | None:
-    """The axes a per-output-channel mean of a Conv/Gemm output reduces over; None for a layer not corrected
-    (a Gemm with transA, a Conv whose weight rank is unknown)."""
-    if node.op_type == "Gemm":
-        attrs = {a.name: a.i for a in node.attribute}
-        return None if attrs.get("transA", 0) or weight_rank not in (None, 2) else [0]
-    return None if weight_rank is None else [0] + list(range(2, weight_rank))
-
-
-def _add_mean(graph, tensor: str, axes_name: str, mean: str) -> str:
-    """Append ``mean = ReduceMean(tensor, axes)`` to ``graph`` as a graph output; returns its name."""
-    from onnx import helper
-
-    graph.node.append(helper.make_node("ReduceMean", [tensor, axes_name], [mean], keepdims=0, name=mean))
-    graph.output.append(helper.make_empty_tensor_value_info(mean))
-    return mean
-
-
-def _with_means(model, layers):
-    """A copy of ``model`` with the per-output-channel mean of each of ``layers``' outputs as a graph output; the
-    names of those outputs and of their layers."""
-    from onnx import numpy_helper
-
-    model = _copy(model)
-    graph = model.graph
-    nodes = {n.name: n for n in graph.node}
-    names, found = [], []
-    for layer in layers:
-        node = nodes.get(layer.node)
-        if node is None or node.op_type not in CORRECTED_OPS:
-            continue
-        axes = _channel_axes(node, _output_rank(model, node))
-        if axes is None:
-            continue
-        axes_name = f"{layer.node}__drift_axes"
-        graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
-        names.append(_add_mean(graph, node.output[0], axes_name, f"{layer.node}__drift_mean"))
-        found.append(layer.node)
-    return model, names, found
-
-
-def _layer_means(model, layers, batches, max_chunk: int, keep_for: set[str] | None = None):
-    """Per layer (by node name), the per-output-channel mean of its output in ``model`` (FP32 or Q/DQ); with
-    ``keep_for`` (node names) also an :class:`_Upstream` of what the nodes below them read from above, so that
-    rounds which change only those nodes' biases run the tail alone (None where that cannot be done)."""
-    model, names, found = _with_means(model, layers)
-    if not names:
-        return {}, None
-    split = _split(model, keep_for) if keep_for else None
-    frontier = [] if split is None else split[1]
-    graph = model.graph
-    existing = {o.name for o in graph.output}
-    from onnx import helper
-
-    graph.output.extend(helper.make_empty_tensor_value_info(x) for x in frontier if x not in existing)
-    values, feeds = _run_means(_session(model), names, batches, max_chunk, keep=frontier)
-    upstream = _Upstream(set(keep_for), frontier, feeds) if split is not None and feeds else None
-    if values is None:
-        return {}, None
-    return {node: v for node, v in zip(found, values)}, upstream
-
-
-def _copy(model):
-    import onnx
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
-def _output_rank(model, node) -> int | None:
-    """A Conv's output rank = its weight's rank (N, C, spatial...)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    weight = inits.get(node.input[1])
-    if weight is not None:
-        return len(weight.dims)
-    producer = next((n for n in model.graph.node if node.input[1] in n.output), None)
-    if producer is not None and producer.op_type == "DequantizeLinear":
-        w = inits.get(producer.input[0])
-        if w is not None:
-            return len(w.dims)
-    return None
 
 
 def _local(fp32, build, batches, layers, shifts, max_chunk) -> dict[str, np.ndarray]:
