@@ -84,8 +84,9 @@ def test_histogram_of_a_strided_sample_keeps_the_ranges(monkeypatch):
     """Large tensors are histogrammed on an evenly strided sample (min/max still read every value): over a
     calibration set's worth of images the ranges each method derives must stay those of the full histogram, and
     the stride must not stripe one column."""
-    import deploykit.precision.calibrate as calibrate_mod
-    from deploykit.precision.calibrate import CalibMethod, TensorStats, _sample
+    import deploykit.precision.stats as calibrate_mod
+    from deploykit.precision.calibrate import CalibMethod, TensorStats
+    from deploykit.precision.stats import _sample
 
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
@@ -114,7 +115,7 @@ def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
     """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
     from onnx import helper
 
-    import deploykit.precision.calibrate as calibrate_mod
+    import deploykit.precision.stats as calibrate_mod
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
@@ -166,7 +167,7 @@ def _fixed_batch_graph(path: Path, baked: bool) -> Path:
 def test_collect_stats_batches_a_fixed_batch_graph_and_keeps_its_statistics(baked, tmp_path, monkeypatch):
     """A batch-1 graph runs 16 images at a time once its batch is freed (checked against single-image runs; a
     graph with the batch baked in runs one at a time), and the statistics are those of per-image updates."""
-    import deploykit.precision.calibrate as calibrate_mod
+    import deploykit.precision.stats as calibrate_mod
     from deploykit.precision.calibrate import TensorStats, collect_stats
 
     src = _fixed_batch_graph(tmp_path / "g.onnx", baked)
@@ -291,3 +292,99 @@ def test_min_calib_is_checked_against_the_sample(resnet18_sd, cli, tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "o" / "model.int8.onnx").exists()
 
 
+
+
+# -- bias correction's shortcuts -------------------------------------------------------------------------------
+def _residual_net(path):
+    """x -> Conv 1x1 (no bias) -> Conv 3x3 (no bias) -> Relu -> Conv 3x3 -> Add -> Relu -> depthwise 3x3 stride 2
+    (pads 0,0,1,1) -> GAP -> Flatten -> Gemm: a residual block whose first convs have no bias (ORT's quantizer then
+    gets a zero one to write shifts into), then a strided, grouped, unevenly padded conv."""
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+
+    def w(*shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale + 0.01).astype(np.float32), f"w{len(inits)}")
+
+    inits = []
+    inits.append(w(6, 3, 1, 1))
+    inits.append(w(6, 6, 3, 3))
+    inits.append(w(6, 6, 3, 3))
+    inits.append(w(6, scale=0.1))
+    inits.append(w(6, 1, 3, 3, scale=1.0))
+    inits.append(w(4, 6))
+    inits.append(w(4, scale=0.1))
+    names = [i.name for i in inits]
+    nodes = [helper.make_node("Conv", ["x", names[0]], ["s"], name="stem"),
+             helper.make_node("Conv", ["s", names[1]], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", names[2], names[3]], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "s"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", names[4]], ["d"], name="dw", group=6, strides=[2, 2],
+                              pads=[0, 0, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", names[5], names[6]], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_bias_correction_shortcuts_give_the_full_passes_shifts(tmp_path, monkeypatch):
+    """The drift targets read from the statistics pass, the FP32 twin's means computed from the layer input's
+    mean, the later drift rounds run on the graph's tail alone, and the CPU graph's shifts written into its int32
+    biases give what the full passes give: the same targets, the same shifts, the same bias integers as ORT's
+    quantizer writes when rebuilt with the shifts."""
+    from deploykit.precision import bias_correction as bc
+    from deploykit.precision.calibrate import CalibMethod, collect_stats
+    from deploykit.precision.int8 import cpu_tensors, plan_trt
+    from deploykit.precision.stats import ChannelMeans
+
+    src = _residual_net(tmp_path / "m.onnx")
+    x = (np.random.default_rng(1).standard_normal((24, 3, 8, 8)) + 0.2).astype(np.float32)
+    model = onnx.load(str(src))
+    plan = plan_trt(model)
+    tail = bc.drift_tail(model, plan)
+    assert [node for node, _, _ in tail] == ["dw", "fc"]
+    means = ChannelMeans({t: axes for _, t, axes in tail}, frozenset(range(0, 24, 3)))
+    tensors = list(dict.fromkeys(list(plan.activation_tensors) + cpu_tensors(model)))
+    stats = collect_stats(src, tensors, [x], histogram=False, means=means)
+    ranges = {n: s.to_json(CalibMethod.minmax) for n, s in stats.items()}
+    amax = {n: r["amax"] for n, r in ranges.items()}
+    subset = [x[0:24:3]]
+    corrector = bc._Corrector(src, amax, plan, None)
+    fp32_targets, _ = bc._layer_means(corrector.fp32, bc._tail_layers(corrector.fp32, plan, 2), subset, 16)
+    targets = {node: means.mean(t) for node, t, _ in tail}
+    for node in fp32_targets:
+        np.testing.assert_allclose(targets[node], fp32_targets[node], rtol=1e-5, atol=1e-6)
+
+    ran = []
+    real_tail = bc._tail_means
+    monkeypatch.setattr(bc, "_tail_means", lambda *a: ran.append(1) or real_tail(*a))
+    for cpu in (None, ranges):
+        shortcut = bc.local_and_drift(src, amax, subset, plan=plan, cpu_ranges=cpu, targets=targets)[0]
+        with monkeypatch.context() as m:
+            m.setattr(bc, "_tail_means", lambda *a: {})  # every round a full pass, targets from an FP32 pass
+            m.setattr(bc, "_linear_mean", lambda *a: None)  # an FP32 twin node per layer
+            full = bc.local_and_drift(src, amax, subset, plan=plan, cpu_ranges=cpu)[0]
+        assert set(shortcut) == set(full) == {"stem", "conv1", "conv2", "dw", "fc"}
+        for node in full:
+            np.testing.assert_allclose(shortcut[node], full[node], rtol=1e-4, atol=1e-6, err_msg=node)
+    assert len(ran) == 2  # one tail round per graph
+
+    cpu = bc._Corrector(src, amax, plan, ranges)
+    written = cpu.build(shortcut)
+    rebuilt = bc._quantized_cpu(src, ranges, plan, shortcut)
+
+    def biases(m):
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        producer = {o: n for n in m.graph.node for o in n.output}
+        return {n.name: inits[producer[n.input[2]].input[0]] for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+
+    assert biases(written).keys() == biases(rebuilt).keys() == set(shortcut)
+    for node, value in biases(rebuilt).items():
+        assert value.dtype == np.int32 and np.array_equal(biases(written)[node], value), node

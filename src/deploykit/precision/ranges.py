@@ -1,4 +1,5 @@
-"""Activation ranges beyond the histogram methods: a per-tensor MSE search and graph-bounded tensors.
+"""The range rules: the calibration methods (:class:`CalibMethod`), TensorRT's entropy search, a per-tensor MSE
+search and graph-bounded tensors.
 
 * :func:`mse_threshold` — the ``|x|`` range whose symmetric int8 quantization (127 levels) has the smallest mean
   squared error on the tensor's own histogram: clipping error above the threshold plus rounding error below it.
@@ -14,12 +15,16 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import numpy as np
 
 QUANT_LEVELS = 127  # symmetric int8 magnitudes above zero
 PASS_THROUGH = ("Pad", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
                 "Concat", "Slice", "Split", "Resize", "Upsample", "GlobalMaxPool", "AveragePool",
                 "GlobalAveragePool", "ReduceMean", "SpaceToDepth", "DepthToSpace")
+NUM_QUANT_BINS = 128  # int8 magnitudes 0..127
+PERCENTILE = 99.99
 
 
 def quantization_mse(hist: np.ndarray, edge: float, thresholds: np.ndarray, levels: int = QUANT_LEVELS) -> np.ndarray:
@@ -105,3 +110,55 @@ def bounded_tensors(model) -> dict[str, tuple[float, float]]:
             for o in node.output:
                 bounds[o] = (lo, hi)
     return bounds
+
+
+class CalibMethod(str, Enum):
+    entropy = "entropy"
+    minmax = "minmax"
+    percentile = "percentile"
+    mse = "mse"
+
+    @classmethod
+    def default(cls) -> CalibMethod:
+        return DEFAULT_METHOD
+
+
+DEFAULT_METHOD = CalibMethod.mse  # issue 11: measured against entropy/minmax/percentile in docs/precision.md
+
+
+def entropy_threshold(hist: np.ndarray, num_quant: int = NUM_QUANT_BINS) -> float:
+    """TensorRT's KL-divergence search on a histogram of ``|x|``; returns the threshold in bins.
+
+    For each candidate cut ``i`` the reference ``p`` is the first ``i`` bins with every count beyond folded
+    into the last one, ``q`` is ``p`` squeezed into ``num_quant`` levels and spread back over the non-empty
+    bins; the cut with the smallest KL(p || q) wins.
+    """
+    hist = hist.astype(np.float64)
+    if hist.size > 1:  # as pytorch-quantization does: the zero spike (ReLU) must not drive the search
+        hist[0] = hist[1]
+    nonzero_last = int(np.nonzero(hist)[0][-1]) + 1 if hist.any() else num_quant
+    stop = max(num_quant, nonzero_last)
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    best_i, best_kl = stop, np.inf
+    for i in range(num_quant, stop + 1):
+        p = hist[:i].copy()
+        p[-1] += tail[i]
+        if p.sum() == 0:
+            continue
+        # q: merge i bins into num_quant levels (the last takes the remainder), then spread over non-empty bins
+        edges = (np.arange(num_quant + 1) * i) // num_quant
+        sums = np.add.reduceat(hist[:i], edges[:-1])
+        nz = (hist[:i] != 0)
+        counts = np.add.reduceat(nz.astype(np.float64), edges[:-1])
+        level = np.repeat(np.arange(num_quant), np.diff(edges))
+        q = np.where(nz, (sums / np.maximum(counts, 1))[level], 0.0)
+        p_sum, q_sum = p.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        pn, qn = p / p_sum, q / q_sum
+        mask = pn > 0
+        # bins where p > 0 but q == 0 get a small epsilon, as TensorRT's smoothing does
+        kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i + 0.5

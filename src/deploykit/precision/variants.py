@@ -187,24 +187,7 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
             verify_batch = verify_set.load(preprocess)
 
     if request.int8:
-        images = calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
-                                    pool=calib_images, reporter=reporter)
-        accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
-                    "--calib-grayscale says" if request.calib_grayscale else None)
-        gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
-                              reporter=reporter)
-        if gray:
-            result.notes.append(gray)
-        tensors = list(plan.activation_tensors)
-        if Int8Target.cpu in request.int8_for:
-            tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
-        step(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
-        result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=folder,
-                                  reporter=reporter, cpu=Int8Target.cpu in request.int8_for, timings=timings)
-        if result.ranges.cached:
-            result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
-                                "(same model, images and method)")
-
+        _calibrate_int8(fp32, model, plan, preprocess, request, calib_images, result, reporter, timings)
     fp16_remainder_asked = (request.int8 and Int8Target.trt in request.int8_for
                             and request.int8_remainder is Remainder.fp16)
     if request.fp16 or fp16_remainder_asked:
@@ -218,60 +201,95 @@ def add_precision_artifacts(folder: Path, manifest: Manifest, preprocess: Prepro
         _register(manifest, folder, FP16_NAME, "fp16", {
             "io": "float32", "compute": "float16",
             "kept_fp32": result.fp16.kept_fp32, "max_abs_activation_seen": result.fp16.max_seen})
-
     if request.int8:
-        amax = {n: r["amax"] for n, r in result.ranges.tensors.items()}
-        # Judging each INT8 graph (and ranking its layers when it misses) needs the FP32 logits: skipped for
-        # `export --no-verify` unless --accuracy-budget asks for the ranking.
-        judge_int8 = request.check or request.accuracy_budget is not None
-        labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
-        with timings.stage("reference_logits"):
-            reference = logits_of(fp32, verify_batch) if judge_int8 else None
-        if reference is not None:
-            result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
-        # the FP32 model at the FP16 remainder's opset once, not each graph's Q/DQ version once per probe
-        trt_source = to_opset(model, QDQ_OPSET) if fp16_remainder_asked else model
-
-        def quantize_for_trt(dest: Path, exclude=(), probe: bool = False) -> Int8Graph:
-            """The TensorRT graph with ``exclude`` out of INT8, built in memory from the FP32 model loaded once
-            and written once: a probe (sensitivity, budget) is the same graph, saved without the checker."""
-            qdq = onnx.ModelProto()
-            qdq.CopyFrom(trt_source)
-            graph = qdq_trt(qdq, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
-            if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
-                qdq, rewritten = remainder_fp16(qdq, absmax)
-                graph.counts = qdq_counts(qdq)
-                if not probe:
-                    result.remainder = rewritten
-            save_model(qdq, dest, check=not probe)
-            graph.path = Path(dest)
-            return graph
-
-        targets = {
-            Int8Target.trt: (INT8_NAME, "int8", "tensorrt",
-                             f"quantizing for TensorRT (Q/DQ, {request.int8_remainder.value.upper()} remainder)",
-                             quantize_for_trt),
-            Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
-                             lambda dest, exclude=(), probe=False: quantize_cpu(
-                                 fp32, dest, result.ranges.tensors, plan=plan, exclude=exclude,
-                                 bias=result.ranges.bias_for(exclude, cpu=True))),
-        }
-        for target in request.int8_for:
-            name, precision, runtime, message, quantize = targets[target]
-            step(message)
-            with timings.stage(f"quantize_{target.value}"):
-                graph = quantize(folder / name)
-            with timings.stage(f"gate_{target.value}"):  # the INT8 graph's logits; sensitivity, when it missed
-                excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
-                                                                folder / name, verify_batch, reference, labels,
-                                                                reporter)
-            if excluded:
-                with timings.stage(f"quantize_{target.value}"):
-                    graph = quantize(folder / name, excluded)
-                result.logits.pop(name, None)  # logits of the graph before the budget moved layers
-            result.int8[target] = graph
-            _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))
+        _add_int8(folder, manifest, model, plan, request, result, absmax, fp16_remainder_asked, verify_set,
+                  verify_batch, class_names, num_classes, reporter, timings)
     return result
+
+
+def _calibrate_int8(fp32: Path, model, plan: TrtPlan, preprocess: Preprocess, request: PrecisionRequest,
+                    calib_images: ImageSet | None, result: PrecisionResult, reporter: Reporter,
+                    timings: Timings) -> None:
+    """``result.ranges``: the calibration sample drawn, its channels checked, the ranges (and bias shifts) of
+    every tensor the requested INT8 graphs quantize."""
+    images = calibration_images(request.calib, size=request.calib_size, min_images=request.min_calib,
+                                pool=calib_images, reporter=reporter)
+    accepted = ("training did (the checkpoint says so)" if request.grayscale_trained else
+                "--calib-grayscale says" if request.calib_grayscale else None)
+    gray = check_channels(images, preprocess.channels, request.calib or Path("calib"), accepted=accepted,
+                          reporter=reporter)
+    if gray:
+        result.notes.append(gray)
+    tensors = list(plan.activation_tensors)
+    if Int8Target.cpu in request.int8_for:
+        tensors += [t for t in cpu_tensors(model) if t not in set(tensors)]
+    reporter.status(f"calibrating INT8 on {len(images)} images ({request.calib_method.value})")
+    result.ranges = calibrate(fp32, tensors, images, preprocess, request.calib_method, cache_dir=fp32.parent,
+                              reporter=reporter, cpu=Int8Target.cpu in request.int8_for, timings=timings)
+    if result.ranges.cached:
+        result.notes.append(f"INT8 ranges from the calibration cache {result.ranges.path.name} "
+                            "(same model, images and method)")
+
+
+def _add_int8(folder: Path, manifest: Manifest, model, plan: TrtPlan, request: PrecisionRequest,
+              result: PrecisionResult, absmax: dict[str, float], fp16_remainder_asked: bool, verify_set: ImageSet,
+              verify_batch: np.ndarray, class_names, num_classes: int | None, reporter: Reporter,
+              timings: Timings) -> None:
+    """Write, judge (sensitivity on a miss) and register each requested INT8 graph."""
+    import onnx
+
+    fp32 = folder / "model.onnx"
+    amax = {n: r["amax"] for n, r in result.ranges.tensors.items()}
+    # Judging each INT8 graph (and ranking its layers when it misses) needs the FP32 logits: skipped for
+    # `export --no-verify` unless --accuracy-budget asks for the ranking.
+    judge_int8 = request.check or request.accuracy_budget is not None
+    labels = accuracy_labels(verify_set, class_names, num_classes) if num_classes and judge_int8 else None
+    with timings.stage("reference_logits"):
+        reference = logits_of(fp32, verify_batch) if judge_int8 else None
+    if reference is not None:
+        result.logits["model.onnx"], result.logits_digest = reference, batch_digest(verify_batch)
+    # the FP32 model at the FP16 remainder's opset once, not each graph's Q/DQ version once per probe
+    trt_source = to_opset(model, QDQ_OPSET) if fp16_remainder_asked else model
+
+    def quantize_for_trt(dest: Path, exclude=(), probe: bool = False) -> Int8Graph:
+        """The TensorRT graph with ``exclude`` out of INT8, built in memory from the FP32 model loaded once
+        and written once: a probe (sensitivity, budget) is the same graph, saved without the checker."""
+        qdq = onnx.ModelProto()
+        qdq.CopyFrom(trt_source)
+        graph = qdq_trt(qdq, amax, plan=plan, exclude=exclude, bias=result.ranges.bias_for(exclude))
+        if fp16_remainder_asked:  # the layers left out of INT8 (the budget's too) go to the FP16 remainder
+            qdq, rewritten = remainder_fp16(qdq, absmax)
+            graph.counts = qdq_counts(qdq)
+            if not probe:
+                result.remainder = rewritten
+        save_model(qdq, dest, check=not probe)
+        graph.path = Path(dest)
+        return graph
+
+    targets = {
+        Int8Target.trt: (INT8_NAME, "int8", "tensorrt",
+                         f"quantizing for TensorRT (Q/DQ, {request.int8_remainder.value.upper()} remainder)",
+                         quantize_for_trt),
+        Int8Target.cpu: (INT8_CPU_NAME, "int8-cpu", "onnxruntime-cpu", "quantizing for ONNX Runtime CPU",
+                         lambda dest, exclude=(), probe=False: quantize_cpu(
+                             fp32, dest, result.ranges.tensors, plan=plan, exclude=exclude,
+                             bias=result.ranges.bias_for(exclude, cpu=True))),
+    }
+    for target in request.int8_for:
+        name, precision, runtime, message, quantize = targets[target]
+        reporter.status(message)
+        with timings.stage(f"quantize_{target.value}"):
+            graph = quantize(folder / name)
+        with timings.stage(f"gate_{target.value}"):  # the INT8 graph's logits; sensitivity, when it missed
+            excluded = [] if reference is None else _budget(result, request, target, precision, plan, quantize,
+                                                            folder / name, verify_batch, reference, labels,
+                                                            reporter)
+        if excluded:
+            with timings.stage(f"quantize_{target.value}"):
+                graph = quantize(folder / name, excluded)
+            result.logits.pop(name, None)  # logits of the graph before the budget moved layers
+        result.int8[target] = graph
+        _register(manifest, folder, name, precision, _int8_details(graph, result, request, target, runtime))
 
 
 def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict[str, float]:
@@ -331,44 +349,76 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
     """
     int8_logits = logits_of(int8_path, batch)
     result.logits[int8_path.name] = int8_logits
-    metrics = compare_logits(reference, int8_logits)
     base = score(reference, int8_logits, labels)
+    missed = _missed(request, precision, reference, int8_logits, base, labels, len(batch))
+    if not missed:
+        return []
+    if request.accuracy_budget is None:  # no budget to fit: name the likely layers in one pass, in seconds
+        _likely_layers(result, target, plan, int8_path, batch, base, missed, reporter)
+        return []
+    reporter.status(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
+    budget = _fit(result, request, plan, quantize, int8_path, batch, reference, int8_logits, labels, reporter)
+    result.budgets[target] = budget
+    names = [layer.name for layer in plan.layers]
+    if names and len(budget.kept_fp32) == len(names):
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} leaves no layer in INT8 "
+                            f"on these images (all {len(names)} in {result.other_precision(target)}): raise the "
+                            "budget, or judge it on labelled --data, where flips between wrong classes cost nothing")
+    if budget.met is False:
+        where = (f" on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
+                 f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
+        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met{where} "
+                            f"with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}")
+    return budget.kept_fp32
+
+
+def _missed(request: PrecisionRequest, precision: str, reference: np.ndarray, int8_logits: np.ndarray, base,
+            labels, n: int) -> list[str]:
+    """What the INT8 logits miss: the gate of ``precision`` (top-1 agreement, and accuracy_drop with labels) and
+    the accuracy budget's chance of holding on other images."""
+    metrics = compare_logits(reference, int8_logits)
     if labels is not None:  # with labels the loss is the accuracy drop in points
         metrics["accuracy_drop"] = base.loss
     missed = judge(metrics, request.gate(precision))
-    search, confirm = budget_split(len(batch), reference=reference)
-    n_other = len(confirm) or len(batch)
+    _, confirm = budget_split(n, reference=reference)
+    n_other = len(confirm) or n
     if request.accuracy_budget is not None and not base.holds(request.accuracy_budget, n_other):
         missed.append(f"--accuracy-budget {request.accuracy_budget:g} not held: loss {base.loss:.2f} pts" +
                       ("" if base.expected is None else
                        f", expected {base.expected:.2f}; a {base.within(request.accuracy_budget, n_other):.0%} "
                        f"chance of being within it on {n_other} other images"))
-    if not missed:
-        return []
-    step = reporter.status
-    if request.accuracy_budget is None:  # no budget to fit: name the likely layers in one pass, in seconds
-        step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): naming the likely layers (one pass)")
-        images = batch[:NOISE_IMAGES]
-        with reporter.progress(f"quantization noise of {len(plan.layers)} INT8 layers ({int8_path.name})",
-                               len(images)) as task:
-            noise = layer_noise(int8_path.parent / "model.onnx", plan.layers, result.ranges.tensors, images,
-                                unsigned=target is Int8Target.cpu, advance=task.advance)
-        budget = BudgetResult(base, noise, one_pass=True)
-        budget.n_ranking = len(images)
-        result.budgets[target] = budget
-        likely = ", ".join(n.layer for n in noise[:3])
-        result.notes.append(f"{int8_path.name} missed its gate; the likely layers (most quantization noise, one "
-                            f"pass on {len(images)} images): {likely}. To find the fewest to keep out of INT8, "
-                            "export again with --accuracy-budget PTS (a per-layer search: minutes on a large "
-                            "model)")
-        return []
-    step(f"{int8_path.name} misses its gate ({'; '.join(missed)}): measuring per-layer sensitivity")
+    return missed
+
+
+def _likely_layers(result: PrecisionResult, target: Int8Target, plan: TrtPlan, int8_path: Path, batch: np.ndarray,
+                   base, missed: list[str], reporter: Reporter) -> None:
+    """A miss without a budget: the layers with the most quantization noise, in one pass, named in a note."""
+    reporter.status(f"{int8_path.name} misses its gate ({'; '.join(missed)}): naming the likely layers (one pass)")
+    images = batch[:NOISE_IMAGES]
+    with reporter.progress(f"quantization noise of {len(plan.layers)} INT8 layers ({int8_path.name})",
+                           len(images)) as task:
+        noise = layer_noise(int8_path.parent / "model.onnx", plan.layers, result.ranges.tensors, images,
+                            unsigned=target is Int8Target.cpu, advance=task.advance)
+    budget = BudgetResult(base, noise, one_pass=True)
+    budget.n_ranking = len(images)
+    result.budgets[target] = budget
+    likely = ", ".join(n.layer for n in noise[:3])
+    result.notes.append(f"{int8_path.name} missed its gate; the likely layers (most quantization noise, one "
+                        f"pass on {len(images)} images): {likely}. To find the fewest to keep out of INT8, "
+                        "export again with --accuracy-budget PTS (a per-layer search: minutes on a large "
+                        "model)")
+
+
+def _fit(result: PrecisionResult, request: PrecisionRequest, plan: TrtPlan, quantize: Callable, int8_path: Path,
+         batch: np.ndarray, reference: np.ndarray, int8_logits: np.ndarray, labels, reporter: Reporter) -> BudgetResult:
+    """--accuracy-budget: rank the layers on the search half of the images, fit the budget along the ranking,
+    confirm it on the other half."""
+    search, confirm = budget_split(len(batch), reference=reference)
     if len(confirm) == 0:
         search, confirm = np.arange(len(batch)), None  # ranking alone: all images
     s_batch, s_ref = batch[search], reference[search]
     s_labels = None if labels is None else labels[search]
     sub = slice(0, min(len(s_batch), SENSITIVITY_IMAGES))
-
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as tmp:
         def evaluate_on(images: np.ndarray):
             def run(excluded):
@@ -381,27 +431,16 @@ def _budget(result: PrecisionResult, request: PrecisionRequest, target: Int8Targ
         with reporter.progress(f"sensitivity of {len(names)} INT8 layers ({int8_path.name})", len(names) + 1) as task:
             floor, ranking = rank_layers(names, evaluate_on(s_batch[sub]), s_ref[sub],
                                          None if s_labels is None else s_labels[sub], advance=task.advance)
-        if request.accuracy_budget is not None:
-            step(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
-                 f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
+        reporter.status(f"fitting the accuracy budget ({request.accuracy_budget:g} pts) for {int8_path.name} on "
+                        f"{len(search)} images, confirming on {0 if confirm is None else len(confirm)} others")
         s_base = score(s_ref, int8_logits[search], s_labels)  # the graph at int8_path is the all-INT8 one
         budget = fit_budget(s_base, ranking, request.accuracy_budget, evaluate_on(s_batch), s_ref, s_labels,
                             confirm_n=None if confirm is None else len(confirm))
         budget.n_search, budget.floor, budget.n_ranking = len(search), floor, len(s_batch[sub])
-        if request.accuracy_budget is not None and confirm is not None:
+        if confirm is not None:
             c_labels = None if labels is None else labels[confirm]
             budget.confirm = score(reference[confirm], evaluate_on(batch[confirm])(tuple(budget.kept_fp32)),
                                    c_labels)
             budget.n_confirm = len(confirm)
             budget.met = budget.confirm.loss <= request.accuracy_budget
-    result.budgets[target] = budget
-    if request.accuracy_budget is not None and names and len(budget.kept_fp32) == len(names):
-        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} leaves no layer in INT8 "
-                            f"on these images (all {len(names)} in {result.other_precision(target)}): raise the "
-                            "budget, or judge it on labelled --data, where flips between wrong classes cost nothing")
-    if budget.met is False:
-        where = (f" on the {budget.n_confirm} confirmation images (loss {budget.confirm.loss:.2f} pts; "
-                 f"{budget.final.loss:.2f} on the {budget.n_search} it was fitted on)" if budget.confirm else "")
-        result.notes.append(f"{int8_path.name}: --accuracy-budget {request.accuracy_budget:g} not met{where} "
-                            f"with {len(budget.kept_fp32)} layer(s) in {result.other_precision(target)}")
-    return budget.kept_fp32
+    return budget
