@@ -16,7 +16,7 @@ from deploykit.bench import (Backend, BenchOptions, Capabilities, Case, Device, 
 from deploykit.errors import MissingDependencyError
 from deploykit.manifest import Manifest
 from deploykit.parity import Precision
-from deploykit.reporter import Recorder
+from deploykit.messages import Recorder
 
 FAST = ("--iters", "3", "--warmup", "1")
 

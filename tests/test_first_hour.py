@@ -184,7 +184,7 @@ def test_own_grayscale_folder_warns_and_the_flag_accepts(digit_images):
     from deploykit.precision.calibrate import check_channels
     from deploykit.train import trained_on_grayscale
 
-    from deploykit.reporter import Recorder
+    from deploykit.messages import Recorder
 
     images = scan_images(digit_images)
     seen = Recorder()
@@ -348,7 +348,7 @@ def test_report_says_where_speed_comes_from_and_carries_facts(cli, lenet_export,
 
 def test_report_mentions_accuracy_only_with_an_accuracy_column(tmp_path):
     from deploykit.manifest import Manifest
-    from deploykit.report import render_report
+    from deploykit.report_page import render_report
 
     (tmp_path / "model.onnx").write_bytes(b"a graph")
     from deploykit.files import sha256_file

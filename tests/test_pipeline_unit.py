@@ -14,7 +14,7 @@ from deploykit.errors import InputError, MissingDependencyError
 from deploykit.folder import folder_lock, lock_path
 from deploykit.manifest import Manifest
 from deploykit.pipeline import build_folder, default_out, export_folder
-from deploykit.reporter import Recorder
+from deploykit.messages import Recorder
 from deploykit.tensorrt.profile import BatchProfile
 from test_trt_build import fake_tensorrt, probe_with
 

@@ -7,7 +7,7 @@ from PIL import Image
 from deploykit.data import sample_images, scan_images
 from deploykit.errors import InputError
 from deploykit.preprocess import Preprocess, parse_floats, parse_input_shape
-from deploykit.reporter import Recorder
+from deploykit.messages import Recorder
 
 
 def test_every_mode_becomes_the_requested_tensor(photos: Path):

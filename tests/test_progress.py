@@ -25,7 +25,7 @@ def _log_console() -> tuple[Console, io.StringIO]:
 
 
 def test_a_silent_step_gets_a_line_every_interval(fast_heartbeat):
-    from deploykit.cli.reporter import ConsoleReporter
+    from deploykit.cli.messages import ConsoleReporter
 
     console, stream = _log_console()
     reporter = ConsoleReporter(console)
@@ -37,7 +37,7 @@ def test_a_silent_step_gets_a_line_every_interval(fast_heartbeat):
 
 
 def test_a_counted_task_between_updates_gets_a_line_every_interval(fast_heartbeat):
-    from deploykit.cli.reporter import ConsoleReporter
+    from deploykit.cli.messages import ConsoleReporter
 
     console, stream = _log_console()
     reporter = ConsoleReporter(console)
@@ -53,7 +53,7 @@ def test_no_heartbeat_once_the_reporter_is_gone(fast_heartbeat):
     import gc
     import threading
 
-    from deploykit.cli.reporter import ConsoleReporter
+    from deploykit.cli.messages import ConsoleReporter
 
     console, stream = _log_console()
     reporter = ConsoleReporter(console)

@@ -98,7 +98,7 @@ def test_the_ship_rules_share_one_verified_test():
     from deploykit.bench.results import fastest_verified
     from deploykit.manifest import Manifest, verified
     from deploykit.parity import Precision
-    from deploykit.report import recommended_artifact
+    from deploykit.report_page import recommended_artifact
 
     assert [verified(p) for p in (None, {}, {"passed": False}, {"passed": 1}, "passed", {"passed": True})] == \
         [False] * 5 + [True]

@@ -18,7 +18,7 @@ from deploykit.errors import InputError
 from deploykit.manifest import Manifest
 from deploykit.models.loading import load_model
 from deploykit.models.registry import get_spec, list_models
-from deploykit.reporter import Recorder
+from deploykit.messages import Recorder
 from deploykit.train import TrainConfig, find_head, fit, load_data, replace_head
 
 

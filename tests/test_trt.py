@@ -128,7 +128,7 @@ def test_mismatch_says_what_and_how_to_rebuild(facts, message, tmp_path):
 
 
 def test_same_compute_capability_other_gpu_only_warns():
-    from deploykit.reporter import Recorder
+    from deploykit.messages import Recorder
 
     seen = Recorder()
     check_compatible({"tensorrt": "10.3.0", "gpu": "Jetson AGX Orin", "compute_capability": "8.7"}, ORIN,

@@ -17,7 +17,7 @@ import pytest
 from deploykit.errors import (EngineBuildError, EngineMismatchError, EngineRuntimeError, InputError,
                               MissingDependencyError)
 from deploykit.manifest import Manifest
-from deploykit.reporter import SILENT, Recorder
+from deploykit.messages import SILENT, Recorder
 from deploykit.tensorrt.build import build_engine, create_config
 from deploykit.tensorrt.build_errors import build_failure
 from deploykit.tensorrt.build_progress import PhaseProgress

@@ -275,7 +275,7 @@ def test_extreme_images_are_refused_before_decoding(tmp_path):
 
 def test_a_bomb_in_a_folder_is_skipped_with_the_rest_used(tmp_path):
     from deploykit.data import scan_images
-    from deploykit.reporter import Recorder
+    from deploykit.messages import Recorder
 
     Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.png")

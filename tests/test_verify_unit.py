@@ -19,7 +19,7 @@ from deploykit.errors import InputError
 from deploykit.files import sha256_file
 from deploykit.manifest import Artifact, Manifest
 from deploykit.parity import ArtifactReport, ParityReport, batch_digest
-from deploykit.reporter import Recorder
+from deploykit.messages import Recorder
 from deploykit.runners.base import Backend
 from deploykit.verify import (RECORDED, FixedLogits, KnownLogits, Reference, compare_runners, parity_record,
                               record_parity, reference_runner, source_unusable, verification_data, verify_folder)

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from deploykit.errors import InputError
 from deploykit.files import atomic_path, ensure_writable_dir
 from deploykit.preprocess import Preprocess, open_image
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
                   ".pnm", ".jp2", ".tga", ".ico"}

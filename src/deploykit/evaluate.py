@@ -17,7 +17,7 @@ from deploykit.data import (Bundled, LabelledImages, Split, bundled, bundled_spl
 from deploykit.errors import InputError
 from deploykit.files import atomic_path
 from deploykit.predict import load_predictor
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.text import plain_plot_text, printable
 
 CHUNK = 64  # images preprocessed and run per step

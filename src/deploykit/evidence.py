@@ -25,7 +25,7 @@ from deploykit.errors import InputError
 from deploykit.files import atomic_path, sha256_file
 from deploykit.manifest import EVIDENCE_FORMAT, MANIFEST_NAME, Manifest, checked_file
 from deploykit.preprocess import Preprocess
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 
 IMAGES_NAME = "evidence-images.npy"
 LOGITS_NAME = "evidence-logits.npy"

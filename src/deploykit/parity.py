@@ -17,7 +17,7 @@ from enum import Enum
 import numpy as np
 
 from deploykit.errors import InputError
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 
 
 class Precision(str, Enum):

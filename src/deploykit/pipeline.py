@@ -18,7 +18,7 @@ from deploykit.folder import folder_lock, lock_path, previous_export, staged_exp
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadedModel, LoadOptions, load_model
 from deploykit.parity import ParityReport
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.timings import Timings
 from deploykit.verify import record_parity, verify_folder
 

@@ -35,7 +35,7 @@ process; ``rss_peak_mb`` is the RSS before the batch size's first model plus tha
 this one model peaks at, libraries included). The models of one batch size stay loaded through its rounds and
 are freed before the next batch size.
 
-Progress and messages go through ``reporter=`` (``deploykit.reporter``); a call from Python prints nothing.
+Progress and messages go through ``reporter=`` (``deploykit.messages``); a call from Python prints nothing.
 Heavy frameworks (torch, onnxruntime, openvino, tensorrt) are imported inside the functions that need them.
 """
 

@@ -44,7 +44,7 @@ def parity_cell(parity: dict[str, Any] | None) -> str:
 
 def ratio_cell(value: float | None, span: list | tuple | None, stable: bool = True) -> str:
     """A speed-up as a table shows it: the median of rounds with the rounds' range; an unstable row's as its range
-    only, marked, so no figure a quiet rerun would not reproduce reads as a result. Shared with ``report.py``."""
+    only, marked, so no figure a quiet rerun would not reproduce reads as a result. Shared with ``report_page.py``."""
     if value is None:
         return "-"
     low, high = span if span else (value, value)

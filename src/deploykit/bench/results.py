@@ -1,5 +1,5 @@
 """What a bench produces: one :class:`Measurement` per case, one :class:`Skip` per case that could not run, and the
-``bench.json`` record of them (``report.py`` reads it, ``schema.py`` checks it)."""
+``bench.json`` record of them (``report_page.py`` reads it, ``schema.py`` checks it)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from deploykit.models.loading import save_checkpoint
 from deploykit.parity import Precision
 from deploykit.pipeline import export_folder
 from deploykit.predict import onnx_metadata
-from deploykit.reporter import Reporter, Task, reporter_or_silent
+from deploykit.messages import Reporter, Task, reporter_or_silent
 from deploykit.runners.base import Device
 from deploykit.verify import RECORDED, FixedLogits, compare_runners, reference_runner, verification_data
 

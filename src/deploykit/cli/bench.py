@@ -17,7 +17,7 @@ from deploykit.cli.app import app
 from deploykit.cli.options import MaxImagesOpt, check_max_images
 from deploykit.cli.render import console, err_console, literal, note, warn
 from deploykit.cli.render_bench import bench_table
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError
 from deploykit.files import dumps_strict
 from deploykit.parity import Precision

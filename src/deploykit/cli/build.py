@@ -12,7 +12,7 @@ from deploykit.cli.app import app
 from deploykit.cli.command import DeployKitCommand
 from deploykit.cli.options import ProfileOpt, TimingCacheOpt, WorkspaceOpt
 from deploykit.cli.render import console, err_console, literal, note, parity_table
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.pipeline import build_folder
 from deploykit.tensorrt.profile import BatchProfile, EnginePrecision

@@ -11,7 +11,7 @@ from rich.table import Table
 from deploykit.cli.app import app
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, LabelsOpt, MeanOpt, ModelDefOpt,
                                    ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError
 from deploykit.evaluate import default_plot_path, evaluate_model, plot_confusion
 from deploykit.files import dumps_strict

@@ -16,7 +16,7 @@ from deploykit.cli.options import (AllowPickleOpt, ArchOpt, InputShapeOpt, Int8A
                                    ResizeOpt, StdOpt, TimingCacheOpt, WorkspaceOpt, check_max_images, load_options)
 from deploykit.cli.render import console, literal, note, parity_table, warn
 from deploykit.cli.render_precision import precision_tables
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.export import DEFAULT_OPSET
 from deploykit.pipeline import export_folder

@@ -12,9 +12,9 @@ from deploykit.cli.app import app
 from deploykit.cli.options import (AllowPickleOpt, ArchOpt, ArtifactBackend, InputShapeOpt, LabelsOpt, MeanOpt,
                                    ModelDefOpt, ModelKwargsOpt, NumClassesOpt, StdOpt, load_options)
 from deploykit.cli.render import console, literal
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.predict import load_predictor
-from deploykit.reporter import SILENT
+from deploykit.messages import SILENT
 from deploykit.files import dumps_strict
 from deploykit.runners.base import Backend
 from deploykit.verify import on_backend

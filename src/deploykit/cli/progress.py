@@ -24,7 +24,7 @@ _last_line = [time.monotonic()]  # when deploykit last printed a line to the use
 
 
 def touch() -> None:
-    """A line was just printed: the heartbeat (``deploykit.cli.reporter``) waits a full interval from now."""
+    """A line was just printed: the heartbeat (``deploykit.cli.messages``) waits a full interval from now."""
     _last_line[0] = time.monotonic()
 
 

@@ -10,7 +10,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.render import console, literal, warn
 from deploykit.manifest import Manifest
-from deploykit.report import BENCH_NAME, stale_bench, write_report
+from deploykit.report_page import BENCH_NAME, stale_bench, write_report
 
 
 @app.command()

@@ -10,7 +10,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.options import AllowPickleOpt
 from deploykit.cli.render import console, err_console, literal
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError
 from deploykit.runners.base import Device
 from deploykit.train import TrainConfig, fit

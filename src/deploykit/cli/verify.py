@@ -10,7 +10,7 @@ import typer
 from deploykit.cli.app import app
 from deploykit.cli.options import ArtifactBackend, Int8AgreementOpt, MaxImagesOpt, check_max_images
 from deploykit.cli.render import console, literal, parity_table
-from deploykit.cli.reporter import ConsoleReporter
+from deploykit.cli.messages import ConsoleReporter
 from deploykit.errors import InputError, VerificationError
 from deploykit.files import dumps_strict
 from deploykit.manifest import MANIFEST_NAME, Manifest

@@ -42,7 +42,7 @@ from deploykit.precision.ranges import CalibMethod
 from deploykit.precision.bias_correction import DEFAULT_IMAGES, DRIFT_ROUNDS, drift_tail, local_and_drift
 from deploykit.precision.stats import MAX_CHUNK, ChannelMeans, TensorStats, collect_stats, image_batches  # noqa: F401
 from deploykit.preprocess import Preprocess, open_image
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.timings import Timings
 
 DEFAULT_CALIB_DIR = Path("calib")

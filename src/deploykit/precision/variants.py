@@ -28,7 +28,7 @@ from deploykit.precision.remainder import QDQ_OPSET, Remainder, RemainderGraph, 
 from deploykit.precision.sensitivity import (BudgetResult, budget_split, fit_budget, layer_noise, logits_of, rank_layers,
                                              score)
 from deploykit.preprocess import Preprocess
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.timings import Timings
 
 FP16_NAME = "model.fp16.onnx"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from deploykit.errors import InputError
 from deploykit.manifest import artifact_kind
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.runners.base import Backend, Device, Runner
 from deploykit.runners.onnxrt import OnnxRuntimeRunner
 from deploykit.runners.openvino import OpenVINORunner

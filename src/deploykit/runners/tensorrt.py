@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.errors import EngineMismatchError, EngineRuntimeError, InputError
 from deploykit.manifest import MANIFEST_NAME, Manifest
 from deploykit.runners.base import Opened, Runner

@@ -31,7 +31,7 @@ from deploykit.errors import DeployKitError, EngineBuildError, InputError
 from deploykit.files import atomic_path, sha256_file
 from deploykit.folder import folder_lock
 from deploykit.manifest import Artifact, Manifest
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.tensorrt.build_errors import build_failure
 from deploykit.tensorrt.build_progress import PhaseProgress, progress_monitor
 from deploykit.tensorrt.check import build_refusal

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from deploykit.reporter import Reporter, Task
+from deploykit.messages import Reporter, Task
 
 
 class PhaseProgress:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.errors import EngineMismatchError, EngineRuntimeError, MissingDependencyError
 from deploykit.tensorrt.profile import BatchProfile, EnginePrecision, build_command
 

@@ -20,7 +20,7 @@ from deploykit.data import Bundled, ImageSet, LabelledImages, Split, bundled, bu
 from deploykit.errors import InputError
 from deploykit.models.registry import ModelSpec
 from deploykit.preprocess import Preprocess, open_image, to_mode
-from deploykit.reporter import Reporter
+from deploykit.messages import Reporter
 from deploykit.train.config import TrainConfig
 
 IN_MEMORY_BYTES = 512 << 20  # bundled datasets are preprocessed once when they fit in this much memory

@@ -16,7 +16,7 @@ from enum import Enum
 import numpy as np
 
 from deploykit.errors import InputError, MissingDependencyError
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.runners.base import Device
 from deploykit.train.config import TrainConfig
 from deploykit.train.data import TrainData

@@ -6,7 +6,7 @@ import time
 
 from deploykit.files import ensure_writable_dir
 from deploykit.models.registry import get_spec
-from deploykit.reporter import SILENT, Reporter, reporter_or_silent
+from deploykit.messages import SILENT, Reporter, reporter_or_silent
 from deploykit.train.checkpoints import RunRecord, load_state, write_epoch
 from deploykit.train.config import EpochRecord, TrainConfig, TrainResult
 from deploykit.train.data import load_data

@@ -18,7 +18,7 @@ from deploykit.files import sha256_file
 from deploykit.manifest import Manifest
 from deploykit.models.loading import LoadOptions, load_model
 from deploykit.parity import TOLERANCES, Precision, accuracy_labels, compare_logits, judge
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.runners.base import Backend, Runner
 from deploykit.runners.torch import TorchRunner, reference_device
 

@@ -18,7 +18,7 @@ from deploykit.evidence import VerificationData
 from deploykit.manifest import Artifact, Manifest
 from deploykit.parity import ArtifactReport, ParityReport, Precision, Tolerance, assess, batch_digest, \
     degenerate_reference
-from deploykit.reporter import SILENT, Reporter
+from deploykit.messages import SILENT, Reporter
 from deploykit.runners.base import Backend, Runner
 from deploykit.verify.fp16 import explain_fp16_failures
 from deploykit.verify.openvino import LastLogits, Run, describe_ov_runs, ort_twin, with_bf16

@@ -1,4 +1,4 @@
-"""The CLI's side of the reporting seam (``deploykit.reporter.Reporter``): rich on a terminal, plain lines in a log.
+"""The CLI's side of the reporting seam (``deploykit.messages.Reporter``): rich on a terminal, plain lines in a log.
 
 One live bar group at a time: a stage that opens a task while another is running (a calibration pass inside an
 export) adds a row to the same group, so warnings printed meanwhile land above the bars, not through them.

@@ -5,7 +5,7 @@ calls four things on it: :meth:`Reporter.status` (a step starts), :meth:`Reporte
 fix or know), :meth:`Reporter.note` (context for a result), and :meth:`Reporter.progress` (a bar for counted work).
 :meth:`Reporter.log` prints a plain line above any live bar (a training epoch).
 
-The library never imports rich: the CLI passes ``deploykit.cli.reporter.ConsoleReporter`` (rich bars on a
+The library never imports rich: the CLI passes ``deploykit.cli.messages.ConsoleReporter`` (rich bars on a
 terminal, plain timestamped lines in a log). A library call from Python gets :data:`SILENT` and prints nothing;
 :class:`Recorder` keeps the messages for a caller (and for tests) to inspect.
 """
