@@ -95,3 +95,30 @@ def test_fp16_lists_nodes_the_converter_blocks(tmp_path):
     assert types[next(n for n in m16.graph.node if n.name == "mm").output[0]] == TensorProto.FLOAT16
 
 
+
+
+def test_fp16_ranges_come_from_calibration_where_it_saw_the_tensor(tmp_path):
+    """The FP16 range rule reads the calibration statistics for every tensor they cover, so it is not fitted to
+    the verification images; only the tensors calibration did not see are measured on those images."""
+    from onnx import helper
+
+    from deploykit.precision.calib_cache import Ranges
+    from deploykit.precision.ranges import CalibMethod
+    from deploykit.precision.variants import _absmax
+
+    w = numpy_helper.from_array(np.eye(8, dtype=np.float32) * 2.0, "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    verify = np.full((4, 8), 100.0, np.float32)  # far beyond what calibration saw
+    seen = {t: {"min": -1.0, "max": 3.0, "amax": 3.0} for t in ("x", "h", "y")}
+
+    full = _absmax(src, model, verify, Ranges(CalibMethod("minmax"), seen, 16, "k"))
+    assert full == {"x": 3.0, "h": 3.0, "y": 3.0}  # no pass over the verification images at all
+    partial = _absmax(src, model, verify, Ranges(CalibMethod("minmax"), {"x": seen["x"]}, 16, "k"))
+    assert partial["x"] == 3.0 and partial["h"] == partial["y"] == 200.0  # measured: 100 * 2
+    assert _absmax(src, model, verify, None) == {"x": 100.0, "h": 200.0, "y": 200.0}  # FP16 only

@@ -34,7 +34,7 @@ from deploykit.timings import Timings
 FP16_NAME = "model.fp16.onnx"
 INT8_NAME = "model.int8.onnx"
 INT8_CPU_NAME = "model.int8-cpu.onnx"
-ABSMAX_IMAGES = 64  # verification images the FP16 range rule looks at (with INT8, the calibration ranges too)
+ABSMAX_IMAGES = 64  # verification images the FP16 range rule looks at for a tensor calibration did not see
 SENSITIVITY_IMAGES = 64  # ranking runs one INT8 graph per layer: a subset keeps it to minutes on ResNet-50
 # the one-pass noise of a miss without a budget: a tensor's noise power is a mean over millions of values, steady on
 # 32 images (ResNet-50, 2 busy cores: 7.9 s on 32 images, 14.4 s on 64, the same three layers first; docs/precision.md)
@@ -293,15 +293,15 @@ def _add_int8(folder: Path, manifest: Manifest, model, plan: TrtPlan, request: P
 
 
 def _absmax(fp32: Path, model, batch: np.ndarray, ranges: Ranges | None) -> dict[str, float]:
-    """The largest ``|x|`` per float tensor of the FP32 graph on the verification images and, with INT8, the
-    calibration ranges (the FP16 rules keep nodes whose output goes beyond FP16's safe range in FP32)."""
-    # collect_stats runs at most MAX_CHUNK images at a time and keeps only each tensor's running min/max; every
-    # float tensor is an output of that pass (ResNet-50: 9 s for 210 images), so it sees the first ABSMAX_IMAGES
-    stats = collect_stats(fp32, sorted(cpu_tensors(model)), [batch[:ABSMAX_IMAGES]], histogram=False)
-    absmax = {n: s.amax for n, s in stats.items()}
-    if ranges is not None:
-        for n, r in ranges.tensors.items():
-            absmax[n] = max(absmax.get(n, 0.0), abs(r["min"]), abs(r["max"]))
+    """The largest ``|x|`` per float tensor of the FP32 graph (the FP16 rules keep nodes whose output goes beyond
+    FP16's safe range in FP32): from the calibration statistics where they cover the tensor (every one with
+    ``--int8-for cpu``), so the rule is not fitted to the images it is then verified on; the others measured on the
+    first ABSMAX_IMAGES verification images (an FP16-only export: all of them)."""
+    absmax = {n: max(abs(r["min"]), abs(r["max"])) for n, r in (ranges.tensors if ranges else {}).items()}
+    missing = sorted(set(cpu_tensors(model)) - set(absmax))
+    if missing:  # collect_stats keeps each tensor's running min/max, at most MAX_CHUNK images at a time
+        stats = collect_stats(fp32, missing, [batch[:ABSMAX_IMAGES]], histogram=False)
+        absmax.update({n: s.amax for n, s in stats.items()})
     return absmax
 
 
