@@ -55,8 +55,9 @@ class Verdict:
                 "table": self.target.table}
 
 
-def check_model(model, target: Target | str) -> Verdict:
-    """Check an ``onnx.ModelProto`` against one TensorRT version."""
+def check_model(model, target: Target | str, graph: Graph | None = None) -> Verdict:
+    """Check an ``onnx.ModelProto`` against one TensorRT version (``graph``: ``Graph(model)`` when the caller
+    checks one model against several versions)."""
     target = target if isinstance(target, Target) else resolve_target(target)
     table = target.operator_table()
     ops: dict[str, dict] = table["operators"]
@@ -72,7 +73,7 @@ def check_model(model, target: Target | str) -> Verdict:
         problem(f"opset {opset} is outside TensorRT {target.version}'s range: \"TensorRT {table['header_version']} "
                 f"supports operators in the inclusive range of opset {lo} to opset {hi}\" ({where}); export with "
                 f"--opset {min(max(lo, 18), hi)}")
-    g = Graph(model)
+    g = graph if graph is not None else Graph(model)
     found: dict[tuple[str, str], list] = {}  # one line per op and kind of problem: its first message and a count
 
     def once(key: tuple[str, str], message: str) -> None:
@@ -130,7 +131,8 @@ def load_graph(path: Path):
 
 def check_file(path: Path, targets: Iterable[Target]) -> dict[str, Verdict]:
     model = load_graph(path)
-    return {t.version: check_model(model, t) for t in targets}
+    graph = Graph(model)  # shape inference once per file, not once per version
+    return {t.version: check_model(model, t, graph) for t in targets}
 
 
 def tensorrt_ready(verdicts: dict[str, Verdict]) -> dict[str, dict[str, Any]]:
