@@ -111,19 +111,13 @@ def test_histogram_of_a_strided_sample_keeps_the_ranges(monkeypatch):
         assert sampled.threshold(method) == pytest.approx(full.threshold(method), rel=0.05), method
 
 
-def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
-    """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
-    from onnx import helper
+@pytest.fixture
+def run_sizes(monkeypatch) -> list[int]:
+    """The batch size of every run of the statistics pass's ONNX Runtime session, in order."""
+    import deploykit.precision.stats as stats_mod
 
-    import deploykit.precision.stats as calibrate_mod
-
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
-    src = tmp_path / "dyn.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
-    sizes = []
-    real = calibrate_mod._session_with_outputs
+    sizes: list[int] = []
+    real = stats_mod._session_with_outputs
 
     class Recording:
         def __init__(self, session):
@@ -136,10 +130,24 @@ def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, monkeypatch):
             sizes.append(next(iter(feed.values())).shape[0])
             return self.session.run(names, feed)
 
-    monkeypatch.setattr(calibrate_mod, "_session_with_outputs", lambda *a: Recording(real(*a)))
+    monkeypatch.setattr(stats_mod, "_session_with_outputs", lambda *a: Recording(real(*a)))
+    return sizes
+
+
+def test_collect_stats_streams_a_dynamic_batch_in_chunks(tmp_path, run_sizes):
+    """Every tensor of a run is held at once: a dynamic-batch graph must not see the whole set in one run."""
+    from onnx import helper
+
+    import deploykit.precision.stats as calibrate_mod
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    src = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), src)
     x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
     stats = calibrate_mod.collect_stats(src, ["r", "y"], [x], histogram=False)
-    assert sizes == [16, 16, 8]
+    assert run_sizes == [16, 16, 8]
     assert stats["r"].hi == pytest.approx(float(np.maximum(x, 0).max()))
     assert stats["y"].amax == pytest.approx(float(np.maximum(x, 0).max()))
 
@@ -164,35 +172,20 @@ def _fixed_batch_graph(path: Path, baked: bool) -> Path:
 
 
 @pytest.mark.parametrize("baked", [False, True])
-def test_collect_stats_batches_a_fixed_batch_graph_and_keeps_its_statistics(baked, tmp_path, monkeypatch):
+def test_collect_stats_batches_a_fixed_batch_graph_and_keeps_its_statistics(baked, tmp_path, monkeypatch, run_sizes):
     """A batch-1 graph runs 16 images at a time once its batch is freed (checked against single-image runs; a
     graph with the batch baked in runs one at a time), and the statistics are those of per-image updates."""
     import deploykit.precision.stats as calibrate_mod
     from deploykit.precision.calibrate import TensorStats, collect_stats
 
     src = _fixed_batch_graph(tmp_path / "g.onnx", baked)
-    sizes = []
-    real = calibrate_mod._session_with_outputs
-
-    class Recording:
-        def __init__(self, session):
-            self.session = session
-
-        def __getattr__(self, name):
-            return getattr(self.session, name)
-
-        def run(self, names, feed):
-            sizes.append(next(iter(feed.values())).shape[0])
-            return self.session.run(names, feed)
-
-    monkeypatch.setattr(calibrate_mod, "_session_with_outputs", lambda *a: Recording(real(*a)))
     monkeypatch.setattr(calibrate_mod, "HIST_SAMPLE", 64)  # 300 values an image: a strided sample (stride 5)
     x = (np.random.default_rng(0).standard_normal((40, 300)) * np.linspace(0.1, 3, 300)).astype(np.float32)
     stats = collect_stats(src, ["r", "y"], [x[:32], x[32:]], histogram=True)
     if baked:
-        assert sizes[:1] == [16] and sizes[1:] == [1] * 40  # the batched try failed: one image at a time
+        assert run_sizes[:1] == [16] and run_sizes[1:] == [1] * 40  # the batched try failed: one image at a time
     else:
-        assert sizes == [16, 1, 1, 16, 8]  # the first chunk, its first and last image alone, then batched
+        assert run_sizes == [16, 1, 1, 16, 8]  # the first chunk, its first and last image alone, then batched
     for name, values in (("r", np.maximum(x, 0)), ("y", -np.maximum(x, 0))):
         expected = TensorStats()
         expected.update([v[None] for v in values[:16]], histogram=True)
