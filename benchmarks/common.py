@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -262,3 +263,16 @@ def old_rule(s, budget: float) -> bool:
     """The budget rule before the predicted-count rule: counted and expected loss plus one standard error within
     the budget."""
     return s.loss <= budget and s.expected + s.expected_se <= budget
+
+
+def export_cli(args: list[str], threads: int, expect: Path) -> Path:
+    """Run the real ``deploykit export ARGS`` (a subprocess, OMP_NUM_THREADS=threads), print its output's tail and
+    how long it took; exit the benchmark when ``expect`` (a file the export must write) is missing."""
+    cmd = [sys.executable, "-m", "deploykit", "export", *map(str, args)]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
+    print(proc.stdout[-3000:], proc.stderr[-1500:], f"(export took {time.perf_counter() - t:.0f} s)", flush=True)
+    if not expect.is_file():
+        sys.exit(f"export failed with exit code {proc.returncode}")
+    return expect.parent

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import write_crops
+from common import export_cli, write_crops
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -93,14 +93,8 @@ def export(name: str, out: Path, threads: int) -> Path:
         src = out / name / f"{name}.pth"
         random_weights(name, src)
         extra = ["--arch", name]
-    cmd = [sys.executable, "-m", "deploykit", "export", str(src), "--out", str(folder), *extra,
-           "--int8", "--int8-for", "trt", "--int8-for", "cpu", "--calib", str(ROOT / "calib")]
-    print("$", " ".join(cmd[1:]), flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
-    print(proc.stdout[-2000:], proc.stderr[-800:], f"(export took {time.perf_counter() - t:.0f} s)", flush=True)
-    if not (folder / "model.int8.onnx").is_file():
-        sys.exit(f"export failed with exit code {proc.returncode}")
+    export_cli([src, "--out", folder, *extra, "--int8", "--int8-for", "trt", "--int8-for", "cpu",
+                "--calib", ROOT / "calib"], threads, folder / "model.int8.onnx")
     return folder
 
 

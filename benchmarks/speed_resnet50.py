@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import export_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,14 +50,8 @@ def export(out: Path, threads: int) -> Path:
     ckpt = out / "resnet50.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet50().state_dict(), ckpt)
-    cmd = [sys.executable, "-m", "deploykit", "export", str(ckpt), "--arch", "resnet50", "--out", str(folder),
-           "--int8", "--int8-for", "cpu", "--calib", str(ROOT / "calib")]
-    print("$", " ".join(cmd[1:]), flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
-    print(proc.stdout[-3000:], proc.stderr[-1500:], f"(export took {time.perf_counter() - t:.0f} s)", flush=True)
-    if not (folder / "model.onnx").is_file():
-        sys.exit(f"export failed with exit code {proc.returncode}")
+    export_cli([ckpt, "--arch", "resnet50", "--out", folder, "--int8", "--int8-for", "cpu", "--calib", ROOT / "calib"],
+               threads, folder / "model.onnx")
     return folder
 
 
