@@ -226,8 +226,9 @@ def build_folder(folder: Path, precision, *, profile=None, workspace_gib: float 
         if not verify:
             return BuildResult(engine, None)
         reporter.status(f"verifying {engine.path.name}")  # a step the heartbeat names while it runs
-        report = verify_folder(folder, data=data, reporter=reporter, only=[engine.path.name], loaded=loaded)
-        manifest = Manifest.load(folder)
+        manifest = Manifest.load(folder)  # as the build left it: verified, recorded and saved under the same lock
+        report = verify_folder(folder, data=data, reporter=reporter, only=[engine.path.name], loaded=loaded,
+                               manifest=manifest)
         record_parity(manifest, report)
         manifest.save(folder)
     return BuildResult(engine, report)
